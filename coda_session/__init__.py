@@ -1,0 +1,41 @@
+"""coda_session: store, resume and branch the conversations of LLM agents."""
+
+from .config import SessionConfig
+from .errors import (
+    InvalidConfigError,
+    InvalidMessageError,
+    ManagerClosedError,
+    SchemaVersionError,
+    SessionError,
+    SessionExistsError,
+    SessionNotFoundError,
+    StorageError,
+)
+from .manager import AsyncSessionManager
+from .models import Message, SessionInfo
+from .session import AsyncSession
+from .storage import SessionData, SessionStorage
+from .sync import Session, SessionManager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncSession",
+    "AsyncSessionManager",
+    "InvalidConfigError",
+    "InvalidMessageError",
+    "ManagerClosedError",
+    "Message",
+    "SchemaVersionError",
+    "Session",
+    "SessionConfig",
+    "SessionData",
+    "SessionError",
+    "SessionExistsError",
+    "SessionInfo",
+    "SessionManager",
+    "SessionNotFoundError",
+    "SessionStorage",
+    "StorageError",
+    "__version__",
+]

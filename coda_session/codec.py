@@ -1,0 +1,163 @@
+"""Validation and encoding of messages, names and metadata, before anything is written.
+
+The rules hold for every backend alike, so that a conversation moves between them intact:
+
+* values must be JSON: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list`` or
+  ``tuple`` (stored as a list), and ``dict`` with string keys;
+* NaN and infinities are rejected (JSON has no spelling for them and PostgreSQL refuses them);
+* strings may not hold NUL characters or lone surrogates (neither can be stored as UTF-8 text
+  by every database); both are rejected, never altered;
+* nesting deeper than :data:`MAX_DEPTH` is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from .errors import InvalidMessageError
+from .models import MessageRecord, utcnow
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NAME_LENGTH",
+    "check_name",
+    "decode_metadata",
+    "encode_message",
+    "encode_metadata",
+]
+
+MAX_DEPTH = 100
+MAX_NAME_LENGTH = 255
+_CORE_KEYS = ("role", "content", "timestamp")
+
+
+def _check_str(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise InvalidMessageError(f"{where}: NUL characters cannot be stored")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessageError(f"{where}: lone surrogate characters cannot be stored") from None
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidMessageError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or value is True or value is False:
+        return
+    kind = type(value)
+    if kind is str:
+        _check_str(value, where)
+    elif kind is int:
+        return
+    elif kind is float:
+        if not math.isfinite(value):
+            raise InvalidMessageError(f"{where}: {value!r} is not a JSON number (NaN/infinity)")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidMessageError(f"{where}: key {key!r} is not a string")
+            _check_str(key, f"{where} key {key[:40]!r}")
+            _check_json(item, f"{where}[{key[:40]!r}]", depth + 1)
+    elif isinstance(value, str | int | float):
+        # subclasses (enums, numpy scalars...) would be stored as something else: refuse
+        raise InvalidMessageError(f"{where}: {kind.__name__} is not a plain JSON value")
+    else:
+        raise InvalidMessageError(f"{where}: {kind.__name__} is not JSON-serializable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _timestamp(value: Any) -> str:
+    if value is None:
+        return utcnow().isoformat()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if type(value) is not str:
+        raise InvalidMessageError(
+            f"message 'timestamp' must be an ISO-8601 string or a datetime, not {type(value).__name__}"
+        )
+    # the extended form (YYYY-MM-DD...) only: a basic-form '20240101' would read back as a number
+    if len(value) < 10 or value[4] != "-" or value[7] != "-":
+        raise InvalidMessageError(f"message 'timestamp' {value[:40]!r} is not an ISO-8601 date-time")
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidMessageError(
+            f"message 'timestamp' {value[:40]!r} is not an ISO-8601 date-time"
+        ) from None
+    _check_str(value, "message 'timestamp'")
+    return value
+
+
+def encode_message(message: Any) -> MessageRecord:
+    """Validate one message dict and return its stored form (raises InvalidMessageError)."""
+    if hasattr(message, "model_dump") and not isinstance(message, Mapping):
+        message = message.model_dump()
+    if not isinstance(message, Mapping):
+        raise InvalidMessageError(f"a message must be a dict, not {type(message).__name__}")
+    if "role" not in message:
+        raise InvalidMessageError("message has no 'role'")
+    role = message["role"]
+    if type(role) is not str or not role:
+        raise InvalidMessageError(f"message 'role' must be a non-empty string, got {role!r:.60}")
+    _check_str(role, "message 'role'")
+    if "content" not in message:
+        raise InvalidMessageError("message has no 'content' (use None for a message without text)")
+    content = message["content"]
+    timestamp = _timestamp(message.get("timestamp"))
+    extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
+    _check_json(extras, "message")
+    if type(content) is str:
+        _check_str(content, "message 'content'")
+        text: str | None = content
+    else:
+        _check_json(content, "message 'content'")
+        text = None
+        extras["content"] = content
+    extra = _dumps(extras) if extras else None
+    return MessageRecord(role, text, timestamp, extra)
+
+
+def encode_metadata(metadata: Any, where: str = "metadata") -> dict[str, Any]:
+    """Validate session metadata (a dict of JSON values) and return a private deep copy."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidMessageError(f"{where} must be a dict, not {type(metadata).__name__}")
+    value = dict(metadata)
+    _check_json(value, where)
+    copied: dict[str, Any] = json.loads(_dumps(value))
+    return copied
+
+
+def dumps_metadata(metadata: Mapping[str, Any]) -> str:
+    """The stored JSON text of (already validated) session metadata."""
+    return _dumps(metadata)
+
+
+def decode_metadata(text: str | None) -> dict[str, Any]:
+    """Session metadata from its stored JSON text (``{}`` for NULL)."""
+    if text is None or text == "":
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def check_name(name: Any, what: str = "session name") -> str:
+    """Validate a session name: a non-empty string of printable characters."""
+    if type(name) is not str:
+        raise InvalidMessageError(f"{what} must be a string, not {type(name).__name__}")
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise InvalidMessageError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters long")
+    _check_str(name, what)
+    if any(ch < " " or ch == "\x7f" for ch in name):
+        raise InvalidMessageError(f"{what} {name!r} contains control characters")
+    return name

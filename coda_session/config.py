@@ -1,0 +1,152 @@
+"""The validated configuration of a session manager, from a dict or a TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import InvalidConfigError
+
+__all__ = ["DATABASE_FILENAME", "SessionConfig"]
+
+#: The SQLite database file inside ``storage_path``.
+DATABASE_FILENAME = "sessions.db"
+
+
+class SessionConfig(BaseModel):
+    """The ``[session]`` configuration. Frozen; every field is validated.
+
+    Build it with :meth:`from_mapping` (the spec's ``{"session": {...}}`` dict) or
+    :meth:`from_toml` (a TOML file with a ``[session]`` table); unknown keys, wrong types and
+    impossible values raise :class:`~coda_session.InvalidConfigError` naming the key.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    """Storage backend: ``"sqlite"`` (default, durable) or ``"memory"`` (lost at exit)."""
+    storage_path: Path = Path("~/.coda/sessions")
+    """Directory of the SQLite database (``~`` is expanded); created 0700 if missing."""
+    database_url: str | None = None
+    """An explicit SQLAlchemy *async* URL (e.g. ``sqlite+aiosqlite:////abs/path.db``);
+    replaces ``storage_path``."""
+    connection_pool_size: int = Field(default=5, ge=1, le=1000)
+    """Connections kept by the SQL engine's pool."""
+    autosave_interval: float = Field(default=300, ge=0)
+    """Seconds between background flushes of unsaved sessions (0 = off)."""
+    max_session_size: float = Field(default=100, gt=0)
+    """Largest stored size of one session, in MB (10**6 bytes)."""
+    compress_messages: bool = True
+    """Compress large message contents in storage."""
+    message_cache_size: int = Field(default=1000, ge=0)
+    """The most saved messages kept in memory per session object."""
+    busy_timeout: float = Field(default=5.0, ge=0, le=3600)
+    """Seconds a write waits for another process's lock before giving up."""
+
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value or "\x00" in value:
+                raise ValueError("must be a non-empty path without NUL characters")
+            return Path(value)
+        return value
+
+    @field_validator("storage_path")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("autosave_interval", "max_session_size", "busy_timeout", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        # strict mode would refuse an int for a float field; bool is never a number here
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        if isinstance(value, int):
+            return float(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
+            raise ValueError("SQLite URLs must use the async driver: sqlite+aiosqlite://")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SessionConfig:
+        if self.database_url is not None:
+            if self.backend == "memory":
+                raise ValueError("database_url cannot be combined with backend 'memory'")
+            if "storage_path" in self.model_fields_set:
+                raise ValueError("give either storage_path or database_url, not both")
+        return self
+
+    @property
+    def database_file(self) -> Path | None:
+        """The SQLite file the default backend uses, or None (memory or explicit URL)."""
+        if self.backend != "sqlite" or self.database_url is not None:
+            return None
+        return self.storage_path / DATABASE_FILENAME
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any] | SessionConfig | None = None) -> SessionConfig:
+        """Validate the spec's ``{"session": {...}}`` dict.
+
+        Other top-level sections are ignored (they belong to the rest of the application);
+        ``None`` or a dict without ``"session"`` gives the defaults.
+        """
+        if isinstance(config, SessionConfig):
+            return config
+        if config is None:
+            return cls()
+        if not isinstance(config, Mapping):
+            raise InvalidConfigError(
+                f"config must be a mapping like {{'session': {{...}}}}, not {type(config).__name__}"
+            )
+        section = config.get("session", {})
+        if not isinstance(section, Mapping):
+            raise InvalidConfigError(
+                f"config key 'session' must be a table of settings, not {type(section).__name__}"
+            )
+        return cls._validate_section(section)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SessionConfig:
+        """Read the ``[session]`` table of a TOML file."""
+        try:
+            with open(Path(path).expanduser(), "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise InvalidConfigError(f"cannot read config file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(data)
+
+    @classmethod
+    def _validate_section(cls, section: Mapping[str, Any]) -> SessionConfig:
+        try:
+            return cls.model_validate(dict(section))
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                key = ".".join(str(part) for part in err["loc"])
+                where = f"session.{key}" if key else "session"
+                shown = repr(err.get("input"))
+                if len(shown) > 60:
+                    shown = shown[:57] + "..."
+                problems.append(f"{where}: {err['msg']} (got {shown})")
+            raise InvalidConfigError("invalid configuration: " + "; ".join(problems)) from None

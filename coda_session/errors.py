@@ -1,0 +1,62 @@
+"""The exceptions coda_session raises: one root, a shallow tree.
+
+::
+
+    SessionError                      base of everything the library raises
+    ├── SessionNotFoundError          (also LookupError) no session of that name or id
+    ├── SessionExistsError            a session of that name exists already
+    ├── InvalidMessageError           (also ValueError) a message, name or metadata rejected
+    ├── InvalidConfigError            (also ValueError) a configuration key rejected
+    ├── ManagerClosedError            the manager was closed
+    └── StorageError                  the storage failed (I/O, locking, corruption)
+        └── SchemaVersionError        the database schema is unknown or newer than this library
+
+Input errors are raised before anything is written. Errors of the database driver and of
+SQLAlchemy never reach the caller as such: they are translated into :class:`StorageError`
+(chained, so ``__cause__`` keeps the original).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidConfigError",
+    "InvalidMessageError",
+    "ManagerClosedError",
+    "SchemaVersionError",
+    "SessionError",
+    "SessionExistsError",
+    "SessionNotFoundError",
+    "StorageError",
+]
+
+
+class SessionError(Exception):
+    """Base class of every error raised by coda_session."""
+
+
+class SessionNotFoundError(SessionError, LookupError):
+    """No session with the given name or id exists."""
+
+
+class SessionExistsError(SessionError):
+    """A session with the given name exists already."""
+
+
+class InvalidMessageError(SessionError, ValueError):
+    """A message, session name or metadata value was rejected; nothing was written."""
+
+
+class InvalidConfigError(SessionError, ValueError):
+    """A configuration value was rejected. The message names the offending key."""
+
+
+class ManagerClosedError(SessionError):
+    """The session manager was closed and cannot be used any more."""
+
+
+class StorageError(SessionError):
+    """The storage backend failed: I/O error, lock timeout, corrupt or unreadable database."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema is newer than (or unknown to) this version of coda_session."""

@@ -1,0 +1,226 @@
+"""AsyncSessionManager: the one implementation of the session API (the sync one wraps it)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from .codec import check_name
+from .config import SessionConfig
+from .errors import InvalidConfigError, ManagerClosedError, SessionError, SessionExistsError, SessionNotFoundError
+from .models import SessionInfo, SessionRecord, utcnow
+from .repository.memory import MemoryRepository
+from .repository.protocol import Repository
+from .session import AsyncSession
+from .storage import SessionStorage, StorageAdapter
+
+__all__ = ["AsyncSessionManager"]
+
+#: Messages read together with the session row on resume, so the usual
+#: ``get_messages(limit=...)`` that follows needs no second read.
+RESUME_PREFETCH = 50
+
+
+def _repository(config: SessionConfig, storage: Any) -> Repository:
+    if storage is None:
+        if config.backend == "memory":
+            return MemoryRepository()
+        from .repository.sql import SqlRepository
+
+        return SqlRepository(config)
+    if isinstance(storage, SessionStorage):
+        return StorageAdapter(storage)
+    if isinstance(storage, Repository):
+        return storage
+    raise InvalidConfigError(
+        f"storage must be a SessionStorage or a Repository, not {type(storage).__name__}"
+    )
+
+
+class AsyncSessionManager:
+    """Creates, resumes, saves, lists and deletes sessions; async-first.
+
+    Args:
+        config: the spec's ``{"session": {...}}`` dict, a :class:`SessionConfig`, or None
+            for the defaults (SQLite in ``~/.coda/sessions``).
+        storage: a :class:`SessionStorage` of your own, or a repository, instead of the
+            configured backend.
+
+    Storage is opened on first use (the database is created and migrated then). Use it as
+    ``async with AsyncSessionManager(cfg) as manager:`` or call :meth:`close`.
+    It runs on asyncio (the SQLite driver is asyncio-only).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | SessionConfig | None = None,
+        storage: SessionStorage | Repository | None = None,
+    ) -> None:
+        self._config = SessionConfig.from_mapping(config)
+        self._repository: Repository = _repository(self._config, storage)
+        self._opened = False
+        self._closed = False
+        self._open_lock: asyncio.Lock | None = None
+
+    @property
+    def config(self) -> SessionConfig:
+        """The validated configuration."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("the session manager is closed")
+
+    async def open(self) -> None:
+        """Open storage now (otherwise done by the first call that needs it)."""
+        self._check_open()
+        if self._opened:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self._repository.open()
+                self._opened = True
+
+    async def _ready(self) -> Repository:
+        if not self._opened or self._closed:
+            await self.open()
+        return self._repository
+
+    def _own(self, session: AsyncSession) -> AsyncSession:
+        if not isinstance(session, AsyncSession):
+            raise SessionError(f"expected a session object, got {type(session).__name__}")
+        if session._manager is not self:
+            raise SessionError(f"session {session.name!r} belongs to another manager")
+        return session
+
+    async def create_session(
+        self,
+        name: str,
+        branch_from: str | AsyncSession | None = None,
+        *,
+        exist_ok: bool = True,
+    ) -> AsyncSession:
+        """Create a session, or resume the existing one of that name.
+
+        Args:
+            name: the session's unique name.
+            branch_from: the name (or session object) of a session to branch from: the new
+                session starts with a copy of its *saved* messages and metadata and is
+                independent afterwards. A branch is always new: an existing ``name`` raises
+                :class:`SessionExistsError`; a missing source :class:`SessionNotFoundError`.
+            exist_ok: with False, an existing ``name`` raises :class:`SessionExistsError`
+                instead of being resumed.
+
+        The new session is stored at once (empty), so its name is taken from then on.
+        """
+        name = check_name(name)
+        if branch_from is not None:
+            source = branch_from.name if isinstance(branch_from, AsyncSession) else branch_from
+            source = check_name(source, "branch_from")
+        repo = await self._ready()
+        now = utcnow()
+        record = SessionRecord(
+            id=str(uuid.uuid4()), name=name, created_at=now, updated_at=now, metadata={},
+            message_count=0, size_bytes=0, last_message_id=0,
+        )
+        if branch_from is not None:
+            found = await repo.load_session(name=source)
+            if found is None:
+                raise SessionNotFoundError(f"cannot branch from {source!r}: no such session")
+            return AsyncSession(self, await repo.create_session(record, copy_from=found.id))
+        tail = min(RESUME_PREFETCH, self._config.message_cache_size)
+        existing = await repo.load_session(name=name, tail=tail)
+        if existing is None:
+            try:
+                return AsyncSession(self, await repo.create_session(record))
+            except SessionExistsError:
+                if not exist_ok:
+                    raise
+                existing = await repo.load_session(name=name, tail=tail)
+                if existing is None:
+                    raise
+        elif not exist_ok:
+            raise SessionExistsError(f"session {name!r} already exists")
+        return AsyncSession(self, existing)
+
+    async def load_session(
+        self, name: str | None = None, *, session_id: str | None = None
+    ) -> AsyncSession:
+        """Resume an existing session by name or by id (``SessionNotFoundError`` if missing).
+
+        Reads the session row and its newest few messages, never all of them.
+        """
+        if (name is None) == (session_id is None):
+            raise SessionError("give exactly one of name or session_id")
+        if name is not None:
+            name = check_name(name)
+        elif type(session_id) is not str or not session_id:
+            raise SessionNotFoundError(f"no session with id {session_id!r}")
+        repo = await self._ready()
+        tail = min(RESUME_PREFETCH, self._config.message_cache_size)
+        found = await repo.load_session(name=name, session_id=session_id, tail=tail)
+        if found is None:
+            what = f"name {name!r}" if name is not None else f"id {session_id!r}"
+            raise SessionNotFoundError(f"no session with {what}")
+        return AsyncSession(self, found)
+
+    async def save_session(self, session: AsyncSession) -> None:
+        """Write the session's unsaved changes in one transaction: only the delta (new
+        messages, a truncation, changed metadata keys), all or nothing."""
+        self._own(session)
+        await self._ready()
+        await session._save()
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        """Every session's :class:`SessionInfo` (one query), oldest first."""
+        repo = await self._ready()
+        return await repo.list_sessions()
+
+    async def get_session_info(self, name: str) -> SessionInfo | None:
+        """One session's info without loading its messages, or None if there is none."""
+        name = check_name(name)
+        repo = await self._ready()
+        found = await repo.load_session(name=name)
+        return None if found is None else found.info()
+
+    async def delete_session(self, name: str, *, missing_ok: bool = False) -> None:
+        """Delete a session and its messages (``SessionNotFoundError`` if missing, unless
+        ``missing_ok``). Branches made from it are independent and stay."""
+        name = check_name(name)
+        repo = await self._ready()
+        found = await repo.load_session(name=name)
+        if found is None or not await repo.delete_session(found.id):
+            if not missing_ok:
+                raise SessionNotFoundError(f"no session with name {name!r}")
+
+    async def close(self) -> None:
+        """Release storage. Unsaved changes are not written. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._opened:
+            await self._repository.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncSessionManager:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,109 @@
+"""Bringing a database to the schema this library knows, with Alembic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .errors import SchemaVersionError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = [
+    "BASELINE_REVISION",
+    "HEAD_REVISION",
+    "adopt_unversioned",
+    "alembic_config",
+    "current_revision",
+    "ensure_schema",
+    "migrations_dir",
+]
+
+#: The revision that creates exactly the spec's schema.
+BASELINE_REVISION = "0001"
+#: The newest revision this version of the library knows (a test keeps it equal to Alembic's head).
+HEAD_REVISION = "0002"
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory: inside the installed wheel, or the repository's
+    top-level ``migrations/`` when running from a clone."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaVersionError("the migration scripts are missing from this installation")
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration that needs no alembic.ini (works from a wheel)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    return cfg
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The database's Alembic revision, or None when it has no version table."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    if len(rows) > 1:
+        raise SchemaVersionError(f"the database has several schema heads: {[r[0] for r in rows]}")
+    return rows[0][0] if rows else None
+
+
+def adopt_unversioned(conn: Connection) -> bool:
+    """Stamp a database made with the spec's raw ``CREATE TABLE`` statements at the baseline.
+
+    Such a file has the tables but no version table; running the first revision on it would
+    fail with "table already exists". Returns True when it stamped.
+    """
+    inspector = sa.inspect(conn)
+    if inspector.has_table("alembic_version"):
+        return False
+    if not (inspector.has_table("sessions") and inspector.has_table("messages")):
+        return False
+    from alembic.migration import MigrationContext
+
+    MigrationContext.configure(conn).stamp(_script(), BASELINE_REVISION)
+    return True
+
+
+def _script():  # type: ignore[no-untyped-def]
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def ensure_schema(conn: Connection) -> None:
+    """Upgrade the database on ``conn`` (inside the caller's transaction) to head.
+
+    Refuses, with :class:`SchemaVersionError`, a database stamped with a revision this
+    version does not know (a newer library wrote it); never downgrades.
+    """
+    current = current_revision(conn)
+    if current == HEAD_REVISION:
+        return
+    script = _script()
+    if current is not None:
+        try:
+            known = script.get_revision(current)
+        except Exception:  # alembic raises several kinds for unknown ids
+            known = None
+        if known is None:
+            raise SchemaVersionError(
+                f"the database schema is at revision {current!r}, which this version of "
+                f"coda_session does not know (it knows up to {HEAD_REVISION!r}); "
+                "upgrade coda_session to open it"
+            )
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")

@@ -1,0 +1,124 @@
+"""Value types: the typed message, SessionInfo, and the records the backends exchange."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = ["Message", "MessageRecord", "SessionInfo", "SessionRecord", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (every timestamp the library makes)."""
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """A typed view of one stored message.
+
+    ``Session.get_messages()`` returns plain dicts (JSON-serializable, as the spec's
+    export does); ``Message.model_validate(d)`` gives typed access to one. Keys besides
+    ``role``, ``content`` and ``timestamp`` (``model``, ``name``, ``tool_calls``, ...) are kept
+    as extra fields.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: str = Field(min_length=1)
+    content: JsonValue = None
+    timestamp: str
+
+
+class SessionInfo(BaseModel):
+    """What ``list_sessions()`` and ``get_session_info()`` report about one session.
+
+    ``created_at`` and ``updated_at`` are timezone-aware UTC datetimes: compare them with
+    ``datetime.now(timezone.utc)``, not with a naive ``datetime.now()`` (Python raises
+    ``TypeError`` for that comparison). ``size_bytes`` is the stored size of the session's
+    messages in UTF-8 bytes (role, content, timestamp and extra keys as stored);
+    ``message_count`` the number of stored messages. Both describe the saved state.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    size_bytes: int
+    metadata: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class MessageRecord:
+    """One message in its stored form; the unit the repositories read and write.
+
+    ``content`` holds a string content as is; a non-string content (a list of parts, a
+    dict, ``None``) is kept JSON-encoded under the key ``"content"`` of ``extra`` and
+    ``content`` is ``None`` (no extra key can be named ``content``, so this never clashes).
+    ``extra`` is the JSON text of the message's other keys, or ``None`` when it has none.
+    ``id`` is the storage's monotonic ordering key (``None`` until saved).
+    """
+
+    role: str
+    content: str | None
+    timestamp: str
+    extra: str | None
+    id: int | None = None
+
+    def with_id(self, id_: int) -> MessageRecord:
+        return MessageRecord(self.role, self.content, self.timestamp, self.extra, id_)
+
+    def byte_size(self) -> int:
+        """Stored size in UTF-8 bytes: role + content + timestamp + extra keys' JSON."""
+        size = len(self.role.encode()) + len(self.timestamp.encode())
+        if self.content is not None:
+            size += len(self.content.encode())
+        if self.extra is not None:
+            size += len(self.extra.encode())
+        return size
+
+    def text_length(self) -> int:
+        """Characters of role, content and extra keys (what the token estimate counts)."""
+        return len(self.role) + len(self.content or "") + len(self.extra or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as the plain dict the caller gave (plus its timestamp)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+        if self.extra is not None:
+            extra = json.loads(self.extra)
+            if self.content is None and "content" in extra:
+                out["content"] = extra.pop("content")
+            out.update(extra)
+        return out
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """A session row as the repositories return it (never an ORM object)."""
+
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    message_count: int
+    size_bytes: int
+    last_message_id: int
+    tail: list[MessageRecord] = field(default_factory=list)
+
+    def info(self) -> SessionInfo:
+        return SessionInfo.model_construct(
+            id=self.id,
+            name=self.name,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            message_count=self.message_count,
+            size_bytes=self.size_bytes,
+            metadata=self.metadata,
+        )

@@ -1,0 +1,156 @@
+"""The memory backend: the repository protocol over Python dicts (lost at exit)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SessionExistsError, SessionNotFoundError
+from ..models import MessageRecord, SessionInfo, SessionRecord
+from .protocol import Repository, SaveRequest, SaveResult
+
+__all__ = ["MemoryRepository"]
+
+
+@dataclass(slots=True)
+class _Stored:
+    record: SessionRecord
+    messages: list[MessageRecord] = field(default_factory=list)
+    size: int = 0
+
+
+def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]:
+    # ids ascend within a session, so the visible rows are a prefix
+    end = len(messages)
+    while end and (messages[end - 1].id or 0) > upto_id:
+        end -= 1
+    return messages[:end]
+
+
+class MemoryRepository(Repository):
+    """Sessions kept in this process only. Stores messages in their encoded form, exactly
+    as the SQL backend does, so both behave the same."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, _Stored] = {}
+        self._by_name: dict[str, str] = {}
+        self._next_id = 1
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _snapshot(self, stored: _Stored, tail: int) -> SessionRecord:
+        rec = stored.record
+        return SessionRecord(
+            id=rec.id,
+            name=rec.name,
+            created_at=rec.created_at,
+            updated_at=rec.updated_at,
+            metadata=copy.deepcopy(rec.metadata),
+            message_count=len(stored.messages),
+            size_bytes=stored.size,
+            last_message_id=stored.messages[-1].id or 0 if stored.messages else 0,
+            tail=stored.messages[-tail:] if tail > 0 else [],
+        )
+
+    def _append(self, stored: _Stored, messages: list[MessageRecord]) -> list[int]:
+        ids = list(range(self._next_id, self._next_id + len(messages)))
+        self._next_id += len(messages)
+        stored.messages.extend(m.with_id(i) for m, i in zip(messages, ids, strict=True))
+        stored.size += sum(m.byte_size() for m in messages)
+        return ids
+
+    async def create_session(
+        self, record: SessionRecord, *, copy_from: str | None = None
+    ) -> SessionRecord:
+        if record.name in self._by_name:
+            raise SessionExistsError(f"session {record.name!r} already exists")
+        source = None
+        if copy_from is not None:
+            source = self._by_id.get(copy_from)
+            if source is None:
+                raise SessionNotFoundError(f"session to branch from ({copy_from}) no longer exists")
+        stored = _Stored(
+            SessionRecord(
+                id=record.id,
+                name=record.name,
+                created_at=record.created_at,
+                updated_at=record.updated_at,
+                metadata=copy.deepcopy(source.record.metadata if source else record.metadata),
+                message_count=0,
+                size_bytes=0,
+                last_message_id=0,
+            )
+        )
+        if source is not None:
+            self._append(stored, source.messages)
+        self._by_id[record.id] = stored
+        self._by_name[record.name] = record.id
+        return self._snapshot(stored, 0)
+
+    async def load_session(
+        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
+    ) -> SessionRecord | None:
+        if session_id is None:
+            session_id = self._by_name.get(name or "")
+        stored = self._by_id.get(session_id) if session_id is not None else None
+        return None if stored is None else self._snapshot(stored, tail)
+
+    async def read_messages(
+        self, session_id: str, *, upto_id: int, limit: int | None
+    ) -> list[MessageRecord]:
+        stored = self._by_id.get(session_id)
+        if stored is None:
+            return []
+        visible = _visible(stored.messages, upto_id)
+        if limit is None:
+            return list(visible)
+        return visible[-limit:] if limit > 0 else []
+
+    async def save(self, request: SaveRequest) -> SaveResult:
+        stored = self._by_id.get(request.session_id)
+        if stored is None:
+            raise SessionNotFoundError(f"session {request.name!r} was deleted")
+        # validate everything first, then mutate: all or nothing
+        patch: dict[str, Any] = copy.deepcopy(dict(request.metadata_patch or {}))
+        cut = request.truncation
+        if cut is not None:
+            visible = _visible(stored.messages, cut.upto_id)
+            drop = max(0, len(visible) - cut.keep)
+            if drop:
+                stored.size -= sum(m.byte_size() for m in stored.messages[:drop])
+                del stored.messages[:drop]
+        ids = self._append(stored, list(request.messages))
+        stored.record.metadata.update(patch)
+        stored.record.updated_at = request.updated_at
+        snap = self._snapshot(stored, 0)
+        return SaveResult(
+            ids=ids,
+            message_count=snap.message_count,
+            size_bytes=snap.size_bytes,
+            last_message_id=snap.last_message_id,
+            metadata=snap.metadata if patch else None,
+        )
+
+    async def delete_session(self, session_id: str) -> bool:
+        stored = self._by_id.pop(session_id, None)
+        if stored is None:
+            return False
+        del self._by_name[stored.record.name]
+        return True
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        snaps = [self._snapshot(s, 0) for s in self._by_id.values()]
+        snaps.sort(key=lambda r: (r.created_at, r.name))
+        return [s.info() for s in snaps]
+
+    async def text_length(
+        self, session_id: str, *, upto_id: int, limit: int | None
+    ) -> tuple[int, int]:
+        rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
+        chars = sum(m.text_length() for m in rows)
+        return chars, len(rows)

@@ -1,0 +1,126 @@
+"""Engine and connections: file permissions, PRAGMAs, and how transactions begin."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ...config import SessionConfig
+from ...errors import StorageError
+
+__all__ = [
+    "connect_sqlite",
+    "create_engine",
+    "database_url",
+    "prepare_sqlite_file",
+    "sqlite_path",
+]
+
+WRITE_OPTION = "coda_session_write"
+
+
+def database_url(config: SessionConfig) -> URL:
+    """The SQLAlchemy URL a configuration points at."""
+    if config.database_url is not None:
+        return make_url(config.database_url)
+    if config.database_file is None:
+        raise StorageError("the memory backend has no database URL")
+    return URL.create("sqlite+aiosqlite", database=str(config.database_file))
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for an in-memory or non-SQLite database."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    db = url.database or ""
+    if db in ("", ":memory:") or db.startswith("file:"):
+        return None
+    return Path(db)
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the database's directory (0700) and file (0600) before SQLite opens it.
+
+    Conversations are private: SQLite gives its -wal and -shm files the mode of the
+    database file, so creating that file 0600 first covers all three.
+    """
+    directory = path.parent
+    try:
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot create the database file {path}: {exc}") from exc
+
+
+def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
+    # aiosqlite's worker threads are not daemons: a manager the caller forgot to close would
+    # keep the interpreter from exiting. Committed data is safe in SQLite's WAL either way.
+    thread = getattr(conn, "_thread", conn)
+    if hasattr(thread, "daemon") and not thread.is_alive():
+        thread.daemon = True
+    return conn
+
+
+def _setup(raw: sqlite3.Connection, busy_timeout: float) -> None:
+    raw.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE for writes)
+    raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    raw.execute("PRAGMA foreign_keys = ON")
+    mode = raw.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode is not None and str(mode[0]).lower() not in ("wal", "memory"):
+        raise StorageError(f"cannot switch the database to WAL mode (got {mode[0]!r})")
+    raw.execute("PRAGMA synchronous = NORMAL")
+
+
+async def connect_sqlite(path: str, busy_timeout: float) -> aiosqlite.Connection:
+    """An aiosqlite connection with the library's PRAGMAs, on a daemon worker thread."""
+    conn = _daemon(aiosqlite.connect(path, timeout=busy_timeout, check_same_thread=False))
+    await conn
+    try:
+        await conn._execute(_setup, conn._conn, busy_timeout)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+def create_engine(config: SessionConfig, url: URL | None = None) -> AsyncEngine:
+    """The async engine for a configuration; SQLite files are prepared and tuned."""
+    url = url or database_url(config)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        path = sqlite_path(url)
+        if path is not None:
+            prepare_sqlite_file(path)
+            target = str(path)
+
+            async def creator() -> Any:
+                return await connect_sqlite(target, config.busy_timeout)
+
+            kwargs["async_creator"] = creator
+            kwargs["pool_size"] = config.connection_pool_size
+    else:
+        kwargs["pool_size"] = config.connection_pool_size
+    engine = create_async_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            # take the write lock up front: a deferred transaction that later writes can
+            # fail with SQLITE_BUSY instead of waiting (read-to-write upgrade deadlock)
+            write = conn.get_execution_options().get(WRITE_OPTION, True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

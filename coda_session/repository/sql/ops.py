@@ -1,0 +1,254 @@
+"""Repository operations as plain functions over a narrow executor.
+
+Each operation is one transaction and is written once. It runs either on SQLite's
+connection thread in a single trip (:class:`RawExecutor`, the fast path) or through
+SQLAlchemy on any database (:class:`AlchemyExecutor`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import Connection
+
+from ...codec import decode_metadata, dumps_metadata
+from ...errors import SessionExistsError, SessionNotFoundError
+from ...models import MessageRecord, SessionInfo, SessionRecord
+from ..protocol import SaveRequest, SaveResult
+from . import statements as q
+from .tables import from_db_timestamp, to_sqlite_timestamp
+
+__all__ = ["AlchemyExecutor", "Executor", "RawExecutor"]
+
+Params = Mapping[str, Any]
+
+
+class Executor(Protocol):
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]: ...
+
+    def run(self, stmt: sa.Executable, params: Params) -> int: ...
+
+    def insert_messages(self, params: list[dict[str, Any]]) -> list[int]: ...
+
+
+class RawExecutor:
+    """Runs the compiled statements on a ``sqlite3`` connection (already on its thread)."""
+
+    _dialect = SQLiteDialect_pysqlite()
+    _compiled: dict[int, tuple[str, tuple[str, ...], dict[str, Any]]] = {}  # noqa: RUF012
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def _sql(cls, stmt: sa.Executable) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        # keyed by identity: the statements are module-level constants that live forever
+        hit = cls._compiled.get(id(stmt))
+        if hit is None:
+            compiled = stmt.compile(dialect=cls._dialect)  # type: ignore[attr-defined]
+            hit = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+            cls._compiled[id(stmt)] = hit
+        return hit
+
+    def _params(self, stmt: sa.Executable, params: Params) -> tuple[str, list[Any]]:
+        sql, names, defaults = self._sql(stmt)
+        return sql, [
+            self._value(params[n]) if n in params else defaults[n] for n in names
+        ]
+
+    @staticmethod
+    def _value(value: Any) -> Any:
+        return to_sqlite_timestamp(value) if isinstance(value, datetime) else value
+
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(*self._params(stmt, params)).fetchall()
+
+    def run(self, stmt: sa.Executable, params: Params) -> int:
+        return self._conn.execute(*self._params(stmt, params)).rowcount
+
+    def insert_messages(self, params: list[dict[str, Any]]) -> list[int]:
+        sql, names, _ = self._sql(q.INSERT_MESSAGE)
+        self._conn.executemany(sql, [[p[n] for n in names] for p in params])
+        last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        # one writer holds the lock and the table has no AUTOINCREMENT: SQLite hands out
+        # max(rowid)+1 to each row in turn, so the ids of this batch are consecutive
+        return list(range(last - len(params) + 1, last + 1))
+
+
+class AlchemyExecutor:
+    """Runs the statements through a SQLAlchemy connection (any dialect)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(stmt, dict(params)).all()
+
+    def run(self, stmt: sa.Executable, params: Params) -> int:
+        return self._conn.execute(stmt, dict(params)).rowcount
+
+    def insert_messages(self, params: list[dict[str, Any]]) -> list[int]:
+        ids = self._conn.execute(q.INSERT_MESSAGE_RETURNING, params).scalars().all()
+        return [int(i) for i in ids]
+
+
+def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        name=row[1],
+        created_at=from_db_timestamp(row[2]),
+        updated_at=from_db_timestamp(row[3] if row[3] is not None else row[2]),
+        metadata=decode_metadata(row[4]),
+        message_count=int(row[5]),
+        size_bytes=int(row[6]),
+        last_message_id=int(last_id),
+        tail=tail,
+    )
+
+
+def _message(row: Sequence[Any]) -> MessageRecord:
+    ts = row[3]
+    return MessageRecord(
+        row[1] if row[1] is not None else "",
+        row[2],
+        ts if isinstance(ts, str) else ("" if ts is None else str(ts)),
+        row[4],
+        int(row[0]),
+    )
+
+
+def load(
+    cx: Executor, name: str | None, session_id: str | None, tail: int
+) -> SessionRecord | None:
+    if session_id is not None:
+        found = cx.rows(q.SESSION_BY_ID, {"session_id": session_id})
+    else:
+        found = cx.rows(q.SESSION_BY_NAME, {"name": name})
+    if not found:
+        return None
+    row = found[0]
+    last_id = cx.rows(q.LAST_MESSAGE_ID, {"session_id": row[0]})[0][0]
+    messages: list[MessageRecord] = []
+    if tail > 0 and last_id:
+        rows = cx.rows(q.MESSAGES_TAIL, {"session_id": row[0], "upto_id": last_id, "n": tail})
+        messages = [_message(r) for r in reversed(rows)]
+    return _session(row, last_id, messages)
+
+
+def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list[MessageRecord]:
+    if limit is None:
+        rows = cx.rows(q.MESSAGES_ALL, {"session_id": session_id, "upto_id": upto_id})
+        return [_message(r) for r in rows]
+    if limit <= 0:
+        return []
+    rows = cx.rows(q.MESSAGES_TAIL, {"session_id": session_id, "upto_id": upto_id, "n": limit})
+    return [_message(r) for r in reversed(rows)]
+
+
+def text_length(
+    cx: Executor, session_id: str, upto_id: int, limit: int | None
+) -> tuple[int, int]:
+    row = cx.rows(
+        q.TEXT_LENGTH, {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
+    )[0]
+    return int(row[0]), int(row[1])
+
+
+def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> SessionRecord:
+    if cx.rows(q.SESSION_BY_NAME, {"name": record.name}):
+        raise SessionExistsError(f"session {record.name!r} already exists")
+    metadata, count, size = record.metadata, 0, 0
+    if copy_from is not None:
+        source = cx.rows(q.SESSION_BY_ID, {"session_id": copy_from})
+        if not source:
+            raise SessionNotFoundError("the session to branch from no longer exists")
+        metadata = decode_metadata(source[0][4])
+        count, size = int(source[0][5]), int(source[0][6])
+    cx.run(
+        q.INSERT_SESSION,
+        {
+            "id": record.id,
+            "name": record.name,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "metadata": dumps_metadata(metadata),
+            "message_count": count,
+            "size_bytes": size,
+        },
+    )
+    last_id = 0
+    if copy_from is not None and count:
+        cx.run(q.COPY_MESSAGES, {"new_id": record.id, "source_id": copy_from})
+        last_id = cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0]
+    return SessionRecord(
+        id=record.id,
+        name=record.name,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        metadata=metadata,
+        message_count=count,
+        size_bytes=size,
+        last_message_id=int(last_id),
+    )
+
+
+def save(cx: Executor, req: SaveRequest) -> SaveResult:
+    found = cx.rows(q.SESSION_FOR_UPDATE, {"session_id": req.session_id})
+    if not found:
+        raise SessionNotFoundError(f"session {req.name!r} was deleted")
+    meta_text, count, size = found[0][0], int(found[0][1]), int(found[0][2])
+    cut = req.truncation
+    if cut is not None:
+        boundary = cx.rows(
+            q.TRUNCATE_BOUNDARY,
+            {"session_id": req.session_id, "upto_id": cut.upto_id, "keep": cut.keep},
+        )
+        if boundary:
+            params = {"session_id": req.session_id, "boundary": boundary[0][0]}
+            gone, gone_size = cx.rows(q.TRUNCATE_STATS, params)[0]
+            cx.run(q.DELETE_MESSAGES_UPTO, params)
+            count -= int(gone)
+            size -= int(gone_size)
+    ids: list[int] = []
+    if req.messages:
+        sid = req.session_id
+        ids = cx.insert_messages(
+            [
+                {"session_id": sid, "role": r.role, "content": r.content,
+                 "timestamp": r.timestamp, "metadata": r.extra}
+                for r in req.messages
+            ]
+        )
+        count += len(ids)
+        size += sum(r.byte_size() for r in req.messages)
+    metadata: dict[str, Any] | None = None
+    if req.metadata_patch:
+        metadata = decode_metadata(meta_text)
+        metadata.update(req.metadata_patch)
+        meta_text = dumps_metadata(metadata)
+    cx.run(
+        q.UPDATE_SESSION,
+        {
+            "session_id": req.session_id,
+            "updated_at": req.updated_at,
+            "metadata": meta_text,
+            "message_count": count,
+            "size_bytes": size,
+        },
+    )
+    last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": req.session_id})[0][0]
+    return SaveResult(ids, count, size, int(last_id), metadata)
+
+
+def delete(cx: Executor, session_id: str) -> bool:
+    cx.run(q.DELETE_MESSAGES, {"session_id": session_id})
+    return cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
+
+
+def list_all(cx: Executor) -> list[SessionInfo]:
+    return [_session(row, 0, []).info() for row in cx.rows(q.LIST_SESSIONS, {})]

@@ -1,0 +1,155 @@
+"""The SQL repository: one implementation for every database SQLAlchemy reaches."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import aiosqlite
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ...config import SessionConfig
+from ...errors import SessionExistsError, StorageError
+from ...models import MessageRecord, SessionInfo, SessionRecord
+from ..protocol import Repository, SaveRequest, SaveResult
+from . import ops
+from .engine import WRITE_OPTION, connect_sqlite, create_engine, database_url, sqlite_path
+from .errors import translate_errors
+
+__all__ = ["SqlRepository"]
+
+T = TypeVar("T")
+
+
+class SqlRepository(Repository):
+    """Sessions in a SQL database through SQLAlchemy 2 (async).
+
+    On SQLite every operation runs as one transaction in a single trip to the connection's
+    thread (few statements, no per-statement hop); on other databases, and with
+    ``fast_path=False``, the same operations run through SQLAlchemy's async connection.
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig | None = None,
+        *,
+        url: str | URL | None = None,
+        fast_path: bool | None = None,
+    ) -> None:
+        self._config = config or SessionConfig()
+        if url is None:
+            self._url = database_url(self._config)
+        else:
+            self._url = url if isinstance(url, URL) else make_url(url)
+        is_sqlite = self._url.get_backend_name() == "sqlite"
+        self._fast_wanted = is_sqlite if fast_path is None else (fast_path and is_sqlite)
+        self._engine: AsyncEngine | None = None
+        self._raw: aiosqlite.Connection | None = None
+
+    @property
+    def url(self) -> URL:
+        return self._url
+
+    @property
+    def uses_fast_path(self) -> bool:
+        return self._raw is not None
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        from ...migrate import ensure_schema
+
+        with translate_errors("opening the database"):
+            engine = create_engine(self._config, self._url)
+            try:
+                async with engine.connect() as conn:
+                    async with conn.begin():
+                        await conn.run_sync(ensure_schema)
+                path = sqlite_path(self._url)
+                if self._fast_wanted and path is not None and hasattr(aiosqlite.Connection, "_execute"):
+                    self._raw = await connect_sqlite(str(path), self._config.busy_timeout)
+                    # the one-trip path serves everything: idle pooled connections are let go
+                    await engine.dispose()
+            except BaseException:
+                await engine.dispose()
+                raise
+            self._engine = engine
+
+    async def aclose(self) -> None:
+        raw, engine = self._raw, self._engine
+        self._raw, self._engine = None, None
+        with translate_errors("closing the database"):
+            if raw is not None:
+                await raw.close()
+            if engine is not None:
+                await engine.dispose()
+
+    async def _run(self, action: str, write: bool, fn: Callable[..., T], *args: Any) -> T:
+        if self._engine is None:
+            await self.open()
+        with translate_errors(action):
+            if self._raw is not None:
+                return await self._raw._execute(_in_transaction, self._raw._conn, write, fn, args)  # type: ignore[no-any-return]
+            assert self._engine is not None
+            async with self._engine.connect() as conn:
+                conn = await conn.execution_options(**{WRITE_OPTION: write})
+                async with conn.begin():
+                    return await conn.run_sync(_alchemy_call, fn, args)
+
+    async def create_session(
+        self, record: SessionRecord, *, copy_from: str | None = None
+    ) -> SessionRecord:
+        try:
+            return await self._run("creating a session", True, ops.create, record, copy_from)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError | sa_exc.IntegrityError):
+                # a concurrent writer on a server database took the name first
+                raise SessionExistsError(f"session {record.name!r} already exists") from exc
+            raise
+
+    async def load_session(
+        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
+    ) -> SessionRecord | None:
+        return await self._run("loading a session", False, ops.load, name, session_id, tail)
+
+    async def read_messages(
+        self, session_id: str, *, upto_id: int, limit: int | None
+    ) -> list[MessageRecord]:
+        return await self._run("reading messages", False, ops.read, session_id, upto_id, limit)
+
+    async def save(self, request: SaveRequest) -> SaveResult:
+        return await self._run("saving a session", True, ops.save, request)
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._run("deleting a session", True, ops.delete, session_id)
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        return await self._run("listing sessions", False, ops.list_all)
+
+    async def text_length(
+        self, session_id: str, *, upto_id: int, limit: int | None
+    ) -> tuple[int, int]:
+        return await self._run(
+            "counting tokens", False, ops.text_length, session_id, upto_id, limit
+        )
+
+
+def _in_transaction(
+    conn: sqlite3.Connection, write: bool, fn: Callable[..., T], args: tuple[Any, ...]
+) -> T:
+    # runs on the aiosqlite thread: BEGIN, the whole operation, COMMIT in one trip
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        result = fn(ops.RawExecutor(conn), *args)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return result
+
+
+def _alchemy_call(conn: Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    return fn(ops.AlchemyExecutor(conn), *args)

@@ -1,0 +1,153 @@
+"""The SQL the repository runs, as SQLAlchemy Core, compiled once per dialect.
+
+Every value is a bound parameter. Statements are plain module-level constructs so that
+both executors (the one-trip SQLite path and the generic SQLAlchemy path) share them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+from .tables import messages as m
+from .tables import sessions as s
+
+__all__ = [
+    "COPY_MESSAGES",
+    "DELETE_MESSAGES",
+    "DELETE_MESSAGES_UPTO",
+    "DELETE_SESSION",
+    "INSERT_MESSAGE",
+    "INSERT_MESSAGE_RETURNING",
+    "INSERT_SESSION",
+    "LAST_MESSAGE_ID",
+    "LIST_SESSIONS",
+    "MESSAGES_ALL",
+    "MESSAGES_TAIL",
+    "SESSION_BY_ID",
+    "SESSION_BY_NAME",
+    "SESSION_FOR_UPDATE",
+    "TEXT_LENGTH",
+    "TRUNCATE_BOUNDARY",
+    "TRUNCATE_STATS",
+    "UPDATE_SESSION",
+]
+
+
+class octet_length(FunctionElement[int]):  # noqa: N801 - SQL function name
+    """Bytes of a text value (SQLite before 3.43 has no octet_length)."""
+
+    type = sa.Integer()
+    inherit_cache = True
+
+
+@compiles(octet_length)
+def _octet_length(element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object) -> str:
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(octet_length, "sqlite")
+def _octet_length_sqlite(
+    element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
+) -> str:
+    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
+
+
+def _bytes(col: ColumnElement[str | None]) -> ColumnElement[int]:
+    return sa.func.coalesce(octet_length(col), 0)
+
+
+def _chars(col: ColumnElement[str | None]) -> ColumnElement[int]:
+    return sa.func.coalesce(sa.func.length(col), 0)
+
+
+_SESSION_COLS = (s.c.id, s.c.name, s.c.created_at, s.c.updated_at, s.c["metadata"],
+                 s.c.message_count, s.c.size_bytes)
+_MESSAGE_COLS = (m.c.id, m.c.role, m.c.content, m.c.timestamp, m.c["metadata"])
+
+SESSION_BY_NAME = sa.select(*_SESSION_COLS).where(s.c.name == sa.bindparam("name"))
+SESSION_BY_ID = sa.select(*_SESSION_COLS).where(s.c.id == sa.bindparam("session_id"))
+SESSION_FOR_UPDATE = sa.select(s.c["metadata"], s.c.message_count, s.c.size_bytes).where(
+    s.c.id == sa.bindparam("session_id")
+)
+LIST_SESSIONS = sa.select(*_SESSION_COLS).order_by(s.c.created_at, s.c.name)
+LAST_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0)).where(
+    m.c.session_id == sa.bindparam("session_id")
+)
+MESSAGES_TAIL = (
+    sa.select(*_MESSAGE_COLS)
+    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
+    .order_by(m.c.id.desc())
+    .limit(sa.bindparam("n"))
+)
+MESSAGES_ALL = (
+    sa.select(*_MESSAGE_COLS)
+    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
+    .order_by(m.c.id)
+)
+_tail_sizes = (
+    sa.select(m.c.role, m.c.content, m.c["metadata"])
+    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
+    .order_by(m.c.id.desc())
+    .limit(sa.bindparam("n"))
+    .subquery()
+)
+TEXT_LENGTH = sa.select(
+    sa.func.coalesce(
+        sa.func.sum(_chars(_tail_sizes.c.role) + _chars(_tail_sizes.c.content)
+                    + _chars(_tail_sizes.c["metadata"])), 0),
+    sa.func.count(),
+)
+INSERT_SESSION = sa.insert(s).values(
+    id=sa.bindparam("id"),
+    name=sa.bindparam("name"),
+    created_at=sa.bindparam("created_at", type_=s.c.created_at.type),
+    updated_at=sa.bindparam("updated_at", type_=s.c.updated_at.type),
+    metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
+    message_count=sa.bindparam("message_count"),
+    size_bytes=sa.bindparam("size_bytes"),
+)
+UPDATE_SESSION = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(
+        updated_at=sa.bindparam("updated_at", type_=s.c.updated_at.type),
+        metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
+        message_count=sa.bindparam("message_count"),
+        size_bytes=sa.bindparam("size_bytes"),
+    )
+)
+INSERT_MESSAGE = sa.insert(m).values(
+    session_id=sa.bindparam("session_id"),
+    role=sa.bindparam("role"),
+    content=sa.bindparam("content"),
+    timestamp=sa.bindparam("timestamp", type_=m.c.timestamp.type),
+    metadata=sa.bindparam("metadata", type_=m.c["metadata"].type),
+)
+INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
+COPY_MESSAGES = sa.insert(m).from_select(
+    ["session_id", "role", "content", "timestamp", "metadata"],
+    sa.select(sa.bindparam("new_id", type_=sa.Text), m.c.role, m.c.content, m.c.timestamp,
+              m.c["metadata"])
+    .where(m.c.session_id == sa.bindparam("source_id"))
+    .order_by(m.c.id),
+)
+# the newest message a truncation removes: the (keep+1)-th newest with id <= upto_id
+TRUNCATE_BOUNDARY = (
+    sa.select(m.c.id)
+    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
+    .order_by(m.c.id.desc())
+    .limit(1)
+    .offset(sa.bindparam("keep"))
+)
+TRUNCATE_STATS = sa.select(
+    sa.func.count(),
+    sa.func.coalesce(sa.func.sum(_bytes(m.c.role) + _bytes(m.c.content) + _bytes(m.c.timestamp)
+                                 + _bytes(m.c["metadata"])), 0),
+).where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary"))
+DELETE_MESSAGES_UPTO = sa.delete(m).where(
+    m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary")
+)
+DELETE_MESSAGES = sa.delete(m).where(m.c.session_id == sa.bindparam("session_id"))
+DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))

@@ -1,0 +1,133 @@
+"""Declarative models mirroring the spec's sessions/messages schema (same names)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base",
+    "JsonText",
+    "MessageRow",
+    "SessionRow",
+    "TextTimestamp",
+    "UtcTimestamp",
+    "from_db_timestamp",
+    "to_sqlite_timestamp",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def to_sqlite_timestamp(value: datetime) -> str:
+    """How a session timestamp is stored in SQLite: ISO-8601 in UTC with its offset."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime")
+    return value.astimezone(UTC).isoformat()
+
+
+def from_db_timestamp(value: Any) -> datetime:
+    """A stored session timestamp as an aware UTC datetime (naive values are taken as UTC,
+    as SQLite's CURRENT_TIMESTAMP writes them)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class UtcTimestamp(TypeDecorator[datetime]):
+    """TIMESTAMP holding aware UTC datetimes on every database.
+
+    SQLite has no timestamp type; there the value is ISO-8601 text that sorts in time order.
+    """
+
+    impl = sa.TIMESTAMP(timezone=True)
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return lambda v: None if v is None else to_sqlite_timestamp(v)
+        return super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        return lambda v: None if v is None else from_db_timestamp(v)
+
+
+class TextTimestamp(TypeDecorator[str]):
+    """The message timestamp: the caller's ISO-8601 string, stored and returned verbatim."""
+
+    impl = sa.TIMESTAMP
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        return None
+
+
+class JsonText(TypeDecorator[str]):
+    """A JSON column whose values are JSON text encoded by coda_session itself, so that
+    validation and encoding are the same for every backend."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        return None
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SessionRow(Base):
+    """``sessions``: one row per conversation. ``message_count`` and ``size_bytes`` are kept
+    in step with ``messages`` by every write, so listing never scans messages."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True, nullable=False)
+    created_at: Mapped[datetime | None] = mapped_column(UtcTimestamp)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcTimestamp)
+    metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
+    message_count: Mapped[int] = mapped_column(
+        sa.Integer, nullable=False, server_default=sa.text("0")
+    )
+    size_bytes: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+
+
+class MessageRow(Base):
+    """``messages``: ``id`` is the monotonic ordering key of a session's messages."""
+
+    __tablename__ = "messages"
+    __table_args__ = (sa.Index("ix_messages_session_id_id", "session_id", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    session_id: Mapped[str | None] = mapped_column(sa.Text, sa.ForeignKey("sessions.id"))
+    role: Mapped[str | None] = mapped_column(sa.Text)
+    content: Mapped[str | None] = mapped_column(sa.Text)
+    timestamp: Mapped[str | None] = mapped_column(TextTimestamp)
+    metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
+
+
+sessions = SessionRow.__table__
+messages = MessageRow.__table__

@@ -1,0 +1,287 @@
+"""AsyncSession: one conversation, its unsaved changes, and a cache of its newest messages."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .codec import encode_message, encode_metadata
+from .errors import InvalidMessageError, SessionError
+from .models import MessageRecord, SessionInfo, SessionRecord, utcnow
+from .repository.protocol import SaveRequest, Truncation
+
+if TYPE_CHECKING:
+    from .manager import AsyncSessionManager
+
+__all__ = ["AsyncSession"]
+
+#: The token estimate: characters per token, and tokens of framing per message.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+def _count(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise InvalidMessageError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    return value
+
+
+class AsyncSession:
+    """A conversation, as returned by :class:`AsyncSessionManager`.
+
+    Changes (``add_message``, ``clear_messages``, ``truncate_messages``,
+    ``update_metadata``) are validated at once, show on the object at once, and are written
+    by ``await manager.save_session(session)``. Methods that may read storage are
+    coroutines (``get_messages``, ``get_token_count``); the others never do I/O.
+
+    The object is a view as of its load or last save: messages another manager saves into
+    the same session meanwhile are kept in storage and show after the next save or load.
+    """
+
+    def __init__(self, manager: AsyncSessionManager, record: SessionRecord) -> None:
+        self._manager = manager
+        self._id = record.id
+        self._name = record.name
+        self._created_at = record.created_at
+        self._updated_at = record.updated_at
+        self._metadata = record.metadata
+        self._meta_patch: dict[str, Any] = {}
+        self._stored = record.message_count  # visible stored messages (ids <= _upto)
+        self._upto = record.last_message_id
+        self._size = record.size_bytes
+        self._keep: int | None = None  # a pending truncation of the stored messages
+        self._cache: list[MessageRecord] = record.tail[-self._cache_size :] if self._cache_size else []
+        self._pending: list[MessageRecord] = []
+        self._saving = 0  # messages at the front of _pending being written now
+        self._generation = 0  # bumps whenever the stored view changes
+        self._state = threading.Lock()  # the sync shim touches sessions from other threads
+        self._save_lock: asyncio.Lock | None = None
+
+    @property
+    def _cache_size(self) -> int:
+        return self._manager.config.message_cache_size
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The session's id (stable across renames and processes)."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """The session's unique name."""
+        return self._name
+
+    @property
+    def created_at(self) -> datetime:
+        """When the session was created (aware, UTC)."""
+        return self._created_at
+
+    @property
+    def updated_at(self) -> datetime:
+        """When the session was last saved (aware, UTC)."""
+        return self._updated_at
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the session's metadata, unsaved updates included."""
+        with self._state:
+            return copy.deepcopy(self._metadata)
+
+    @property
+    def message_count(self) -> int:
+        """How many messages the session shows now (stored and unsaved)."""
+        with self._state:
+            return self._stored + len(self._pending)
+
+    @property
+    def has_unsaved_changes(self) -> bool:
+        """True when ``save_session`` would write something."""
+        with self._state:
+            return bool(self._pending or self._keep is not None or self._meta_patch)
+
+    def info(self) -> SessionInfo:
+        """The :class:`SessionInfo` of the saved state as this object last saw it."""
+        with self._state:
+            return SessionInfo.model_construct(
+                id=self._id, name=self._name, created_at=self._created_at,
+                updated_at=self._updated_at, message_count=self._stored,
+                size_bytes=self._size, metadata=copy.deepcopy(self._metadata),
+            )
+
+    # -- changes (no I/O) -------------------------------------------------------------
+
+    def add_message(self, message: Mapping[str, Any]) -> None:
+        """Append a message: a dict with ``role`` and ``content`` (a string or any JSON
+        value) and any extra keys (``model``, ``name``, ``tool_calls``, ...), all kept.
+
+        ``timestamp`` defaults to now (UTC, ISO-8601). Raises
+        :class:`~coda_session.InvalidMessageError` before changing anything.
+        """
+        record = encode_message(message)
+        self._manager._check_open()
+        with self._state:
+            self._pending.append(record)
+
+    def set_messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
+        """Replace every message (validated first: one bad message changes nothing)."""
+        records = [encode_message(m) for m in messages]
+        self._manager._check_open()
+        with self._state:
+            self._truncate(0)
+            self._pending.extend(records)
+
+    def clear_messages(self) -> None:
+        """Remove every message (written by the next save)."""
+        self._manager._check_open()
+        with self._state:
+            self._truncate(0)
+
+    def truncate_messages(self, max_messages: int) -> None:
+        """Keep only the newest ``max_messages`` messages (written by the next save)."""
+        keep = _count(max_messages, "max_messages")
+        self._manager._check_open()
+        with self._state:
+            self._truncate(keep)
+
+    def update_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Merge ``metadata`` into the session's metadata (top-level keys replace)."""
+        patch = encode_metadata(metadata)
+        self._manager._check_open()
+        with self._state:
+            self._metadata.update(copy.deepcopy(patch))
+            self._meta_patch.update(patch)
+
+    def _truncate(self, keep: int) -> None:
+        if self._saving:
+            raise SessionError(
+                f"session {self._name!r} is being saved by another task or thread; "
+                "clear or truncate it after that save returns"
+            )
+        total = self._stored + len(self._pending)
+        excess = total - keep
+        if excess <= 0:
+            return
+        drop_stored = min(excess, self._stored)
+        if drop_stored:
+            self._stored -= drop_stored
+            self._keep = self._stored
+            self._cache = self._cache[len(self._cache) - min(len(self._cache), self._stored) :]
+            self._generation += 1
+        if excess > drop_stored:
+            del self._pending[: excess - drop_stored]
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _plan(self, limit: int | None) -> tuple[list[MessageRecord] | None, int, int, list[MessageRecord]]:
+        """(records if no I/O is needed, stored messages wanted, generation, pending)."""
+        pending = list(self._pending)
+        want = self._stored if limit is None else max(0, min(self._stored, limit - len(pending)))
+        if limit is not None and limit < len(pending):
+            pending = pending[len(pending) - limit :]
+        if want == 0:
+            return pending, 0, self._generation, pending
+        if want <= len(self._cache):
+            return self._cache[len(self._cache) - want :] + pending, want, self._generation, pending
+        return None, want, self._generation, pending
+
+    def cached_messages(self, limit: int | None = None) -> list[dict[str, Any]] | None:
+        """``get_messages(limit)`` when it can be answered without reading storage, else None."""
+        if limit is not None:
+            _count(limit, "limit")
+        with self._state:
+            records = self._plan(limit)[0]
+        return None if records is None else [r.to_dict() for r in records]
+
+    async def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The messages oldest first, as plain JSON-serializable dicts (fresh copies).
+
+        With ``limit``, the newest ``limit`` of them. Reads storage only for saved messages
+        that are not in the object's cache (the newest ``message_cache_size``).
+        """
+        if limit is not None:
+            _count(limit, "limit")
+        self._manager._check_open()
+        with self._state:
+            records, want, generation, pending = self._plan(limit)
+            upto = self._upto
+        if records is None:
+            stored = await self._manager._repository.read_messages(self._id, upto_id=upto, limit=want)
+            with self._state:
+                if generation == self._generation and self._cache_size:
+                    self._cache = stored[-self._cache_size :]
+            records = stored + pending
+        return [r.to_dict() for r in records]
+
+    async def get_token_count(self) -> int:
+        """An estimate of the tokens the messages take in a model's context.
+
+        ``ceil(characters / 4)`` over role, content and extra keys (tool calls included,
+        timestamps not) plus 4 tokens of framing per message: OpenAI's rule of thumb,
+        within about 10-20% for English text. Counted by the storage, without loading
+        the messages.
+        """
+        self._manager._check_open()
+        with self._state:
+            stored, upto, pending = self._stored, self._upto, list(self._pending)
+        chars, count = 0, 0
+        if stored:
+            chars, count = await self._manager._repository.text_length(
+                self._id, upto_id=upto, limit=stored
+            )
+        chars += sum(r.text_length() for r in pending)
+        count += len(pending)
+        return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count
+
+    # -- saving (called by the manager) -------------------------------------------------
+
+    async def _save(self) -> None:
+        if self._save_lock is None:
+            self._save_lock = asyncio.Lock()
+        async with self._save_lock:
+            with self._state:
+                if not (self._pending or self._keep is not None or self._meta_patch):
+                    return
+                batch = list(self._pending)
+                cut = None if self._keep is None else Truncation(self._upto, self._keep)
+                patch, self._meta_patch = self._meta_patch, {}
+                stored_before = self._stored
+                self._saving = len(batch)
+                request = SaveRequest(
+                    session_id=self._id, name=self._name, updated_at=utcnow(),
+                    messages=batch, truncation=cut, metadata_patch=patch or None,
+                )
+            try:
+                result = await self._manager._repository.save(request)
+            except BaseException:
+                with self._state:
+                    self._saving = 0
+                    self._meta_patch = {**patch, **self._meta_patch}
+                raise
+            with self._state:
+                self._saving = 0
+                del self._pending[: len(batch)]
+                self._keep = None  # truncating is refused while a save runs
+                saved = [r.with_id(i) for r, i in zip(batch, result.ids, strict=True)]
+                expected = stored_before + len(saved)
+                if result.message_count == expected:
+                    self._cache = (self._cache + saved)[-self._cache_size :] if self._cache_size else []
+                else:
+                    # another writer changed the session meanwhile: re-read on demand
+                    self._cache = []
+                self._stored = result.message_count
+                self._upto = result.last_message_id
+                self._size = result.size_bytes
+                self._updated_at = request.updated_at
+                self._generation += 1
+                if result.metadata is not None:
+                    self._metadata = {**result.metadata, **copy.deepcopy(self._meta_patch)}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r} messages={self.message_count}>"

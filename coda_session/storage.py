@@ -1,0 +1,199 @@
+"""SessionStorage: the simple contract for plugging in a storage of your own."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import BaseModel, Field
+
+from .codec import encode_message
+from .errors import SessionError, SessionExistsError, SessionNotFoundError, StorageError
+from .models import MessageRecord, SessionInfo, SessionRecord
+from .repository.protocol import Repository, SaveRequest, SaveResult
+
+__all__ = ["SessionData", "SessionStorage", "StorageAdapter"]
+
+T = TypeVar("T")
+
+
+class SessionData(BaseModel):
+    """A whole session as a :class:`SessionStorage` saves and loads it."""
+
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+
+    def info(self) -> SessionInfo:
+        """The :class:`SessionInfo` for ``list_all`` (size counted as the library does)."""
+        records = [encode_message(m) for m in self.messages]
+        return SessionInfo(
+            id=self.id, name=self.name, created_at=self.created_at, updated_at=self.updated_at,
+            message_count=len(records), size_bytes=sum(r.byte_size() for r in records),
+            metadata=copy.deepcopy(self.metadata),
+        )
+
+
+class SessionStorage(ABC):
+    """Subclass this to store sessions your own way, and pass an instance as
+    ``SessionManager(config, storage=...)`` (or to :class:`AsyncSessionManager`).
+
+    The methods are plain (blocking) functions; the manager calls them from a worker thread,
+    one at a time. Each ``save`` receives the whole session, so this contract suits small
+    stores; the built-in backends write only what changed.
+    """
+
+    @abstractmethod
+    def save(self, session: SessionData) -> None:
+        """Store the session, replacing any stored one of the same id."""
+
+    @abstractmethod
+    def load(self, name: str) -> SessionData | None:
+        """The stored session of that name, or None."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove the session of that name (no error if it is missing)."""
+
+    @abstractmethod
+    def list_all(self) -> list[SessionInfo]:
+        """Every stored session's info (``SessionData.info()`` computes one)."""
+
+
+class StorageAdapter(Repository):
+    """Serves the repository protocol from a :class:`SessionStorage`.
+
+    Message ids are positions (1..n) in the stored list, which is enough for a store that
+    one manager writes at a time.
+    """
+
+    def __init__(self, storage: SessionStorage) -> None:
+        self._storage = storage
+        self._lock = anyio.Lock()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._lock:
+            try:
+                return await anyio.to_thread.run_sync(fn, *args)
+            except SessionError:
+                raise
+            except Exception as exc:
+                raise StorageError(f"the custom storage failed: {exc!r}") from exc
+
+    async def _get(self, name: str | None, session_id: str | None) -> SessionData | None:
+        if name is None:
+            infos = await self._call(self._storage.list_all)
+            name = next((i.name for i in infos if i.id == session_id), None)
+            if name is None:
+                return None
+        data = await self._call(self._storage.load, name)
+        if data is not None and not isinstance(data, SessionData):
+            raise StorageError(f"custom storage load() returned {type(data).__name__}, not SessionData")
+        if data is not None and session_id is not None and data.id != session_id:
+            return None
+        return data
+
+    @staticmethod
+    def _records(data: SessionData) -> list[MessageRecord]:
+        return [encode_message(m).with_id(i) for i, m in enumerate(data.messages, 1)]
+
+    @classmethod
+    def _record(cls, data: SessionData, tail: int = 0) -> SessionRecord:
+        records = cls._records(data)
+        return SessionRecord(
+            id=data.id, name=data.name, created_at=data.created_at, updated_at=data.updated_at,
+            metadata=copy.deepcopy(data.metadata), message_count=len(records),
+            size_bytes=sum(r.byte_size() for r in records), last_message_id=len(records),
+            tail=records[-tail:] if tail > 0 else [],
+        )
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def create_session(
+        self, record: SessionRecord, *, copy_from: str | None = None
+    ) -> SessionRecord:
+        if await self._get(record.name, None) is not None:
+            raise SessionExistsError(f"session {record.name!r} already exists")
+        data = SessionData(id=record.id, name=record.name, created_at=record.created_at,
+                           updated_at=record.updated_at, metadata=dict(record.metadata))
+        if copy_from is not None:
+            source = await self._get(None, copy_from)
+            if source is None:
+                raise SessionNotFoundError("the session to branch from no longer exists")
+            data.metadata = copy.deepcopy(source.metadata)
+            data.messages = copy.deepcopy(source.messages)
+        await self._call(self._storage.save, data)
+        return self._record(data)
+
+    async def load_session(
+        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
+    ) -> SessionRecord | None:
+        data = await self._get(name, session_id)
+        return None if data is None else self._record(data, tail)
+
+    async def read_messages(
+        self, session_id: str, *, upto_id: int, limit: int | None
+    ) -> list[MessageRecord]:
+        data = await self._get(None, session_id)
+        if data is None:
+            return []
+        records = self._records(data)[:upto_id]
+        if limit is None:
+            return records
+        return records[-limit:] if limit > 0 else []
+
+    async def save(self, request: SaveRequest) -> SaveResult:
+        data = await self._get(request.name, None)
+        if data is None or data.id != request.session_id:
+            raise SessionNotFoundError(f"session {request.name!r} was deleted")
+        messages = list(data.messages)
+        cut = request.truncation
+        if cut is not None:
+            visible = min(cut.upto_id, len(messages))
+            drop = max(0, visible - cut.keep)
+            del messages[:drop]
+        first = len(messages) + 1
+        messages.extend(r.to_dict() for r in request.messages)
+        metadata = dict(data.metadata)
+        if request.metadata_patch:
+            metadata.update(copy.deepcopy(dict(request.metadata_patch)))
+        updated = data.model_copy(
+            update={"messages": messages, "metadata": metadata, "updated_at": request.updated_at}
+        )
+        await self._call(self._storage.save, updated)
+        record = self._record(updated)
+        return SaveResult(
+            ids=list(range(first, first + len(request.messages))),
+            message_count=record.message_count,
+            size_bytes=record.size_bytes,
+            last_message_id=record.last_message_id,
+            metadata=copy.deepcopy(metadata) if request.metadata_patch else None,
+        )
+
+    async def delete_session(self, session_id: str) -> bool:
+        data = await self._get(None, session_id)
+        if data is None:
+            return False
+        await self._call(self._storage.delete, data.name)
+        return True
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        infos = await self._call(self._storage.list_all)
+        return sorted(infos, key=lambda i: (i.created_at, i.name))
+
+    async def text_length(
+        self, session_id: str, *, upto_id: int, limit: int | None
+    ) -> tuple[int, int]:
+        rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
+        return sum(r.text_length() for r in rows), len(rows)
