@@ -17,20 +17,27 @@ from .repository.protocol import Repository
 from .session import AsyncSession
 from .storage import SessionStorage, StorageAdapter
 
-__all__ = ["AsyncSessionManager"]
+__all__ = ["AsyncSessionManager", "build_repository"]
 
 #: Messages read together with the session row on resume, so the usual
 #: ``get_messages(limit=...)`` that follows needs no second read.
 RESUME_PREFETCH = 50
 
 
-def _repository(config: SessionConfig, storage: Any) -> Repository:
+def build_repository(
+    config: SessionConfig, storage: Any = None, *, private_loop: bool = False
+) -> Repository:
+    """The repository for a configuration, or the one that serves ``storage``.
+
+    ``private_loop`` says the caller's event loop serves no one else (the blocking API's),
+    so the SQLite backend may run its short transactions on it directly.
+    """
     if storage is None:
         if config.backend == "memory":
             return MemoryRepository()
         from .repository.sql import SqlRepository
 
-        return SqlRepository(config)
+        return SqlRepository(config, inline=private_loop)
     if isinstance(storage, SessionStorage):
         return StorageAdapter(storage)
     if isinstance(storage, Repository):
@@ -60,7 +67,7 @@ class AsyncSessionManager:
         storage: SessionStorage | Repository | None = None,
     ) -> None:
         self._config = SessionConfig.from_mapping(config)
-        self._repository: Repository = _repository(self._config, storage)
+        self._repository: Repository = build_repository(self._config, storage)
         self._opened = False
         self._closed = False
         self._open_lock: asyncio.Lock | None = None

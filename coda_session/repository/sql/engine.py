@@ -17,6 +17,7 @@ from ...errors import StorageError
 
 __all__ = [
     "connect_sqlite",
+    "connect_sqlite_inline",
     "create_engine",
     "database_url",
     "prepare_sqlite_file",
@@ -92,6 +93,17 @@ async def connect_sqlite(path: str, busy_timeout: float) -> aiosqlite.Connection
         await conn._execute(_setup, conn._conn, busy_timeout)
     except BaseException:
         await conn.close()
+        raise
+    return conn
+
+
+def connect_sqlite_inline(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A plain ``sqlite3`` connection with the library's PRAGMAs, for a private loop."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+    try:
+        _setup(conn, busy_timeout)
+    except BaseException:
+        conn.close()
         raise
     return conn
 

@@ -73,6 +73,9 @@ class RawExecutor:
 
     def insert_messages(self, params: list[dict[str, Any]]) -> list[int]:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
+        if len(params) == 1:
+            last = self._conn.execute(sql, [params[0][n] for n in names]).lastrowid
+            return [int(last or 0)]
         self._conn.executemany(sql, [[p[n] for n in names] for p in params])
         last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         # one writer holds the lock and the table has no AUTOINCREMENT: SQLite hands out
@@ -132,12 +135,10 @@ def load(
     if not found:
         return None
     row = found[0]
-    last_id = cx.rows(q.LAST_MESSAGE_ID, {"session_id": row[0]})[0][0]
-    messages: list[MessageRecord] = []
-    if tail > 0 and last_id:
-        rows = cx.rows(q.MESSAGES_TAIL, {"session_id": row[0], "upto_id": last_id, "n": tail})
-        messages = [_message(r) for r in reversed(rows)]
-    return _session(row, last_id, messages)
+    if tail <= 0:
+        return _session(row, cx.rows(q.LAST_MESSAGE_ID, {"session_id": row[0]})[0][0], [])
+    rows = cx.rows(q.MESSAGES_LATEST, {"session_id": row[0], "n": tail})
+    return _session(row, rows[0][0] if rows else 0, [_message(r) for r in reversed(rows)])
 
 
 def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list[MessageRecord]:
@@ -198,25 +199,40 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
 
 
 def save(cx: Executor, req: SaveRequest) -> SaveResult:
-    found = cx.rows(q.SESSION_FOR_UPDATE, {"session_id": req.session_id})
-    if not found:
-        raise SessionNotFoundError(f"session {req.name!r} was deleted")
-    meta_text, count, size = found[0][0], int(found[0][1]), int(found[0][2])
+    sid = req.session_id
+    metadata: dict[str, Any] | None = None
+    if req.metadata_patch:
+        found = cx.rows(q.SESSION_METADATA, {"session_id": sid})
+        if not found:
+            raise SessionNotFoundError(f"session {req.name!r} was deleted")
+        metadata = decode_metadata(found[0][0])
+        metadata.update(req.metadata_patch)
+    count_delta = len(req.messages)
+    size_delta = sum(r.byte_size() for r in req.messages)
     cut = req.truncation
     if cut is not None:
         boundary = cx.rows(
-            q.TRUNCATE_BOUNDARY,
-            {"session_id": req.session_id, "upto_id": cut.upto_id, "keep": cut.keep},
+            q.TRUNCATE_BOUNDARY, {"session_id": sid, "upto_id": cut.upto_id, "keep": cut.keep}
         )
         if boundary:
-            params = {"session_id": req.session_id, "boundary": boundary[0][0]}
+            params = {"session_id": sid, "boundary": boundary[0][0]}
             gone, gone_size = cx.rows(q.TRUNCATE_STATS, params)[0]
             cx.run(q.DELETE_MESSAGES_UPTO, params)
-            count -= int(gone)
-            size -= int(gone_size)
+            count_delta -= int(gone)
+            size_delta -= int(gone_size)
+    params = {
+        "session_id": sid,
+        "updated_at": req.updated_at,
+        "count_delta": count_delta,
+        "size_delta": size_delta,
+    }
+    if metadata is not None:
+        params["metadata"] = dumps_metadata(metadata)
+    counters = cx.rows(q.UPDATE_SESSION if metadata is None else q.UPDATE_SESSION_METADATA, params)
+    if not counters:
+        raise SessionNotFoundError(f"session {req.name!r} was deleted")
     ids: list[int] = []
     if req.messages:
-        sid = req.session_id
         ids = cx.insert_messages(
             [
                 {"session_id": sid, "role": r.role, "content": r.content,
@@ -224,25 +240,8 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
                 for r in req.messages
             ]
         )
-        count += len(ids)
-        size += sum(r.byte_size() for r in req.messages)
-    metadata: dict[str, Any] | None = None
-    if req.metadata_patch:
-        metadata = decode_metadata(meta_text)
-        metadata.update(req.metadata_patch)
-        meta_text = dumps_metadata(metadata)
-    cx.run(
-        q.UPDATE_SESSION,
-        {
-            "session_id": req.session_id,
-            "updated_at": req.updated_at,
-            "metadata": meta_text,
-            "message_count": count,
-            "size_bytes": size,
-        },
-    )
-    last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": req.session_id})[0][0]
-    return SaveResult(ids, count, size, int(last_id), metadata)
+    last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
+    return SaveResult(ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata)
 
 
 def delete(cx: Executor, session_id: str) -> bool:

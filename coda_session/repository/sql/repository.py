@@ -16,7 +16,14 @@ from ...errors import SessionExistsError, StorageError
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..protocol import Repository, SaveRequest, SaveResult
 from . import ops
-from .engine import WRITE_OPTION, connect_sqlite, create_engine, database_url, sqlite_path
+from .engine import (
+    WRITE_OPTION,
+    connect_sqlite,
+    connect_sqlite_inline,
+    create_engine,
+    database_url,
+    sqlite_path,
+)
 from .errors import translate_errors
 
 __all__ = ["SqlRepository"]
@@ -30,6 +37,11 @@ class SqlRepository(Repository):
     On SQLite every operation runs as one transaction in a single trip to the connection's
     thread (few statements, no per-statement hop); on other databases, and with
     ``fast_path=False``, the same operations run through SQLAlchemy's async connection.
+
+    ``inline=True`` runs the SQLite operations on the event loop's own thread instead of
+    hopping to a connection thread. Only for a loop nobody else uses (the blocking
+    :class:`~coda_session.SessionManager` owns one): there it saves two thread switches
+    per call and blocks no one who would not be waiting anyway.
     """
 
     def __init__(
@@ -38,6 +50,7 @@ class SqlRepository(Repository):
         *,
         url: str | URL | None = None,
         fast_path: bool | None = None,
+        inline: bool = False,
     ) -> None:
         self._config = config or SessionConfig()
         if url is None:
@@ -46,8 +59,10 @@ class SqlRepository(Repository):
             self._url = url if isinstance(url, URL) else make_url(url)
         is_sqlite = self._url.get_backend_name() == "sqlite"
         self._fast_wanted = is_sqlite if fast_path is None else (fast_path and is_sqlite)
+        self._inline_wanted = inline
         self._engine: AsyncEngine | None = None
         self._raw: aiosqlite.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
 
     @property
     def url(self) -> URL:
@@ -55,7 +70,7 @@ class SqlRepository(Repository):
 
     @property
     def uses_fast_path(self) -> bool:
-        return self._raw is not None
+        return self._raw is not None or self._inline is not None
 
     async def open(self) -> None:
         if self._engine is not None:
@@ -69,8 +84,11 @@ class SqlRepository(Repository):
                     async with conn.begin():
                         await conn.run_sync(ensure_schema)
                 path = sqlite_path(self._url)
-                if self._fast_wanted and path is not None and hasattr(aiosqlite.Connection, "_execute"):
-                    self._raw = await connect_sqlite(str(path), self._config.busy_timeout)
+                if self._fast_wanted and path is not None:
+                    if self._inline_wanted:
+                        self._inline = connect_sqlite_inline(str(path), self._config.busy_timeout)
+                    elif hasattr(aiosqlite.Connection, "_execute"):
+                        self._raw = await connect_sqlite(str(path), self._config.busy_timeout)
                     # the one-trip path serves everything: idle pooled connections are let go
                     await engine.dispose()
             except BaseException:
@@ -79,9 +97,11 @@ class SqlRepository(Repository):
             self._engine = engine
 
     async def aclose(self) -> None:
-        raw, engine = self._raw, self._engine
-        self._raw, self._engine = None, None
+        raw, inline, engine = self._raw, self._inline, self._engine
+        self._raw, self._inline, self._engine = None, None, None
         with translate_errors("closing the database"):
+            if inline is not None:
+                inline.close()
             if raw is not None:
                 await raw.close()
             if engine is not None:
@@ -90,9 +110,16 @@ class SqlRepository(Repository):
     async def _run(self, action: str, write: bool, fn: Callable[..., T], *args: Any) -> T:
         if self._engine is None:
             await self.open()
-        with translate_errors(action):
+        # the hot path translates errors itself; a generator context manager costs more
+        try:
+            if self._inline is not None:
+                return _in_transaction(self._inline, write, fn, args)
             if self._raw is not None:
                 return await self._raw._execute(_in_transaction, self._raw._conn, write, fn, args)  # type: ignore[no-any-return]
+        except (sqlite3.Error, OSError) as exc:
+            with translate_errors(action):
+                raise exc
+        with translate_errors(action):
             assert self._engine is not None
             async with self._engine.connect() as conn:
                 conn = await conn.execution_options(**{WRITE_OPTION: write})

@@ -24,14 +24,16 @@ __all__ = [
     "LAST_MESSAGE_ID",
     "LIST_SESSIONS",
     "MESSAGES_ALL",
+    "MESSAGES_LATEST",
     "MESSAGES_TAIL",
     "SESSION_BY_ID",
     "SESSION_BY_NAME",
-    "SESSION_FOR_UPDATE",
+    "SESSION_METADATA",
     "TEXT_LENGTH",
     "TRUNCATE_BOUNDARY",
     "TRUNCATE_STATS",
     "UPDATE_SESSION",
+    "UPDATE_SESSION_METADATA",
 ]
 
 
@@ -68,12 +70,16 @@ _MESSAGE_COLS = (m.c.id, m.c.role, m.c.content, m.c.timestamp, m.c["metadata"])
 
 SESSION_BY_NAME = sa.select(*_SESSION_COLS).where(s.c.name == sa.bindparam("name"))
 SESSION_BY_ID = sa.select(*_SESSION_COLS).where(s.c.id == sa.bindparam("session_id"))
-SESSION_FOR_UPDATE = sa.select(s.c["metadata"], s.c.message_count, s.c.size_bytes).where(
-    s.c.id == sa.bindparam("session_id")
-)
 LIST_SESSIONS = sa.select(*_SESSION_COLS).order_by(s.c.created_at, s.c.name)
 LAST_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0)).where(
     m.c.session_id == sa.bindparam("session_id")
+)
+# the newest messages of a session, and so its last id, without a separate max() query
+MESSAGES_LATEST = (
+    sa.select(*_MESSAGE_COLS)
+    .where(m.c.session_id == sa.bindparam("session_id"))
+    .order_by(m.c.id.desc())
+    .limit(sa.bindparam("n"))
 )
 MESSAGES_TAIL = (
     sa.select(*_MESSAGE_COLS)
@@ -108,16 +114,25 @@ INSERT_SESSION = sa.insert(s).values(
     message_count=sa.bindparam("message_count"),
     size_bytes=sa.bindparam("size_bytes"),
 )
+_bump = {
+    "updated_at": sa.bindparam("updated_at", type_=s.c.updated_at.type),
+    "message_count": s.c.message_count + sa.bindparam("count_delta", type_=sa.Integer),
+    "size_bytes": s.c.size_bytes + sa.bindparam("size_delta", type_=sa.Integer),
+}
+# one statement both checks that the session exists and moves its counters
 UPDATE_SESSION = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))
-    .values(
-        updated_at=sa.bindparam("updated_at", type_=s.c.updated_at.type),
-        metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
-        message_count=sa.bindparam("message_count"),
-        size_bytes=sa.bindparam("size_bytes"),
-    )
+    .values(**_bump)
+    .returning(s.c.message_count, s.c.size_bytes)
 )
+UPDATE_SESSION_METADATA = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(**_bump, metadata=sa.bindparam("metadata", type_=s.c["metadata"].type))
+    .returning(s.c.message_count, s.c.size_bytes)
+)
+SESSION_METADATA = sa.select(s.c["metadata"]).where(s.c.id == sa.bindparam("session_id"))
 INSERT_MESSAGE = sa.insert(m).values(
     session_id=sa.bindparam("session_id"),
     role=sa.bindparam("role"),
