@@ -191,7 +191,7 @@ class AsyncSession:
             return self._cache[len(self._cache) - want :] + pending, want, self._generation, pending
         return None, want, self._generation, pending
 
-    def cached_messages(self, limit: int | None = None) -> list[dict[str, Any]] | None:
+    def _cached_messages(self, limit: int | None = None) -> list[dict[str, Any]] | None:
         """``get_messages(limit)`` when it can be answered without reading storage, else None."""
         if limit is not None:
             _count(limit, "limit")

@@ -183,7 +183,7 @@ class Session:
 
     def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The messages oldest first as plain dicts; the newest ``limit`` with a limit."""
-        cached = self._inner.cached_messages(limit)
+        cached = self._inner._cached_messages(limit)
         if cached is not None:
             return cached
         return self._manager._call(self._inner.get_messages, limit)

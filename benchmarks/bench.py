@@ -1,0 +1,709 @@
+"""Benchmarks of coda_session against the stdlib ``sqlite3`` doing the same work.
+
+Run ``python benchmarks/bench.py`` (a few minutes) or ``python benchmarks/bench.py --quick``
+(smaller sizes, well under a minute; the CI smoke run). Every figure is the median of
+repeated ``time.perf_counter`` timings, and every ratio is taken against a baseline measured
+in the same run: plain ``sqlite3`` on a separate database file with the library's own DDL
+(copied from ``sqlite_master``), ``journal_mode=WAL``, ``synchronous=NORMAL``,
+``foreign_keys=ON`` (as the library sets) and explicit ``BEGIN``/``COMMIT``.
+
+Ours and the baseline run interleaved, round by round, so that the noise of a shared machine
+falls on both alike. Each target prints PASS or MISS next to its ratio; nothing fails on
+timing and the script always exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from coda_session import AsyncSession, AsyncSessionManager, Session, SessionManager
+
+# -- sizes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    append_ops: int  # target 1: durable appends per API
+    append_rounds: int  # ... split into this many interleaved rounds
+    bulk_messages: int  # target 2: messages in one save
+    bulk_repeats: int
+    big_session: int  # target 3: messages in the big session
+    small_session: int
+    resume_repeats: int
+    list_sessions: int  # target 4: sessions listed
+    list_repeats: int
+    micro_repeats: int  # the breakdown's no-op round trips
+
+
+FULL = Sizes(
+    append_ops=2_000, append_rounds=4, bulk_messages=20_000, bulk_repeats=5,
+    big_session=100_000, small_session=100, resume_repeats=300,
+    list_sessions=10_000, list_repeats=25, micro_repeats=3_000,
+)
+QUICK = Sizes(
+    append_ops=400, append_rounds=2, bulk_messages=5_000, bulk_repeats=3,
+    big_session=20_000, small_session=100, resume_repeats=60,
+    list_sessions=1_000, list_repeats=10, micro_repeats=500,
+)
+
+#: The library reads this many messages with the session row on resume.
+TAIL = 50
+
+# -- results ----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One printed line: a measurement, its ratio to the baseline and the target's verdict."""
+
+    key: str
+    label: str
+    median: str
+    rate: str = ""
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  .. {row.key} {row.label}: {row.median} {row.ratio}".rstrip(), flush=True)
+
+    def print(self) -> None:
+        head = Row("#", "measurement", "median", "rate", "ratio", "target", "verdict")
+        rows = [head, *self.rows]
+        widths = [
+            max(len(getattr(r, name)) for r in rows)
+            for name in ("key", "label", "median", "rate", "ratio", "target")
+        ]
+
+        def line(r: Row) -> str:
+            cells = (r.key, r.label, r.median, r.rate, r.ratio, r.target)
+            left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2], strict=True)]
+            right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
+            return "  ".join([*left, *right, r.verdict]).rstrip()
+
+        print()
+        print(line(head))
+        print("-" * len(line(head)))
+        for r in self.rows:
+            print(line(r))
+        for note in self.notes:
+            print(note)
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} µs"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f} ms"
+
+
+def per_s(count: float, seconds: float) -> str:
+    return f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def rotate(items: list[Any], shift: int) -> list[Any]:
+    """The order of the contenders in one round (rotated, so none always goes first)."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+# -- data -------------------------------------------------------------------------------
+
+_WORDS = (
+    "the agent reads the file and proposes a patch for the failing test before it runs "
+    "the suite again and reports what changed in the session store"
+).split()
+
+
+def content(i: int) -> str:
+    """A deterministic message text of about 200 characters."""
+    words = [_WORDS[(i * 7 + k) % len(_WORDS)] for k in range(32)]
+    return f"#{i}: " + " ".join(words)
+
+
+def message(i: int) -> dict[str, Any]:
+    return {"role": "user" if i % 2 == 0 else "assistant", "content": content(i)}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def message_row(session_id: str, i: int) -> tuple[Any, ...]:
+    """The row the library stores for ``message(i)``: no extra keys, so metadata is NULL."""
+    msg = message(i)
+    return (session_id, msg["role"], msg["content"], now_iso(), None)
+
+
+# -- the raw sqlite3 baseline -------------------------------------------------------------
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (session_id, role, content, timestamp, metadata) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+INSERT_SESSION = (
+    "INSERT INTO sessions (id, name, created_at, updated_at, metadata, message_count, "
+    "size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+BUMP_SESSION = (
+    "UPDATE sessions SET updated_at = ?, message_count = message_count + ?, "
+    "size_bytes = size_bytes + ? WHERE id = ? RETURNING message_count, size_bytes"
+)
+TAIL_QUERY = (
+    "SELECT id, role, content, timestamp, metadata FROM messages "
+    "WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+)
+
+
+def library_ddl(workdir: Path) -> list[str]:
+    """The DDL of the tables and indexes the library creates, read from a fresh database."""
+    where = workdir / "ddl"
+
+    async def create() -> None:
+        async with AsyncSessionManager(config(where)):
+            pass
+
+    asyncio.run(create())
+    conn = sqlite3.connect(where / "sessions.db")
+    try:
+        rows = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+            "AND name NOT LIKE 'alembic%' ORDER BY type DESC, name DESC"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [str(r[0]) for r in rows]
+
+
+class Raw:
+    """A plain ``sqlite3`` connection on its own database file with the library's schema."""
+
+    def __init__(self, path: Path, ddl: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        for stmt in ddl:
+            self.conn.execute(stmt)
+
+    def new_session(self, name: str, messages: int = 0) -> str:
+        sid = str(uuid.uuid4())
+        stamp = now_iso()
+        self.conn.execute("BEGIN")
+        self.conn.execute(INSERT_SESSION, (sid, name, stamp, stamp, "{}", messages, 0))
+        if messages:
+            self.conn.executemany(INSERT_MESSAGE, [message_row(sid, i) for i in range(messages)])
+        self.conn.execute("COMMIT")
+        return sid
+
+    def append(self, sid: str, i: int) -> None:
+        """One durable append: a one-row transaction."""
+        msg = message(i)
+        row = (sid, msg["role"], msg["content"], now_iso(), None)
+        self.conn.execute("BEGIN")
+        self.conn.execute(INSERT_MESSAGE, row)
+        self.conn.execute("COMMIT")
+
+    def append_bump(self, sid: str, i: int) -> None:
+        """A durable append with the library's statements: bump the counters, insert."""
+        msg = message(i)
+        row = (sid, msg["role"], msg["content"], now_iso(), None)
+        size = len(msg["role"]) + len(msg["content"].encode()) + len(row[3])
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(BUMP_SESSION, (now_iso(), 1, size, sid)).fetchall()
+        self.conn.execute(INSERT_MESSAGE, row)
+        self.conn.execute("COMMIT")
+
+    def insert_many(self, rows: list[tuple[Any, ...]]) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.executemany(INSERT_MESSAGE, rows)
+        self.conn.execute("COMMIT")
+
+    def resume_tail(self, name: str) -> list[dict[str, Any]]:
+        """Look the session up by name, read its newest messages, oldest first, as dicts."""
+        found = self.conn.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()
+        rows = self.conn.execute(TAIL_QUERY, (found[0], TAIL)).fetchall()
+        out = []
+        for _id, role, text, stamp, extra in reversed(rows):
+            msg: dict[str, Any] = {"role": role, "content": text, "timestamp": stamp}
+            if extra is not None:
+                msg.update(json.loads(extra))
+            out.append(msg)
+        return out
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM sessions ORDER BY created_at, name").fetchall()
+        return [
+            {
+                "id": sid,
+                "name": name,
+                "created_at": datetime.fromisoformat(created),
+                "updated_at": datetime.fromisoformat(updated),
+                "metadata": json.loads(meta) if meta else {},
+                "message_count": count,
+                "size_bytes": size,
+            }
+            for sid, name, created, updated, meta, count, size in rows
+        ]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def config(path: Path) -> dict[str, Any]:
+    return {"session": {"storage_path": str(path)}}
+
+
+# -- timing helpers -----------------------------------------------------------------------
+
+
+@contextmanager
+def section(title: str) -> Iterator[None]:
+    print(f"{title} ...", flush=True)
+    gc.collect()
+    start = time.perf_counter()
+    yield
+    print(f"  ({time.perf_counter() - start:.1f} s)", flush=True)
+
+
+def time_sync(fn: Callable[[], object], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+# -- 1. durable append --------------------------------------------------------------------
+
+
+async def bench_append(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+    raw = Raw(work / "append-raw" / "raw.db", ddl)
+    raw_sid = raw.new_session("raw")
+    raw_bump_sid = raw.new_session("raw-bump")
+    samples: dict[str, list[float]] = {k: [] for k in ("raw", "raw_bump", "async", "sync")}
+    walls: dict[str, float] = dict.fromkeys(samples, 0.0)
+    async with AsyncSessionManager(config(work / "append-async")) as am:
+        with SessionManager(config(work / "append-sync")) as sm:
+            a_sess = await am.create_session("bench")
+            s_sess = sm.create_session("bench")
+            counter = 0
+
+            async def run_async(n: int) -> list[float]:
+                nonlocal counter
+                out = []
+                for _ in range(n):
+                    counter += 1
+                    t0 = time.perf_counter()
+                    a_sess.add_message(message(counter))
+                    await am.save_session(a_sess)
+                    out.append(time.perf_counter() - t0)
+                return out
+
+            def run_sync(n: int) -> list[float]:
+                nonlocal counter
+                out = []
+                for _ in range(n):
+                    counter += 1
+                    t0 = time.perf_counter()
+                    s_sess.add_message(message(counter))
+                    sm.save_session(s_sess)
+                    out.append(time.perf_counter() - t0)
+                return out
+
+            def run_raw(n: int, bump: bool = False) -> list[float]:
+                nonlocal counter
+                step = raw.append_bump if bump else raw.append
+                sid = raw_bump_sid if bump else raw_sid
+                out = []
+                for _ in range(n):
+                    counter += 1
+                    t0 = time.perf_counter()
+                    step(sid, counter)
+                    out.append(time.perf_counter() - t0)
+                return out
+
+            async def one(kind: str, n: int) -> list[float]:
+                if kind == "async":
+                    return await run_async(n)
+                if kind == "sync":
+                    return run_sync(n)
+                return run_raw(n, bump=kind == "raw_bump")
+
+            for kind in samples:  # warm up: first statements compile, first pages load
+                await one(kind, 20)
+            per_round = sizes.append_ops // sizes.append_rounds
+            for r in range(sizes.append_rounds):
+                for kind in rotate(list(samples), r):
+                    t0 = time.perf_counter()
+                    samples[kind] += await one(kind, per_round)
+                    walls[kind] += time.perf_counter() - t0
+            stored = (await am.load_session("bench")).message_count
+            assert stored == a_sess.message_count, "async appends were not all stored"
+    raw.close()
+
+    n = per_round * sizes.append_rounds
+    base = median(samples["raw"])
+    report.add(Row("1", f"durable append x{n}: raw sqlite3 (BEGIN; INSERT; COMMIT)",
+                   us(base), per_s(n, walls["raw"])))
+    bump = median(samples["raw_bump"])
+    report.add(Row("1", "  raw sqlite3, the library's statements (UPDATE..RETURNING; INSERT)",
+                   us(bump), per_s(n, walls["raw_bump"]), f"{base / bump:.2f}x raw"))
+    for kind, label in (("async", "async API (add_message + save_session)"),
+                        ("sync", "sync shim (add_message + save_session)")):
+        mine = median(samples[kind])
+        ratio = base / mine  # our throughput as a fraction of raw's
+        report.add(Row("1", f"  {label}", us(mine), per_s(n, walls[kind]),
+                       f"{ratio:.2f}x raw", ">= 0.10x raw", verdict(ratio >= 0.10)))
+
+
+# -- 2. one save of many new messages -------------------------------------------------------
+
+
+async def bench_bulk(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+    n = sizes.bulk_messages
+    raw = Raw(work / "bulk-raw" / "raw.db", ddl)
+    times: dict[str, list[float]] = {"raw": [], "async": [], "sync": []}
+    async with AsyncSessionManager(config(work / "bulk-async")) as am:
+        with SessionManager(config(work / "bulk-sync")) as sm:
+            for rep in range(sizes.bulk_repeats):
+                for kind in rotate(list(times), rep):
+                    gc.collect()
+                    if kind == "raw":
+                        sid = raw.new_session(f"bulk-{rep}")
+                        rows = [message_row(sid, i) for i in range(n)]
+                        t0 = time.perf_counter()
+                        raw.insert_many(rows)
+                        times[kind].append(time.perf_counter() - t0)
+                    elif kind == "async":
+                        a_sess = await am.create_session(f"bulk-{rep}")
+                        for i in range(n):
+                            a_sess.add_message(message(i))
+                        t0 = time.perf_counter()
+                        await am.save_session(a_sess)
+                        times[kind].append(time.perf_counter() - t0)
+                    else:
+                        s_sess = sm.create_session(f"bulk-{rep}")
+                        for i in range(n):
+                            s_sess.add_message(message(i))
+                        t0 = time.perf_counter()
+                        sm.save_session(s_sess)
+                        times[kind].append(time.perf_counter() - t0)
+    raw.close()
+
+    base = median(times["raw"])
+    reps = sizes.bulk_repeats
+    report.add(Row("2", f"save {n:,} new messages x{reps}: raw executemany, one transaction",
+                   ms(base), per_s(n, base)))
+    for kind, label in (("async", "async save_session"), ("sync", "sync save_session")):
+        mine = median(times[kind])
+        ratio = mine / base
+        report.add(Row("2", f"  {label}", ms(mine), per_s(n, mine), f"{ratio:.2f}x raw time",
+                       "<= 2.00x", verdict(ratio <= 2.0)))
+
+
+# -- 3. resume + get_messages(limit=50) -------------------------------------------------------
+
+
+async def build_session(manager: AsyncSessionManager, name: str, count: int) -> None:
+    sess = await manager.create_session(name)
+    for i in range(count):
+        sess.add_message(message(i))
+    await manager.save_session(sess)
+
+
+async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+    big, small = sizes.big_session, sizes.small_session
+    where = work / "resume"
+    raw = Raw(work / "resume-raw" / "raw.db", ddl)
+    raw.new_session("big", big)
+    raw.new_session("small", small)
+    build_start = time.perf_counter()
+    async with AsyncSessionManager(config(where)) as am:
+        await build_session(am, "big", big)
+        await build_session(am, "small", small)
+    build = time.perf_counter() - build_start
+    report.notes.append(f"note 3: built the {big:,}-message session via the API in {build:.2f} s")
+
+    times: dict[tuple[str, str], list[float]] = {
+        (api, name): [] for api in ("raw", "async", "sync") for name in ("big", "small")
+    }
+    async with AsyncSessionManager(config(where)) as am:
+        with SessionManager(config(where)) as sm:
+
+            async def resume_async(name: str) -> float:
+                t0 = time.perf_counter()
+                a_sess: AsyncSession = await am.load_session(name)
+                got = await a_sess.get_messages(limit=TAIL)
+                took = time.perf_counter() - t0
+                assert len(got) == TAIL
+                return took
+
+            def resume_sync(name: str) -> float:
+                t0 = time.perf_counter()
+                s_sess: Session = sm.load_session(name)
+                got = s_sess.get_messages(limit=TAIL)
+                took = time.perf_counter() - t0
+                assert len(got) == TAIL
+                return took
+
+            def resume_raw(name: str) -> float:
+                t0 = time.perf_counter()
+                got = raw.resume_tail(name)
+                took = time.perf_counter() - t0
+                assert len(got) == TAIL
+                return took
+
+            async def one(api: str, name: str) -> float:
+                if api == "async":
+                    return await resume_async(name)
+                if api == "sync":
+                    return resume_sync(name)
+                return resume_raw(name)
+
+            keys = list(times)
+            for key in keys:  # warm up
+                for _ in range(5):
+                    await one(*key)
+            for rep in range(sizes.resume_repeats):
+                for key in rotate(keys, rep):
+                    times[key].append(await one(*key))
+    raw.close()
+
+    reps = sizes.resume_repeats
+    med = {key: median(v) for key, v in times.items()}
+    report.add(Row("3", f"resume + get_messages(limit=50) x{reps}: raw, {big:,} msgs",
+                   us(med[("raw", "big")])))
+    report.add(Row("3", f"  raw, {small:,} msgs", us(med[("raw", "small")]), "",
+                   f"{med[('raw', 'big')] / med[('raw', 'small')]:.2f}x big/small"))
+    for api in ("async", "sync"):
+        mine_big, mine_small = med[(api, "big")], med[(api, "small")]
+        scale = mine_big / mine_small
+        report.add(Row("3", f"  {api} API, {small:,} msgs", us(mine_small)))
+        report.add(Row("3", f"  {api} API, {big:,} msgs vs {small:,} msgs", us(mine_big), "",
+                       f"{scale:.2f}x big/small", "<= 1.50x", verdict(scale <= 1.5)))
+        ratio = mine_big / med[("raw", "big")]
+        report.add(Row("3", f"  {api} API, {big:,} msgs vs raw indexed tail query",
+                       us(mine_big), "", f"{ratio:.2f}x raw time", "<= 5.00x",
+                       verdict(ratio <= 5.0)))
+
+
+# -- 4. list_sessions -------------------------------------------------------------------------
+
+
+async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+    n = sizes.list_sessions
+    where = work / "list"
+    raw = Raw(work / "list-raw" / "raw.db", ddl)
+    for i in range(n):
+        raw.new_session(f"session-{i:06d}", 2)
+    build_start = time.perf_counter()
+    async with AsyncSessionManager(config(where)) as am:
+        for i in range(n):
+            sess = await am.create_session(f"session-{i:06d}")
+            sess.add_message(message(2 * i))
+            sess.add_message(message(2 * i + 1))
+            await am.save_session(sess)
+    build = time.perf_counter() - build_start
+    report.notes.append(
+        f"note 4: created {n:,} sessions via the API (create + 2 messages + save) in "
+        f"{build:.1f} s = {build / n * 1e3:.2f} ms each"
+    )
+
+    times: dict[str, list[float]] = {"raw": [], "async": [], "sync": []}
+    async with AsyncSessionManager(config(where)) as am:
+        with SessionManager(config(where)) as sm:
+            for kind in times:  # warm up
+                await _list_once(kind, am, sm, raw, n)
+            for rep in range(sizes.list_repeats):
+                for kind in rotate(list(times), rep):
+                    times[kind].append(await _list_once(kind, am, sm, raw, n))
+    raw.close()
+
+    base = median(times["raw"])
+    reps = sizes.list_repeats
+    report.add(Row("4", f"list {n:,} sessions x{reps}: raw SELECT * FROM sessions -> dicts",
+                   ms(base)))
+    for kind in ("async", "sync"):
+        mine = median(times[kind])
+        report.add(Row("4", f"  {kind} list_sessions()", ms(mine), "",
+                       f"{mine / base:.2f}x raw time", "< 50 ms", verdict(mine < 0.050)))
+
+
+async def _list_once(
+    kind: str, am: AsyncSessionManager, sm: SessionManager, raw: Raw, expected: int
+) -> float:
+    t0 = time.perf_counter()
+    if kind == "async":
+        got: list[Any] = await am.list_sessions()
+    elif kind == "sync":
+        got = sm.list_sessions()
+    else:
+        got = raw.list_sessions()
+    took = time.perf_counter() - t0
+    assert len(got) == expected
+    return took
+
+
+# -- breakdown ---------------------------------------------------------------------------------
+
+
+async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+    reps = sizes.micro_repeats
+    raw = Raw(work / "micro-raw" / "raw.db", ddl)
+    raw.new_session("one", 1)
+    conn = raw.conn
+
+    def empty_write() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
+
+    def point_read() -> None:
+        conn.execute("BEGIN")
+        conn.execute("SELECT * FROM sessions WHERE name = ?", ("one",)).fetchall()
+        conn.execute("COMMIT")
+
+    rows: list[tuple[str, list[float]]] = []
+    rows.append(("raw sqlite3: empty write transaction (BEGIN IMMEDIATE; COMMIT)",
+                 time_sync(empty_write, reps)))
+    rows.append(("raw sqlite3: session row by name, in a read transaction",
+                 time_sync(point_read, reps)))
+
+    async with aiosqlite.connect(work / "micro-raw" / "raw.db") as adb:
+        hops = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            async with adb.execute("SELECT 1") as cur:
+                await cur.fetchall()
+            hops.append(time.perf_counter() - t0)
+        rows.append(("aiosqlite: SELECT 1 round trip (thread hop, no library)", hops))
+
+    async with AsyncSessionManager(config(work / "micro")) as am:
+        with SessionManager(config(work / "micro")) as sm:
+            a_sess = await am.create_session("one")
+            a_sess.add_message(message(0))
+            await am.save_session(a_sess)
+            s_sess = sm.load_session("one")
+
+            scratch = await am.create_session("scratch")  # never saved
+            adds = []
+            for i in range(reps):
+                t0 = time.perf_counter()
+                scratch.add_message(message(i))
+                adds.append(time.perf_counter() - t0)
+            rows.append(("add_message alone (validate + encode, no I/O)", adds))
+
+            noop = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                await am.save_session(a_sess)
+                noop.append(time.perf_counter() - t0)
+            rows.append(("async save_session with nothing to save (no I/O)", noop))
+
+            rows.append(("sync save_session with nothing to save (shim loop round trip)",
+                         time_sync(lambda: sm.save_session(s_sess), reps)))
+
+            async def info() -> None:
+                await am.get_session_info("one")
+
+            infos = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                await info()
+                infos.append(time.perf_counter() - t0)
+            rows.append(("async get_session_info (one read transaction)", infos))
+            rows.append(("sync get_session_info (one read transaction)",
+                         time_sync(lambda: sm.get_session_info("one"), reps)))
+    raw.close()
+    for label, samples in rows:
+        report.add(Row("b", label, us(median(samples))))
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def environment() -> str:
+    return (
+        f"Python {platform.python_version()} ({platform.machine()}, {os.cpu_count()} cpus), "
+        f"sqlite {sqlite3.sqlite_version}, SQLAlchemy {version('sqlalchemy')}, "
+        f"aiosqlite {version('aiosqlite')}, coda-session {version('coda-session')}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
+    parser.add_argument(
+        "--only", choices=("1", "2", "3", "4", "b"), action="append",
+        help="run only these parts (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    parts = set(args.only or ("1", "2", "3", "4", "b"))
+
+    print(environment())
+    print(f"mode: {'quick' if args.quick else 'full'}; medians of repeated perf_counter timings")
+    report = Report()
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="coda-bench-"))
+    try:
+        ddl = library_ddl(work)
+        benches = (
+            ("1", "1. durable append", bench_append),
+            ("2", "2. one save of many new messages", bench_bulk),
+            ("3", "3. resume + get_messages(limit=50)", bench_resume),
+            ("4", "4. list_sessions", bench_list),
+            ("b", "breakdown", bench_breakdown),
+        )
+        for key, title, bench in benches:
+            if key in parts:
+                with section(title):
+                    asyncio.run(bench(work, ddl, sizes, report))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.print()
+    print(f"\ntotal {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The blocking API: threads, running event loops, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from coda_session import ManagerClosedError, SessionManager
+from tests.conftest import Store
+
+
+def test_from_inside_a_running_event_loop(store: Store) -> None:
+    async def notebook_cell() -> list[str]:
+        with store.sync_manager() as m:
+            s = m.create_session("nb")
+            s.add_message({"role": "user", "content": "from a loop"})
+            m.save_session(s)
+            return [x["content"] for x in m.load_session("nb").get_messages()]
+
+    assert asyncio.run(notebook_cell()) == ["from a loop"]
+
+
+def test_close_stops_its_thread_and_is_idempotent(store: Store) -> None:
+    before = set(threading.enumerate())
+    m = store.sync_manager()
+    m.save_session(m.create_session("x"))
+    m.close()
+    m.close()
+    leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert leftover == []
+    with pytest.raises(ManagerClosedError):
+        m.list_sessions()
+
+
+def test_context_manager_closes(store: Store) -> None:
+    with store.sync_manager() as m:
+        m.create_session("x")
+    assert m.closed
+
+
+def test_threads_share_one_manager(manager: SessionManager) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            s = manager.create_session(f"t{n}")
+            for i in range(20):
+                s.add_message({"role": "user", "content": f"{n}-{i}"})
+                manager.save_session(s)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for n in range(6):
+        got = [m["content"] for m in manager.load_session(f"t{n}").get_messages()]
+        assert got == [f"{n}-{i}" for i in range(20)]
+
+
+def test_sync_errors_are_the_typed_ones(manager: SessionManager) -> None:
+    from coda_session import SessionNotFoundError
+
+    with pytest.raises(SessionNotFoundError):
+        manager.load_session("missing")
