@@ -57,14 +57,28 @@ class Sizes:
 
 
 FULL = Sizes(
-    append_ops=2_000, append_rounds=4, bulk_messages=20_000, bulk_repeats=5,
-    big_session=100_000, small_session=100, resume_repeats=300,
-    list_sessions=10_000, list_repeats=25, micro_repeats=3_000,
+    append_ops=2_000,
+    append_rounds=4,
+    bulk_messages=20_000,
+    bulk_repeats=5,
+    big_session=100_000,
+    small_session=100,
+    resume_repeats=300,
+    list_sessions=10_000,
+    list_repeats=25,
+    micro_repeats=3_000,
 )
 QUICK = Sizes(
-    append_ops=400, append_rounds=2, bulk_messages=5_000, bulk_repeats=3,
-    big_session=20_000, small_session=100, resume_repeats=60,
-    list_sessions=1_000, list_repeats=10, micro_repeats=500,
+    append_ops=400,
+    append_rounds=2,
+    bulk_messages=5_000,
+    bulk_repeats=3,
+    big_session=20_000,
+    small_session=100,
+    resume_repeats=60,
+    list_sessions=1_000,
+    list_repeats=10,
+    micro_repeats=500,
 )
 
 #: The library reads this many messages with the session row on resume.
@@ -146,10 +160,11 @@ def rotate(items: list[Any], shift: int) -> list[Any]:
 
 # -- data -------------------------------------------------------------------------------
 
-_WORDS = (
+_TEXT = (
     "the agent reads the file and proposes a patch for the failing test before it runs "
     "the suite again and reports what changed in the session store"
-).split()
+)
+_WORDS = _TEXT.split()
 
 
 def content(i: int) -> str:
@@ -175,8 +190,7 @@ def message_row(session_id: str, i: int) -> tuple[Any, ...]:
 # -- the raw sqlite3 baseline -------------------------------------------------------------
 
 INSERT_MESSAGE = (
-    "INSERT INTO messages (session_id, role, content, timestamp, metadata) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO messages (session_id, role, content, timestamp, metadata) VALUES (?, ?, ?, ?, ?)"
 )
 INSERT_SESSION = (
     "INSERT INTO sessions (id, name, created_at, updated_at, metadata, message_count, "
@@ -190,6 +204,10 @@ TAIL_QUERY = (
     "SELECT id, role, content, timestamp, metadata FROM messages "
     "WHERE session_id = ? ORDER BY id DESC LIMIT ?"
 )
+
+#: The library lists sessions oldest first, so the baseline sorts the same way.
+RAW_LIST = "SELECT * FROM sessions ORDER BY created_at, name"
+RAW_LIST_UNORDERED = "SELECT * FROM sessions"
 
 
 def library_ddl(workdir: Path) -> list[str]:
@@ -270,7 +288,7 @@ class Raw:
         return out
 
     def list_sessions(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT * FROM sessions ORDER BY created_at, name").fetchall()
+        rows = self.conn.execute(RAW_LIST).fetchall()
         return [
             {
                 "id": sid,
@@ -383,17 +401,41 @@ async def bench_append(work: Path, ddl: list[str], sizes: Sizes, report: Report)
 
     n = per_round * sizes.append_rounds
     base = median(samples["raw"])
-    report.add(Row("1", f"durable append x{n}: raw sqlite3 (BEGIN; INSERT; COMMIT)",
-                   us(base), per_s(n, walls["raw"])))
+    report.add(
+        Row(
+            "1",
+            f"durable append x{n}: raw sqlite3 (BEGIN; INSERT; COMMIT)",
+            us(base),
+            per_s(n, walls["raw"]),
+        )
+    )
     bump = median(samples["raw_bump"])
-    report.add(Row("1", "  raw sqlite3, the library's statements (UPDATE..RETURNING; INSERT)",
-                   us(bump), per_s(n, walls["raw_bump"]), f"{base / bump:.2f}x raw"))
-    for kind, label in (("async", "async API (add_message + save_session)"),
-                        ("sync", "sync shim (add_message + save_session)")):
+    report.add(
+        Row(
+            "1",
+            "  raw sqlite3, the library's statements (UPDATE..RETURNING; INSERT)",
+            us(bump),
+            per_s(n, walls["raw_bump"]),
+            f"{base / bump:.2f}x raw",
+        )
+    )
+    for kind, label in (
+        ("async", "async API (add_message + save_session)"),
+        ("sync", "sync shim (add_message + save_session)"),
+    ):
         mine = median(samples[kind])
         ratio = base / mine  # our throughput as a fraction of raw's
-        report.add(Row("1", f"  {label}", us(mine), per_s(n, walls[kind]),
-                       f"{ratio:.2f}x raw", ">= 0.10x raw", verdict(ratio >= 0.10)))
+        report.add(
+            Row(
+                "1",
+                f"  {label}",
+                us(mine),
+                per_s(n, walls[kind]),
+                f"{ratio:.2f}x raw",
+                ">= 0.10x raw",
+                verdict(ratio >= 0.10),
+            )
+        )
 
 
 # -- 2. one save of many new messages -------------------------------------------------------
@@ -432,13 +474,28 @@ async def bench_bulk(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
 
     base = median(times["raw"])
     reps = sizes.bulk_repeats
-    report.add(Row("2", f"save {n:,} new messages x{reps}: raw executemany, one transaction",
-                   ms(base), per_s(n, base)))
+    report.add(
+        Row(
+            "2",
+            f"save {n:,} new messages x{reps}: raw executemany, one transaction",
+            ms(base),
+            per_s(n, base),
+        )
+    )
     for kind, label in (("async", "async save_session"), ("sync", "sync save_session")):
         mine = median(times[kind])
         ratio = mine / base
-        report.add(Row("2", f"  {label}", ms(mine), per_s(n, mine), f"{ratio:.2f}x raw time",
-                       "<= 2.00x", verdict(ratio <= 2.0)))
+        report.add(
+            Row(
+                "2",
+                f"  {label}",
+                ms(mine),
+                per_s(n, mine),
+                f"{ratio:.2f}x raw time",
+                "<= 2.00x",
+                verdict(ratio <= 2.0),
+            )
+        )
 
 
 # -- 3. resume + get_messages(limit=50) -------------------------------------------------------
@@ -511,20 +568,49 @@ async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Report)
 
     reps = sizes.resume_repeats
     med = {key: median(v) for key, v in times.items()}
-    report.add(Row("3", f"resume + get_messages(limit=50) x{reps}: raw, {big:,} msgs",
-                   us(med[("raw", "big")])))
-    report.add(Row("3", f"  raw, {small:,} msgs", us(med[("raw", "small")]), "",
-                   f"{med[('raw', 'big')] / med[('raw', 'small')]:.2f}x big/small"))
+    report.add(
+        Row(
+            "3",
+            f"resume + get_messages(limit=50) x{reps}: raw, {big:,} msgs",
+            us(med[("raw", "big")]),
+        )
+    )
+    report.add(
+        Row(
+            "3",
+            f"  raw, {small:,} msgs",
+            us(med[("raw", "small")]),
+            "",
+            f"{med[('raw', 'big')] / med[('raw', 'small')]:.2f}x big/small",
+        )
+    )
     for api in ("async", "sync"):
         mine_big, mine_small = med[(api, "big")], med[(api, "small")]
         scale = mine_big / mine_small
         report.add(Row("3", f"  {api} API, {small:,} msgs", us(mine_small)))
-        report.add(Row("3", f"  {api} API, {big:,} msgs vs {small:,} msgs", us(mine_big), "",
-                       f"{scale:.2f}x big/small", "<= 1.50x", verdict(scale <= 1.5)))
+        report.add(
+            Row(
+                "3",
+                f"  {api} API, {big:,} msgs vs {small:,} msgs",
+                us(mine_big),
+                "",
+                f"{scale:.2f}x big/small",
+                "<= 1.50x",
+                verdict(scale <= 1.5),
+            )
+        )
         ratio = mine_big / med[("raw", "big")]
-        report.add(Row("3", f"  {api} API, {big:,} msgs vs raw indexed tail query",
-                       us(mine_big), "", f"{ratio:.2f}x raw time", "<= 5.00x",
-                       verdict(ratio <= 5.0)))
+        report.add(
+            Row(
+                "3",
+                f"  {api} API, {big:,} msgs vs raw indexed tail query",
+                us(mine_big),
+                "",
+                f"{ratio:.2f}x raw time",
+                "<= 5.00x",
+                verdict(ratio <= 5.0),
+            )
+        )
 
 
 # -- 4. list_sessions -------------------------------------------------------------------------
@@ -550,6 +636,10 @@ async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
     )
 
     times: dict[str, list[float]] = {"raw": [], "async": [], "sync": []}
+    query_only = {
+        sql: time_sync(lambda sql=sql: raw.conn.execute(sql).fetchall(), sizes.list_repeats)
+        for sql in (RAW_LIST, RAW_LIST_UNORDERED)
+    }
     async with AsyncSessionManager(config(where)) as am:
         with SessionManager(config(where)) as sm:
             for kind in times:  # warm up
@@ -561,12 +651,36 @@ async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
 
     base = median(times["raw"])
     reps = sizes.list_repeats
-    report.add(Row("4", f"list {n:,} sessions x{reps}: raw SELECT * FROM sessions -> dicts",
-                   ms(base)))
+    report.add(
+        Row("4", f"list {n:,} sessions x{reps}: raw SELECT * FROM sessions -> dicts", ms(base))
+    )
     for kind in ("async", "sync"):
         mine = median(times[kind])
-        report.add(Row("4", f"  {kind} list_sessions()", ms(mine), "",
-                       f"{mine / base:.2f}x raw time", "< 50 ms", verdict(mine < 0.050)))
+        report.add(
+            Row(
+                "4",
+                f"  {kind} list_sessions()",
+                ms(mine),
+                "",
+                f"{mine / base:.2f}x raw time",
+                "< 50 ms",
+                verdict(mine < 0.050),
+            )
+        )
+    report.add(
+        Row(
+            "4",
+            "  raw query alone: fetchall(), ORDER BY created_at, name",
+            ms(median(query_only[RAW_LIST])),
+        )
+    )
+    report.add(
+        Row(
+            "4",
+            "  raw query alone: fetchall(), no ORDER BY",
+            ms(median(query_only[RAW_LIST_UNORDERED])),
+        )
+    )
 
 
 async def _list_once(
@@ -603,19 +717,23 @@ async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Repo
         conn.execute("COMMIT")
 
     rows: list[tuple[str, list[float]]] = []
-    rows.append(("raw sqlite3: empty write transaction (BEGIN IMMEDIATE; COMMIT)",
-                 time_sync(empty_write, reps)))
-    rows.append(("raw sqlite3: session row by name, in a read transaction",
-                 time_sync(point_read, reps)))
+    rows.append(
+        (
+            "raw sqlite3: empty write transaction (BEGIN IMMEDIATE; COMMIT)",
+            time_sync(empty_write, reps),
+        )
+    )
+    rows.append(
+        ("raw sqlite3: session row by name, in a read transaction", time_sync(point_read, reps))
+    )
 
     async with aiosqlite.connect(work / "micro-raw" / "raw.db") as adb:
         hops = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            async with adb.execute("SELECT 1") as cur:
-                await cur.fetchall()
+            await adb.execute_fetchall("SELECT 1")
             hops.append(time.perf_counter() - t0)
-        rows.append(("aiosqlite: SELECT 1 round trip (thread hop, no library)", hops))
+        rows.append(("aiosqlite: execute_fetchall('SELECT 1') (one thread hop)", hops))
 
     async with AsyncSessionManager(config(work / "micro")) as am:
         with SessionManager(config(work / "micro")) as sm:
@@ -639,8 +757,12 @@ async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Repo
                 noop.append(time.perf_counter() - t0)
             rows.append(("async save_session with nothing to save (no I/O)", noop))
 
-            rows.append(("sync save_session with nothing to save (shim loop round trip)",
-                         time_sync(lambda: sm.save_session(s_sess), reps)))
+            rows.append(
+                (
+                    "sync save_session with nothing to save (shim loop round trip)",
+                    time_sync(lambda: sm.save_session(s_sess), reps),
+                )
+            )
 
             async def info() -> None:
                 await am.get_session_info("one")
@@ -651,8 +773,12 @@ async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Repo
                 await info()
                 infos.append(time.perf_counter() - t0)
             rows.append(("async get_session_info (one read transaction)", infos))
-            rows.append(("sync get_session_info (one read transaction)",
-                         time_sync(lambda: sm.get_session_info("one"), reps)))
+            rows.append(
+                (
+                    "sync get_session_info (one read transaction)",
+                    time_sync(lambda: sm.get_session_info("one"), reps),
+                )
+            )
     raw.close()
     for label, samples in rows:
         report.add(Row("b", label, us(median(samples))))
@@ -673,7 +799,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     parser.add_argument(
-        "--only", choices=("1", "2", "3", "4", "b"), action="append",
+        "--only",
+        choices=("1", "2", "3", "4", "b"),
+        action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args(argv)

@@ -55,13 +55,19 @@ def _run(connection: Connection) -> None:
     with context.begin_transaction():
         adopt_unversioned(connection)
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            # migrations run with foreign keys off (see create_engine): prove that no
+            # table rebuild orphaned a message before this transaction commits
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if broken:
+                raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
 
 
 async def _run_online() -> None:
     settings = _session_config()
     if settings.backend == "memory":
         raise SystemExit("the memory backend has no database to migrate")
-    engine = create_engine(settings)
+    engine = create_engine(settings, migrations=True)
     try:
         async with engine.connect() as conn:
             async with conn.begin():

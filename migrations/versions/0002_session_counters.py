@@ -43,6 +43,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # batch mode rebuilds sessions by copy-and-drop on SQLite: migrations run with foreign
+    # keys off and env.py checks PRAGMA foreign_key_check before committing
     with op.batch_alter_table("sessions") as batch:
         batch.drop_column("size_bytes")
         batch.drop_column("message_count")

@@ -75,22 +75,24 @@ def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
     return conn
 
 
-def _setup(raw: sqlite3.Connection, busy_timeout: float) -> None:
+def _setup(raw: sqlite3.Connection, busy_timeout: float, foreign_keys: bool = True) -> None:
     raw.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE for writes)
     raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    raw.execute("PRAGMA foreign_keys = ON")
+    raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
     mode = raw.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode is not None and str(mode[0]).lower() not in ("wal", "memory"):
         raise StorageError(f"cannot switch the database to WAL mode (got {mode[0]!r})")
     raw.execute("PRAGMA synchronous = NORMAL")
 
 
-async def connect_sqlite(path: str, busy_timeout: float) -> aiosqlite.Connection:
+async def connect_sqlite(
+    path: str, busy_timeout: float, foreign_keys: bool = True
+) -> aiosqlite.Connection:
     """An aiosqlite connection with the library's PRAGMAs, on a daemon worker thread."""
     conn = _daemon(aiosqlite.connect(path, timeout=busy_timeout, check_same_thread=False))
     await conn
     try:
-        await conn._execute(_setup, conn._conn, busy_timeout)
+        await conn._execute(_setup, conn._conn, busy_timeout, foreign_keys)
     except BaseException:
         await conn.close()
         raise
@@ -108,8 +110,16 @@ def connect_sqlite_inline(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def create_engine(config: SessionConfig, url: URL | None = None) -> AsyncEngine:
-    """The async engine for a configuration; SQLite files are prepared and tuned."""
+def create_engine(
+    config: SessionConfig, url: URL | None = None, *, migrations: bool = False
+) -> AsyncEngine:
+    """The async engine for a configuration; SQLite files are prepared and tuned.
+
+    ``migrations=True`` gives SQLite connections with foreign keys off: Alembic's batch mode
+    rebuilds a table by copy-and-drop, and with foreign keys on, dropping a parent table
+    deletes or orphans its children. The migration environment checks
+    ``PRAGMA foreign_key_check`` before it commits instead.
+    """
     url = url or database_url(config)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
@@ -119,7 +129,7 @@ def create_engine(config: SessionConfig, url: URL | None = None) -> AsyncEngine:
             target = str(path)
 
             async def creator() -> Any:
-                return await connect_sqlite(target, config.busy_timeout)
+                return await connect_sqlite(target, config.busy_timeout, not migrations)
 
             kwargs["async_creator"] = creator
             kwargs["pool_size"] = config.connection_pool_size

@@ -78,11 +78,15 @@ class SqlRepository(Repository):
         from ...migrate import ensure_schema
 
         with translate_errors("opening the database"):
-            engine = create_engine(self._config, self._url)
+            migrator = create_engine(self._config, self._url, migrations=True)
             try:
-                async with engine.connect() as conn:
+                async with migrator.connect() as conn:
                     async with conn.begin():
                         await conn.run_sync(ensure_schema)
+            finally:
+                await migrator.dispose()
+            engine = create_engine(self._config, self._url)
+            try:
                 path = sqlite_path(self._url)
                 if self._fast_wanted and path is not None:
                     if self._inline_wanted:

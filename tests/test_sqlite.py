@@ -1,0 +1,154 @@
+"""SQLite specifics: the file, its modes, PRAGMAs, locking, and what it refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coda_session import (
+    AsyncSessionManager,
+    SchemaVersionError,
+    SessionManager,
+    StorageError,
+)
+from coda_session.migrate import HEAD_REVISION
+
+
+
+def db_of(config: dict[str, Any]) -> Path:
+    return Path(config["session"]["storage_path"]) / "sessions.db"
+
+
+async def test_file_and_directory_are_private(sqlite_config: Callable[..., dict[str, Any]]) -> None:
+    config = sqlite_config()
+    async with AsyncSessionManager(config) as m:
+        s = await m.create_session("x")
+        s.add_message({"role": "user", "content": "secret"})
+        await m.save_session(s)
+        directory = Path(config["session"]["storage_path"])
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        for f in directory.iterdir():  # the database and its -wal/-shm files
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        assert {f.name for f in directory.iterdir()} >= {"sessions.db"}
+
+
+async def test_pragmas(sqlite_config: Callable[..., dict[str, Any]]) -> None:
+    config = sqlite_config(busy_timeout=2.5)
+    async with AsyncSessionManager(config) as m:
+        await m.create_session("x")
+        raw = m._repository._raw  # type: ignore[attr-defined]
+        conn = raw._conn
+
+        def read() -> tuple[Any, ...]:
+            return tuple(
+                conn.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+            )
+
+        assert await raw._execute(read) == ("wal", 1, 2500, 1)  # synchronous=NORMAL is 1
+
+
+async def test_schema_matches_spec_names(sqlite_config: Callable[..., dict[str, Any]]) -> None:
+    config = sqlite_config()
+    async with AsyncSessionManager(config) as m:
+        await m.create_session("x")
+    conn = sqlite3.connect(db_of(config))
+    cols = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("sessions", "messages")}
+    assert cols["sessions"][:5] == ["id", "name", "created_at", "updated_at", "metadata"]
+    assert cols["messages"] == ["id", "session_id", "role", "content", "timestamp", "metadata"]
+    fks = conn.execute("PRAGMA foreign_key_list(messages)").fetchall()
+    assert [(f[2], f[3], f[4]) for f in fks] == [("sessions", "session_id", "id")]
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(messages)")}
+    assert "ix_messages_session_id_id" in indexes
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == HEAD_REVISION
+    conn.close()
+
+
+async def test_writes_wait_for_a_lock_then_fail_typed_and_leave_data(
+    sqlite_config: Callable[..., dict[str, Any]],
+) -> None:
+    config = sqlite_config(busy_timeout=0.2)
+    async with AsyncSessionManager(config) as m:
+        s = await m.create_session("x")
+        s.add_message({"role": "user", "content": "kept"})
+        await m.save_session(s)
+        blocker = sqlite3.connect(db_of(config), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            s.add_message({"role": "user", "content": "blocked"})
+            with pytest.raises(StorageError, match="locked"):
+                await m.save_session(s)
+            assert s.has_unsaved_changes  # nothing is lost: the message waits for a retry
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await m.save_session(s)  # no lock was left held by the failed attempt
+        got = await (await m.load_session("x")).get_messages()
+        assert [x["content"] for x in got] == ["kept", "blocked"]
+
+
+async def test_a_newer_schema_is_refused(sqlite_config: Callable[..., dict[str, Any]]) -> None:
+    config = sqlite_config()
+    async with AsyncSessionManager(config) as m:
+        await m.create_session("x")
+    conn = sqlite3.connect(db_of(config))
+    conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    conn.commit()
+    conn.close()
+    m = AsyncSessionManager(config)
+    with pytest.raises(SchemaVersionError, match="9999_from_the_future"):
+        await m.list_sessions()
+    await m.close()
+    conn = sqlite3.connect(db_of(config))  # refused, not downgraded
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999_from_the_future"
+    conn.close()
+
+
+async def test_not_a_database(sqlite_config: Callable[..., dict[str, Any]]) -> None:
+    config = sqlite_config()
+    path = db_of(config)
+    path.parent.mkdir(mode=0o700, parents=True)
+    path.write_bytes(b"this is not a database" * 100)
+    m = AsyncSessionManager(config)
+    with pytest.raises(StorageError, match="not a database"):
+        await m.list_sessions()
+    await m.close()
+    assert path.read_bytes().startswith(b"this is not a database")
+
+
+def test_sync_shim_runs_sqlite_inline(sqlite_config: Callable[..., dict[str, Any]]) -> None:
+    with SessionManager(sqlite_config()) as m:
+        m.create_session("x")
+        assert m._async._repository.uses_fast_path  # type: ignore[attr-defined]
+
+
+async def test_existing_directory_modes_are_left_alone(
+    sqlite_config: Callable[..., dict[str, Any]],
+) -> None:
+    config = sqlite_config()
+    directory = Path(config["session"]["storage_path"])
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)
+    async with AsyncSessionManager(config) as m:
+        await m.create_session("x")
+    # the user chose this directory's mode; the database inside is still private
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE(db_of(config).stat().st_mode) == 0o600
+
+
+async def test_two_managers_open_a_new_database_at_once(
+    sqlite_config: Callable[..., dict[str, Any]],
+) -> None:
+    config = sqlite_config()
+    managers = [AsyncSessionManager(config) for _ in range(4)]
+    await asyncio.gather(*(m.open() for m in managers))
+    for m in managers:
+        assert await m.list_sessions() == []
+        await m.close()
