@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -286,6 +287,9 @@ class Raw:
                 msg.update(json.loads(extra))
             out.append(msg)
         return out
+
+    def fetch_all(self, sql: str) -> list[Any]:
+        return self.conn.execute(sql).fetchall()
 
     def list_sessions(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(RAW_LIST).fetchall()
@@ -637,7 +641,7 @@ async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
 
     times: dict[str, list[float]] = {"raw": [], "async": [], "sync": []}
     query_only = {
-        sql: time_sync(lambda sql=sql: raw.conn.execute(sql).fetchall(), sizes.list_repeats)
+        sql: time_sync(functools.partial(raw.fetch_all, sql), sizes.list_repeats)
         for sql in (RAW_LIST, RAW_LIST_UNORDERED)
     }
     async with AsyncSessionManager(config(where)) as am:

@@ -27,7 +27,7 @@ class SessionConfig(BaseModel):
     impossible values raise :class:`~coda_session.InvalidConfigError` naming the key.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
     backend: Literal["sqlite", "memory"] = "sqlite"
     """Storage backend: ``"sqlite"`` (default, durable) or ``"memory"`` (lost at exit)."""

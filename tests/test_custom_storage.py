@@ -1,0 +1,88 @@
+"""A user's own SessionStorage plugs in under both APIs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from coda_session import (
+    AsyncSessionManager,
+    SessionData,
+    SessionInfo,
+    SessionManager,
+    SessionNotFoundError,
+    SessionStorage,
+    StorageError,
+)
+
+
+class DictStorage(SessionStorage):
+    def __init__(self) -> None:
+        self.data: dict[str, SessionData] = {}
+        self.saves = 0
+
+    def save(self, session: SessionData) -> None:
+        self.saves += 1
+        self.data[session.name] = session.model_copy(deep=True)
+
+    def load(self, name: str) -> SessionData | None:
+        found = self.data.get(name)
+        return None if found is None else found.model_copy(deep=True)
+
+    def delete(self, name: str) -> None:
+        self.data.pop(name, None)
+
+    def list_all(self) -> list[SessionInfo]:
+        return [s.info() for s in self.data.values()]
+
+
+def test_sync_manager_with_custom_storage() -> None:
+    storage = DictStorage()
+    with SessionManager({"session": {}}, storage=storage) as m:
+        s = m.create_session("chat")
+        s.add_message({"role": "user", "content": "hi"})
+        s.update_metadata({"k": 1})
+        m.save_session(s)
+        b = m.create_session("branch", branch_from="chat")
+        b.add_message({"role": "user", "content": "more"})
+        m.save_session(b)
+        s.truncate_messages(0)
+        m.save_session(s)
+        assert [i.name for i in m.list_sessions()] == ["chat", "branch"]
+        assert m.load_session("branch").get_messages()[1]["content"] == "more"
+        assert m.load_session("chat").get_messages() == []
+        m.delete_session("chat")
+        with pytest.raises(SessionNotFoundError):
+            m.load_session("chat")
+    assert storage.data["branch"].metadata == {"k": 1}
+    assert [x["content"] for x in storage.data["branch"].messages] == ["hi", "more"]
+
+
+async def test_async_manager_with_custom_storage() -> None:
+    storage = DictStorage()
+    async with AsyncSessionManager(None, storage=storage) as m:
+        s = await m.create_session("chat")
+        for i in range(5):
+            s.add_message({"role": "user", "content": str(i)})
+        await m.save_session(s)
+        loaded = await m.load_session(session_id=s.id)
+        assert [x["content"] for x in await loaded.get_messages(limit=2)] == ["3", "4"]
+        assert await loaded.get_token_count() > 0
+
+
+async def test_failing_custom_storage_raises_storage_error() -> None:
+    class Broken(DictStorage):
+        def save(self, session: SessionData) -> None:
+            raise OSError("disk on fire")
+
+    async with AsyncSessionManager(None, storage=Broken()) as m:
+        with pytest.raises(StorageError, match="disk on fire"):
+            await m.create_session("x")
+
+
+def test_storage_must_be_the_right_kind() -> None:
+    from coda_session import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError):
+        AsyncSessionManager(None, storage=copy.copy)  # type: ignore[arg-type]
