@@ -88,7 +88,9 @@ def _timestamp(value: Any) -> str:
         )
     # the extended form (YYYY-MM-DD...) only: a basic-form '20240101' would read back as a number
     if len(value) < 10 or value[4] != "-" or value[7] != "-":
-        raise InvalidMessageError(f"message 'timestamp' {value[:40]!r} is not an ISO-8601 date-time")
+        raise InvalidMessageError(
+            f"message 'timestamp' {value[:40]!r} is not an ISO-8601 date-time"
+        )
     try:
         datetime.fromisoformat(value)
     except ValueError:

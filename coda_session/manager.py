@@ -10,7 +10,13 @@ from typing import Any
 
 from .codec import check_name
 from .config import SessionConfig
-from .errors import InvalidConfigError, ManagerClosedError, SessionError, SessionExistsError, SessionNotFoundError
+from .errors import (
+    InvalidConfigError,
+    ManagerClosedError,
+    SessionError,
+    SessionExistsError,
+    SessionNotFoundError,
+)
 from .models import SessionInfo, SessionRecord, utcnow
 from .repository.memory import MemoryRepository
 from .repository.protocol import Repository
@@ -137,8 +143,14 @@ class AsyncSessionManager:
         repo = await self._ready()
         now = utcnow()
         record = SessionRecord(
-            id=str(uuid.uuid4()), name=name, created_at=now, updated_at=now, metadata={},
-            message_count=0, size_bytes=0, last_message_id=0,
+            id=str(uuid.uuid4()),
+            name=name,
+            created_at=now,
+            updated_at=now,
+            metadata={},
+            message_count=0,
+            size_bytes=0,
+            last_message_id=0,
         )
         if branch_from is not None:
             found = await repo.load_session(name=source)
@@ -206,9 +218,9 @@ class AsyncSessionManager:
         name = check_name(name)
         repo = await self._ready()
         found = await repo.load_session(name=name)
-        if found is None or not await repo.delete_session(found.id):
-            if not missing_ok:
-                raise SessionNotFoundError(f"no session with name {name!r}")
+        deleted = found is not None and await repo.delete_session(found.id)
+        if not deleted and not missing_ok:
+            raise SessionNotFoundError(f"no session with name {name!r}")
 
     async def close(self) -> None:
         """Release storage. Unsaved changes are not written. Idempotent."""

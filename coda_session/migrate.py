@@ -12,6 +12,7 @@ from .errors import SchemaVersionError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "BASELINE_REVISION",
@@ -75,7 +76,7 @@ def adopt_unversioned(conn: Connection) -> bool:
     return True
 
 
-def _script():  # type: ignore[no-untyped-def]
+def _script() -> ScriptDirectory:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config())

@@ -89,7 +89,11 @@ class MessageRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The message as the plain dict the caller gave (plus its timestamp)."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content, "timestamp": self.timestamp}
+        out: dict[str, Any] = {
+            "role": self.role,
+            "content": self.content,
+            "timestamp": self.timestamp,
+        }
         if self.extra is not None:
             extra = json.loads(self.extra)
             if self.content is None and "content" in extra:

@@ -55,7 +55,9 @@ class AsyncSession:
         self._upto = record.last_message_id
         self._size = record.size_bytes
         self._keep: int | None = None  # a pending truncation of the stored messages
-        self._cache: list[MessageRecord] = record.tail[-self._cache_size :] if self._cache_size else []
+        self._cache: list[MessageRecord] = (
+            record.tail[-self._cache_size :] if self._cache_size else []
+        )
         self._pending: list[MessageRecord] = []
         self._saving = 0  # messages at the front of _pending being written now
         self._generation = 0  # bumps whenever the stored view changes
@@ -110,9 +112,13 @@ class AsyncSession:
         """The :class:`SessionInfo` of the saved state as this object last saw it."""
         with self._state:
             return SessionInfo.model_construct(
-                id=self._id, name=self._name, created_at=self._created_at,
-                updated_at=self._updated_at, message_count=self._stored,
-                size_bytes=self._size, metadata=copy.deepcopy(self._metadata),
+                id=self._id,
+                name=self._name,
+                created_at=self._created_at,
+                updated_at=self._updated_at,
+                message_count=self._stored,
+                size_bytes=self._size,
+                metadata=copy.deepcopy(self._metadata),
             )
 
     # -- changes (no I/O) -------------------------------------------------------------
@@ -179,7 +185,9 @@ class AsyncSession:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _plan(self, limit: int | None) -> tuple[list[MessageRecord] | None, int, int, list[MessageRecord]]:
+    def _plan(
+        self, limit: int | None
+    ) -> tuple[list[MessageRecord] | None, int, int, list[MessageRecord]]:
         """(records if no I/O is needed, stored messages wanted, generation, pending)."""
         pending = list(self._pending)
         want = self._stored if limit is None else max(0, min(self._stored, limit - len(pending)))
@@ -212,7 +220,9 @@ class AsyncSession:
             records, want, generation, pending = self._plan(limit)
             upto = self._upto
         if records is None:
-            stored = await self._manager._repository.read_messages(self._id, upto_id=upto, limit=want)
+            stored = await self._manager._repository.read_messages(
+                self._id, upto_id=upto, limit=want
+            )
             with self._state:
                 if generation == self._generation and self._cache_size:
                     self._cache = stored[-self._cache_size :]
@@ -254,8 +264,12 @@ class AsyncSession:
                 stored_before = self._stored
                 self._saving = len(batch)
                 request = SaveRequest(
-                    session_id=self._id, name=self._name, updated_at=utcnow(),
-                    messages=batch, truncation=cut, metadata_patch=patch or None,
+                    session_id=self._id,
+                    name=self._name,
+                    updated_at=utcnow(),
+                    messages=batch,
+                    truncation=cut,
+                    metadata_patch=patch or None,
                 )
             try:
                 result = await self._manager._repository.save(request)
@@ -271,7 +285,9 @@ class AsyncSession:
                 saved = [r.with_id(i) for r, i in zip(batch, result.ids, strict=True)]
                 expected = stored_before + len(saved)
                 if result.message_count == expected:
-                    self._cache = (self._cache + saved)[-self._cache_size :] if self._cache_size else []
+                    self._cache = (
+                        (self._cache + saved)[-self._cache_size :] if self._cache_size else []
+                    )
                 else:
                     # another writer changed the session meanwhile: re-read on demand
                     self._cache = []

@@ -35,8 +35,12 @@ class SessionData(BaseModel):
         """The :class:`SessionInfo` for ``list_all`` (size counted as the library does)."""
         records = [encode_message(m) for m in self.messages]
         return SessionInfo(
-            id=self.id, name=self.name, created_at=self.created_at, updated_at=self.updated_at,
-            message_count=len(records), size_bytes=sum(r.byte_size() for r in records),
+            id=self.id,
+            name=self.name,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            message_count=len(records),
+            size_bytes=sum(r.byte_size() for r in records),
             metadata=copy.deepcopy(self.metadata),
         )
 
@@ -95,7 +99,9 @@ class StorageAdapter(Repository):
                 return None
         data = await self._call(self._storage.load, name)
         if data is not None and not isinstance(data, SessionData):
-            raise StorageError(f"custom storage load() returned {type(data).__name__}, not SessionData")
+            raise StorageError(
+                f"custom storage load() returned {type(data).__name__}, not SessionData"
+            )
         if data is not None and session_id is not None and data.id != session_id:
             return None
         return data
@@ -108,9 +114,14 @@ class StorageAdapter(Repository):
     def _record(cls, data: SessionData, tail: int = 0) -> SessionRecord:
         records = cls._records(data)
         return SessionRecord(
-            id=data.id, name=data.name, created_at=data.created_at, updated_at=data.updated_at,
-            metadata=copy.deepcopy(data.metadata), message_count=len(records),
-            size_bytes=sum(r.byte_size() for r in records), last_message_id=len(records),
+            id=data.id,
+            name=data.name,
+            created_at=data.created_at,
+            updated_at=data.updated_at,
+            metadata=copy.deepcopy(data.metadata),
+            message_count=len(records),
+            size_bytes=sum(r.byte_size() for r in records),
+            last_message_id=len(records),
             tail=records[-tail:] if tail > 0 else [],
         )
 
@@ -125,8 +136,13 @@ class StorageAdapter(Repository):
     ) -> SessionRecord:
         if await self._get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
-        data = SessionData(id=record.id, name=record.name, created_at=record.created_at,
-                           updated_at=record.updated_at, metadata=dict(record.metadata))
+        data = SessionData(
+            id=record.id,
+            name=record.name,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            metadata=dict(record.metadata),
+        )
         if copy_from is not None:
             source = await self._get(None, copy_from)
             if source is None:

@@ -8,6 +8,7 @@ an event loop (a notebook), since that loop is never the one used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import weakref
@@ -35,10 +36,9 @@ _hook_installed = False
 
 def _close_all_at_exit() -> None:
     for manager in list(_live):
-        try:
+        # at exit there is nobody left to tell about a failure
+        with contextlib.suppress(Exception):
             manager.close()
-        except Exception:  # noqa: S110 - at exit there is nobody left to tell
-            pass
 
 
 def _install_exit_hook() -> None:
@@ -250,7 +250,9 @@ class SessionManager:
         """Create a session, or resume the existing one of that name (see
         :meth:`AsyncSessionManager.create_session`)."""
         return self._wrap(
-            self._call(self._async.create_session, name, self._inner(branch_from), exist_ok=exist_ok)
+            self._call(
+                self._async.create_session, name, self._inner(branch_from), exist_ok=exist_ok
+            )
         )
 
     def load_session(self, name: str | None = None, *, session_id: str | None = None) -> Session:

@@ -69,9 +69,8 @@ async def _run_online() -> None:
         raise SystemExit("the memory backend has no database to migrate")
     engine = create_engine(settings, migrations=True)
     try:
-        async with engine.connect() as conn:
-            async with conn.begin():
-                await conn.run_sync(_run)
+        async with engine.connect() as conn, conn.begin():
+            await conn.run_sync(_run)
     finally:
         await engine.dispose()
 

@@ -11,7 +11,11 @@ from coda_session import AsyncSession, AsyncSessionManager, Session, SessionMana
 
 def test_all_is_exactly_the_public_api() -> None:
     assert sorted(coda_session.__all__) == coda_session.__all__
-    public = {n for n in vars(coda_session) if not n.startswith("_") and not inspect.ismodule(getattr(coda_session, n))}
+    public = {
+        n
+        for n in vars(coda_session)
+        if not n.startswith("_") and not inspect.ismodule(getattr(coda_session, n))
+    }
     assert public == set(coda_session.__all__) - {"__version__"}
 
 
@@ -21,8 +25,15 @@ def test_package_is_typed() -> None:
 
 def test_error_hierarchy() -> None:
     base = coda_session.SessionError
-    for name in ("SessionNotFoundError", "SessionExistsError", "InvalidMessageError",
-                 "InvalidConfigError", "StorageError", "SchemaVersionError", "ManagerClosedError"):
+    for name in (
+        "SessionNotFoundError",
+        "SessionExistsError",
+        "InvalidMessageError",
+        "InvalidConfigError",
+        "StorageError",
+        "SchemaVersionError",
+        "ManagerClosedError",
+    ):
         assert issubclass(getattr(coda_session, name), base)
     assert issubclass(coda_session.SchemaVersionError, coda_session.StorageError)
     assert issubclass(coda_session.SessionNotFoundError, LookupError)
@@ -32,7 +43,12 @@ def test_error_hierarchy() -> None:
 def _public_methods(cls: type) -> dict[str, inspect.Signature]:
     out = {}
     for name, member in inspect.getmembers(cls):
-        if name.startswith("_") and name not in ("__enter__", "__exit__", "__aenter__", "__aexit__"):
+        if name.startswith("_") and name not in (
+            "__enter__",
+            "__exit__",
+            "__aenter__",
+            "__aexit__",
+        ):
             continue
         if inspect.isfunction(member):
             out[name] = inspect.signature(member)
@@ -61,9 +77,14 @@ def test_sync_sessions_mirror_async_ones() -> None:
         assert _normalized(a[name]) == _normalized(s[name]), name
         assert not inspect.iscoroutinefunction(getattr(Session, name)), name
     assert {n for n in a if inspect.iscoroutinefunction(getattr(AsyncSession, n))} == {
-        "get_messages", "get_token_count"
+        "get_messages",
+        "get_token_count",
     }
-    props = {n for n, v in inspect.getmembers(AsyncSession) if isinstance(v, property) and not n.startswith("_")}
+    props = {
+        n
+        for n, v in inspect.getmembers(AsyncSession)
+        if isinstance(v, property) and not n.startswith("_")
+    }
     sync_props = {n for n, v in inspect.getmembers(Session) if isinstance(v, property)}
     assert sync_props - props == {"messages"}  # reading all messages is I/O: sync only
     assert props <= sync_props

@@ -18,7 +18,9 @@ def test_defaults_are_the_specs() -> None:
     assert c.database_file == c.storage_path / "sessions.db"
 
 
-def test_other_sections_are_ignored_and_tilde_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_other_sections_are_ignored_and_tilde_expanded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     c = SessionConfig.from_mapping({"ui": {"theme": "dark"}, "session": {"storage_path": "~/x"}})
     assert c.storage_path == tmp_path / "x"

@@ -70,17 +70,25 @@ async def test_timestamp_defaults_to_utc_iso(amanager: AsyncSessionManager) -> N
     assert before - timedelta(seconds=1) <= ts <= datetime.now(UTC) + timedelta(seconds=1)
 
 
-async def test_given_timestamp_and_extra_keys_kept_verbatim(amanager: AsyncSessionManager, store: Store) -> None:
+async def test_given_timestamp_and_extra_keys_kept_verbatim(
+    amanager: AsyncSessionManager, store: Store
+) -> None:
     msg = {
         "role": "assistant",
         "content": None,
         "timestamp": "2024-05-01T10:00:00.123456",
-        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
         "name": "bot",
         "model": "gpt-4",
     }
-    tool = {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c1",
-            "timestamp": "2024-05-01T10:00:01+02:00"}
+    tool = {
+        "role": "tool",
+        "content": [{"type": "text", "text": "42"}],
+        "tool_call_id": "c1",
+        "timestamp": "2024-05-01T10:00:01+02:00",
+    }
     s = await amanager.create_session("chat")
     s.add_message(msg)
     s.add_message(tool)
@@ -93,7 +101,9 @@ async def test_given_timestamp_and_extra_keys_kept_verbatim(amanager: AsyncSessi
     assert got == [msg, tool]
 
 
-async def test_get_messages_limit_returns_newest_oldest_first(amanager: AsyncSessionManager, store: Store) -> None:
+async def test_get_messages_limit_returns_newest_oldest_first(
+    amanager: AsyncSessionManager, store: Store
+) -> None:
     s = await amanager.create_session("chat")
     for i in range(30):
         s.add_message(user(str(i)))
@@ -131,7 +141,9 @@ async def test_reads_beyond_the_cache(store: Store) -> None:
         await m.close()
 
 
-async def test_truncate_keeps_newest_across_saved_and_unsaved(amanager: AsyncSessionManager, store: Store) -> None:
+async def test_truncate_keeps_newest_across_saved_and_unsaved(
+    amanager: AsyncSessionManager, store: Store
+) -> None:
     s = await amanager.create_session("chat")
     for i in range(10):
         s.add_message(user(str(i)))
@@ -203,8 +215,10 @@ async def test_metadata_merge_and_concurrent_keys(store: Store) -> None:
         info = await a.get_session_info("chat")
         assert info is not None
         assert info.metadata == {
-            "topic": "Python programming", "tags": ["tutorial", "basics"],
-            "model": "gpt-4", "owner": "ann",
+            "topic": "Python programming",
+            "tags": ["tutorial", "basics"],
+            "model": "gpt-4",
+            "owner": "ann",
         }
     finally:
         await a.close()
@@ -238,14 +252,22 @@ async def test_branch_copies_messages_and_metadata_and_is_independent(
     src.update_metadata({"topic": "t"})
     await amanager.save_session(src)
     src.add_message(user("unsaved"))  # a branch copies the saved state
-    branch = await amanager.create_session("project-discussion-v2", branch_from="project-discussion")
+    branch = await amanager.create_session(
+        "project-discussion-v2", branch_from="project-discussion"
+    )
     assert strip_ts(await branch.get_messages()) == [user("one")]
     assert branch.metadata == {"topic": "t"}
     branch.add_message(user("two"))
     await amanager.save_session(branch)
     await amanager.save_session(src)
-    assert [m["content"] for m in await (await amanager.load_session("project-discussion")).get_messages()] == ["one", "unsaved"]
-    assert [m["content"] for m in await (await amanager.load_session("project-discussion-v2")).get_messages()] == ["one", "two"]
+    assert [
+        m["content"]
+        for m in await (await amanager.load_session("project-discussion")).get_messages()
+    ] == ["one", "unsaved"]
+    assert [
+        m["content"]
+        for m in await (await amanager.load_session("project-discussion-v2")).get_messages()
+    ] == ["one", "two"]
     info = await amanager.get_session_info("project-discussion-v2")
     assert info is not None and info.message_count == 2
     # deleting the source leaves the branch whole

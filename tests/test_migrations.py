@@ -44,7 +44,11 @@ CREATE TABLE messages (
 def alembic(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "alembic", "-x", f"storage_path={storage}", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -79,7 +83,9 @@ def test_cli_upgrade_current_downgrade(tmp_path: Path) -> None:
     down = alembic("downgrade", "-1", storage=storage)
     assert down.returncode == 0, down.stderr
     conn = sqlite3.connect(storage / "sessions.db")
-    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == BASELINE_REVISION
+    assert (
+        conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == BASELINE_REVISION
+    )
     assert conn.execute("SELECT content FROM messages").fetchall() == [("survives",)]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
@@ -100,7 +106,12 @@ def test_env_variable_points_the_cli(tmp_path: Path) -> None:
     env = {**os.environ, "CODA_SESSION_STORAGE_PATH": str(storage)}
     run = subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert (storage / "sessions.db").is_file()
@@ -117,8 +128,10 @@ def test_adopts_a_database_made_from_the_spec_schema(tmp_path: Path) -> None:
     )
     conn.executemany(
         "INSERT INTO messages (session_id, role, content, timestamp, metadata) VALUES (?,?,?,?,?)",
-        [("s1", "user", "hi", "2024-01-01T10:00:00", None),
-         ("s1", "assistant", "hello", "2024-01-01T10:00:01", '{"model": "gpt-4"}')],
+        [
+            ("s1", "user", "hi", "2024-01-01T10:00:00", None),
+            ("s1", "assistant", "hello", "2024-01-01T10:00:01", '{"model": "gpt-4"}'),
+        ],
     )
     conn.commit()
     conn.close()
@@ -126,8 +139,12 @@ def test_adopts_a_database_made_from_the_spec_schema(tmp_path: Path) -> None:
         s = m.load_session("old-chat")
         assert s.get_messages() == [
             {"role": "user", "content": "hi", "timestamp": "2024-01-01T10:00:00"},
-            {"role": "assistant", "content": "hello", "timestamp": "2024-01-01T10:00:01",
-             "model": "gpt-4"},
+            {
+                "role": "assistant",
+                "content": "hello",
+                "timestamp": "2024-01-01T10:00:01",
+                "model": "gpt-4",
+            },
         ]
         info = m.get_session_info("old-chat")
         assert info is not None and info.message_count == 2 and info.metadata == {"topic": "legacy"}
@@ -144,16 +161,42 @@ def test_adopts_a_database_made_from_the_spec_schema(tmp_path: Path) -> None:
 def test_wheel_install_migrates_without_a_clone(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(dist), str(ROOT)],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert build.returncode == 0, build.stderr
     wheel = next(dist.glob("coda_session-*.whl"))
     site = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert install.returncode == 0, install.stderr
     assert (site / "coda_session" / "_migrations" / "env.py").is_file()
@@ -172,7 +215,12 @@ def test_wheel_install_migrates_without_a_clone(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(site)
     run = subprocess.run(
         [sys.executable, "-c", code, str(site), str(tmp_path / "db")],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     conn = sqlite3.connect(tmp_path / "db" / "sessions.db")

@@ -70,10 +70,7 @@ def test_creating_sessions(manager: SessionManager) -> None:
     manager.save_session(session)
 
     # Branch from existing session
-    branch = manager.create_session(
-        "project-discussion-v2",
-        branch_from="project-discussion"
-    )
+    branch = manager.create_session("project-discussion-v2", branch_from="project-discussion")
     assert [m["content"] for m in branch.get_messages()] == ["plan"]
 
 
@@ -83,12 +80,14 @@ def test_working_with_messages(manager: SessionManager) -> None:
         session.add_message({"role": "user", "content": f"m{i}"})
 
     # Add messages with metadata
-    session.add_message({
-        "role": "user",
-        "content": "What is Python?",
-        "timestamp": datetime.now().isoformat(),
-        "model": "gpt-4"
-    })
+    session.add_message(
+        {
+            "role": "user",
+            "content": "What is Python?",
+            "timestamp": datetime.now().isoformat(),
+            "model": "gpt-4",
+        }
+    )
 
     # Get messages
     all_messages = session.get_messages()
@@ -111,11 +110,9 @@ def test_working_with_messages(manager: SessionManager) -> None:
 def test_session_metadata(manager: SessionManager, capsys: pytest.CaptureFixture[str]) -> None:
     session = manager.create_session("chat")
     # Update metadata
-    session.update_metadata({
-        "topic": "Python programming",
-        "tags": ["tutorial", "basics"],
-        "model": "gpt-4"
-    })
+    session.update_metadata(
+        {"topic": "Python programming", "tags": ["tutorial", "basics"], "model": "gpt-4"}
+    )
 
     # Access metadata
     print(session.metadata)
@@ -130,18 +127,14 @@ def test_backend_config_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "session": {
             "backend": "sqlite",
             "storage_path": "~/.coda/sessions",
-            "connection_pool_size": 5
+            "connection_pool_size": 5,
         }
     }
     with SessionManager(config) as m:
         m.save_session(m.create_session("x"))
     assert (tmp_path / ".coda" / "sessions" / "sessions.db").exists()
 
-    config = {
-        "session": {
-            "backend": "memory"
-        }
-    }
+    config = {"session": {"backend": "memory"}}
     # Note: Sessions are lost when program exits
     with SessionManager(config) as m:
         m.create_session("x")
@@ -152,10 +145,7 @@ def test_backend_config_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_session_templates(manager: SessionManager) -> None:
     # Create a code review session
     session = manager.create_session("code-review")
-    session.add_message({
-        "role": "system",
-        "content": "You are an expert code reviewer."
-    })
+    session.add_message({"role": "system", "content": "You are an expert code reviewer."})
     assert session.get_messages()[0]["role"] == "system"
 
 
@@ -169,10 +159,7 @@ def test_export_import(
     session.update_metadata({"topic": "greeting"})
 
     # Export session
-    data = {
-        "messages": session.get_messages(),
-        "metadata": session.metadata
-    }
+    data = {"messages": session.get_messages(), "metadata": session.metadata}
     with open("session-backup.json", "w") as f:
         json.dump(data, f)
 
@@ -197,8 +184,7 @@ def test_session_search(manager: SessionManager) -> None:
 
     # Find sessions by metadata
     python_sessions = [
-        s for s in manager.list_sessions()
-        if "python" in s.metadata.get("topic", "").lower()
+        s for s in manager.list_sessions() if "python" in s.metadata.get("topic", "").lower()
     ]
     assert [s.name for s in python_sessions] == ["a"]
 

@@ -21,7 +21,6 @@ from coda_session import (
 from coda_session.migrate import HEAD_REVISION
 
 
-
 def db_of(config: dict[str, Any]) -> Path:
     return Path(config["session"]["storage_path"]) / "sessions.db"
 
@@ -60,7 +59,9 @@ async def test_schema_matches_spec_names(sqlite_config: Callable[..., dict[str, 
     async with AsyncSessionManager(config) as m:
         await m.create_session("x")
     conn = sqlite3.connect(db_of(config))
-    cols = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("sessions", "messages")}
+    cols = {
+        t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("sessions", "messages")
+    }
     assert cols["sessions"][:5] == ["id", "name", "created_at", "updated_at", "metadata"]
     assert cols["messages"] == ["id", "session_id", "role", "content", "timestamp", "metadata"]
     fks = conn.execute("PRAGMA foreign_key_list(messages)").fetchall()
@@ -107,7 +108,10 @@ async def test_a_newer_schema_is_refused(sqlite_config: Callable[..., dict[str, 
         await m.list_sessions()
     await m.close()
     conn = sqlite3.connect(db_of(config))  # refused, not downgraded
-    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999_from_the_future"
+    assert (
+        conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        == "9999_from_the_future"
+    )
     conn.close()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy import event
@@ -20,11 +21,13 @@ __all__ = [
     "connect_sqlite_inline",
     "create_engine",
     "database_url",
+    "on_thread",
     "prepare_sqlite_file",
     "sqlite_path",
 ]
 
 WRITE_OPTION = "coda_session_write"
+T = TypeVar("T")
 
 
 def database_url(config: SessionConfig) -> URL:
@@ -69,7 +72,7 @@ def prepare_sqlite_file(path: Path) -> None:
 def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
     # aiosqlite's worker threads are not daemons: a manager the caller forgot to close would
     # keep the interpreter from exiting. Committed data is safe in SQLite's WAL either way.
-    thread = getattr(conn, "_thread", conn)
+    thread: Any = getattr(conn, "_thread", conn)
     if hasattr(thread, "daemon") and not thread.is_alive():
         thread.daemon = True
     return conn
@@ -85,6 +88,17 @@ def _setup(raw: sqlite3.Connection, busy_timeout: float, foreign_keys: bool = Tr
     raw.execute("PRAGMA synchronous = NORMAL")
 
 
+async def on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` on the connection's own thread, in one trip.
+
+    aiosqlite keeps this (``_execute``) private; it is the one way to run a whole
+    transaction without a thread hop per statement. The repository checks it exists and
+    falls back to the SQLAlchemy path when it does not.
+    """
+    result: T = await conn._execute(fn, *args)  # type: ignore[no-untyped-call]
+    return result
+
+
 async def connect_sqlite(
     path: str, busy_timeout: float, foreign_keys: bool = True
 ) -> aiosqlite.Connection:
@@ -92,7 +106,7 @@ async def connect_sqlite(
     conn = _daemon(aiosqlite.connect(path, timeout=busy_timeout, check_same_thread=False))
     await conn
     try:
-        await conn._execute(_setup, conn._conn, busy_timeout, foreign_keys)
+        await on_thread(conn, _setup, conn._conn, busy_timeout, foreign_keys)
     except BaseException:
         await conn.close()
         raise

@@ -14,7 +14,9 @@ __all__ = ["translate_errors"]
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = (
+        str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    )
     lowered = text.lower()
     if "locked" in lowered or "busy" in lowered:
         return f"the database is locked by another connection and the busy timeout ran out ({text})"

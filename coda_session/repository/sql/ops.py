@@ -57,9 +57,7 @@ class RawExecutor:
 
     def _params(self, stmt: sa.Executable, params: Params) -> tuple[str, list[Any]]:
         sql, names, defaults = self._sql(stmt)
-        return sql, [
-            self._value(params[n]) if n in params else defaults[n] for n in names
-        ]
+        return sql, [self._value(params[n]) if n in params else defaults[n] for n in names]
 
     @staticmethod
     def _value(value: Any) -> Any:
@@ -125,9 +123,7 @@ def _message(row: Sequence[Any]) -> MessageRecord:
     )
 
 
-def load(
-    cx: Executor, name: str | None, session_id: str | None, tail: int
-) -> SessionRecord | None:
+def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> SessionRecord | None:
     if session_id is not None:
         found = cx.rows(q.SESSION_BY_ID, {"session_id": session_id})
     else:
@@ -151,11 +147,10 @@ def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list
     return [_message(r) for r in reversed(rows)]
 
 
-def text_length(
-    cx: Executor, session_id: str, upto_id: int, limit: int | None
-) -> tuple[int, int]:
+def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
     row = cx.rows(
-        q.TEXT_LENGTH, {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
+        q.TEXT_LENGTH,
+        {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit},
     )[0]
     return int(row[0]), int(row[1])
 
@@ -235,8 +230,13 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     if req.messages:
         ids = cx.insert_messages(
             [
-                {"session_id": sid, "role": r.role, "content": r.content,
-                 "timestamp": r.timestamp, "metadata": r.extra}
+                {
+                    "session_id": sid,
+                    "role": r.role,
+                    "content": r.content,
+                    "timestamp": r.timestamp,
+                    "metadata": r.extra,
+                }
                 for r in req.messages
             ]
         )

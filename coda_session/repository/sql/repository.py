@@ -22,6 +22,7 @@ from .engine import (
     connect_sqlite_inline,
     create_engine,
     database_url,
+    on_thread,
     sqlite_path,
 )
 from .errors import translate_errors
@@ -80,9 +81,8 @@ class SqlRepository(Repository):
         with translate_errors("opening the database"):
             migrator = create_engine(self._config, self._url, migrations=True)
             try:
-                async with migrator.connect() as conn:
-                    async with conn.begin():
-                        await conn.run_sync(ensure_schema)
+                async with migrator.connect() as conn, conn.begin():
+                    await conn.run_sync(ensure_schema)
             finally:
                 await migrator.dispose()
             engine = create_engine(self._config, self._url)
@@ -119,7 +119,7 @@ class SqlRepository(Repository):
             if self._inline is not None:
                 return _in_transaction(self._inline, write, fn, args)
             if self._raw is not None:
-                return await self._raw._execute(_in_transaction, self._raw._conn, write, fn, args)  # type: ignore[no-any-return]
+                return await on_thread(self._raw, _in_transaction, self._raw._conn, write, fn, args)
         except (sqlite3.Error, OSError) as exc:
             with translate_errors(action):
                 raise exc

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-class octet_length(FunctionElement[int]):  # noqa: N801 - SQL function name
+class octet_length(FunctionElement[int]):
     """Bytes of a text value (SQLite before 3.43 has no octet_length)."""
 
     type = sa.Integer()
@@ -45,7 +45,9 @@ class octet_length(FunctionElement[int]):  # noqa: N801 - SQL function name
 
 
 @compiles(octet_length)
-def _octet_length(element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object) -> str:
+def _octet_length(
+    element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
+) -> str:
     return f"octet_length({compiler.process(element.clauses, **kw)})"
 
 
@@ -64,8 +66,15 @@ def _chars(col: ColumnElement[str | None]) -> ColumnElement[int]:
     return sa.func.coalesce(sa.func.length(col), 0)
 
 
-_SESSION_COLS = (s.c.id, s.c.name, s.c.created_at, s.c.updated_at, s.c["metadata"],
-                 s.c.message_count, s.c.size_bytes)
+_SESSION_COLS = (
+    s.c.id,
+    s.c.name,
+    s.c.created_at,
+    s.c.updated_at,
+    s.c["metadata"],
+    s.c.message_count,
+    s.c.size_bytes,
+)
 _MESSAGE_COLS = (m.c.id, m.c.role, m.c.content, m.c.timestamp, m.c["metadata"])
 
 SESSION_BY_NAME = sa.select(*_SESSION_COLS).where(s.c.name == sa.bindparam("name"))
@@ -101,8 +110,13 @@ _tail_sizes = (
 )
 TEXT_LENGTH = sa.select(
     sa.func.coalesce(
-        sa.func.sum(_chars(_tail_sizes.c.role) + _chars(_tail_sizes.c.content)
-                    + _chars(_tail_sizes.c["metadata"])), 0),
+        sa.func.sum(
+            _chars(_tail_sizes.c.role)
+            + _chars(_tail_sizes.c.content)
+            + _chars(_tail_sizes.c["metadata"])
+        ),
+        0,
+    ),
     sa.func.count(),
 )
 INSERT_SESSION = sa.insert(s).values(
@@ -143,8 +157,9 @@ INSERT_MESSAGE = sa.insert(m).values(
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
 COPY_MESSAGES = sa.insert(m).from_select(
     ["session_id", "role", "content", "timestamp", "metadata"],
-    sa.select(sa.bindparam("new_id", type_=sa.Text), m.c.role, m.c.content, m.c.timestamp,
-              m.c["metadata"])
+    sa.select(
+        sa.bindparam("new_id", type_=sa.Text), m.c.role, m.c.content, m.c.timestamp, m.c["metadata"]
+    )
     .where(m.c.session_id == sa.bindparam("source_id"))
     .order_by(m.c.id),
 )
@@ -158,8 +173,12 @@ TRUNCATE_BOUNDARY = (
 )
 TRUNCATE_STATS = sa.select(
     sa.func.count(),
-    sa.func.coalesce(sa.func.sum(_bytes(m.c.role) + _bytes(m.c.content) + _bytes(m.c.timestamp)
-                                 + _bytes(m.c["metadata"])), 0),
+    sa.func.coalesce(
+        sa.func.sum(
+            _bytes(m.c.role) + _bytes(m.c.content) + _bytes(m.c.timestamp) + _bytes(m.c["metadata"])
+        ),
+        0,
+    ),
 ).where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary"))
 DELETE_MESSAGES_UPTO = sa.delete(m).where(
     m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary")

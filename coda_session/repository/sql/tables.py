@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -129,5 +129,5 @@ class MessageRow(Base):
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
 
 
-sessions = SessionRow.__table__
-messages = MessageRow.__table__
+sessions = cast(sa.Table, SessionRow.__table__)
+messages = cast(sa.Table, MessageRow.__table__)
