@@ -1,0 +1,44 @@
+"""Developer sessions: tests, lint, typecheck, migrations, bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (every backend, both APIs)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "coda_session", "migrations", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "coda_session", "migrations", "tests", "benchmarks")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def migrations(session: nox.Session) -> None:
+    """The Alembic tests alone, plus `alembic check` against a fresh database."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "tests/test_migrations.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: figures and ratios against raw sqlite3 measured in the same run."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
