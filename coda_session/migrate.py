@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .config import SessionConfig
 from .errors import SchemaVersionError
 
 if TYPE_CHECKING:
@@ -19,9 +21,13 @@ __all__ = [
     "HEAD_REVISION",
     "adopt_unversioned",
     "alembic_config",
+    "current",
+    "current_async",
     "current_revision",
     "ensure_schema",
     "migrations_dir",
+    "upgrade",
+    "upgrade_async",
 ]
 
 #: The revision that creates exactly the spec's schema.
@@ -108,3 +114,54 @@ def ensure_schema(conn: Connection) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
+
+
+async def _with_connection(config: Mapping[str, Any] | SessionConfig | None, fn: Any) -> Any:
+    from .repository.sql.engine import create_engine
+    from .repository.sql.errors import translate_errors
+
+    settings = SessionConfig.from_mapping(config)
+    if settings.backend == "memory":
+        raise SchemaVersionError("the memory backend has no schema to migrate")
+    with translate_errors("migrating the database"):
+        engine = create_engine(settings, migrations=True)
+        try:
+            async with engine.connect() as conn, conn.begin():
+                return await conn.run_sync(fn)
+        finally:
+            await engine.dispose()
+
+
+def _upgrade_and_report(conn: Connection) -> str | None:
+    ensure_schema(conn)
+    return current_revision(conn)
+
+
+async def upgrade_async(config: Mapping[str, Any] | SessionConfig | None = None) -> str:
+    """Bring the configured database to the newest schema; returns its revision.
+
+    What opening a manager does anyway, for operators and deploy scripts (no alembic.ini
+    needed, so it works from a wheel). Refuses a newer schema with SchemaVersionError.
+    """
+    revision: str = await _with_connection(config, _upgrade_and_report)
+    return revision
+
+
+async def current_async(config: Mapping[str, Any] | SessionConfig | None = None) -> str | None:
+    """The configured database's schema revision (None for a database Alembic never ran on)."""
+    revision: str | None = await _with_connection(config, current_revision)
+    return revision
+
+
+def upgrade(config: Mapping[str, Any] | SessionConfig | None = None) -> str:
+    """Blocking :func:`upgrade_async`; safe to call where an event loop already runs."""
+    from .sync import run_blocking
+
+    return run_blocking(upgrade_async, config)
+
+
+def current(config: Mapping[str, Any] | SessionConfig | None = None) -> str | None:
+    """Blocking :func:`current_async`."""
+    from .sync import run_blocking
+
+    return run_blocking(current_async, config)

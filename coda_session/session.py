@@ -203,6 +203,7 @@ class AsyncSession:
         """``get_messages(limit)`` when it can be answered without reading storage, else None."""
         if limit is not None:
             _count(limit, "limit")
+        self._manager._check_open()
         with self._state:
             records = self._plan(limit)[0]
         return None if records is None else [r.to_dict() for r in records]

@@ -25,7 +25,7 @@ from .repository.protocol import Repository
 from .session import AsyncSession
 from .storage import SessionStorage
 
-__all__ = ["Session", "SessionManager"]
+__all__ = ["Session", "SessionManager", "run_blocking"]
 
 T = TypeVar("T")
 
@@ -103,6 +103,15 @@ class _LoopThread:
             self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def run_blocking(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run one coroutine function to completion on a short-lived private loop thread."""
+    loop = _LoopThread()
+    try:
+        return loop.call(fn, *args)
+    finally:
+        loop.stop()
 
 
 class Session:

@@ -227,3 +227,150 @@ def test_wheel_install_migrates_without_a_clone(tmp_path: Path) -> None:
     assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == HEAD_REVISION
     conn.close()
     shutil.rmtree(site)
+
+
+def test_history_reads_as_a_changelog() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "alembic", "history"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "0001, Create the spec's sessions and messages tables" in run.stdout
+    assert "0002 (head), Keep message_count and size_bytes on sessions" in run.stdout
+
+
+def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:
+    storage = tmp_path / "check"
+    assert alembic("upgrade", "head", storage=storage).returncode == 0
+    check = alembic("check", storage=storage)
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert "No new upgrade operations detected" in check.stdout + check.stderr
+
+
+def test_cli_adopts_a_spec_database(tmp_path: Path) -> None:
+    storage = tmp_path / "spec"
+    storage.mkdir()
+    conn = sqlite3.connect(storage / "sessions.db")
+    conn.executescript(SPEC_SCHEMA)
+    conn.execute("INSERT INTO sessions (id, name) VALUES ('s1', 'kept')")
+    conn.execute("INSERT INTO messages (session_id, role, content) VALUES ('s1', 'user', 'x')")
+    conn.commit()
+    conn.close()
+    up = alembic("upgrade", "head", storage=storage)
+    assert up.returncode == 0, up.stderr
+    conn = sqlite3.connect(storage / "sessions.db")
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
+    assert conn.execute("SELECT message_count FROM sessions").fetchall() == [(1,)]
+    conn.close()
+
+
+def _populate(storage: Path) -> None:
+    with SessionManager({"session": {"storage_path": str(storage)}}) as m:
+        for name in ("a", "b"):
+            s = m.create_session(name)
+            for i in range(3):
+                s.add_message({"role": "user", "content": f"{name}{i}", "tool_call_id": str(i)})
+            s.update_metadata({"k": name})
+            m.save_session(s)
+
+
+def _dump(storage: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(storage / "sessions.db")
+    try:
+        return conn.execute(
+            "SELECT s.name, s.metadata, m.id, m.role, m.content, m.timestamp, m.metadata "
+            "FROM sessions s JOIN messages m ON m.session_id = s.id ORDER BY m.id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("populated", [False, True])
+def test_round_trip_base_head_base_head(tmp_path: Path, populated: bool) -> None:
+    storage = tmp_path / "rt"
+    assert alembic("upgrade", "head", storage=storage).returncode == 0
+    if populated:
+        _populate(storage)
+    before = _dump(storage)
+    assert len(before) == (6 if populated else 0)
+    down = alembic("downgrade", BASELINE_REVISION, storage=storage)
+    assert down.returncode == 0, down.stderr
+    assert _dump(storage) == before  # the baseline still holds every row
+    up = alembic("upgrade", "head", storage=storage)
+    assert up.returncode == 0, up.stderr
+    assert _dump(storage) == before
+    with SessionManager({"session": {"storage_path": str(storage)}}) as m:
+        assert [(i.name, i.message_count) for i in m.list_sessions()] == (
+            [("a", 3), ("b", 3)] if populated else []
+        )
+    down = alembic("downgrade", "base", storage=storage)
+    assert down.returncode == 0, down.stderr
+    conn = sqlite3.connect(storage / "sessions.db")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert tables <= {"alembic_version"}
+    up = alembic("upgrade", "head", storage=storage)
+    assert up.returncode == 0, up.stderr
+    with SessionManager({"session": {"storage_path": str(storage)}}) as m:
+        assert m.list_sessions() == []
+        m.save_session(m.create_session("again"))
+
+
+def test_python_upgrade_and_current(tmp_path: Path) -> None:
+    import asyncio
+
+    from coda_session.migrate import current, upgrade
+
+    config = {"session": {"storage_path": str(tmp_path / "py")}}
+    assert current(config) is None
+    assert upgrade(config) == HEAD_REVISION
+    assert current(config) == HEAD_REVISION
+
+    async def inside_a_loop() -> str:
+        return upgrade(config)  # blocking helper, callable where a loop already runs
+
+    assert asyncio.run(inside_a_loop()) == HEAD_REVISION
+
+
+def test_processes_opening_a_new_database_at_once(tmp_path: Path) -> None:
+    storage = tmp_path / "race"
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        "from coda_session import SessionManager\n"
+        "with SessionManager({'session': {'storage_path': sys.argv[1]}}) as m:\n"
+        "    s = m.create_session('p' + sys.argv[3])\n"
+        "    s.add_message({'role': 'user', 'content': sys.argv[3]})\n"
+        "    m.save_session(s)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(storage), str(go), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    import time
+
+    time.sleep(1.0)  # let every child import and wait at the line
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    conn = sqlite3.connect(storage / "sessions.db")
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert sorted(r[0] for r in conn.execute("SELECT name FROM sessions")) == [
+        "p0",
+        "p1",
+        "p2",
+        "p3",
+    ]
+    conn.close()
