@@ -74,7 +74,11 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError) as exc:
+        # e.g. an integer past Python's int/str conversion limit (4300 digits)
+        raise InvalidMessageError(f"value cannot be stored as JSON: {exc}") from None
 
 
 def _timestamp(value: Any) -> str:
@@ -127,7 +131,9 @@ def encode_message(message: Any) -> MessageRecord:
         text = None
         extras["content"] = content
     extra = _dumps(extras) if extras else None
-    return MessageRecord(role, text, timestamp, extra)
+    return MessageRecord(
+        role, text, timestamp, extra, None, MessageRecord(role, text, timestamp, extra).byte_size()
+    )
 
 
 def encode_metadata(metadata: Any, where: str = "metadata") -> dict[str, Any]:
@@ -147,7 +153,7 @@ def dumps_metadata(metadata: Mapping[str, Any]) -> str:
 
 def decode_metadata(text: str | None) -> dict[str, Any]:
     """Session metadata from its stored JSON text (``{}`` for NULL)."""
-    if text is None or text == "":
+    if text is None or text == "" or text == "{}":
         return {}
     value = json.loads(text)
     return value if isinstance(value, dict) else {"value": value}

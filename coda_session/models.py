@@ -53,6 +53,46 @@ class SessionInfo(BaseModel):
     size_bytes: int
     metadata: dict[str, Any]
 
+    @classmethod
+    def _trusted(
+        cls,
+        id: str,
+        name: str,
+        created_at: datetime,
+        updated_at: datetime,
+        message_count: int,
+        size_bytes: int,
+        metadata: dict[str, Any],
+    ) -> SessionInfo:
+        """Build from values the storage already guarantees (no validation).
+
+        ``list_sessions`` builds thousands of these per call; this sets exactly the state
+        ``model_construct`` sets, at a third of its cost (a test keeps the two equal).
+        """
+        info = _new(cls)
+        _set(
+            info,
+            "__dict__",
+            {
+                "id": id,
+                "name": name,
+                "created_at": created_at,
+                "updated_at": updated_at,
+                "message_count": message_count,
+                "size_bytes": size_bytes,
+                "metadata": metadata,
+            },
+        )
+        _set(info, "__pydantic_fields_set__", _INFO_FIELDS)
+        _set(info, "__pydantic_extra__", None)
+        _set(info, "__pydantic_private__", None)
+        return info
+
+
+_new = object.__new__
+_set = object.__setattr__
+_INFO_FIELDS = frozenset(SessionInfo.model_fields)
+
 
 @dataclass(slots=True, frozen=True)
 class MessageRecord:
@@ -70,12 +110,15 @@ class MessageRecord:
     timestamp: str
     extra: str | None
     id: int | None = None
+    size: int = -1  # byte_size(), when the encoder already knows it
 
     def with_id(self, id_: int) -> MessageRecord:
-        return MessageRecord(self.role, self.content, self.timestamp, self.extra, id_)
+        return MessageRecord(self.role, self.content, self.timestamp, self.extra, id_, self.size)
 
     def byte_size(self) -> int:
         """Stored size in UTF-8 bytes: role + content + timestamp + extra keys' JSON."""
+        if self.size >= 0:
+            return self.size
         size = len(self.role.encode()) + len(self.timestamp.encode())
         if self.content is not None:
             size += len(self.content.encode())
@@ -117,7 +160,7 @@ class SessionRecord:
     tail: list[MessageRecord] = field(default_factory=list)
 
     def info(self) -> SessionInfo:
-        return SessionInfo.model_construct(
+        return SessionInfo._trusted(
             id=self.id,
             name=self.name,
             created_at=self.created_at,

@@ -88,3 +88,18 @@ def test_sync_sessions_mirror_async_ones() -> None:
     sync_props = {n for n, v in inspect.getmembers(Session) if isinstance(v, property)}
     assert sync_props - props == {"messages"}  # reading all messages is I/O: sync only
     assert props <= sync_props
+
+
+def test_trusted_session_info_equals_a_validated_one() -> None:
+    from datetime import UTC, datetime
+
+    from coda_session import SessionInfo
+
+    now = datetime.now(UTC)
+    values = dict(id="i", name="n", created_at=now, updated_at=now, message_count=2,
+                  size_bytes=9, metadata={"k": [1]})
+    fast = SessionInfo._trusted(**values)  # type: ignore[arg-type]
+    slow = SessionInfo(**values)  # type: ignore[arg-type]
+    assert fast == slow and fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    assert repr(fast) == repr(slow) and hash(fast.name) == hash(slow.name)

@@ -33,7 +33,10 @@ class Executor(Protocol):
 
     def run(self, stmt: sa.Executable, params: Params) -> int: ...
 
-    def insert_messages(self, params: list[dict[str, Any]]) -> list[int]: ...
+    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
+
+
+_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata")
 
 
 class RawExecutor:
@@ -69,16 +72,18 @@ class RawExecutor:
     def run(self, stmt: sa.Executable, params: Params) -> int:
         return self._conn.execute(*self._params(stmt, params)).rowcount
 
-    def insert_messages(self, params: list[dict[str, Any]]) -> list[int]:
+    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
-        if len(params) == 1:
-            last = self._conn.execute(sql, [params[0][n] for n in names]).lastrowid
-            return [int(last or 0)]
-        self._conn.executemany(sql, [[p[n] for n in names] for p in params])
+        # rows are built as tuples straight from the records: the hot loop of a bulk save
+        assert names == _INSERT_ORDER, names
+        rows = [(session_id, r.role, r.content, r.timestamp, r.extra) for r in records]
+        if len(rows) == 1:
+            return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
+        self._conn.executemany(sql, rows)
         last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         # one writer holds the lock and the table has no AUTOINCREMENT: SQLite hands out
         # max(rowid)+1 to each row in turn, so the ids of this batch are consecutive
-        return list(range(last - len(params) + 1, last + 1))
+        return list(range(last - len(rows) + 1, last + 1))
 
 
 class AlchemyExecutor:
@@ -93,7 +98,17 @@ class AlchemyExecutor:
     def run(self, stmt: sa.Executable, params: Params) -> int:
         return self._conn.execute(stmt, dict(params)).rowcount
 
-    def insert_messages(self, params: list[dict[str, Any]]) -> list[int]:
+    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
+        params = [
+            {
+                "session_id": session_id,
+                "role": r.role,
+                "content": r.content,
+                "timestamp": r.timestamp,
+                "metadata": r.extra,
+            }
+            for r in records
+        ]
         ids = self._conn.execute(q.INSERT_MESSAGE_RETURNING, params).scalars().all()
         return [int(i) for i in ids]
 
@@ -228,18 +243,7 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
     ids: list[int] = []
     if req.messages:
-        ids = cx.insert_messages(
-            [
-                {
-                    "session_id": sid,
-                    "role": r.role,
-                    "content": r.content,
-                    "timestamp": r.timestamp,
-                    "metadata": r.extra,
-                }
-                for r in req.messages
-            ]
-        )
+        ids = cx.insert_messages(sid, req.messages)
     last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
     return SaveResult(ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata)
 
@@ -250,4 +254,16 @@ def delete(cx: Executor, session_id: str) -> bool:
 
 
 def list_all(cx: Executor) -> list[SessionInfo]:
-    return [_session(row, 0, []).info() for row in cx.rows(q.LIST_SESSIONS, {})]
+    info, ts, meta = SessionInfo._trusted, from_db_timestamp, decode_metadata
+    return [
+        info(
+            r[0],
+            r[1],
+            ts(r[2]),
+            ts(r[3] if r[3] is not None else r[2]),
+            int(r[5]),
+            int(r[6]),
+            meta(r[4]),
+        )
+        for r in cx.rows(q.LIST_SESSIONS, {})
+    ]

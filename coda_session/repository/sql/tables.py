@@ -40,8 +40,11 @@ def to_sqlite_timestamp(value: datetime) -> str:
 def from_db_timestamp(value: Any) -> datetime:
     """A stored session timestamp as an aware UTC datetime (naive values are taken as UTC,
     as SQLite's CURRENT_TIMESTAMP writes them)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+    if type(value) is str:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is UTC:  # how this library writes them: nothing to convert
+            return parsed
+        value = parsed
     if not isinstance(value, datetime):
         raise ValueError(f"not a timestamp: {value!r}")
     if value.tzinfo is None:
