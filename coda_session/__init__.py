@@ -9,6 +9,7 @@ from .errors import (
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
+    SessionTooLargeError,
     StorageError,
 )
 from .manager import AsyncSessionManager
@@ -36,6 +37,7 @@ __all__ = [
     "SessionManager",
     "SessionNotFoundError",
     "SessionStorage",
+    "SessionTooLargeError",
     "StorageError",
     "__version__",
 ]

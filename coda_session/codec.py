@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
+import zlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -22,6 +24,7 @@ from .errors import InvalidMessageError
 from .models import MessageRecord, utcnow
 
 __all__ = [
+    "COMPRESS_THRESHOLD",
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
     "check_name",
@@ -32,6 +35,10 @@ __all__ = [
 
 MAX_DEPTH = 100
 MAX_NAME_LENGTH = 255
+#: Contents of at least this many UTF-8 bytes are stored compressed (``compress_messages``).
+COMPRESS_THRESHOLD = 1024
+#: zlib's level: 6 is its default, a good trade of speed for size on chat text.
+COMPRESS_LEVEL = 6
 _CORE_KEYS = ("role", "content", "timestamp")
 
 
@@ -105,8 +112,12 @@ def _timestamp(value: Any) -> str:
     return value
 
 
-def encode_message(message: Any) -> MessageRecord:
-    """Validate one message dict and return its stored form (raises InvalidMessageError)."""
+def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
+    """Validate one message dict and return its stored form (raises InvalidMessageError).
+
+    With ``compress``, a content of :data:`COMPRESS_THRESHOLD` bytes or more is stored
+    zlib-compressed when that is smaller.
+    """
     if hasattr(message, "model_dump") and not isinstance(message, Mapping):
         message = message.model_dump()
     if not isinstance(message, Mapping):
@@ -129,11 +140,18 @@ def encode_message(message: Any) -> MessageRecord:
     else:
         _check_json(content, "message 'content'")
         text = None
+    zcontent = None
+    if compress:
+        raw = content.encode() if text is not None else _dumps(content).encode()
+        if len(raw) >= COMPRESS_THRESHOLD:
+            packed = zlib.compress((b"t" if text is not None else b"j") + raw, COMPRESS_LEVEL)
+            if len(packed) < len(raw):
+                zcontent, text = packed, None
+    if text is None and zcontent is None:
         extras["content"] = content
     extra = _dumps(extras) if extras else None
-    return MessageRecord(
-        role, text, timestamp, extra, None, MessageRecord(role, text, timestamp, extra).byte_size()
-    )
+    record = MessageRecord(role, text, timestamp, extra, None, -1, zcontent)
+    return MessageRecord(role, text, timestamp, extra, None, record.byte_size(), zcontent)
 
 
 def encode_metadata(metadata: Any, where: str = "metadata") -> dict[str, Any]:
@@ -166,6 +184,6 @@ def check_name(name: Any, what: str = "session name") -> str:
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidMessageError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters long")
     _check_str(name, what)
-    if any(ch < " " or ch == "\x7f" for ch in name):
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise InvalidMessageError(f"{what} {name!r} contains control characters")
     return name

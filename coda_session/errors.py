@@ -7,6 +7,7 @@
     ├── SessionExistsError            a session of that name exists already
     ├── InvalidMessageError           (also ValueError) a message, name or metadata rejected
     ├── InvalidConfigError            (also ValueError) a configuration key rejected
+    ├── SessionTooLargeError          a save or add would take a session past max_session_size
     ├── ManagerClosedError            the manager was closed
     └── StorageError                  the storage failed (I/O, locking, corruption)
         └── SchemaVersionError        the database schema is unknown or newer than this library
@@ -26,6 +27,7 @@ __all__ = [
     "SessionError",
     "SessionExistsError",
     "SessionNotFoundError",
+    "SessionTooLargeError",
     "StorageError",
 ]
 
@@ -48,6 +50,21 @@ class InvalidMessageError(SessionError, ValueError):
 
 class InvalidConfigError(SessionError, ValueError):
     """A configuration value was rejected. The message names the offending key."""
+
+
+class SessionTooLargeError(SessionError):
+    """A save or add would take a session past ``max_session_size``; nothing was written.
+
+    ``name``, ``size`` (bytes the session would take) and ``limit`` (bytes) say which and
+    by how much.
+    """
+
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        self.name, self.size, self.limit = name, size, limit
+        super().__init__(
+            f"session {name!r} would take {size:,} bytes, over its max_session_size of "
+            f"{limit:,} bytes ({limit / 1_000_000:g} MB); nothing was written"
+        )
 
 
 class ManagerClosedError(SessionError):

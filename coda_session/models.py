@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = ["Message", "MessageRecord", "SessionInfo", "SessionRecord", "utcnow"]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def utcnow() -> datetime:
@@ -103,6 +108,9 @@ class MessageRecord:
     ``content`` is ``None`` (no extra key can be named ``content``, so this never clashes).
     ``extra`` is the JSON text of the message's other keys, or ``None`` when it has none.
     ``id`` is the storage's monotonic ordering key (``None`` until saved).
+    ``zcontent``, when set, is the content compressed (zlib of ``b"t"`` + UTF-8 text, or of
+    ``b"j"`` + JSON for a non-string content); ``content`` is then ``None`` and ``extra``
+    has no ``"content"`` key.
     """
 
     role: str
@@ -111,9 +119,21 @@ class MessageRecord:
     extra: str | None
     id: int | None = None
     size: int = -1  # byte_size(), when the encoder already knows it
+    zcontent: bytes | None = None
 
     def with_id(self, id_: int) -> MessageRecord:
-        return MessageRecord(self.role, self.content, self.timestamp, self.extra, id_, self.size)
+        return MessageRecord(
+            self.role, self.content, self.timestamp, self.extra, id_, self.size, self.zcontent
+        )
+
+    def _unpacked(self) -> tuple[bool, Any]:
+        """(True, content) when the content is stored compressed, else (False, None)."""
+        if self.zcontent is None:
+            return False, None
+        data = zlib.decompress(self.zcontent)
+        if data[:1] == b"t":
+            return True, data[1:].decode()
+        return True, json.loads(data[1:])
 
     def byte_size(self) -> int:
         """Stored size in UTF-8 bytes: role + content + timestamp + extra keys' JSON."""
@@ -124,11 +144,18 @@ class MessageRecord:
             size += len(self.content.encode())
         if self.extra is not None:
             size += len(self.extra.encode())
+        if self.zcontent is not None:
+            size += len(self.zcontent)
         return size
 
     def text_length(self) -> int:
         """Characters of role, content and extra keys (what the token estimate counts)."""
-        return len(self.role) + len(self.content or "") + len(self.extra or "")
+        size = len(self.role) + len(self.content or "") + len(self.extra or "")
+        packed, content = self._unpacked()
+        if packed:
+            # as if stored uncompressed: the text, or the JSON under a "content" key
+            size += len(content) if isinstance(content, str) else len(_dumps(content)) + 11
+        return size
 
     def to_dict(self) -> dict[str, Any]:
         """The message as the plain dict the caller gave (plus its timestamp)."""
@@ -137,6 +164,8 @@ class MessageRecord:
             "content": self.content,
             "timestamp": self.timestamp,
         }
+        if self.zcontent is not None:
+            out["content"] = self._unpacked()[1]
         if self.extra is not None:
             extra = json.loads(self.extra)
             if self.content is None and "content" in extra:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .codec import encode_message, encode_metadata
-from .errors import InvalidMessageError, SessionError
+from .errors import InvalidMessageError, SessionError, SessionTooLargeError
 from .models import MessageRecord, SessionInfo, SessionRecord, utcnow
 from .repository.protocol import SaveRequest, Truncation
 
@@ -59,6 +59,7 @@ class AsyncSession:
             record.tail[-self._cache_size :] if self._cache_size else []
         )
         self._pending: list[MessageRecord] = []
+        self._pending_bytes = 0
         self._saving = 0  # messages at the front of _pending being written now
         self._generation = 0  # bumps whenever the stored view changes
         self._state = threading.Lock()  # the sync shim touches sessions from other threads
@@ -130,18 +131,25 @@ class AsyncSession:
         ``timestamp`` defaults to now (UTC, ISO-8601). Raises
         :class:`~coda_session.InvalidMessageError` before changing anything.
         """
-        record = encode_message(message)
+        record = encode_message(message, compress=self._manager.config.compress_messages)
         self._manager._check_open()
         with self._state:
+            self._check_room(record.byte_size())
             self._pending.append(record)
+            self._pending_bytes += record.byte_size()
 
     def set_messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
         """Replace every message (validated first: one bad message changes nothing)."""
-        records = [encode_message(m) for m in messages]
+        compress = self._manager.config.compress_messages
+        records = [encode_message(m, compress=compress) for m in messages]
         self._manager._check_open()
         with self._state:
-            self._truncate(0)
+            self._truncate(0)  # refused while saving: nothing changes then
+            size = sum(r.byte_size() for r in records)
+            if size > self._limit():
+                raise SessionTooLargeError(self._name, size, self._limit())
             self._pending.extend(records)
+            self._pending_bytes = size
 
     def clear_messages(self) -> None:
         """Remove every message (written by the next save)."""
@@ -164,6 +172,17 @@ class AsyncSession:
             self._metadata.update(copy.deepcopy(patch))
             self._meta_patch.update(patch)
 
+    def _limit(self) -> int:
+        return int(self._manager.config.max_session_size * 1_000_000)
+
+    def _check_room(self, more: int) -> None:
+        # the stored size is known exactly unless a truncation is pending; then the save,
+        # which checks the stored total in its transaction, decides
+        if self._keep is None:
+            size = self._size + self._pending_bytes + more
+            if size > self._limit():
+                raise SessionTooLargeError(self._name, size, self._limit())
+
     def _truncate(self, keep: int) -> None:
         if self._saving:
             raise SessionError(
@@ -182,6 +201,7 @@ class AsyncSession:
             self._generation += 1
         if excess > drop_stored:
             del self._pending[: excess - drop_stored]
+            self._pending_bytes = sum(r.byte_size() for r in self._pending)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -271,6 +291,7 @@ class AsyncSession:
                     messages=batch,
                     truncation=cut,
                     metadata_patch=patch or None,
+                    max_bytes=self._limit(),
                 )
             try:
                 result = await self._manager._repository.save(request)
@@ -282,6 +303,7 @@ class AsyncSession:
             with self._state:
                 self._saving = 0
                 del self._pending[: len(batch)]
+                self._pending_bytes = sum(r.byte_size() for r in self._pending)
                 self._keep = None  # truncating is refused while a save runs
                 saved = [r.with_id(i) for r, i in zip(batch, result.ids, strict=True)]
                 expected = stored_before + len(saved)

@@ -12,7 +12,13 @@ import anyio
 from pydantic import BaseModel, Field
 
 from .codec import encode_message
-from .errors import SessionError, SessionExistsError, SessionNotFoundError, StorageError
+from .errors import (
+    SessionError,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionTooLargeError,
+    StorageError,
+)
 from .models import MessageRecord, SessionInfo, SessionRecord
 from .repository.protocol import Repository, SaveRequest, SaveResult
 
@@ -181,6 +187,11 @@ class StorageAdapter(Repository):
             del messages[:drop]
         first = len(messages) + 1
         messages.extend(r.to_dict() for r in request.messages)
+        if request.max_bytes is not None:
+            before = sum(r.byte_size() for r in self._records(data))
+            after = sum(encode_message(m).byte_size() for m in messages)
+            if after > before and after > request.max_bytes:
+                raise SessionTooLargeError(request.name, after, request.max_bytes)
         metadata = dict(data.metadata)
         if request.metadata_patch:
             metadata.update(copy.deepcopy(dict(request.metadata_patch)))

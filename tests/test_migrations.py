@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -79,21 +80,35 @@ def test_cli_upgrade_current_downgrade(tmp_path: Path) -> None:
     with SessionManager({"session": {"storage_path": str(storage)}}) as m:
         s = m.create_session("kept")
         s.add_message({"role": "user", "content": "survives"})
+        s.add_message({"role": "user", "content": "big " * 1000})  # stored compressed
+        s.add_message({"role": "tool", "content": [{"text": "part " * 500}]})
         m.save_session(s)
-    down = alembic("downgrade", "-1", storage=storage)
-    assert down.returncode == 0, down.stderr
     conn = sqlite3.connect(storage / "sessions.db")
-    assert (
-        conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == BASELINE_REVISION
-    )
-    assert conn.execute("SELECT content FROM messages").fetchall() == [("survives",)]
-    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert conn.execute(
+        "SELECT count(*) FROM messages WHERE content_zlib IS NOT NULL"
+    ).fetchone() == (2,)
     conn.close()
+    for expected in ("0002", BASELINE_REVISION):  # each downgrade rebuilds a table
+        down = alembic("downgrade", "-1", storage=storage)
+        assert down.returncode == 0, down.stderr
+        conn = sqlite3.connect(storage / "sessions.db")
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == expected
+        rows = conn.execute("SELECT content, metadata FROM messages ORDER BY id").fetchall()
+        assert rows[:2] == [("survives", None), ("big " * 1000, None)]
+        assert rows[2] == (
+            None,
+            json.dumps({"content": [{"text": "part " * 500}]}, separators=(",", ":")),
+        )
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        conn.close()
     up = alembic("upgrade", "head", storage=storage)
     assert up.returncode == 0, up.stderr
     with SessionManager({"session": {"storage_path": str(storage)}}) as m:
         info = m.get_session_info("kept")
-        assert info is not None and info.message_count == 1  # counters recomputed
+        assert info is not None and info.message_count == 3  # counters recomputed
+        got = m.load_session("kept").get_messages()
+        assert got[1]["content"] == "big " * 1000
+        assert got[2]["content"] == [{"text": "part " * 500}]
     assert stat_mode(storage / "sessions.db") == 0o600
 
 
@@ -240,7 +255,8 @@ def test_history_reads_as_a_changelog() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "0001, Create the spec's sessions and messages tables" in run.stdout
-    assert "0002 (head), Keep message_count and size_bytes on sessions" in run.stdout
+    assert "0001 -> 0002, Keep message_count and size_bytes on sessions" in run.stdout
+    assert "0002 -> 0003 (head), Store large message contents compressed" in run.stdout
 
 
 def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:

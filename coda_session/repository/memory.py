@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SessionExistsError, SessionNotFoundError
+from ..errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .protocol import Repository, SaveRequest, SaveResult
 
@@ -118,12 +118,20 @@ class MemoryRepository(Repository):
         # validate everything first, then mutate: all or nothing
         patch: dict[str, Any] = copy.deepcopy(dict(request.metadata_patch or {}))
         cut = request.truncation
+        drop = 0
         if cut is not None:
-            visible = _visible(stored.messages, cut.upto_id)
-            drop = max(0, len(visible) - cut.keep)
-            if drop:
-                stored.size -= sum(m.byte_size() for m in stored.messages[:drop])
-                del stored.messages[:drop]
+            drop = max(0, len(_visible(stored.messages, cut.upto_id)) - cut.keep)
+        gone = sum(m.byte_size() for m in stored.messages[:drop])
+        growth = sum(m.byte_size() for m in request.messages) - gone
+        if (
+            request.max_bytes is not None
+            and growth > 0
+            and stored.size + growth > request.max_bytes
+        ):
+            raise SessionTooLargeError(request.name, stored.size + growth, request.max_bytes)
+        if drop:
+            stored.size -= gone
+            del stored.messages[:drop]
         ids = self._append(stored, list(request.messages))
         stored.record.metadata.update(patch)
         stored.record.updated_at = request.updated_at

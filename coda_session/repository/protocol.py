@@ -34,6 +34,9 @@ class SaveRequest:
     messages: Sequence[MessageRecord]
     truncation: Truncation | None = None
     metadata_patch: Mapping[str, Any] | None = None
+    max_bytes: int | None = None
+    """Refuse (SessionTooLargeError, nothing written) a save that grows the session past
+    this many stored bytes."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import Connection
 
 from ...codec import decode_metadata, dumps_metadata
-from ...errors import SessionExistsError, SessionNotFoundError
+from ...errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..protocol import SaveRequest, SaveResult
 from . import statements as q
@@ -36,7 +36,7 @@ class Executor(Protocol):
     def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
 
 
-_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata")
+_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata", "content_zlib")
 
 
 class RawExecutor:
@@ -76,7 +76,7 @@ class RawExecutor:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
         # rows are built as tuples straight from the records: the hot loop of a bulk save
         assert names == _INSERT_ORDER, names
-        rows = [(session_id, r.role, r.content, r.timestamp, r.extra) for r in records]
+        rows = [(session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent) for r in records]
         if len(rows) == 1:
             return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
         self._conn.executemany(sql, rows)
@@ -106,6 +106,7 @@ class AlchemyExecutor:
                 "content": r.content,
                 "timestamp": r.timestamp,
                 "metadata": r.extra,
+                "content_zlib": r.zcontent,
             }
             for r in records
         ]
@@ -135,6 +136,8 @@ def _message(row: Sequence[Any]) -> MessageRecord:
         ts if isinstance(ts, str) else ("" if ts is None else str(ts)),
         row[4],
         int(row[0]),
+        -1,
+        None if row[5] is None else bytes(row[5]),
     )
 
 
@@ -163,11 +166,12 @@ def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list
 
 
 def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
-    row = cx.rows(
-        q.TEXT_LENGTH,
-        {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit},
-    )[0]
-    return int(row[0]), int(row[1])
+    params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
+    row = cx.rows(q.TEXT_LENGTH, params)[0]
+    chars = int(row[0])
+    for (packed,) in cx.rows(q.COMPRESSED_IN_TAIL, params):
+        chars += MessageRecord("", None, "", None, None, -1, bytes(packed)).text_length()
+    return chars, int(row[1])
 
 
 def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> SessionRecord:
@@ -241,6 +245,8 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     counters = cx.rows(q.UPDATE_SESSION if metadata is None else q.UPDATE_SESSION_METADATA, params)
     if not counters:
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
+    if req.max_bytes is not None and size_delta > 0 and int(counters[0][1]) > req.max_bytes:
+        raise SessionTooLargeError(req.name, int(counters[0][1]), req.max_bytes)
     ids: list[int] = []
     if req.messages:
         ids = cx.insert_messages(sid, req.messages)

@@ -6,6 +6,8 @@ both executors (the one-trip SQLite path and the generic SQLAlchemy path) share 
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -14,6 +16,7 @@ from .tables import messages as m
 from .tables import sessions as s
 
 __all__ = [
+    "COMPRESSED_IN_TAIL",
     "COPY_MESSAGES",
     "DELETE_MESSAGES",
     "DELETE_MESSAGES_UPTO",
@@ -58,7 +61,7 @@ def _octet_length_sqlite(
     return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
 
 
-def _bytes(col: ColumnElement[str | None]) -> ColumnElement[int]:
+def _bytes(col: ColumnElement[Any]) -> ColumnElement[int]:
     return sa.func.coalesce(octet_length(col), 0)
 
 
@@ -75,7 +78,7 @@ _SESSION_COLS = (
     s.c.message_count,
     s.c.size_bytes,
 )
-_MESSAGE_COLS = (m.c.id, m.c.role, m.c.content, m.c.timestamp, m.c["metadata"])
+_MESSAGE_COLS = (m.c.id, m.c.role, m.c.content, m.c.timestamp, m.c["metadata"], m.c.content_zlib)
 
 SESSION_BY_NAME = sa.select(*_SESSION_COLS).where(s.c.name == sa.bindparam("name"))
 SESSION_BY_ID = sa.select(*_SESSION_COLS).where(s.c.id == sa.bindparam("session_id"))
@@ -102,7 +105,7 @@ MESSAGES_ALL = (
     .order_by(m.c.id)
 )
 _tail_sizes = (
-    sa.select(m.c.role, m.c.content, m.c["metadata"])
+    sa.select(m.c.role, m.c.content, m.c["metadata"], m.c.content_zlib)
     .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
     .order_by(m.c.id.desc())
     .limit(sa.bindparam("n"))
@@ -118,6 +121,10 @@ TEXT_LENGTH = sa.select(
         0,
     ),
     sa.func.count(),
+)
+# compressed contents in the same window: their length is known only once inflated
+COMPRESSED_IN_TAIL = sa.select(_tail_sizes.c.content_zlib).where(
+    _tail_sizes.c.content_zlib.is_not(None)
 )
 INSERT_SESSION = sa.insert(s).values(
     id=sa.bindparam("id"),
@@ -153,12 +160,18 @@ INSERT_MESSAGE = sa.insert(m).values(
     content=sa.bindparam("content"),
     timestamp=sa.bindparam("timestamp", type_=m.c.timestamp.type),
     metadata=sa.bindparam("metadata", type_=m.c["metadata"].type),
+    content_zlib=sa.bindparam("content_zlib", type_=m.c.content_zlib.type),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
 COPY_MESSAGES = sa.insert(m).from_select(
-    ["session_id", "role", "content", "timestamp", "metadata"],
+    ["session_id", "role", "content", "timestamp", "metadata", "content_zlib"],
     sa.select(
-        sa.bindparam("new_id", type_=sa.Text), m.c.role, m.c.content, m.c.timestamp, m.c["metadata"]
+        sa.bindparam("new_id", type_=sa.Text),
+        m.c.role,
+        m.c.content,
+        m.c.timestamp,
+        m.c["metadata"],
+        m.c.content_zlib,
     )
     .where(m.c.session_id == sa.bindparam("source_id"))
     .order_by(m.c.id),
@@ -175,7 +188,11 @@ TRUNCATE_STATS = sa.select(
     sa.func.count(),
     sa.func.coalesce(
         sa.func.sum(
-            _bytes(m.c.role) + _bytes(m.c.content) + _bytes(m.c.timestamp) + _bytes(m.c["metadata"])
+            _bytes(m.c.role)
+            + _bytes(m.c.content)
+            + _bytes(m.c.timestamp)
+            + _bytes(m.c["metadata"])
+            + _bytes(m.c.content_zlib)
         ),
         0,
     ),

@@ -130,6 +130,8 @@ class MessageRow(Base):
     content: Mapped[str | None] = mapped_column(sa.Text)
     timestamp: Mapped[str | None] = mapped_column(TextTimestamp)
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
+    # compress_messages: the content, zlib-compressed (then ``content`` is NULL)
+    content_zlib: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
 
 
 sessions = cast(sa.Table, SessionRow.__table__)

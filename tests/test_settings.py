@@ -1,0 +1,163 @@
+"""Configuration keys that change behaviour: compress_messages and max_session_size."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coda_session import SessionTooLargeError
+from coda_session.codec import COMPRESS_THRESHOLD
+from tests.conftest import Store
+
+BIG = "All work and no play makes Jack a dull boy. " * 100  # 4,400 bytes
+
+
+async def test_large_contents_are_compressed_and_read_back_identical(store: Store) -> None:
+    m = store.async_manager()
+    try:
+        s = await m.create_session("c")
+        parts = [{"type": "text", "text": BIG}, {"type": "image_url", "image_url": {"url": "x"}}]
+        s.add_message({"role": "user", "content": BIG})
+        s.add_message({"role": "tool", "content": parts, "tool_call_id": "t1"})
+        s.add_message({"role": "user", "content": "short"})
+        await m.save_session(s)
+        info = await m.get_session_info("c")
+        assert info is not None and info.size_bytes < len(BIG)  # both big ones compressed
+    finally:
+        await m.close()
+    fresh = store.async_manager()
+    try:
+        got = await (await fresh.load_session("c")).get_messages()
+    finally:
+        await fresh.close()
+    assert [g["content"] for g in got] == [BIG, parts, "short"]
+    assert got[1]["tool_call_id"] == "t1"
+    if store.database is not None:
+        conn = sqlite3.connect(store.database)
+        rows = conn.execute(
+            "SELECT content IS NULL, content_zlib IS NOT NULL FROM messages ORDER BY id"
+        ).fetchall()
+        conn.close()
+        assert rows == [(1, 1), (1, 1), (0, 0)]
+
+
+async def test_mixed_rows_written_with_and_without_compression(store: Store) -> None:
+    plain = store.async_manager(compress_messages=False)
+    try:
+        s = await plain.create_session("mixed")
+        s.add_message({"role": "user", "content": BIG + "1"})
+        await plain.save_session(s)
+    finally:
+        await plain.close()
+    packed = store.async_manager(compress_messages=True)
+    try:
+        s = await packed.load_session("mixed")
+        s.add_message({"role": "user", "content": BIG + "2"})
+        await packed.save_session(s)
+        branch = await packed.create_session("mixed-b", branch_from="mixed")
+        assert [g["content"] for g in await branch.get_messages()] == [BIG + "1", BIG + "2"]
+    finally:
+        await packed.close()
+    reader = store.async_manager(compress_messages=False)
+    try:
+        s = await reader.load_session("mixed")
+        assert [g["content"] for g in await s.get_messages()] == [BIG + "1", BIG + "2"]
+        # the token estimate counts what the text says, not its compressed bytes
+        assert await s.get_token_count() == -(-2 * (4 + len(BIG) + 1) // 4) + 2 * 4
+    finally:
+        await reader.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        min_size=COMPRESS_THRESHOLD // 4,
+        max_size=3000,
+    ),
+    repeat=st.integers(1, 8),
+)
+def test_compressed_round_trip_hypothesis(store: Store, text: str, repeat: int) -> None:
+    content = text * repeat
+    with store.sync_manager() as m:
+        s = m.create_session("h")
+        s.clear_messages()
+        s.add_message({"role": "user", "content": content, "k": [content[:10]]})
+        s.add_message({"role": "user", "content": [content, {"n": repeat}]})
+        m.save_session(s)
+    with store.sync_manager() as m:
+        got = m.load_session("h").get_messages()
+    assert [g["content"] for g in got] == [content, [content, {"n": repeat}]]
+    assert got[0]["k"] == [content[:10]]
+
+
+async def test_size_limit_on_add_and_save_writes_nothing(store: Store) -> None:
+    m = store.async_manager(max_session_size=0.002, compress_messages=False)  # 2,000 bytes
+    try:
+        s = await m.create_session("small")
+        s.add_message({"role": "user", "content": "x" * 1000})
+        await m.save_session(s)
+        with pytest.raises(SessionTooLargeError) as info:
+            s.add_message({"role": "user", "content": "y" * 1000})
+        err = info.value
+        assert err.name == "small" and err.limit == 2000 and err.size > 2000
+        assert "small" in str(err) and "2,000" in str(err)
+        assert s.message_count == 1 and not s.has_unsaved_changes
+        # a second manager whose object has not seen the first save is stopped by the save
+        other = store.async_manager(max_session_size=0.002, compress_messages=False)
+        try:
+            twin = await other.create_session("twin")
+            twin.add_message({"role": "user", "content": "z" * 900})
+            await other.save_session(twin)
+            stale = await other.load_session("small")
+            m2 = await m.load_session("small")
+            m2.add_message({"role": "user", "content": "a" * 600})
+            await m.save_session(m2)
+            stale.add_message({"role": "user", "content": "b" * 600})  # fits as stale saw it
+            with pytest.raises(SessionTooLargeError):
+                await other.save_session(stale)
+            assert stale.has_unsaved_changes  # kept for the caller to trim and retry
+        finally:
+            await other.close()
+        info_after = await m.get_session_info("small")
+        assert info_after is not None and info_after.message_count == 2
+        got = await (await m.load_session("small")).get_messages()
+        assert [g["content"][0] for g in got] == ["x", "a"]
+    finally:
+        await m.close()
+
+
+async def test_shrinking_saves_are_allowed_over_the_limit(store: Store) -> None:
+    big = store.async_manager(compress_messages=False)
+    try:
+        s = await big.create_session("s")
+        for ch in "abc":
+            s.add_message({"role": "user", "content": ch * 1000})
+        await big.save_session(s)
+    finally:
+        await big.close()
+    strict = store.async_manager(max_session_size=0.001, compress_messages=False)
+    try:
+        s = await strict.load_session("s")
+        s.truncate_messages(2)  # still over 1,000 bytes, but smaller: allowed
+        await strict.save_session(s)
+        assert (await strict.get_session_info("s")).message_count == 2  # type: ignore[union-attr]
+    finally:
+        await strict.close()
+
+
+def test_size_limit_through_the_sync_shim(store: Store) -> None:
+    from coda_session import SessionConfig, SessionManager
+
+    config = store.config.model_copy(update={"max_session_size": 0.001, "compress_messages": False})
+    repo = store.repository(private_loop=True)
+    with SessionManager(SessionConfig.model_validate(config.model_dump()), repo) as m:
+        s = m.create_session("x")
+        with pytest.raises(SessionTooLargeError):
+            s.set_messages([{"role": "user", "content": "q" * 2000}])
+        assert s.get_messages() == []
