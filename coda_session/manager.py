@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
+import weakref
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -24,6 +27,8 @@ from .session import AsyncSession
 from .storage import SessionStorage, StorageAdapter
 
 __all__ = ["AsyncSessionManager", "build_repository"]
+
+logger = logging.getLogger("coda_session")
 
 #: Messages read together with the session row on resume, so the usual
 #: ``get_messages(limit=...)`` that follows needs no second read.
@@ -77,6 +82,8 @@ class AsyncSessionManager:
         self._opened = False
         self._closed = False
         self._open_lock: asyncio.Lock | None = None
+        self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
+        self._autosave_task: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> SessionConfig:
@@ -103,6 +110,37 @@ class AsyncSessionManager:
             if not self._opened:
                 await self._repository.open()
                 self._opened = True
+                if self._config.autosave_interval > 0:
+                    self._autosave_task = asyncio.get_running_loop().create_task(
+                        self._autosave(), name="coda-session-autosave"
+                    )
+
+    def _session(self, record: SessionRecord) -> AsyncSession:
+        session = AsyncSession(self, record)
+        self._sessions.add(session)
+        return session
+
+    async def _autosave(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.autosave_interval)
+            await self._flush("autosave")
+
+    async def _flush(self, reason: str) -> list[BaseException]:
+        """Save every live session with unsaved changes; report, never swallow, failures."""
+        errors: list[BaseException] = []
+        for session in list(self._sessions):
+            if session._gone or session._autosave_error is not None:
+                continue
+            if not session.has_unsaved_changes:
+                continue
+            try:
+                await session._save()
+            except Exception as exc:
+                # names and sizes only: message content never goes to the log
+                logger.warning("%s of session %r failed: %s", reason, session.name, exc)
+                session._autosave_error = exc
+                errors.append(exc)
+        return errors
 
     async def _ready(self) -> Repository:
         if not self._opened or self._closed:
@@ -156,12 +194,12 @@ class AsyncSessionManager:
             found = await repo.load_session(name=source)
             if found is None:
                 raise SessionNotFoundError(f"cannot branch from {source!r}: no such session")
-            return AsyncSession(self, await repo.create_session(record, copy_from=found.id))
+            return self._session(await repo.create_session(record, copy_from=found.id))
         tail = min(RESUME_PREFETCH, self._config.message_cache_size)
         existing = await repo.load_session(name=name, tail=tail)
         if existing is None:
             try:
-                return AsyncSession(self, await repo.create_session(record))
+                return self._session(await repo.create_session(record))
             except SessionExistsError:
                 if not exist_ok:
                     raise
@@ -170,7 +208,7 @@ class AsyncSessionManager:
                     raise
         elif not exist_ok:
             raise SessionExistsError(f"session {name!r} already exists")
-        return AsyncSession(self, existing)
+        return self._session(existing)
 
     async def load_session(
         self, name: str | None = None, *, session_id: str | None = None
@@ -191,13 +229,14 @@ class AsyncSessionManager:
         if found is None:
             what = f"name {name!r}" if name is not None else f"id {session_id!r}"
             raise SessionNotFoundError(f"no session with {what}")
-        return AsyncSession(self, found)
+        return self._session(found)
 
     async def save_session(self, session: AsyncSession) -> None:
         """Write the session's unsaved changes in one transaction: only the delta (new
         messages, a truncation, changed metadata keys), all or nothing."""
         self._own(session)
         await self._ready()
+        session._usable()
         await session._save()
 
     async def list_sessions(self) -> list[SessionInfo]:
@@ -223,12 +262,26 @@ class AsyncSessionManager:
             raise SessionNotFoundError(f"no session with name {name!r}")
 
     async def close(self) -> None:
-        """Release storage. Unsaved changes are not written. Idempotent."""
+        """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.
+
+        With autosave off, unsaved changes are not written. If a final flush fails, storage
+        is released all the same and the first error is raised. Idempotent.
+        """
         if self._closed:
             return
-        self._closed = True
+        task, self._autosave_task = self._autosave_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        errors: list[BaseException] = []
+        if self._opened and self._config.autosave_interval > 0:
+            errors = await self._flush("flush on close")
+        self._closed = True  # from here on no flush can run
         if self._opened:
             await self._repository.aclose()
+        if errors:
+            raise errors[0]
 
     aclose = close
 

@@ -11,7 +11,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .codec import encode_message, encode_metadata
-from .errors import InvalidMessageError, SessionError, SessionTooLargeError
+from .errors import (
+    InvalidMessageError,
+    SessionError,
+    SessionNotFoundError,
+    SessionTooLargeError,
+)
 from .models import MessageRecord, SessionInfo, SessionRecord, utcnow
 from .repository.protocol import SaveRequest, Truncation
 
@@ -64,6 +69,16 @@ class AsyncSession:
         self._generation = 0  # bumps whenever the stored view changes
         self._state = threading.Lock()  # the sync shim touches sessions from other threads
         self._save_lock: asyncio.Lock | None = None
+        self._autosave_error: BaseException | None = None
+        self._gone = False  # storage said the session was deleted: nothing left to flush to
+
+    def _usable(self) -> None:
+        self._manager._check_open()
+        error = self._autosave_error
+        if error is not None:
+            # a background save failed: the caller hears of it on their next call
+            self._autosave_error = None
+            raise error
 
     @property
     def _cache_size(self) -> int:
@@ -132,7 +147,7 @@ class AsyncSession:
         :class:`~coda_session.InvalidMessageError` before changing anything.
         """
         record = encode_message(message, compress=self._manager.config.compress_messages)
-        self._manager._check_open()
+        self._usable()
         with self._state:
             self._check_room(record.byte_size())
             self._pending.append(record)
@@ -142,7 +157,7 @@ class AsyncSession:
         """Replace every message (validated first: one bad message changes nothing)."""
         compress = self._manager.config.compress_messages
         records = [encode_message(m, compress=compress) for m in messages]
-        self._manager._check_open()
+        self._usable()
         with self._state:
             self._truncate(0)  # refused while saving: nothing changes then
             size = sum(r.byte_size() for r in records)
@@ -153,21 +168,21 @@ class AsyncSession:
 
     def clear_messages(self) -> None:
         """Remove every message (written by the next save)."""
-        self._manager._check_open()
+        self._usable()
         with self._state:
             self._truncate(0)
 
     def truncate_messages(self, max_messages: int) -> None:
         """Keep only the newest ``max_messages`` messages (written by the next save)."""
         keep = _count(max_messages, "max_messages")
-        self._manager._check_open()
+        self._usable()
         with self._state:
             self._truncate(keep)
 
     def update_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Merge ``metadata`` into the session's metadata (top-level keys replace)."""
         patch = encode_metadata(metadata)
-        self._manager._check_open()
+        self._usable()
         with self._state:
             self._metadata.update(copy.deepcopy(patch))
             self._meta_patch.update(patch)
@@ -223,7 +238,7 @@ class AsyncSession:
         """``get_messages(limit)`` when it can be answered without reading storage, else None."""
         if limit is not None:
             _count(limit, "limit")
-        self._manager._check_open()
+        self._usable()
         with self._state:
             records = self._plan(limit)[0]
         return None if records is None else [r.to_dict() for r in records]
@@ -236,7 +251,7 @@ class AsyncSession:
         """
         if limit is not None:
             _count(limit, "limit")
-        self._manager._check_open()
+        self._usable()
         with self._state:
             records, want, generation, pending = self._plan(limit)
             upto = self._upto
@@ -258,7 +273,7 @@ class AsyncSession:
         within about 10-20% for English text. Counted by the storage, without loading
         the messages.
         """
-        self._manager._check_open()
+        self._usable()
         with self._state:
             stored, upto, pending = self._stored, self._upto, list(self._pending)
         chars, count = 0, 0
@@ -295,6 +310,12 @@ class AsyncSession:
                 )
             try:
                 result = await self._manager._repository.save(request)
+            except SessionNotFoundError:
+                self._gone = True
+                with self._state:
+                    self._saving = 0
+                    self._meta_patch = {**patch, **self._meta_patch}
+                raise
             except BaseException:
                 with self._state:
                     self._saving = 0

@@ -109,7 +109,9 @@ async def test_size_limit_on_add_and_save_writes_nothing(store: Store) -> None:
         assert "small" in str(err) and "2,000" in str(err)
         assert s.message_count == 1 and not s.has_unsaved_changes
         # a second manager whose object has not seen the first save is stopped by the save
-        other = store.async_manager(max_session_size=0.002, compress_messages=False)
+        other = store.async_manager(
+            max_session_size=0.002, compress_messages=False, autosave_interval=0
+        )
         try:
             twin = await other.create_session("twin")
             twin.add_message({"role": "user", "content": "z" * 900})
@@ -161,3 +163,102 @@ def test_size_limit_through_the_sync_shim(store: Store) -> None:
         with pytest.raises(SessionTooLargeError):
             s.set_messages([{"role": "user", "content": "q" * 2000}])
         assert s.get_messages() == []
+
+
+async def test_autosave_is_seen_by_a_second_manager(store: Store) -> None:
+    import asyncio
+
+    writer = store.async_manager(autosave_interval=0.05)
+    reader = store.async_manager(autosave_interval=0)
+    try:
+        s = await writer.create_session("auto")
+        s.add_message({"role": "user", "content": "saved by the background task"})
+        s.update_metadata({"k": "v"})
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            info = await reader.get_session_info("auto")
+            if info is not None and info.message_count == 1:
+                break
+        assert info is not None and info.message_count == 1 and info.metadata == {"k": "v"}
+        assert not s.has_unsaved_changes
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_close_flushes_and_no_flush_runs_after_close(store: Store) -> None:
+    import asyncio
+
+    m = store.async_manager(autosave_interval=3600)
+    s = await m.create_session("flush")
+    s.add_message({"role": "user", "content": "written by close"})
+    await m.close()
+    check = store.async_manager(autosave_interval=0)
+    try:
+        info = await check.get_session_info("flush")
+        assert info is not None and info.message_count == 1
+        await asyncio.sleep(0.1)
+        assert m._autosave_task is None
+    finally:
+        await check.close()
+
+
+async def test_autosave_off_leaves_unsaved_changes_unwritten(store: Store) -> None:
+    m = store.async_manager(autosave_interval=0)
+    s = await m.create_session("off")
+    s.add_message({"role": "user", "content": "never saved"})
+    await m.close()
+    check = store.async_manager(autosave_interval=0)
+    try:
+        assert (await check.get_session_info("off")).message_count == 0  # type: ignore[union-attr]
+    finally:
+        await check.close()
+
+
+async def test_failed_autosave_is_logged_and_raised_on_the_next_call(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from coda_session import SessionNotFoundError
+
+    m = store.async_manager(autosave_interval=0.05)
+    other = store.async_manager(autosave_interval=0)
+    try:
+        s = await m.create_session("doomed")
+        await other.delete_session("doomed")
+        s.add_message({"role": "user", "content": "secret words"})
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if s._autosave_error is not None:
+                break
+        assert any("autosave of session 'doomed' failed" in r.getMessage() for r in caplog.records)
+        assert all("secret words" not in r.getMessage() for r in caplog.records)
+        with pytest.raises(SessionNotFoundError):
+            s.add_message({"role": "user", "content": "next call"})
+        assert s.has_unsaved_changes  # the message is still there to save elsewhere
+    finally:
+        s.clear_messages()
+        await m.close()
+        await other.close()
+
+
+def test_sync_shim_autosaves_and_flushes_on_exit_of_with(store: Store) -> None:
+    import time
+
+    from coda_session import SessionConfig, SessionManager
+
+    config = SessionConfig.model_validate(
+        store.config.model_copy(update={"autosave_interval": 0.05}).model_dump()
+    )
+    with SessionManager(config, store.repository(private_loop=True)) as m:
+        s = m.create_session("sync-auto")
+        s.add_message({"role": "user", "content": "background"})
+        deadline = time.monotonic() + 5
+        while s.has_unsaved_changes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not s.has_unsaved_changes
+        s.add_message({"role": "user", "content": "at exit"})
+    with SessionManager(config, store.repository(private_loop=True)) as again:
+        got = again.load_session("sync-auto").get_messages()
+    assert [g["content"] for g in got] == ["background", "at exit"]
