@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -64,6 +65,12 @@ class SqlRepository(Repository):
         self._engine: AsyncEngine | None = None
         self._raw: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None
+        # WAL lets readers run beside the one writer: up to connection_pool_size - 1 reader
+        # connections, opened on demand, each with its own thread
+        self._readers: list[aiosqlite.Connection] = []
+        self._idle_readers: list[aiosqlite.Connection] = []
+        self._reader_slots: asyncio.Semaphore | None = None
+        self._path: str | None = None
 
     @property
     def url(self) -> URL:
@@ -93,6 +100,7 @@ class SqlRepository(Repository):
                         self._inline = connect_sqlite_inline(str(path), self._config.busy_timeout)
                     elif hasattr(aiosqlite.Connection, "_execute"):
                         self._raw = await connect_sqlite(str(path), self._config.busy_timeout)
+                        self._path = str(path)
                     # the one-trip path serves everything: idle pooled connections are let go
                     await engine.dispose()
             except BaseException:
@@ -103,7 +111,10 @@ class SqlRepository(Repository):
     async def aclose(self) -> None:
         raw, inline, engine = self._raw, self._inline, self._engine
         self._raw, self._inline, self._engine = None, None, None
+        readers, self._readers, self._idle_readers = self._readers, [], []
         with translate_errors("closing the database"):
+            for reader in readers:
+                await reader.close()
             if inline is not None:
                 inline.close()
             if raw is not None:
@@ -119,16 +130,51 @@ class SqlRepository(Repository):
             if self._inline is not None:
                 return _in_transaction(self._inline, write, fn, args)
             if self._raw is not None:
-                return await on_thread(self._raw, _in_transaction, self._raw._conn, write, fn, args)
+                if write or self._config.connection_pool_size < 2:
+                    writer = self._raw
+                    result: T = await on_thread(
+                        writer, _in_transaction, writer._conn, write, fn, args
+                    )
+                    return result
+                reader = await self._reader()
+                try:
+                    found: T = await on_thread(
+                        reader, _in_transaction, reader._conn, False, fn, args
+                    )
+                    return found
+                finally:
+                    self._release(reader)
         except (sqlite3.Error, OSError) as exc:
             with translate_errors(action):
                 raise exc
         with translate_errors(action):
             assert self._engine is not None
-            async with self._engine.connect() as conn:
-                conn = await conn.execution_options(**{WRITE_OPTION: write})
+            async with self._engine.connect() as pooled:
+                conn = await pooled.execution_options(**{WRITE_OPTION: write})
                 async with conn.begin():
-                    return await conn.run_sync(_alchemy_call, fn, args)
+                    done: T = await conn.run_sync(_alchemy_call, fn, args)
+                    return done
+
+    async def _reader(self) -> aiosqlite.Connection:
+        if self._reader_slots is None:
+            self._reader_slots = asyncio.Semaphore(self._config.connection_pool_size - 1)
+        await self._reader_slots.acquire()
+        if self._idle_readers:
+            return self._idle_readers.pop()
+        try:
+            assert self._path is not None
+            reader = await connect_sqlite(self._path, self._config.busy_timeout)
+        except BaseException:
+            self._reader_slots.release()
+            raise
+        self._readers.append(reader)
+        return reader
+
+    def _release(self, reader: aiosqlite.Connection) -> None:
+        if reader in self._readers:  # not closed meanwhile
+            self._idle_readers.append(reader)
+        if self._reader_slots is not None:
+            self._reader_slots.release()
 
     async def create_session(
         self, record: SessionRecord, *, copy_from: str | None = None
