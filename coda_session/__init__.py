@@ -2,6 +2,7 @@
 
 from .config import SessionConfig
 from .errors import (
+    FileFormatError,
     InvalidConfigError,
     InvalidMessageError,
     ManagerClosedError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncSession",
     "AsyncSessionManager",
+    "FileFormatError",
     "InvalidConfigError",
     "InvalidMessageError",
     "ManagerClosedError",

@@ -8,6 +8,7 @@
     ├── InvalidMessageError           (also ValueError) a message, name or metadata rejected
     ├── InvalidConfigError            (also ValueError) a configuration key rejected
     ├── SessionTooLargeError          a save or add would take a session past max_session_size
+    ├── FileFormatError               (also ValueError) an import file is malformed or truncated
     ├── ManagerClosedError            the manager was closed
     └── StorageError                  the storage failed (I/O, locking, corruption)
         └── SchemaVersionError        the database schema is unknown or newer than this library
@@ -20,6 +21,7 @@ SQLAlchemy never reach the caller as such: they are translated into :class:`Stor
 from __future__ import annotations
 
 __all__ = [
+    "FileFormatError",
     "InvalidConfigError",
     "InvalidMessageError",
     "ManagerClosedError",
@@ -65,6 +67,11 @@ class SessionTooLargeError(SessionError):
             f"session {name!r} would take {size:,} bytes, over its max_session_size of "
             f"{limit:,} bytes ({limit / 1_000_000:g} MB); nothing was written"
         )
+
+
+class FileFormatError(SessionError, ValueError):
+    """An import file is malformed, truncated or of an unknown format version; the message
+    names the file and line. Nothing was written."""
 
 
 class ManagerClosedError(SessionError):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from . import transfer
 from .codec import check_name
 from .config import SessionConfig
 from .errors import (
@@ -25,6 +26,7 @@ from .repository.memory import MemoryRepository
 from .repository.protocol import Repository
 from .session import AsyncSession
 from .storage import SessionStorage, StorageAdapter
+from .transfer import Source, Target
 
 __all__ = ["AsyncSessionManager", "build_repository"]
 
@@ -260,6 +262,37 @@ class AsyncSessionManager:
         deleted = found is not None and await repo.delete_session(found.id)
         if not deleted and not missing_ok:
             raise SessionNotFoundError(f"no session with name {name!r}")
+
+    async def export_session(self, name: str, target: Target, *, format: str = "jsonl") -> int:
+        """Write a session (its saved state) to a path or text file, streamed.
+
+        ``format`` is ``"jsonl"`` (default) or ``"json"``; both are described in the README
+        and carry a format version. A path is written to a private (0600) temporary file and
+        renamed into place when complete. Returns the number of messages written.
+        """
+        return await transfer.export_session(self, name, target, format)
+
+    async def import_session(
+        self, source: Source, *, name: str | None = None, format: str | None = None
+    ) -> AsyncSession:
+        """Read a session written by :meth:`export_session` (or any JSON object with a
+        ``"messages"`` list) under its own name or ``name``, in one transaction, streamed.
+
+        A malformed or truncated file raises :class:`FileFormatError` naming the line and
+        writes nothing; an existing name raises :class:`SessionExistsError`. The format is
+        detected when ``format`` is None.
+        """
+        return await transfer.import_session(self, source, name, format)
+
+    async def export_store(self, target: Target) -> int:
+        """Write every session to one JSON Lines stream; returns how many."""
+        return await transfer.export_store(self, target)
+
+    async def import_store(self, source: Source) -> list[str]:
+        """Import every session of a stream written by :meth:`export_store`, each in its own
+        transaction; returns their names. On an error, the sessions imported before it stay
+        (the error's notes name them) and the failing one writes nothing."""
+        return await transfer.import_store(self, source)
 
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -174,6 +174,41 @@ class StorageAdapter(Repository):
         if limit is None:
             return records
         return records[-limit:] if limit > 0 else []
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]:
+        data = await self._get(None, session_id)
+        if data is None:
+            return []
+        return self._records(data)[after_id:upto_id][:limit]
+
+    async def import_session(
+        self,
+        record: SessionRecord,
+        batches: AsyncIterator[Sequence[MessageRecord]],
+        *,
+        max_bytes: int | None = None,
+    ) -> SessionRecord:
+        if await self._get(record.name, None) is not None:
+            raise SessionExistsError(f"session {record.name!r} already exists")
+        messages: list[dict[str, Any]] = []
+        size = 0
+        async for batch in batches:  # the whole session is saved in one call at the end
+            messages.extend(r.to_dict() for r in batch)
+            size += sum(r.byte_size() for r in batch)
+            if max_bytes is not None and size > max_bytes:
+                raise SessionTooLargeError(record.name, size, max_bytes)
+        data = SessionData(
+            id=record.id,
+            name=record.name,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            metadata=copy.deepcopy(record.metadata),
+            messages=messages,
+        )
+        await self._call(self._storage.save, data)
+        return self._record(data)
 
     async def save(self, request: SaveRequest) -> SaveResult:
         data = await self._get(request.name, None)

@@ -24,6 +24,7 @@ from .models import SessionInfo
 from .repository.protocol import Repository
 from .session import AsyncSession
 from .storage import SessionStorage
+from .transfer import Source, Target
 
 __all__ = ["Session", "SessionManager", "run_blocking"]
 
@@ -286,8 +287,27 @@ class SessionManager:
         """Delete a session and its messages."""
         self._call(self._async.delete_session, name, missing_ok=missing_ok)
 
+    def export_session(self, name: str, target: Target, *, format: str = "jsonl") -> int:
+        """Write a session to a path or text file, streamed (see the async twin)."""
+        return self._call(self._async.export_session, name, target, format=format)
+
+    def import_session(
+        self, source: Source, *, name: str | None = None, format: str | None = None
+    ) -> Session:
+        """Read an exported session in one transaction, streamed (see the async twin)."""
+        return self._wrap(self._call(self._async.import_session, source, name=name, format=format))
+
+    def export_store(self, target: Target) -> int:
+        """Write every session to one JSON Lines stream; returns how many."""
+        return self._call(self._async.export_store, target)
+
+    def import_store(self, source: Source) -> list[str]:
+        """Import every session of an :meth:`export_store` stream; returns their names."""
+        return self._call(self._async.import_store, source)
+
     def close(self) -> None:
-        """Release storage and stop the background loop. Idempotent."""
+        """Flush unsaved sessions (unless autosave is off), release storage and stop the
+        background loop. Idempotent."""
         with self._lock:
             loop, self._loop = self._loop, None
         if loop is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,40 @@ class MemoryRepository(Repository):
         if limit is None:
             return list(visible)
         return visible[-limit:] if limit > 0 else []
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]:
+        stored = self._by_id.get(session_id)
+        if stored is None:
+            return []
+        out = [m for m in stored.messages if after_id < (m.id or 0) <= upto_id]
+        return out[:limit]
+
+    async def import_session(
+        self,
+        record: SessionRecord,
+        batches: AsyncIterator[Sequence[MessageRecord]],
+        *,
+        max_bytes: int | None = None,
+    ) -> SessionRecord:
+        if record.name in self._by_name:
+            raise SessionExistsError(f"session {record.name!r} already exists")
+        messages: list[MessageRecord] = []
+        size = 0
+        async for batch in batches:  # everything is checked before anything is stored
+            messages.extend(batch)
+            size += sum(m.byte_size() for m in batch)
+            if max_bytes is not None and size > max_bytes:
+                raise SessionTooLargeError(record.name, size, max_bytes)
+        if record.name in self._by_name:
+            raise SessionExistsError(f"session {record.name!r} already exists")
+        created = await self.create_session(record)
+        stored = self._by_id[created.id]
+        stored.record.metadata = copy.deepcopy(record.metadata)
+        stored.record.updated_at = record.updated_at
+        self._append(stored, messages)
+        return self._snapshot(stored, 0)
 
     async def save(self, request: SaveRequest) -> SaveResult:
         stored = self._by_id.get(request.session_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -87,6 +87,27 @@ class Repository(Protocol):
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> list[MessageRecord]:
         """The newest ``limit`` (all when None) messages with ``id <= upto_id``, oldest first."""
+        ...
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]:
+        """At most ``limit`` messages with ``after_id < id <= upto_id``, oldest first."""
+        ...
+
+    async def import_session(
+        self,
+        record: SessionRecord,
+        batches: AsyncIterator[Sequence[MessageRecord]],
+        *,
+        max_bytes: int | None = None,
+    ) -> SessionRecord:
+        """Create ``record`` and fill it from ``batches`` in one transaction.
+
+        ``record.metadata`` / ``updated_at`` are read after the last batch (an importer may
+        learn them late). Any error, from storage or raised by ``batches``, writes nothing.
+        SessionExistsError if the name is taken; SessionTooLargeError past ``max_bytes``.
+        """
         ...
 
     async def save(self, request: SaveRequest) -> SaveResult:

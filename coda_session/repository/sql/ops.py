@@ -165,6 +165,36 @@ def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list
     return [_message(r) for r in reversed(rows)]
 
 
+def read_page(
+    cx: Executor, session_id: str, after_id: int, upto_id: int, limit: int
+) -> list[MessageRecord]:
+    params = {"session_id": session_id, "after_id": after_id, "upto_id": upto_id, "n": limit}
+    return [_message(r) for r in cx.rows(q.MESSAGES_PAGE, params)]
+
+
+def import_begin(cx: Executor, record: SessionRecord) -> None:
+    create(cx, record, None)
+
+
+def import_batch(cx: Executor, session_id: str, records: Sequence[MessageRecord]) -> int:
+    cx.insert_messages(session_id, records)
+    return sum(r.byte_size() for r in records)
+
+
+def import_finish(cx: Executor, record: SessionRecord, count: int, size: int) -> int:
+    cx.run(
+        q.SET_SESSION_TOTALS,
+        {
+            "session_id": record.id,
+            "updated_at": record.updated_at,
+            "metadata": dumps_metadata(record.metadata),
+            "message_count": count,
+            "size_bytes": size,
+        },
+    )
+    return int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
+
+
 def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
     params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
     row = cx.rows(q.TEXT_LENGTH, params)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...config import SessionConfig
-from ...errors import SessionExistsError, StorageError
+from ...errors import SessionExistsError, SessionTooLargeError, StorageError
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..protocol import Repository, SaveRequest, SaveResult
 from . import ops
@@ -70,6 +70,9 @@ class SqlRepository(Repository):
         self._readers: list[aiosqlite.Connection] = []
         self._idle_readers: list[aiosqlite.Connection] = []
         self._reader_slots: asyncio.Semaphore | None = None
+        # an import keeps one transaction open across many trips: nothing else may use the
+        # writer (or inline) connection meanwhile
+        self._conn_lock: asyncio.Lock | None = None
         self._path: str | None = None
 
     @property
@@ -155,6 +158,78 @@ class SqlRepository(Repository):
                     done: T = await conn.run_sync(_alchemy_call, fn, args)
                     return done
 
+    def _lock(self) -> asyncio.Lock:
+        if self._conn_lock is None:
+            self._conn_lock = asyncio.Lock()
+        return self._conn_lock
+
+    async def _step(self, fn: Callable[..., T], *args: Any) -> T:
+        """One trip inside a transaction the caller keeps open (raw or inline path)."""
+        if self._inline is not None:
+            return fn(self._inline, *args)
+        assert self._raw is not None
+        return await on_thread(self._raw, fn, self._raw._conn, *args)
+
+    async def import_session(
+        self,
+        record: SessionRecord,
+        batches: AsyncIterator[Sequence[MessageRecord]],
+        *,
+        max_bytes: int | None = None,
+    ) -> SessionRecord:
+        if self._engine is None:
+            await self.open()
+        try:
+            if self._inline is not None or self._raw is not None:
+                async with self._lock():
+                    return await self._import_raw(record, batches, max_bytes)
+            with translate_errors("importing a session"):
+                assert self._engine is not None
+                async with self._engine.connect() as pooled:
+                    conn = await pooled.execution_options(**{WRITE_OPTION: True})
+                    async with conn.begin():
+                        await conn.run_sync(_alchemy_call, ops.import_begin, (record,))
+                        count = size = 0
+                        async for batch in batches:
+                            size += await conn.run_sync(
+                                _alchemy_call, ops.import_batch, (record.id, batch)
+                            )
+                            count += len(batch)
+                            _check_size(record.name, size, max_bytes)
+                        last = await conn.run_sync(
+                            _alchemy_call, ops.import_finish, (record, count, size)
+                        )
+        except (sqlite3.Error, OSError) as exc:
+            with translate_errors("importing a session"):
+                raise exc
+        return _imported(record, count, size, last)
+
+    async def _import_raw(
+        self,
+        record: SessionRecord,
+        batches: AsyncIterator[Sequence[MessageRecord]],
+        max_bytes: int | None,
+    ) -> SessionRecord:
+        await self._step(_begin_with, ops.import_begin, record)
+        try:
+            count = size = 0
+            async for batch in batches:
+                size += await self._step(_call_raw, ops.import_batch, record.id, batch)
+                count += len(batch)
+                _check_size(record.name, size, max_bytes)
+            last = await self._step(_finish_with, ops.import_finish, record, count, size)
+        except BaseException:
+            await asyncio.shield(self._step(_rollback))
+            raise
+        return _imported(record, count, size, last)
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]:
+        return await self._run(
+            "reading messages", False, ops.read_page, session_id, after_id, upto_id, limit
+        )
+
     async def _reader(self) -> aiosqlite.Connection:
         if self._reader_slots is None:
             self._reader_slots = asyncio.Semaphore(self._config.connection_pool_size - 1)
@@ -226,6 +301,47 @@ def _in_transaction(
         raise
     conn.commit()
     return result
+
+
+def _begin_with(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        return fn(ops.RawExecutor(conn), *args)
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def _call_raw(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    return fn(ops.RawExecutor(conn), *args)
+
+
+def _finish_with(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    result = fn(ops.RawExecutor(conn), *args)
+    conn.commit()
+    return result
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    conn.rollback()
+
+
+def _check_size(name: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise SessionTooLargeError(name, size, max_bytes)
+
+
+def _imported(record: SessionRecord, count: int, size: int, last: int) -> SessionRecord:
+    return SessionRecord(
+        id=record.id,
+        name=record.name,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        metadata=record.metadata,
+        message_count=count,
+        size_bytes=size,
+        last_message_id=last,
+    )
 
 
 def _alchemy_call(conn: Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

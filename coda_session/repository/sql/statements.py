@@ -28,10 +28,12 @@ __all__ = [
     "LIST_SESSIONS",
     "MESSAGES_ALL",
     "MESSAGES_LATEST",
+    "MESSAGES_PAGE",
     "MESSAGES_TAIL",
     "SESSION_BY_ID",
     "SESSION_BY_NAME",
     "SESSION_METADATA",
+    "SET_SESSION_TOTALS",
     "TEXT_LENGTH",
     "TRUNCATE_BOUNDARY",
     "TRUNCATE_STATS",
@@ -98,6 +100,26 @@ MESSAGES_TAIL = (
     .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
     .order_by(m.c.id.desc())
     .limit(sa.bindparam("n"))
+)
+MESSAGES_PAGE = (
+    sa.select(*_MESSAGE_COLS)
+    .where(
+        m.c.session_id == sa.bindparam("session_id"),
+        m.c.id > sa.bindparam("after_id"),
+        m.c.id <= sa.bindparam("upto_id"),
+    )
+    .order_by(m.c.id)
+    .limit(sa.bindparam("n"))
+)
+SET_SESSION_TOTALS = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(
+        updated_at=sa.bindparam("updated_at", type_=s.c.updated_at.type),
+        metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
+        message_count=sa.bindparam("message_count"),
+        size_bytes=sa.bindparam("size_bytes"),
+    )
 )
 MESSAGES_ALL = (
     sa.select(*_MESSAGE_COLS)
