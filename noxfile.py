@@ -42,3 +42,4 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: figures and ratios against raw sqlite3 measured in the same run."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+    session.run("python", "benchmarks/transfer.py", *session.posargs)
