@@ -96,8 +96,15 @@ def test_trusted_session_info_equals_a_validated_one() -> None:
     from coda_session import SessionInfo
 
     now = datetime.now(UTC)
-    values = dict(id="i", name="n", created_at=now, updated_at=now, message_count=2,
-                  size_bytes=9, metadata={"k": [1]})
+    values = dict(
+        id="i",
+        name="n",
+        created_at=now,
+        updated_at=now,
+        message_count=2,
+        size_bytes=9,
+        metadata={"k": [1]},
+    )
     fast = SessionInfo._trusted(**values)  # type: ignore[arg-type]
     slow = SessionInfo(**values)  # type: ignore[arg-type]
     assert fast == slow and fast.model_dump() == slow.model_dump()

@@ -25,9 +25,7 @@ def msg(writer: str, seq: int) -> dict[str, Any]:
     return {"role": "user", "content": f"{writer}:{seq}", "writer": writer, "seq": seq}
 
 
-def check_writers(
-    messages: list[dict[str, Any]], writers: list[str], per_writer: int
-) -> None:
+def check_writers(messages: list[dict[str, Any]], writers: list[str], per_writer: int) -> None:
     """Every writer's messages present exactly once, in the order it added them."""
     contents = [m["content"] for m in messages]
     assert len(contents) == len(set(contents)), "duplicated messages"
@@ -286,3 +284,26 @@ def test_threads_mixed_readers_and_writers(store: Any, manager: SessionManager) 
         [f"w{i}" for i in range(0, THREADS, 2)],
         PER_THREAD,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_concurrent_first_open_of_a_fresh_database(tmp_path: Any) -> None:
+    """Several managers opening one brand-new SQLite file at the same moment all succeed
+    (the file is created, switched to WAL and migrated once; the others wait for it)."""
+    for trial in range(30):
+        config = {"session": {"storage_path": str(tmp_path / f"fresh-{trial}")}}
+        managers = [AsyncSessionManager(config) for _ in range(8)]
+        try:
+            results = await asyncio.gather(*(m.open() for m in managers), return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert not failures, (
+                f"trial {trial}: {len(failures)} of 8 opens failed: {failures[0]!r}"
+            )
+            for i, manager in enumerate(managers):
+                session = await manager.create_session(f"m{i}")
+                session.add_message(msg(f"m{i}", 0))
+                await manager.save_session(session)
+            assert len(await managers[0].list_sessions()) == 8
+        finally:
+            await asyncio.gather(*(m.close() for m in managers))

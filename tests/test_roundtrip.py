@@ -123,8 +123,10 @@ TRICKY_TEXT = st.sampled_from(
     ]
 )
 STRINGS = TEXT | TRICKY_TEXT
-INTS = st.integers() | st.integers(min_value=-(2**200), max_value=2**200) | st.sampled_from(
-    [0, -1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 2**70, -(2**70)]
+INTS = (
+    st.integers()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.sampled_from([0, -1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 2**70, -(2**70)])
 )
 FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
     [-0.0, 0.0, 1e308, -1e308, 5e-324, -5e-324, 1.7976931348623157e308, 0.1, 1 / 3]
@@ -132,8 +134,9 @@ FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
 LEAVES = st.none() | st.booleans() | INTS | FLOATS | STRINGS
 JSON = st.recursive(
     LEAVES,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(STRINGS, children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(STRINGS, children, max_size=4)
+    ),
     max_leaves=12,
 )
 EXTRA_KEY = STRINGS.filter(lambda k: k not in CORE_KEYS)
@@ -147,8 +150,11 @@ DATETIMES = st.datetimes(
     min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30), timezones=OFFSETS
 )
 # None: let the library stamp it; a datetime; or an ISO-8601 extended string
-TIMESTAMPS = st.none() | DATETIMES | DATETIMES.map(lambda d: d.isoformat()) | st.sampled_from(
-    ["2024-01-01", "2024-02-29T23:59:59.999999+14:00", "2024-06-01T12:00:00Z"]
+TIMESTAMPS = (
+    st.none()
+    | DATETIMES
+    | DATETIMES.map(lambda d: d.isoformat())
+    | st.sampled_from(["2024-01-01", "2024-02-29T23:59:59.999999+14:00", "2024-06-01T12:00:00Z"])
 )
 
 
@@ -274,7 +280,9 @@ def test_metadata_round_trip(store: Any, updates: list[dict[str, Any]]) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(batch=st.lists(messages(), min_size=1, max_size=4), meta=METADATA)
-def test_sync_shim_round_trip(store: Any, batch: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+def test_sync_shim_round_trip(
+    store: Any, batch: list[dict[str, Any]], meta: dict[str, Any]
+) -> None:
     """Written through the blocking API, read back by a fresh async manager."""
     name = fresh_name("sync")
     before = datetime.now(UTC)
@@ -372,7 +380,10 @@ async def test_content_shapes_and_tuples(store: Any) -> None:
     batch: list[dict[str, Any]] = [
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "args": {"q": "x"}}]},
         {"role": "user", "content": ""},
-        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image", "url": "u"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "hi"}, {"type": "image", "url": "u"}],
+        },
         {"role": "tool", "content": {"result": None, "ok": False}},
         {"role": "tool", "content": ("a", 1, (2.5, None))},
         {"role": "tool", "content": [], "empty": {}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,11 +79,27 @@ def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
     return conn
 
 
+def _switch_to_wal(raw: sqlite3.Connection, busy_timeout: float) -> Any:
+    # Switching a new file to WAL needs an exclusive lock and SQLite answers "database is
+    # locked" at once instead of calling the busy handler: several processes or managers
+    # opening a fresh file together would fail. Retry until the busy timeout instead.
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return raw.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _setup(raw: sqlite3.Connection, busy_timeout: float, foreign_keys: bool = True) -> None:
     raw.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE for writes)
     raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-    mode = raw.execute("PRAGMA journal_mode = WAL").fetchone()
+    mode = _switch_to_wal(raw, busy_timeout)
     if mode is not None and str(mode[0]).lower() not in ("wal", "memory"):
         raise StorageError(f"cannot switch the database to WAL mode (got {mode[0]!r})")
     raw.execute("PRAGMA synchronous = NORMAL")
