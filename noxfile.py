@@ -38,6 +38,14 @@ def migrations(session: nox.Session) -> None:
 
 
 @nox.session
+def soak(session: nox.Session) -> None:
+    """The long variants of the crash and contention tests (many more kills, longer load)."""
+    session.install("-e", ".[test]")
+    session.env["CODA_SOAK"] = "1"
+    session.run("python", "-m", "pytest", "-m", "soak", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: figures and ratios against raw sqlite3 measured in the same run."""
     session.install("-e", ".")
