@@ -32,6 +32,15 @@ __all__ = ["SqlRepository"]
 
 T = TypeVar("T")
 
+#: Attempts of one operation when SQLite still reports the database busy after the busy
+#: timeout (each attempt waits up to busy_timeout for the lock).
+BUSY_ATTEMPTS = 3
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
 
 class SqlRepository(Repository):
     """Sessions in a SQL database through SQLAlchemy 2 (async).
@@ -128,28 +137,51 @@ class SqlRepository(Repository):
     async def _run(self, action: str, write: bool, fn: Callable[..., T], *args: Any) -> T:
         if self._engine is None:
             await self.open()
-        # the hot path translates errors itself; a generator context manager costs more
+        if self._inline is None and self._raw is None:
+            return await self._run_alchemy(action, write, fn, args)
+        attempt = 0
+        while True:
+            try:
+                return await self._run_sqlite(write, fn, args)
+            except sqlite3.OperationalError as exc:
+                # the whole transaction was rolled back, so running it again is safe; the
+                # busy timeout already waited, this only rides out a burst of writers
+                attempt += 1
+                if attempt < BUSY_ATTEMPTS and _is_busy(exc):
+                    await asyncio.sleep(0.01 * attempt)
+                    continue
+                with translate_errors(action):
+                    raise exc
+            except (sqlite3.Error, OSError) as exc:
+                with translate_errors(action):
+                    raise exc
+
+    async def _run_sqlite(self, write: bool, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        lock = self._conn_lock
+        if self._inline is not None:
+            if lock is not None and lock.locked():  # an import holds the connection
+                async with lock:
+                    return _in_transaction(self._inline, write, fn, args)
+            return _in_transaction(self._inline, write, fn, args)
+        assert self._raw is not None
+        if write or self._config.connection_pool_size < 2:
+            writer = self._raw
+            if lock is not None and lock.locked():
+                async with lock:
+                    got: T = await on_thread(writer, _in_transaction, writer._conn, write, fn, args)
+                    return got
+            result: T = await on_thread(writer, _in_transaction, writer._conn, write, fn, args)
+            return result
+        reader = await self._reader()
         try:
-            if self._inline is not None:
-                return _in_transaction(self._inline, write, fn, args)
-            if self._raw is not None:
-                if write or self._config.connection_pool_size < 2:
-                    writer = self._raw
-                    result: T = await on_thread(
-                        writer, _in_transaction, writer._conn, write, fn, args
-                    )
-                    return result
-                reader = await self._reader()
-                try:
-                    found: T = await on_thread(
-                        reader, _in_transaction, reader._conn, False, fn, args
-                    )
-                    return found
-                finally:
-                    self._release(reader)
-        except (sqlite3.Error, OSError) as exc:
-            with translate_errors(action):
-                raise exc
+            found: T = await on_thread(reader, _in_transaction, reader._conn, False, fn, args)
+            return found
+        finally:
+            self._release(reader)
+
+    async def _run_alchemy(
+        self, action: str, write: bool, fn: Callable[..., T], args: tuple[Any, ...]
+    ) -> T:
         with translate_errors(action):
             assert self._engine is not None
             async with self._engine.connect() as pooled:
