@@ -213,3 +213,30 @@ def test_sync_shim_export_import(store: Store, tmp_path: Path) -> None:
         assert m.export_store(tmp_path / "all.jsonl") == 2
     with Store(store.backend, tmp_path / "fresh").sync_manager() as fresh:
         assert fresh.import_store(tmp_path / "all.jsonl") == ["s", "s2"]
+
+
+async def test_other_work_waits_for_an_import_and_succeeds(
+    amanager: AsyncSessionManager, tmp_path: Path
+) -> None:
+    import asyncio
+
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"coda_session": 1, "kind": "session", "name": "big"})]
+    lines += [json.dumps({"role": "user", "content": f"m{i}"}) for i in range(8000)]
+    lines.append(json.dumps({"coda_session": 1, "kind": "end", "message_count": 8000}))
+    path.write_text("\n".join(lines) + "\n")
+    side = await amanager.create_session("side")
+
+    async def writes() -> None:
+        for i in range(30):
+            side.add_message({"role": "user", "content": f"side {i}"})
+            await amanager.save_session(side)
+            await asyncio.sleep(0)
+
+    imported, _ = await asyncio.gather(amanager.import_session(path), writes())
+    assert imported.message_count == 8000
+    assert [m["content"] for m in await (await amanager.load_session("side")).get_messages()] == [
+        f"side {i}" for i in range(30)
+    ]
+    got = await (await amanager.load_session("big")).get_messages(limit=2)
+    assert [m["content"] for m in got] == ["m7998", "m7999"]

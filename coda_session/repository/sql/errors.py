@@ -24,6 +24,11 @@ def _describe(exc: BaseException) -> str:
         return f"the database file is corrupt or not a database ({text})"
     if "readonly" in lowered or "read-only" in lowered:
         return f"the database is read-only ({text})"
+    if "unable to open" in lowered:
+        return (
+            "cannot open the database file: it is missing or its directory is read-only "
+            f"or not accessible ({text})"
+        )
     if "full" in lowered:
         return f"the database or disk is full ({text})"
     return text
