@@ -685,6 +685,10 @@ INJECTIONS = [
     "\\",
     "*/ SELECT * FROM sqlite_master; /*",
     "seed' --",
+    # full-text-search syntax (FTS5 / tsquery) is text too
+    '"hello" NEAR(world, 2) AND NOT spam*',
+    "content: ^start OR {role content}: x",
+    "foo & !bar | baz:*",
 ]
 
 
