@@ -230,7 +230,8 @@ def library_ddl(workdir: Path) -> list[str]:
     try:
         rows = conn.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
-            "AND name NOT LIKE 'alembic%' ORDER BY type DESC, name DESC"
+            "AND name NOT LIKE 'alembic%' AND name NOT LIKE 'sqlite%' "
+            "ORDER BY type DESC, name DESC"
         ).fetchall()
     finally:
         conn.close()

@@ -127,12 +127,24 @@ class AsyncSessionManager:
             await asyncio.sleep(self._config.autosave_interval)
             await self._flush("autosave")
 
-    async def _flush(self, reason: str) -> list[BaseException]:
-        """Save every live session with unsaved changes; report, never swallow, failures."""
+    async def _flush(self, reason: str, final: bool = False) -> list[BaseException]:
+        """Save every live session with unsaved changes; report, never swallow, failures.
+
+        The final flush (on close) retries sessions whose autosave failed, and returns the
+        errors nobody has heard of yet, so ``close()`` can raise them.
+        """
         errors: list[BaseException] = []
         for session in list(self._sessions):
-            if session._gone or session._autosave_error is not None:
+            pending = session._autosave_error
+            if session._gone:
+                if final and pending is not None and session.has_unsaved_changes:
+                    session._autosave_error = None
+                    errors.append(pending)
                 continue
+            if pending is not None:
+                if not final:
+                    continue
+                session._autosave_error = None  # retried now; a new failure is raised
             if not session.has_unsaved_changes:
                 continue
             try:
@@ -309,7 +321,7 @@ class AsyncSessionManager:
                 await task
         errors: list[BaseException] = []
         if self._opened and self._config.autosave_interval > 0:
-            errors = await self._flush("flush on close")
+            errors = await self._flush("flush on close", final=True)
         self._closed = True  # from here on no flush can run
         if self._opened:
             await self._repository.aclose()

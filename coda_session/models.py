@@ -168,6 +168,9 @@ class MessageRecord:
             out["content"] = self._unpacked()[1]
         if self.extra is not None:
             extra = json.loads(self.extra)
+            if not isinstance(extra, dict):
+                # a database written by other code may hold any JSON here: keep it visible
+                extra = {"metadata": extra} if extra is not None else {}
             if self.content is None and "content" in extra:
                 out["content"] = extra.pop("content")
             out.update(extra)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import math
 import threading
@@ -28,6 +29,13 @@ __all__ = ["AsyncSession"]
 #: The token estimate: characters per token, and tokens of framing per message.
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # a write whose caller was cancelled still fails loudly in its own way (the session
+    # keeps its changes); mark its exception as seen so asyncio does not warn about it
+    if not future.cancelled():
+        future.exception()
 
 
 def _count(value: Any, what: str) -> int:
@@ -65,7 +73,8 @@ class AsyncSession:
         )
         self._pending: list[MessageRecord] = []
         self._pending_bytes = 0
-        self._saving = 0  # messages at the front of _pending being written now
+        self._saving = False  # a save of this object is being written now
+        self._inflight: asyncio.Future[None] | None = None
         self._generation = 0  # bumps whenever the stored view changes
         self._state = threading.Lock()  # the sync shim touches sessions from other threads
         self._save_lock: asyncio.Lock | None = None
@@ -291,14 +300,19 @@ class AsyncSession:
         if self._save_lock is None:
             self._save_lock = asyncio.Lock()
         async with self._save_lock:
+            earlier = self._inflight
+            if earlier is not None and not earlier.done():
+                # a save whose caller was cancelled is still being written: let it land
+                # first, or its messages would be sent again
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(earlier)
             with self._state:
                 if not (self._pending or self._keep is not None or self._meta_patch):
                     return
                 batch = list(self._pending)
                 cut = None if self._keep is None else Truncation(self._upto, self._keep)
                 patch, self._meta_patch = self._meta_patch, {}
-                stored_before = self._stored
-                self._saving = len(batch)
+                self._saving = True
                 request = SaveRequest(
                     session_id=self._id,
                     name=self._name,
@@ -308,40 +322,45 @@ class AsyncSession:
                     metadata_patch=patch or None,
                     max_bytes=self._limit(),
                 )
-            try:
-                result = await self._manager._repository.save(request)
-            except SessionNotFoundError:
+                stored_before = self._stored
+            write = asyncio.ensure_future(self._write(request, patch, stored_before))
+            self._inflight = write
+            # the write runs to its end even if this caller is cancelled (the database
+            # commits regardless); the session's state follows its real outcome
+            write.add_done_callback(_retrieve)
+            await asyncio.shield(write)
+
+    async def _write(self, request: SaveRequest, patch: dict[str, Any], stored_before: int) -> None:
+        try:
+            result = await self._manager._repository.save(request)
+        except BaseException as exc:
+            if isinstance(exc, SessionNotFoundError):
                 self._gone = True
-                with self._state:
-                    self._saving = 0
-                    self._meta_patch = {**patch, **self._meta_patch}
-                raise
-            except BaseException:
-                with self._state:
-                    self._saving = 0
-                    self._meta_patch = {**patch, **self._meta_patch}
-                raise
             with self._state:
-                self._saving = 0
-                del self._pending[: len(batch)]
-                self._pending_bytes = sum(r.byte_size() for r in self._pending)
-                self._keep = None  # truncating is refused while a save runs
-                saved = [r.with_id(i) for r, i in zip(batch, result.ids, strict=True)]
-                expected = stored_before + len(saved)
-                if result.message_count == expected:
-                    self._cache = (
-                        (self._cache + saved)[-self._cache_size :] if self._cache_size else []
-                    )
-                else:
-                    # another writer changed the session meanwhile: re-read on demand
-                    self._cache = []
-                self._stored = result.message_count
-                self._upto = result.last_message_id
-                self._size = result.size_bytes
-                self._updated_at = request.updated_at
-                self._generation += 1
-                if result.metadata is not None:
-                    self._metadata = {**result.metadata, **copy.deepcopy(self._meta_patch)}
+                self._saving = False
+                self._meta_patch = {**patch, **self._meta_patch}
+            raise
+        batch = request.messages
+        with self._state:
+            self._saving = False
+            del self._pending[: len(batch)]
+            self._pending_bytes = sum(r.byte_size() for r in self._pending)
+            self._keep = None  # truncating is refused while a save runs
+            saved = [r.with_id(i) for r, i in zip(batch, result.ids, strict=True)]
+            if result.message_count == stored_before + len(saved):
+                if self._cache_size:
+                    self._cache.extend(saved)
+                    del self._cache[: max(0, len(self._cache) - self._cache_size)]
+            else:
+                # another writer changed the session meanwhile: re-read on demand
+                self._cache = []
+            self._stored = result.message_count
+            self._upto = result.last_message_id
+            self._size = result.size_bytes
+            self._updated_at = request.updated_at
+            self._generation += 1
+            if result.metadata is not None:
+                self._metadata = {**result.metadata, **copy.deepcopy(self._meta_patch)}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} messages={self.message_count}>"

@@ -69,6 +69,7 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
+        self._running: set[asyncio.Future[Any]] = set()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="coda-session-loop", daemon=True
         )
@@ -82,6 +83,7 @@ class _LoopThread:
         box: list[asyncio.Future[T]] = []
 
         def finished(task: asyncio.Future[T]) -> None:
+            self._running.discard(task)
             box.append(task)
             done.release()
 
@@ -92,16 +94,31 @@ class _LoopThread:
                 failed: asyncio.Future[T] = self._loop.create_future()
                 failed.set_exception(exc)
                 task = failed
+            self._running.add(task)
             task.add_done_callback(finished)
 
-        self._loop.call_soon_threadsafe(start)
+        try:
+            self._loop.call_soon_threadsafe(start)
+        except RuntimeError:  # the loop is closed
+            raise ManagerClosedError("the session manager is closed") from None
         done.acquire()
-        return box[0].result()
+        try:
+            return box[0].result()
+        except asyncio.CancelledError:
+            raise ManagerClosedError("the session manager was closed during this call") from None
 
     def stop(self) -> None:
+        async def shutdown() -> None:
+            # calls other threads still wait on are cancelled, so none of them hangs
+            for task in list(self._running):
+                task.cancel()
+            if self._running:
+                await asyncio.wait(list(self._running), timeout=10)
+            self._loop.stop()
+
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(shutdown()))
+            self._thread.join(timeout=15)
         if not self._thread.is_alive():
             self._loop.close()
 

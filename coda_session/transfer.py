@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .codec import check_name, encode_message, encode_metadata
-from .errors import FileFormatError, InvalidMessageError, SessionNotFoundError
+from .errors import FileFormatError, InvalidMessageError, SessionNotFoundError, StorageError
 from .models import MessageRecord, SessionRecord, utcnow
 from .repository.sql.tables import from_db_timestamp
 
@@ -68,13 +68,19 @@ class _Sink:
         self._tmp: str | None = None
         if isinstance(target, str | os.PathLike):
             self._path = Path(target).expanduser()
-            fd, self._tmp = tempfile.mkstemp(prefix=".coda-export-", dir=self._path.parent or ".")
+            try:
+                fd, self._tmp = tempfile.mkstemp(prefix=".coda-export-", dir=self._path.parent)
+            except OSError as exc:
+                raise StorageError(f"cannot write the export {self._path}: {exc}") from exc
             self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")  # mkstemp: mode 0600
         else:
             self.fh = target
 
     async def write(self, text: str) -> None:
-        await anyio.to_thread.run_sync(self.fh.write, text)
+        try:
+            await anyio.to_thread.run_sync(self.fh.write, text)
+        except OSError as exc:
+            raise StorageError(f"writing the export failed: {exc}") from exc
 
     async def finish(self, ok: bool) -> None:
         if self._path is None:
@@ -83,7 +89,11 @@ class _Sink:
         assert self._tmp is not None
         await anyio.to_thread.run_sync(self.fh.close)
         if ok:
-            os.replace(self._tmp, self._path)
+            try:
+                os.replace(self._tmp, self._path)
+            except OSError as exc:
+                os.unlink(self._tmp)
+                raise StorageError(f"cannot write the export {self._path}: {exc}") from exc
         else:
             os.unlink(self._tmp)
 
@@ -185,7 +195,8 @@ def _jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
             raise FileFormatError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(item, dict):
             raise FileFormatError(f"{where}: line {number}: expected a JSON object")
-        kind = item.get("kind") if "coda_session" in item else None
+        # a message may carry any extra keys, "kind" included: control lines have no role
+        kind = item.get("kind") if "coda_session" in item and "role" not in item else None
         if kind is not None and item.get("coda_session") != FORMAT_VERSION:
             raise FileFormatError(
                 f"{where}: line {number}: format version {item.get('coda_session')!r} "
@@ -344,6 +355,15 @@ def _events(fh: IO[str], where: str, fmt: str | None) -> Iterator[Event]:
     raise FileFormatError(f"unknown import format {fmt!r} (use 'jsonl' or 'json')")
 
 
+def _guarded(events: Iterator[Event], where: str) -> Iterator[Event]:
+    try:
+        yield from events
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{where}: the file is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise FileFormatError(f"{where}: cannot read the file: {exc}") from exc
+
+
 class _Puller:
     """Pulls events from a reader in a worker thread, a page at a time."""
 
@@ -471,8 +491,11 @@ async def import_session(
     await manager._ready()
     fh, where, close = _open(source)
     try:
-        events = await anyio.to_thread.run_sync(_events, fh, where, fmt)
-        puller = _Puller(events)
+        try:
+            events = await anyio.to_thread.run_sync(_events, fh, where, fmt)
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(f"{where}: the file is not UTF-8 text ({exc.reason})") from None
+        puller = _Puller(_guarded(events, where))
         first = await puller.next()
         if first is None or first[0] != "session":
             raise FileFormatError(f"{where}: no session in the file")
@@ -492,7 +515,7 @@ async def import_store(manager: AsyncSessionManager, source: Source) -> list[str
     fh, where, close = _open(source)
     done: list[str] = []
     try:
-        puller = _Puller(await anyio.to_thread.run_sync(_jsonl_events, fh, where))
+        puller = _Puller(_guarded(_jsonl_events(fh, where), where))
         while (event := await puller.next()) is not None:
             if event[0] != "session":
                 raise FileFormatError(f"{where}: line {event[2]}: expected a session header")

@@ -421,3 +421,26 @@ async def test_async_context_manager(store: Store) -> None:
     async with store.async_manager() as m:
         await m.create_session("x")
     assert m.closed
+
+
+async def test_ids_of_deleted_messages_are_never_reused(store: Store) -> None:
+    """B's clear is bounded by the newest message B had seen; messages A saved after its
+    own clear must survive it, which needs ids that are never handed out again."""
+    a, b = store.async_manager(autosave_interval=0), store.async_manager(autosave_interval=0)
+    try:
+        sa_ = await a.create_session("s")
+        for i in range(3):
+            sa_.add_message(user(f"old-{i}"))
+        await a.save_session(sa_)
+        sb = await b.load_session("s")
+        sa_.clear_messages()
+        sa_.add_message(user("new-1"))
+        sa_.add_message(user("new-2"))
+        await a.save_session(sa_)
+        sb.clear_messages()
+        await b.save_session(sb)
+        got = await (await a.load_session("s")).get_messages()
+        assert [m["content"] for m in got] == ["new-1", "new-2"]
+    finally:
+        await a.close()
+        await b.close()

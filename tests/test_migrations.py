@@ -88,6 +88,22 @@ def test_cli_upgrade_current_downgrade(tmp_path: Path) -> None:
         "SELECT count(*) FROM messages WHERE content_zlib IS NOT NULL"
     ).fetchone() == (2,)
     conn.close()
+    ids = conn_ids = sqlite3.connect(storage / "sessions.db")
+    before_ids = conn_ids.execute("SELECT id FROM messages ORDER BY id").fetchall()
+    assert (
+        "AUTOINCREMENT"
+        in conn_ids.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+    )
+    ids.close()
+    down = alembic("downgrade", "-1", storage=storage)  # 0004 -> 0003: a rebuild
+    assert down.returncode == 0, down.stderr
+    conn = sqlite3.connect(storage / "sessions.db")
+    assert conn.execute("SELECT id FROM messages ORDER BY id").fetchall() == before_ids
+    assert (
+        "AUTOINCREMENT"
+        not in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+    )
+    conn.close()
     for expected in ("0002", BASELINE_REVISION):  # each downgrade rebuilds a table
         down = alembic("downgrade", "-1", storage=storage)
         assert down.returncode == 0, down.stderr
@@ -256,7 +272,8 @@ def test_history_reads_as_a_changelog() -> None:
     assert run.returncode == 0, run.stderr
     assert "0001, Create the spec's sessions and messages tables" in run.stdout
     assert "0001 -> 0002, Keep message_count and size_bytes on sessions" in run.stdout
-    assert "0002 -> 0003 (head), Store large message contents compressed" in run.stdout
+    assert "0002 -> 0003, Store large message contents compressed" in run.stdout
+    assert "0003 -> 0004 (head), Never reuse message ids" in run.stdout
 
 
 def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:
@@ -328,7 +345,7 @@ def test_round_trip_base_head_base_head(tmp_path: Path, populated: bool) -> None
     conn = sqlite3.connect(storage / "sessions.db")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
-    assert tables <= {"alembic_version"}
+    assert tables <= {"alembic_version", "sqlite_sequence"}  # SQLite keeps its own table
     up = alembic("upgrade", "head", storage=storage)
     assert up.returncode == 0, up.stderr
     with SessionManager({"session": {"storage_path": str(storage)}}) as m:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -262,3 +264,74 @@ def test_sync_shim_autosaves_and_flushes_on_exit_of_with(store: Store) -> None:
     with SessionManager(config, store.repository(private_loop=True)) as again:
         got = again.load_session("sync-auto").get_messages()
     assert [g["content"] for g in got] == ["background", "at exit"]
+
+
+async def test_a_cancelled_save_lands_once(store: Store) -> None:
+    import asyncio
+
+    m = store.async_manager(autosave_interval=0)
+    try:
+        s = await m.create_session("c")
+        for i in range(20000):
+            s.add_message({"role": "user", "content": f"m{i}"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(m.save_session(s), 0.001)
+        await m.save_session(s)  # waits for the cancelled one to land; sends nothing twice
+        info = await m.get_session_info("c")
+        assert info is not None and info.message_count == 20000
+        assert not s.has_unsaved_changes and s.message_count == 20000
+    finally:
+        await m.close()
+
+
+async def test_clear_during_a_metadata_only_save_is_refused(store: Store) -> None:
+    import asyncio
+
+    from coda_session import SessionError
+
+    m = store.async_manager(autosave_interval=0)
+    try:
+        s = await m.create_session("c")
+        for i in range(10):
+            s.add_message({"role": "user", "content": f"m{i}"})
+        await m.save_session(s)
+        s.update_metadata({"k": 1})
+        task = asyncio.ensure_future(m.save_session(s))
+        await asyncio.sleep(0)
+        if s._saving:  # the write is on its way (always so on SQLite's thread)
+            with pytest.raises(SessionError, match="being saved"):
+                s.clear_messages()
+        else:
+            assert store.backend == "memory"  # its save never yields
+        await task
+        s.clear_messages()  # after the save returns, it is accepted and written
+        await m.save_session(s)
+        assert (await m.get_session_info("c")).message_count == 0  # type: ignore[union-attr]
+    finally:
+        await m.close()
+
+
+async def test_close_retries_a_failed_autosave(sqlite_config: Any) -> None:
+    import asyncio
+    import sqlite3
+    from pathlib import Path
+
+    from coda_session import AsyncSessionManager
+
+    config = sqlite_config(autosave_interval=0.05, busy_timeout=0.05)
+    m = AsyncSessionManager(config)
+    s = await m.create_session("r")
+    db = Path(config["session"]["storage_path"]) / "sessions.db"
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    s.add_message({"role": "user", "content": "saved at close"})
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if s._autosave_error is not None:
+            break
+    assert s._autosave_error is not None  # the background save failed on the lock
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await m.close()  # retries it, and succeeds now
+    async with AsyncSessionManager(sqlite_config(autosave_interval=0)) as check:
+        assert (await check.get_session_info("r")).message_count == 1  # type: ignore[union-attr]

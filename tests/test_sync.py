@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,31 @@ def test_sync_errors_are_the_typed_ones(manager: SessionManager) -> None:
 
     with pytest.raises(SessionNotFoundError):
         manager.load_session("missing")
+
+
+def test_close_while_another_thread_waits_does_not_hang(store: Store, tmp_path: Path) -> None:
+    import json
+
+    from coda_session import SessionError
+
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"coda_session": 1, "kind": "session", "name": "big"})]
+    lines += [json.dumps({"role": "user", "content": f"m{i}"}) for i in range(30000)]
+    lines.append(json.dumps({"coda_session": 1, "kind": "end", "message_count": 30000}))
+    path.write_text("\n".join(lines) + "\n")
+    m = store.sync_manager()
+    outcome: list[object] = []
+
+    def importer() -> None:
+        try:
+            outcome.append(m.import_session(path).message_count)
+        except SessionError as exc:  # closed under it: an error, never a hang
+            outcome.append(exc)
+
+    worker = threading.Thread(target=importer)
+    worker.start()
+    m.close()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert len(outcome) == 1
+    assert outcome[0] == 30000 or isinstance(outcome[0], SessionError)

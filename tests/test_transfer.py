@@ -240,3 +240,34 @@ async def test_other_work_waits_for_an_import_and_succeeds(
     ]
     got = await (await amanager.load_session("big")).get_messages(limit=2)
     assert [m["content"] for m in got] == ["m7998", "m7999"]
+
+
+async def test_file_problems_are_typed(amanager: AsyncSessionManager, tmp_path: Path) -> None:
+    from coda_session import StorageError
+
+    await _seed(amanager)
+    with pytest.raises(StorageError, match="cannot write"):
+        await amanager.export_session("orig", tmp_path / "no-such-dir" / "x.jsonl")
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(
+        b'{"coda_session": 1, "kind": "session", "name": "l"}\n'
+        b'{"role": "user", "content": "caf\xe9"}\n'
+        b'{"coda_session": 1, "kind": "end", "message_count": 1}\n'
+    )
+    with pytest.raises(FileFormatError, match="UTF-8"):
+        await amanager.import_session(latin)
+    with pytest.raises(FileFormatError, match="cannot read"):
+        await amanager.import_session(tmp_path / "missing.jsonl")
+
+
+async def test_messages_may_carry_the_control_keys(
+    amanager: AsyncSessionManager, tmp_path: Path
+) -> None:
+    s = await amanager.create_session("k")
+    tricky = {"role": "user", "content": "x", "coda_session": 1, "kind": "end"}
+    s.add_message(tricky)
+    await amanager.save_session(s)
+    await amanager.export_session("k", tmp_path / "k.jsonl")
+    back = await amanager.import_session(tmp_path / "k.jsonl", name="k2")
+    got = await back.get_messages()
+    assert {k: v for k, v in got[0].items() if k != "timestamp"} == tricky

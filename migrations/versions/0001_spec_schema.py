@@ -36,7 +36,8 @@ def upgrade() -> None:
         sa.Column("session_id", sa.Text()),
         sa.Column("role", sa.Text()),
         sa.Column("content", sa.Text()),
-        sa.Column("timestamp", sa.TIMESTAMP()),
+        # the caller's string verbatim: TEXT where TIMESTAMP would normalise it
+        sa.Column("timestamp", sa.TIMESTAMP().with_variant(sa.Text(), "postgresql")),
         sa.Column("metadata", sa.JSON()),
         sa.ForeignKeyConstraint(
             ["session_id"], ["sessions.id"], name=op.f("fk_messages_session_id_sessions")

@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def _bytes(column: str) -> str:
     if op.get_bind().dialect.name == "sqlite":
         return f"coalesce(length(CAST(m.{column} AS BLOB)), 0)"
-    return f"coalesce(octet_length(m.{column}), 0)"
+    return f"coalesce(octet_length(CAST(m.{column} AS TEXT)), 0)"
 
 
 def upgrade() -> None:

@@ -58,7 +58,7 @@ def downgrade() -> None:
         (
             f"coalesce(length(CAST(m.{c} AS BLOB)), 0)"
             if bind.dialect.name == "sqlite"
-            else f"coalesce(octet_length(m.{c}), 0)"
+            else f"coalesce(octet_length(CAST(m.{c} AS TEXT)), 0)"
         )
         for c in ("role", "content", "timestamp", "metadata")
     )

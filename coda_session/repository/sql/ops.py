@@ -245,12 +245,14 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
 def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
     metadata: dict[str, Any] | None = None
-    if req.metadata_patch:
+    if req.metadata_patch or req.truncation is not None:
+        # read-modify-write below: hold the session row first
         found = cx.rows(q.SESSION_METADATA, {"session_id": sid})
         if not found:
             raise SessionNotFoundError(f"session {req.name!r} was deleted")
-        metadata = decode_metadata(found[0][0])
-        metadata.update(req.metadata_patch)
+        if req.metadata_patch:
+            metadata = decode_metadata(found[0][0])
+            metadata.update(req.metadata_patch)
     count_delta = len(req.messages)
     size_delta = sum(r.byte_size() for r in req.messages)
     cut = req.truncation

@@ -13,7 +13,12 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...config import SessionConfig
-from ...errors import SessionExistsError, SessionTooLargeError, StorageError
+from ...errors import (
+    ManagerClosedError,
+    SessionExistsError,
+    SessionTooLargeError,
+    StorageError,
+)
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..protocol import Repository, SaveRequest, SaveResult
 from . import ops
@@ -72,6 +77,7 @@ class SqlRepository(Repository):
         self._fast_wanted = is_sqlite if fast_path is None else (fast_path and is_sqlite)
         self._inline_wanted = inline
         self._engine: AsyncEngine | None = None
+        self._closed = False
         self._raw: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None
         # WAL lets readers run beside the one writer: up to connection_pool_size - 1 reader
@@ -93,6 +99,8 @@ class SqlRepository(Repository):
         return self._raw is not None or self._inline is not None
 
     async def open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("the storage was closed")
         if self._engine is not None:
             return
         from ...migrate import ensure_schema
@@ -121,6 +129,7 @@ class SqlRepository(Repository):
             self._engine = engine
 
     async def aclose(self) -> None:
+        self._closed = True
         raw, inline, engine = self._raw, self._inline, self._engine
         self._raw, self._inline, self._engine = None, None, None
         readers, self._readers, self._idle_readers = self._readers, [], []
@@ -158,18 +167,16 @@ class SqlRepository(Repository):
 
     async def _run_sqlite(self, write: bool, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         lock = self._conn_lock
+        if lock is not None and lock.locked():  # an import holds the connection: wait
+            async with lock:
+                pass
+        if self._closed:
+            raise ManagerClosedError("the storage was closed")
         if self._inline is not None:
-            if lock is not None and lock.locked():  # an import holds the connection
-                async with lock:
-                    return _in_transaction(self._inline, write, fn, args)
             return _in_transaction(self._inline, write, fn, args)
         assert self._raw is not None
         if write or self._config.connection_pool_size < 2:
             writer = self._raw
-            if lock is not None and lock.locked():
-                async with lock:
-                    got: T = await on_thread(writer, _in_transaction, writer._conn, write, fn, args)
-                    return got
             result: T = await on_thread(writer, _in_transaction, writer._conn, write, fn, args)
             return result
         reader = await self._reader()

@@ -53,7 +53,8 @@ class octet_length(FunctionElement[int]):
 def _octet_length(
     element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
 ) -> str:
-    return f"octet_length({compiler.process(element.clauses, **kw)})"
+    # JSON and timestamp columns have no octet_length of their own on PostgreSQL
+    return f"octet_length(CAST({compiler.process(element.clauses, **kw)} AS TEXT))"
 
 
 @compiles(octet_length, "sqlite")
@@ -63,12 +64,31 @@ def _octet_length_sqlite(
     return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
 
 
+class blob_length(FunctionElement[int]):
+    """Bytes of a binary value."""
+
+    type = sa.Integer()
+    inherit_cache = True
+
+
+@compiles(blob_length)
+def _blob_length(element: blob_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object) -> str:
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(blob_length, "sqlite")
+def _blob_length_sqlite(
+    element: blob_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
+) -> str:
+    return f"length({compiler.process(element.clauses, **kw)})"
+
+
 def _bytes(col: ColumnElement[Any]) -> ColumnElement[int]:
     return sa.func.coalesce(octet_length(col), 0)
 
 
-def _chars(col: ColumnElement[str | None]) -> ColumnElement[int]:
-    return sa.func.coalesce(sa.func.length(col), 0)
+def _chars(col: ColumnElement[Any]) -> ColumnElement[int]:
+    return sa.func.coalesce(sa.func.length(sa.cast(col, sa.Text)), 0)
 
 
 _SESSION_COLS = (
@@ -175,7 +195,10 @@ UPDATE_SESSION_METADATA = (
     .values(**_bump, metadata=sa.bindparam("metadata", type_=s.c["metadata"].type))
     .returning(s.c.message_count, s.c.size_bytes)
 )
-SESSION_METADATA = sa.select(s.c["metadata"]).where(s.c.id == sa.bindparam("session_id"))
+# locks the session row first on server databases (SQLite's write lock already does)
+SESSION_METADATA = (
+    sa.select(s.c["metadata"]).where(s.c.id == sa.bindparam("session_id")).with_for_update()
+)
 INSERT_MESSAGE = sa.insert(m).values(
     session_id=sa.bindparam("session_id"),
     role=sa.bindparam("role"),
@@ -214,7 +237,7 @@ TRUNCATE_STATS = sa.select(
             + _bytes(m.c.content)
             + _bytes(m.c.timestamp)
             + _bytes(m.c["metadata"])
-            + _bytes(m.c.content_zlib)
+            + sa.func.coalesce(blob_length(m.c.content_zlib), 0)
         ),
         0,
     ),

@@ -71,7 +71,11 @@ class UtcTimestamp(TypeDecorator[datetime]):
 
 
 class TextTimestamp(TypeDecorator[str]):
-    """The message timestamp: the caller's ISO-8601 string, stored and returned verbatim."""
+    """The message timestamp: the caller's ISO-8601 string, stored and returned verbatim.
+
+    TIMESTAMP as the spec has it on SQLite (which keeps the text as given); the column is
+    TEXT on PostgreSQL (a variant, below), whose TIMESTAMP would normalise the string.
+    """
 
     impl = sa.TIMESTAMP
     cache_ok = True
@@ -122,13 +126,19 @@ class MessageRow(Base):
     """``messages``: ``id`` is the monotonic ordering key of a session's messages."""
 
     __tablename__ = "messages"
-    __table_args__ = (sa.Index("ix_messages_session_id_id", "session_id", "id"),)
+    __table_args__ = (
+        sa.Index("ix_messages_session_id_id", "session_id", "id"),
+        # ids are never handed out twice (see migration 0004)
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     session_id: Mapped[str | None] = mapped_column(sa.Text, sa.ForeignKey("sessions.id"))
     role: Mapped[str | None] = mapped_column(sa.Text)
     content: Mapped[str | None] = mapped_column(sa.Text)
-    timestamp: Mapped[str | None] = mapped_column(TextTimestamp)
+    timestamp: Mapped[str | None] = mapped_column(
+        TextTimestamp().with_variant(sa.Text(), "postgresql")
+    )
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
     # compress_messages: the content, zlib-compressed (then ``content`` is NULL)
     content_zlib: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
