@@ -285,8 +285,15 @@ class AsyncSession:
         self._usable()
         with self._state:
             stored, upto, pending = self._stored, self._upto, list(self._pending)
+            cached = (
+                self._cache[len(self._cache) - stored :] if stored <= len(self._cache) else None
+            )
         chars, count = 0, 0
-        if stored:
+        if cached is not None:
+            # the cache holds every message the object shows: no I/O, and the same view
+            # get_messages() answers from
+            chars, count = sum(r.text_length() for r in cached), len(cached)
+        elif stored:
             chars, count = await self._manager._repository.text_length(
                 self._id, upto_id=upto, limit=stored
             )

@@ -240,7 +240,7 @@ class StorageAdapter(Repository):
             message_count=record.message_count,
             size_bytes=record.size_bytes,
             last_message_id=record.last_message_id,
-            metadata=copy.deepcopy(metadata) if request.metadata_patch else None,
+            metadata=copy.deepcopy(metadata),
         )
 
     async def delete_session(self, session_id: str) -> bool:

@@ -176,7 +176,7 @@ class MemoryRepository(Repository):
             message_count=snap.message_count,
             size_bytes=snap.size_bytes,
             last_message_id=snap.last_message_id,
-            metadata=snap.metadata if patch else None,
+            metadata=snap.metadata,
         )
 
     async def delete_session(self, session_id: str) -> bool:

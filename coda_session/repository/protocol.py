@@ -48,7 +48,7 @@ class SaveResult:
     size_bytes: int
     last_message_id: int
     metadata: dict[str, Any] | None
-    """The merged metadata when the save changed it, else None."""
+    """The session's stored metadata after the save (None: the backend did not say)."""
 
 
 @runtime_checkable

@@ -283,6 +283,8 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     if req.messages:
         ids = cx.insert_messages(sid, req.messages)
     last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
+    if metadata is None:  # unchanged by this save, but maybe by another writer's
+        metadata = decode_metadata(counters[0][2])
     return SaveResult(ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata)
 
 

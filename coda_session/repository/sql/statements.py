@@ -187,13 +187,13 @@ UPDATE_SESSION = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))
     .values(**_bump)
-    .returning(s.c.message_count, s.c.size_bytes)
+    .returning(s.c.message_count, s.c.size_bytes, s.c["metadata"])
 )
 UPDATE_SESSION_METADATA = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))
     .values(**_bump, metadata=sa.bindparam("metadata", type_=s.c["metadata"].type))
-    .returning(s.c.message_count, s.c.size_bytes)
+    .returning(s.c.message_count, s.c.size_bytes, s.c["metadata"])
 )
 # locks the session row first on server databases (SQLite's write lock already does)
 SESSION_METADATA = (
