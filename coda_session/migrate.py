@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,25 @@ __all__ = [
 BASELINE_REVISION = "0001"
 #: The newest revision this version of the library knows (a test keeps it equal to Alembic's head).
 HEAD_REVISION = "0004"
+
+
+# Alembic keeps the running migration's context in module globals (alembic.context,
+# alembic.op): two migrations at once in one process, even of different databases, would
+# run on each other's connections. One at a time, process-wide.
+_MIGRATING = threading.Lock()
+
+
+@asynccontextmanager
+async def migration_guard() -> AsyncIterator[None]:
+    """Hold the process-wide migration lock without blocking the event loop."""
+    while not _MIGRATING.acquire(blocking=False):  # noqa: ASYNC110 - other threads, other loops
+        # polled rather than waited on in a thread: a cancelled waiter must not leave
+        # the lock taken behind it
+        await asyncio.sleep(0.005)
+    try:
+        yield
+    finally:
+        _MIGRATING.release()
 
 
 def migrations_dir() -> Path:
@@ -126,7 +148,7 @@ async def _with_connection(config: Mapping[str, Any] | SessionConfig | None, fn:
     with translate_errors("migrating the database"):
         engine = create_engine(settings, migrations=True)
         try:
-            async with engine.connect() as conn, conn.begin():
+            async with migration_guard(), engine.connect() as conn, conn.begin():
                 return await conn.run_sync(fn)
         finally:
             await engine.dispose()

@@ -192,3 +192,38 @@ async def test_readers_run_beside_a_waiting_writer(
         assert [x["content"] for x in await (await m.load_session("x")).get_messages()] == [
             "waits for the lock"
         ]
+
+
+async def test_fresh_stores_opened_at_once_in_one_process(tmp_path: Path) -> None:
+    """Alembic's migration context is process-global: first opens of different
+    databases must not run on each other's connections."""
+    managers = [
+        AsyncSessionManager({"session": {"storage_path": str(tmp_path / f"s{i}")}})
+        for i in range(6)
+    ]
+    try:
+        assert await asyncio.gather(*(m.list_sessions() for m in managers)) == [[]] * 6
+    finally:
+        for m in managers:
+            await m.close()
+
+
+def test_fresh_stores_opened_at_once_from_threads(tmp_path: Path) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def open_one(i: int) -> None:
+        try:
+            with SessionManager({"session": {"storage_path": str(tmp_path / f"t{i}")}}) as m:
+                m.save_session(m.create_session("x"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []

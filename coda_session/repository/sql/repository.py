@@ -103,12 +103,12 @@ class SqlRepository(Repository):
             raise ManagerClosedError("the storage was closed")
         if self._engine is not None:
             return
-        from ...migrate import ensure_schema
+        from ...migrate import ensure_schema, migration_guard
 
         with translate_errors("opening the database"):
             migrator = create_engine(self._config, self._url, migrations=True)
             try:
-                async with migrator.connect() as conn, conn.begin():
+                async with migration_guard(), migrator.connect() as conn, conn.begin():
                     await conn.run_sync(ensure_schema)
             finally:
                 await migrator.dispose()
