@@ -193,6 +193,7 @@ class AsyncSessionManager:
             source = branch_from.name if isinstance(branch_from, AsyncSession) else branch_from
             source = check_name(source, "branch_from")
         repo = await self._ready()
+        tail = min(RESUME_PREFETCH, self._config.message_cache_size)
         now = utcnow()
         record = SessionRecord(
             id=str(uuid.uuid4()),
@@ -208,8 +209,11 @@ class AsyncSessionManager:
             found = await repo.load_session(name=source)
             if found is None:
                 raise SessionNotFoundError(f"cannot branch from {source!r}: no such session")
-            return self._session(await repo.create_session(record, copy_from=found.id))
-        tail = min(RESUME_PREFETCH, self._config.message_cache_size)
+            created = await repo.create_session(record, copy_from=found.id)
+            # read back like a resume, so the new branch's object starts with its newest
+            # messages in hand (a branch is rare; one more read is cheap)
+            branch = await repo.load_session(session_id=created.id, tail=tail)
+            return self._session(branch if branch is not None else created)
         existing = await repo.load_session(name=name, tail=tail)
         if existing is None:
             try:
