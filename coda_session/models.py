@@ -149,13 +149,17 @@ class MessageRecord:
         return size
 
     def text_length(self) -> int:
-        """Characters of role, content and extra keys (what the token estimate counts)."""
-        size = len(self.role) + len(self.content or "") + len(self.extra or "")
+        """Characters of role, content and extra keys (what the token estimate counts),
+        the same whether the content is stored compressed or not."""
         packed, content = self._unpacked()
-        if packed:
-            # as if stored uncompressed: the text, or the JSON under a "content" key
-            size += len(content) if isinstance(content, str) else len(_dumps(content)) + 11
-        return size
+        if not packed:
+            return len(self.role) + len(self.content or "") + len(self.extra or "")
+        if isinstance(content, str):
+            return len(self.role) + len(content) + len(self.extra or "")
+        # as stored uncompressed: the JSON content is the last key of the extra JSON
+        extra = json.loads(self.extra) if self.extra else {}
+        extra["content"] = content
+        return len(self.role) + len(_dumps(extra))
 
     def to_dict(self) -> dict[str, Any]:
         """The message as the plain dict the caller gave (plus its timestamp)."""

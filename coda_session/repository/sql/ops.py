@@ -199,8 +199,8 @@ def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) 
     params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
     row = cx.rows(q.TEXT_LENGTH, params)[0]
     chars = int(row[0])
-    for (packed,) in cx.rows(q.COMPRESSED_IN_TAIL, params):
-        chars += MessageRecord("", None, "", None, None, -1, bytes(packed)).text_length()
+    for role, extra, packed in cx.rows(q.COMPRESSED_IN_TAIL, params):
+        chars += MessageRecord(role or "", None, "", extra, None, -1, bytes(packed)).text_length()
     return chars, int(row[1])
 
 

@@ -156,18 +156,24 @@ _tail_sizes = (
 TEXT_LENGTH = sa.select(
     sa.func.coalesce(
         sa.func.sum(
-            _chars(_tail_sizes.c.role)
-            + _chars(_tail_sizes.c.content)
-            + _chars(_tail_sizes.c["metadata"])
+            sa.case(
+                (
+                    _tail_sizes.c.content_zlib.is_(None),
+                    _chars(_tail_sizes.c.role)
+                    + _chars(_tail_sizes.c.content)
+                    + _chars(_tail_sizes.c["metadata"]),
+                ),
+                else_=0,
+            )
         ),
         0,
     ),
     sa.func.count(),
 )
-# compressed contents in the same window: their length is known only once inflated
-COMPRESSED_IN_TAIL = sa.select(_tail_sizes.c.content_zlib).where(
-    _tail_sizes.c.content_zlib.is_not(None)
-)
+# rows with a compressed content in the same window: counted once inflated, in Python
+COMPRESSED_IN_TAIL = sa.select(
+    _tail_sizes.c.role, _tail_sizes.c["metadata"], _tail_sizes.c.content_zlib
+).where(_tail_sizes.c.content_zlib.is_not(None))
 INSERT_SESSION = sa.insert(s).values(
     id=sa.bindparam("id"),
     name=sa.bindparam("name"),
