@@ -74,10 +74,7 @@ class SessionInfo(BaseModel):
         ``list_sessions`` builds thousands of these per call; this sets exactly the state
         ``model_construct`` sets, at a third of its cost (a test keeps the two equal).
         """
-        info = _new(cls)
-        _set(
-            info,
-            "__dict__",
+        return _trusted_info(
             {
                 "id": id,
                 "name": name,
@@ -86,12 +83,18 @@ class SessionInfo(BaseModel):
                 "message_count": message_count,
                 "size_bytes": size_bytes,
                 "metadata": metadata,
-            },
+            }
         )
-        _set(info, "__pydantic_fields_set__", _INFO_FIELDS)
-        _set(info, "__pydantic_extra__", None)
-        _set(info, "__pydantic_private__", None)
-        return info
+
+
+def _trusted_info(values: dict[str, Any]) -> SessionInfo:
+    """A SessionInfo around ``values`` (its fields, in order), unvalidated."""
+    info = _new(SessionInfo)
+    _set(info, "__dict__", values)
+    _set(info, "__pydantic_fields_set__", _INFO_FIELDS)
+    _set(info, "__pydantic_extra__", None)
+    _set(info, "__pydantic_private__", None)
+    return info
 
 
 _new = object.__new__

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from ...codec import decode_metadata, dumps_metadata
 from ...errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
-from ...models import MessageRecord, SessionInfo, SessionRecord
+from ...models import MessageRecord, SessionInfo, SessionRecord, _trusted_info
 from ..protocol import SaveRequest, SaveResult
 from . import statements as q
 from .tables import from_db_timestamp, to_sqlite_timestamp
@@ -294,16 +294,19 @@ def delete(cx: Executor, session_id: str) -> bool:
 
 
 def list_all(cx: Executor) -> list[SessionInfo]:
-    info, ts, meta = SessionInfo._trusted, from_db_timestamp, decode_metadata
+    # the hot loop of list_sessions(): one dict and one object per row, nothing else
+    build, ts, meta = _trusted_info, from_db_timestamp, decode_metadata
     return [
-        info(
-            r[0],
-            r[1],
-            ts(r[2]),
-            ts(r[3] if r[3] is not None else r[2]),
-            int(r[5]),
-            int(r[6]),
-            meta(r[4]),
+        build(
+            {
+                "id": r[0],
+                "name": r[1],
+                "created_at": ts(r[2]),
+                "updated_at": ts(r[3] if r[3] is not None else r[2]),
+                "message_count": r[5],
+                "size_bytes": r[6],
+                "metadata": meta(r[4]),
+            }
         )
         for r in cx.rows(q.LIST_SESSIONS, {})
     ]
