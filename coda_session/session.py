@@ -329,15 +329,17 @@ class AsyncSession:
                     metadata_patch=patch or None,
                     max_bytes=self._limit(),
                 )
-                stored_before = self._stored
-            write = asyncio.ensure_future(self._write(request, patch, stored_before))
+                stored_before, upto = self._stored, self._upto
+            write = asyncio.ensure_future(self._write(request, patch, stored_before, upto))
             self._inflight = write
             # the write runs to its end even if this caller is cancelled (the database
             # commits regardless); the session's state follows its real outcome
             write.add_done_callback(_retrieve)
             await asyncio.shield(write)
 
-    async def _write(self, request: SaveRequest, patch: dict[str, Any], stored_before: int) -> None:
+    async def _write(
+        self, request: SaveRequest, patch: dict[str, Any], stored_before: int, upto: int
+    ) -> None:
         try:
             result = await self._manager._repository.save(request)
         except BaseException as exc:
@@ -354,7 +356,11 @@ class AsyncSession:
             self._pending_bytes = sum(r.byte_size() for r in self._pending)
             self._keep = None  # truncating is refused while a save runs
             saved = [r.with_id(i) for r, i in zip(batch, result.ids, strict=True)]
-            if result.message_count == stored_before + len(saved):
+            # the cache stays valid only if nobody appended after this object's view (the
+            # newest id before the save is the one it knew; ids are never reused) and
+            # nobody removed any of its messages (the count adds up)
+            untouched = result.previous_last_id == upto
+            if untouched and result.message_count == stored_before + len(saved):
                 if self._cache_size:
                     self._cache.extend(saved)
                     del self._cache[: max(0, len(self._cache) - self._cache_size)]

@@ -151,6 +151,7 @@ class MemoryRepository(Repository):
         if stored is None:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
         # validate everything first, then mutate: all or nothing
+        previous = (stored.messages[-1].id or 0) if stored.messages else 0
         patch: dict[str, Any] = copy.deepcopy(dict(request.metadata_patch or {}))
         cut = request.truncation
         drop = 0
@@ -177,6 +178,7 @@ class MemoryRepository(Repository):
             size_bytes=snap.size_bytes,
             last_message_id=snap.last_message_id,
             metadata=snap.metadata,
+            previous_last_id=previous,
         )
 
     async def delete_session(self, session_id: str) -> bool:

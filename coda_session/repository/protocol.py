@@ -49,6 +49,9 @@ class SaveResult:
     last_message_id: int
     metadata: dict[str, Any] | None
     """The session's stored metadata after the save (None: the backend did not say)."""
+    previous_last_id: int = -1
+    """The session's newest message id before this save (-1: unknown). Equal to the
+    truncation/view bound the caller had, it proves nobody else appended meanwhile."""
 
 
 @runtime_checkable

@@ -244,6 +244,7 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
 
 def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
+    previous = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0])
     metadata: dict[str, Any] | None = None
     if req.metadata_patch or req.truncation is not None:
         # read-modify-write below: hold the session row first
@@ -285,7 +286,9 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
     if metadata is None:  # unchanged by this save, but maybe by another writer's
         metadata = decode_metadata(counters[0][2])
-    return SaveResult(ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata)
+    return SaveResult(
+        ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata, previous
+    )
 
 
 def delete(cx: Executor, session_id: str) -> bool:
