@@ -81,8 +81,8 @@ class RawExecutor:
             return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
         self._conn.executemany(sql, rows)
         last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        # one writer holds the lock and the table has no AUTOINCREMENT: SQLite hands out
-        # max(rowid)+1 to each row in turn, so the ids of this batch are consecutive
+        # one writer holds the lock: with AUTOINCREMENT SQLite hands each row in turn
+        # max(largest id ever used)+1, so the ids of this batch are consecutive
         return list(range(last - len(rows) + 1, last + 1))
 
 
