@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -118,8 +119,11 @@ class MemoryRepository(Repository):
         stored = self._by_id.get(session_id)
         if stored is None:
             return []
-        out = [m for m in stored.messages if after_id < (m.id or 0) <= upto_id]
-        return out[:limit]
+        # ids ascend within a session: find the page by bisection, not by a full scan
+        # (an export reads a long session a page at a time)
+        start = bisect.bisect_right(stored.messages, after_id, key=lambda m: m.id or 0)
+        page = stored.messages[start : start + limit]
+        return [m for m in page if (m.id or 0) <= upto_id]
 
     async def import_session(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -371,16 +372,7 @@ def _check_size(name: str, size: int, max_bytes: int | None) -> None:
 
 
 def _imported(record: SessionRecord, count: int, size: int, last: int) -> SessionRecord:
-    return SessionRecord(
-        id=record.id,
-        name=record.name,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        metadata=record.metadata,
-        message_count=count,
-        size_bytes=size,
-        last_message_id=last,
-    )
+    return dataclasses.replace(record, message_count=count, size_bytes=size, last_message_id=last)
 
 
 def _alchemy_call(conn: Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
