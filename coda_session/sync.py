@@ -107,6 +107,18 @@ class _LoopThread:
         except asyncio.CancelledError:
             raise ManagerClosedError("the session manager was closed during this call") from None
 
+    async def settle_then(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Cancel the calls other threads are still waiting on, let them unwind (their
+        connections go back to the pool), then run ``fn``: closing storage under calls
+        still in flight would leave driver threads answering a loop that is gone."""
+        current = asyncio.current_task()
+        others = [task for task in self._running if task is not current]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.wait(others, timeout=10)
+        return await fn()
+
     def stop(self) -> None:
         async def shutdown() -> None:
             # calls other threads still wait on are cancelled, so none of them hangs
@@ -330,7 +342,7 @@ class SessionManager:
         if loop is None:
             return
         try:
-            loop.call(self._async.close)
+            loop.call(loop.settle_then, self._async.close)
         finally:
             loop.stop()
             _live.discard(self)
