@@ -108,15 +108,17 @@ class _LoopThread:
             raise ManagerClosedError("the session manager was closed during this call") from None
 
     async def settle_then(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Cancel the calls other threads are still waiting on, let them unwind (their
-        connections go back to the pool), then run ``fn``: closing storage under calls
-        still in flight would leave driver threads answering a loop that is gone."""
+        """Let the calls other threads are still waiting on finish (up to 10 s; then
+        cancel them), then run ``fn``. Closing storage under calls in flight would leave
+        driver threads answering a loop that is gone."""
         current = asyncio.current_task()
         others = [task for task in self._running if task is not current]
-        for task in others:
-            task.cancel()
         if others:
-            await asyncio.wait(others, timeout=10)
+            _, late = await asyncio.wait(others, timeout=10)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
         return await fn()
 
     def stop(self) -> None:
