@@ -455,7 +455,7 @@ async def bench_append(work: Path, ddl: list[str], sizes: Sizes, report: Report)
 async def bench_bulk(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
     n = sizes.bulk_messages
     raw = Raw(work / "bulk-raw" / "raw.db", ddl)
-    times: dict[str, list[float]] = {"raw": [], "async": [], "sync": []}
+    times: dict[str, list[float]] = {"raw": [], "raw-paused": [], "async": [], "sync": []}
     async with AsyncSessionManager(config(work / "bulk-async")) as am:
         with SessionManager(config(work / "bulk-sync")) as sm:
             for rep in range(sizes.bulk_repeats):
@@ -646,7 +646,7 @@ async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
         f"{build:.1f} s = {build / n * 1e3:.2f} ms each"
     )
 
-    times: dict[str, list[float]] = {"raw": [], "async": [], "sync": []}
+    times: dict[str, list[float]] = {"raw": [], "raw-paused": [], "async": [], "sync": []}
     query_only = {
         sql: time_sync(functools.partial(raw.fetch_all, sql), sizes.list_repeats)
         for sql in (RAW_LIST, RAW_LIST_UNORDERED)
@@ -678,6 +678,16 @@ async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
                 verdict(mine < 0.050),
             )
         )
+    paused = median(times["raw-paused"])
+    report.add(
+        Row(
+            "4",
+            "  raw -> dicts with the collector paused (as list_sessions does)",
+            ms(paused),
+            "",
+            f"{paused / base:.2f}x raw time",
+        )
+    )
     report.add(
         Row(
             "4",
@@ -702,6 +712,12 @@ async def _list_once(
         got: list[Any] = await am.list_sessions()
     elif kind == "sync":
         got = sm.list_sessions()
+    elif kind == "raw-paused":
+        gc.disable()
+        try:
+            got = raw.list_sessions()
+        finally:
+            gc.enable()
     else:
         got = raw.list_sessions()
     took = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -90,15 +91,29 @@ class SessionInfo(BaseModel):
 def _trusted_info(values: dict[str, Any]) -> SessionInfo:
     """A SessionInfo around ``values`` (its fields, in order), unvalidated."""
     info = _new(SessionInfo)
-    _set(info, "__dict__", values)
-    _set(info, "__pydantic_fields_set__", _INFO_FIELDS)
-    _set(info, "__pydantic_extra__", None)
-    _set(info, "__pydantic_private__", None)
+    _set_dict(info, values)
+    _set_fields(info, _INFO_FIELDS)
+    _set_extra(info, None)
+    _set_private(info, None)
     return info
 
 
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    # BaseModel keeps these four in slots: calling the slot's own setter skips the generic
+    # attribute lookup of object.__setattr__ (a third of the cost of building the object)
+    for klass in SessionInfo.__mro__:
+        slot = vars(klass).get(name)
+        if slot is not None and hasattr(slot, "__set__"):
+            setter: Callable[[Any, Any], None] = slot.__set__
+            return setter
+    return lambda obj, value: object.__setattr__(obj, name, value)
+
+
 _new = object.__new__
-_set = object.__setattr__
+_set_dict = _slot_setter("__dict__")
+_set_fields = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
 _INFO_FIELDS = frozenset(SessionInfo.model_fields)
 
 

@@ -444,3 +444,30 @@ async def test_ids_of_deleted_messages_are_never_reused(store: Store) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_list_sessions_leaves_the_garbage_collector_as_it_found_it(
+    amanager: AsyncSessionManager, enabled: bool
+) -> None:
+    import gc
+
+    from coda_session import SessionInfo
+
+    for i in range(3):
+        s = await amanager.create_session(f"s{i}")
+        s.add_message(user("x"))
+        s.update_metadata({"i": i})
+        await amanager.save_session(s)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        infos = await amanager.list_sessions()
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+    # built without validation, yet the same as validated models
+    assert [SessionInfo.model_validate(i.model_dump()) for i in infos] == infos
+    assert [(i.name, i.metadata, i.message_count) for i in infos] == [
+        (f"s{n}", {"i": n}, 1) for n in range(3)
+    ]

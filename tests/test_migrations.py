@@ -157,6 +157,10 @@ def test_adopts_a_database_made_from_the_spec_schema(tmp_path: Path) -> None:
         "INSERT INTO sessions VALUES ('s1', 'old-chat', '2024-01-01 10:00:00', "
         "'2024-01-02 10:00:00', '{\"topic\": \"legacy\"}')"
     )
+    # written by another tool: an offset other than UTC, no updated_at, no metadata
+    conn.execute(
+        "INSERT INTO sessions VALUES ('s2', 'other-tool', '2024-03-01T12:00:00+02:00', NULL, NULL)"
+    )
     conn.executemany(
         "INSERT INTO messages (session_id, role, content, timestamp, metadata) VALUES (?,?,?,?,?)",
         [
@@ -180,6 +184,13 @@ def test_adopts_a_database_made_from_the_spec_schema(tmp_path: Path) -> None:
         info = m.get_session_info("old-chat")
         assert info is not None and info.message_count == 2 and info.metadata == {"topic": "legacy"}
         assert info.created_at.isoformat() == "2024-01-01T10:00:00+00:00"
+        listed = {i.name: i for i in m.list_sessions()}
+        assert listed["old-chat"] == info
+        other = listed["other-tool"]
+        assert other.created_at.isoformat() == "2024-03-01T10:00:00+00:00"
+        assert other.updated_at == other.created_at
+        assert (other.metadata, other.message_count, other.size_bytes) == ({}, 0, 0)
+        assert m.get_session_info("other-tool") == other
         s.add_message({"role": "user", "content": "new"})
         m.save_session(s)
     conn = sqlite3.connect(storage / "sessions.db")

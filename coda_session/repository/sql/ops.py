@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import Connection
 
+from ..._gc import paused_gc
 from ...codec import decode_metadata, dumps_metadata
 from ...errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord, _trusted_info
@@ -297,19 +298,39 @@ def delete(cx: Executor, session_id: str) -> bool:
 
 
 def list_all(cx: Executor) -> list[SessionInfo]:
-    # the hot loop of list_sessions(): one dict and one object per row, nothing else
-    build, ts, meta = _trusted_info, from_db_timestamp, decode_metadata
-    return [
-        build(
-            {
-                "id": r[0],
-                "name": r[1],
-                "created_at": ts(r[2]),
-                "updated_at": ts(r[3] if r[3] is not None else r[2]),
-                "message_count": r[5],
-                "size_bytes": r[6],
-                "metadata": meta(r[4]),
-            }
-        )
-        for r in cx.rows(q.LIST_SESSIONS, {})
-    ]
+    # the hot loop of list_sessions(): one object per row and nothing else, timestamps
+    # parsed inline when they are this library's own UTC text; the collector is paused
+    # because it would otherwise walk the growing list dozens of times per call
+    build, meta, iso, stamp = (
+        _trusted_info,
+        decode_metadata,
+        datetime.fromisoformat,
+        from_db_timestamp,
+    )
+    infos: list[SessionInfo] = []
+    add = infos.append
+    with paused_gc():
+        for sid, name, created, updated, metadata, count, size in cx.rows(q.LIST_SESSIONS, {}):
+            created = iso(created) if type(created) is str else created
+            if created.tzinfo is not UTC:
+                created = stamp(created)
+            if updated is None:
+                updated = created
+            else:
+                updated = iso(updated) if type(updated) is str else updated
+                if updated.tzinfo is not UTC:
+                    updated = stamp(updated)
+            add(
+                build(
+                    {
+                        "id": sid,
+                        "name": name,
+                        "created_at": created,
+                        "updated_at": updated,
+                        "message_count": count,
+                        "size_bytes": size,
+                        "metadata": meta(metadata),
+                    }
+                )
+            )
+    return infos
