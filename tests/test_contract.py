@@ -471,3 +471,20 @@ async def test_list_sessions_leaves_the_garbage_collector_as_it_found_it(
     assert [(i.name, i.metadata, i.message_count) for i in infos] == [
         (f"s{n}", {"i": n}, 1) for n in range(3)
     ]
+
+
+async def test_storage_keeps_no_reference_to_results_after_a_call(
+    amanager: AsyncSessionManager,
+) -> None:
+    import gc
+    import weakref
+
+    s = await amanager.create_session("chat")
+    s.add_message(user("x"))
+    await amanager.save_session(s)
+    infos = await amanager.list_sessions()
+    ref = weakref.ref(infos[0])
+    del infos
+    gc.collect()
+    # the connection's worker thread used to hold the last result until its next call
+    assert ref() is None

@@ -112,8 +112,19 @@ async def on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any
     transaction without a thread hop per statement. The repository checks it exists and
     falls back to the SQLAlchemy path when it does not.
     """
-    result: T = await conn._execute(fn, *args)  # type: ignore[no-untyped-call]
+    # aiosqlite's worker keeps the last call and its result referenced until the next call
+    # comes in: handing both over in a box that is emptied on each side lets them go at
+    # once (a 10k-row list_sessions() result otherwise stayed alive, and slowed the next)
+    box: list[Any] = [fn, args]
+    await conn._execute(_unbox_and_run, box)  # type: ignore[no-untyped-call]
+    result: T = box.pop()
     return result
+
+
+def _unbox_and_run(box: list[Any]) -> None:
+    fn, args = box
+    box.clear()
+    box.append(fn(*args))
 
 
 async def connect_sqlite(
