@@ -227,3 +227,76 @@ def test_fresh_stores_opened_at_once_from_threads(tmp_path: Path) -> None:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
+
+
+@pytest.mark.parametrize(("pool", "on_loop"), [(1, False), (2, True), (5, True)])
+async def test_small_operations_run_on_the_loop_only_when_the_pool_allows_it(
+    sqlite_config: Callable[..., dict[str, Any]], pool: int, on_loop: bool
+) -> None:
+    """The loop's connection counts towards connection_pool_size: 1 keeps everything on
+    the one worker connection. Every operation works either way, big and small."""
+    from coda_session.repository.sql import SqlRepository
+
+    config = sqlite_config(connection_pool_size=pool, autosave_interval=0)
+    async with AsyncSessionManager(config) as m:
+        s = await m.create_session("x")
+        repo = m._repository
+        assert isinstance(repo, SqlRepository)
+        assert repo.runs_small_operations_on_the_loop is on_loop
+        for i in range(300):  # a big save
+            s.add_message({"role": "user", "content": f"m{i}"})
+        await m.save_session(s)
+        s.add_message({"role": "user", "content": "small"})
+        await m.save_session(s)
+        branch = await m.create_session("y", branch_from="x")  # a copy: on the worker
+        assert branch.message_count == 301
+        again = await m.load_session("x")
+        assert [x["content"] for x in await again.get_messages(limit=2)] == ["m299", "small"]
+        assert len(await again.get_messages()) == 301  # unbounded read: on the worker
+        assert [i.name for i in await m.list_sessions()] == ["x", "y"]
+        await m.delete_session("y")
+
+
+async def test_a_small_save_waits_for_a_lock_without_blocking_the_loop(
+    sqlite_config: Callable[..., dict[str, Any]],
+) -> None:
+    """The loop's connection gives up on a held lock at once; the save then waits on the
+    worker thread, and the loop keeps running (here: the coroutine that lets go of the
+    lock, which could never run if the save blocked the loop)."""
+    config = sqlite_config(busy_timeout=5, autosave_interval=0)
+    async with AsyncSessionManager(config) as m:
+        s = await m.create_session("x")
+        blocker = sqlite3.connect(db_of(config), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        ticks: list[float] = []
+
+        async def release_later() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+                ticks.append(asyncio.get_running_loop().time())
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        s.add_message({"role": "user", "content": "waits"})
+        releaser = asyncio.create_task(release_later())
+        await m.save_session(s)
+        await releaser
+        assert len(ticks) == 20 and not s.has_unsaved_changes
+        assert [x["content"] for x in await s.get_messages()] == ["waits"]
+
+
+async def test_the_wal_stays_bounded_when_small_saves_run_on_the_loop(
+    sqlite_config: Callable[..., dict[str, Any]],
+) -> None:
+    """The loop's connection never checkpoints; every few hundred of its pages a save goes
+    to the worker, whose commit does. Without that the WAL would grow with every save
+    (3,000 saves write ~12,000 pages, ~48 MB)."""
+    config = sqlite_config(autosave_interval=0)
+    async with AsyncSessionManager(config) as m:
+        s = await m.create_session("x")
+        for i in range(3000):
+            s.add_message({"role": "user", "content": f"message {i}"})
+            await m.save_session(s)
+        wal = db_of(config).with_name("sessions.db-wal")
+        assert wal.stat().st_size < 16 * 1024 * 1024
+        assert s.message_count == 3000

@@ -152,6 +152,24 @@ def connect_sqlite_inline(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def connect_sqlite_for_loop(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A ``sqlite3`` connection for small operations run on an event loop's own thread.
+
+    It never waits and never does disk-heavy work there: its busy timeout is 0 (a lock held
+    by anyone else raises ``database is locked`` at once, and the caller retries on a
+    worker thread) and it never checkpoints the WAL (the worker connections do). It is set
+    up with the normal busy timeout, so call this on a worker thread.
+    """
+    conn = connect_sqlite_inline(path, busy_timeout)
+    try:
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def create_engine(
     config: SessionConfig, url: URL | None = None, *, migrations: bool = False
 ) -> AsyncEngine:

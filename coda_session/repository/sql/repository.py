@@ -26,6 +26,7 @@ from . import ops
 from .engine import (
     WRITE_OPTION,
     connect_sqlite,
+    connect_sqlite_for_loop,
     connect_sqlite_inline,
     create_engine,
     database_url,
@@ -41,6 +42,17 @@ T = TypeVar("T")
 #: Attempts of one operation when SQLite still reports the database busy after the busy
 #: timeout (each attempt waits up to busy_timeout for the lock).
 BUSY_ATTEMPTS = 3
+
+# Small operations run on the event loop's own thread, on a connection that never waits:
+# a thread hop costs more than the whole transaction (measured 80-100 us against 40 us).
+#: most new messages, and their bytes, a save may carry to run on the loop
+LOOP_MAX_MESSAGES = 64
+LOOP_MAX_BYTES = 256 * 1024
+#: most messages a read may return to run on the loop
+LOOP_MAX_ROWS = 200
+#: WAL pages (estimated) the loop connection may add before the next write goes to the
+#: worker thread, whose commit checkpoints the WAL once it passes SQLite's default of 1000
+LOOP_WAL_PAGES = 800
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -59,6 +71,13 @@ class SqlRepository(Repository):
     hopping to a connection thread. Only for a loop nobody else uses (the blocking
     :class:`~coda_session.SessionManager` owns one): there it saves two thread switches
     per call and blocks no one who would not be waiting anyway.
+
+    Otherwise, with ``connection_pool_size >= 2``, small operations (a save of a few
+    messages, a session lookup, a read of up to ``LOOP_MAX_ROWS`` messages) also run on
+    the event loop's thread, on a connection that never waits for a lock and never
+    checkpoints: if anyone else holds the lock it gives up at once and the operation
+    runs on the worker thread like every big one (a long read, a branch, a delete, a
+    truncation, a bulk save), which waits up to ``busy_timeout``.
     """
 
     def __init__(
@@ -81,6 +100,9 @@ class SqlRepository(Repository):
         self._closed = False
         self._raw: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None
+        # small operations on the event loop's thread (see the class docstring)
+        self._loop: sqlite3.Connection | None = None
+        self._loop_pages = 0
         # WAL lets readers run beside the one writer: up to connection_pool_size - 1 reader
         # connections, opened on demand, each with its own thread
         self._readers: list[aiosqlite.Connection] = []
@@ -98,6 +120,10 @@ class SqlRepository(Repository):
     @property
     def uses_fast_path(self) -> bool:
         return self._raw is not None or self._inline is not None
+
+    @property
+    def runs_small_operations_on_the_loop(self) -> bool:
+        return self._loop is not None
 
     async def open(self) -> None:
         if self._closed:
@@ -122,29 +148,50 @@ class SqlRepository(Repository):
                     elif hasattr(aiosqlite.Connection, "_execute"):
                         self._raw = await connect_sqlite(str(path), self._config.busy_timeout)
                         self._path = str(path)
+                        if self._config.connection_pool_size >= 2:
+                            self._loop = await on_thread(
+                                self._raw,
+                                connect_sqlite_for_loop,
+                                str(path),
+                                self._config.busy_timeout,
+                            )
                     # the one-trip path serves everything: idle pooled connections are let go
                     await engine.dispose()
             except BaseException:
+                if self._raw is not None:
+                    await self._raw.close()
+                    self._raw = None
                 await engine.dispose()
                 raise
             self._engine = engine
 
     async def aclose(self) -> None:
         self._closed = True
-        raw, inline, engine = self._raw, self._inline, self._engine
-        self._raw, self._inline, self._engine = None, None, None
+        raw, inline, engine, loop = self._raw, self._inline, self._engine, self._loop
+        self._raw, self._inline, self._engine, self._loop = None, None, None, None
         readers, self._readers, self._idle_readers = self._readers, [], []
         with translate_errors("closing the database"):
             for reader in readers:
                 await reader.close()
             if inline is not None:
                 inline.close()
+            if loop is not None:
+                loop.close()
             if raw is not None:
                 await raw.close()
             if engine is not None:
                 await engine.dispose()
 
-    async def _run(self, action: str, write: bool, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(
+        self,
+        action: str,
+        write: bool,
+        fn: Callable[..., T],
+        *args: Any,
+        loop_pages: int | None = None,
+    ) -> T:
+        """Run ``fn`` in one transaction. ``loop_pages`` marks a small operation that may
+        run on the event loop's thread: the WAL pages it may write (0 for a read)."""
         if self._engine is None:
             await self.open()
         if self._inline is None and self._raw is None:
@@ -152,7 +199,7 @@ class SqlRepository(Repository):
         attempt = 0
         while True:
             try:
-                return await self._run_sqlite(write, fn, args)
+                return await self._run_sqlite(write, fn, args, loop_pages)
             except sqlite3.OperationalError as exc:
                 # the whole transaction was rolled back, so running it again is safe; the
                 # busy timeout already waited, this only rides out a burst of writers
@@ -166,7 +213,9 @@ class SqlRepository(Repository):
                 with translate_errors(action):
                     raise exc
 
-    async def _run_sqlite(self, write: bool, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    async def _run_sqlite(
+        self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], loop_pages: int | None
+    ) -> T:
         lock = self._conn_lock
         if lock is not None and lock.locked():  # an import holds the connection: wait
             async with lock:
@@ -175,10 +224,28 @@ class SqlRepository(Repository):
             raise ManagerClosedError("the storage was closed")
         if self._inline is not None:
             return _in_transaction(self._inline, write, fn, args)
+        loop = self._loop
+        if (
+            loop is not None
+            and loop_pages is not None
+            and (not write or self._loop_pages < LOOP_WAL_PAGES)
+        ):
+            try:
+                done: T = _in_transaction(loop, write, fn, args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                # someone else holds the lock: wait for it on the worker thread below (the
+                # attempt was rolled back whole, so running it again is safe)
+            else:
+                self._loop_pages += loop_pages
+                return done
         assert self._raw is not None
-        if write or self._config.connection_pool_size < 2:
+        if write or self._reader_limit() < 1:
             writer = self._raw
             result: T = await on_thread(writer, _in_transaction, writer._conn, write, fn, args)
+            if write:
+                self._loop_pages = 0  # this commit checkpointed the WAL if it had grown
             return result
         reader = await self._reader()
         try:
@@ -267,12 +334,23 @@ class SqlRepository(Repository):
         self, session_id: str, *, after_id: int, upto_id: int, limit: int
     ) -> list[MessageRecord]:
         return await self._run(
-            "reading messages", False, ops.read_page, session_id, after_id, upto_id, limit
+            "reading messages",
+            False,
+            ops.read_page,
+            session_id,
+            after_id,
+            upto_id,
+            limit,
+            loop_pages=0 if limit <= LOOP_MAX_ROWS else None,
         )
+
+    def _reader_limit(self) -> int:
+        # the pool: the writer, the loop connection if any, and the readers
+        return self._config.connection_pool_size - 1 - (self._loop is not None)
 
     async def _reader(self) -> aiosqlite.Connection:
         if self._reader_slots is None:
-            self._reader_slots = asyncio.Semaphore(self._config.connection_pool_size - 1)
+            self._reader_slots = asyncio.Semaphore(self._reader_limit())
         await self._reader_slots.acquire()
         if self._idle_readers:
             return self._idle_readers.pop()
@@ -295,7 +373,14 @@ class SqlRepository(Repository):
         self, record: SessionRecord, *, copy_from: str | None = None
     ) -> SessionRecord:
         try:
-            return await self._run("creating a session", True, ops.create, record, copy_from)
+            return await self._run(
+                "creating a session",
+                True,
+                ops.create,
+                record,
+                copy_from,
+                loop_pages=None if copy_from is not None else 4,
+            )
         except StorageError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError | sa_exc.IntegrityError):
                 # a concurrent writer on a server database took the name first
@@ -305,15 +390,34 @@ class SqlRepository(Repository):
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
     ) -> SessionRecord | None:
-        return await self._run("loading a session", False, ops.load, name, session_id, tail)
+        return await self._run(
+            "loading a session",
+            False,
+            ops.load,
+            name,
+            session_id,
+            tail,
+            loop_pages=0 if tail <= LOOP_MAX_ROWS else None,
+        )
 
     async def read_messages(
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> list[MessageRecord]:
-        return await self._run("reading messages", False, ops.read, session_id, upto_id, limit)
+        small = limit is not None and limit <= LOOP_MAX_ROWS
+        return await self._run(
+            "reading messages",
+            False,
+            ops.read,
+            session_id,
+            upto_id,
+            limit,
+            loop_pages=0 if small else None,
+        )
 
     async def save(self, request: SaveRequest) -> SaveResult:
-        return await self._run("saving a session", True, ops.save, request)
+        return await self._run(
+            "saving a session", True, ops.save, request, loop_pages=_save_pages(request)
+        )
 
     async def delete_session(self, session_id: str) -> bool:
         return await self._run("deleting a session", True, ops.delete, session_id)
@@ -327,6 +431,18 @@ class SqlRepository(Repository):
         return await self._run(
             "counting tokens", False, ops.text_length, session_id, upto_id, limit
         )
+
+
+def _save_pages(request: SaveRequest) -> int | None:
+    """The WAL pages a save may write if it is small enough for the loop, else None."""
+    if request.truncation is not None or len(request.messages) > LOOP_MAX_MESSAGES:
+        return None  # a truncation deletes any number of rows
+    size = sum(r.byte_size() for r in request.messages)
+    if request.metadata_patch:
+        size += len(str(request.metadata_patch))
+    if size > LOOP_MAX_BYTES:
+        return None
+    return 4 + size // 2048
 
 
 def _in_transaction(
