@@ -86,6 +86,8 @@ class AsyncSessionManager:
         self._open_lock: asyncio.Lock | None = None
         self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
         self._autosave_task: asyncio.Task[None] | None = None
+        # the blocking API runs its loop only during calls and times autosaves itself
+        self._autosave_in_loop = True
 
     @property
     def config(self) -> SessionConfig:
@@ -112,7 +114,7 @@ class AsyncSessionManager:
             if not self._opened:
                 await self._repository.open()
                 self._opened = True
-                if self._config.autosave_interval > 0:
+                if self._config.autosave_interval > 0 and self._autosave_in_loop:
                     self._autosave_task = asyncio.get_running_loop().create_task(
                         self._autosave(), name="coda-session-autosave"
                     )
@@ -125,6 +127,10 @@ class AsyncSessionManager:
     async def _autosave(self) -> None:
         while True:
             await asyncio.sleep(self._config.autosave_interval)
+            await self._flush("autosave")
+
+    async def _autosave_once(self) -> None:
+        if self._opened and not self._closed:
             await self._flush("autosave")
 
     async def _flush(self, reason: str, final: bool = False) -> list[BaseException]:

@@ -97,3 +97,84 @@ def test_close_while_another_thread_waits_does_not_hang(store: Store, tmp_path: 
     assert not worker.is_alive()
     assert len(outcome) == 1
     assert outcome[0] == 30000 or isinstance(outcome[0], SessionError)
+
+
+def test_calls_run_in_the_calling_thread_without_a_thread_of_their_own(store: Store) -> None:
+    """A script's calls run the manager's loop in the script's own thread: with autosave
+    off the manager starts no thread at all (a hand-off costs two thread wake-ups)."""
+    before = set(threading.enumerate())
+    config = store.config.model_copy(update={"autosave_interval": 0})
+    with SessionManager(config, store.repository(private_loop=True)) as m:
+        s = m.create_session("here")
+        s.add_message({"role": "user", "content": "x"})
+        m.save_session(s)
+        assert [x["content"] for x in m.load_session("here").get_messages()] == ["x"]
+        started = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        assert [t.name for t in started if t.name.startswith("coda-session")] == []
+
+
+def test_a_notebook_call_uses_a_helper_thread_that_close_stops(store: Store) -> None:
+    before = set(threading.enumerate())
+
+    async def cell() -> list[str]:
+        config = store.config.model_copy(update={"autosave_interval": 0})
+        m = SessionManager(config, store.repository(private_loop=True))
+        s = m.create_session("nb")
+        s.add_message({"role": "user", "content": "cell"})
+        m.save_session(s)
+        got = [x["content"] for x in m.load_session("nb").get_messages()]
+        names = {t.name for t in threading.enumerate()}
+        assert "coda-session-helper" in names
+        m.close()
+        with pytest.raises(ManagerClosedError):
+            m.list_sessions()
+        return got
+
+    assert asyncio.run(cell()) == ["cell"]
+    leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert [t.name for t in leftover if t.name.startswith("coda-session")] == []
+
+
+def test_calls_from_many_threads_and_a_notebook_at_once(store: Store) -> None:
+    """Threads without a loop run the manager's loop themselves, one at a time; a thread
+    with a running loop goes through the helper; all of them share one manager."""
+    m = store.sync_manager()
+    errors: list[BaseException] = []
+
+    def plain(n: int) -> None:
+        try:
+            s = m.create_session(f"p{n}")
+            for i in range(30):
+                s.add_message({"role": "user", "content": f"{n}-{i}"})
+                m.save_session(s)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def notebook() -> None:
+        async def cell() -> None:
+            s = m.create_session("nb")
+            for i in range(30):
+                s.add_message({"role": "user", "content": f"nb-{i}"})
+                m.save_session(s)
+                await asyncio.sleep(0)
+
+        try:
+            asyncio.run(cell())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=plain, args=(n,)) for n in range(4)]
+    threads.append(threading.Thread(target=notebook))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert errors == []
+        for n in range(4):
+            got = [x["content"] for x in m.load_session(f"p{n}").get_messages()]
+            assert got == [f"{n}-{i}" for i in range(30)]
+        got = [x["content"] for x in m.load_session("nb").get_messages()]
+        assert got == [f"nb-{i}" for i in range(30)]
+    finally:
+        m.close()
