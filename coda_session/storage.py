@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -77,6 +78,15 @@ class SessionStorage(ABC):
         """Every stored session's info (``SessionData.info()`` computes one)."""
 
 
+_running = threading.local()
+
+
+def running_storage() -> StorageAdapter | None:
+    """The adapter whose storage method this thread is running, if any."""
+    adapter: StorageAdapter | None = getattr(_running, "adapter", None)
+    return adapter
+
+
 class StorageAdapter(Repository):
     """Serves the repository protocol from a :class:`SessionStorage`.
 
@@ -91,11 +101,20 @@ class StorageAdapter(Repository):
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
             try:
-                return await anyio.to_thread.run_sync(fn, *args)
+                return await anyio.to_thread.run_sync(self._marked, fn, args)
             except SessionError:
                 raise
             except Exception as exc:
                 raise StorageError(f"the custom storage failed: {exc!r}") from exc
+
+    def _marked(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        # lets the blocking API refuse a call back into the manager that is waiting for
+        # this very method (it would wait for itself)
+        _running.adapter = self
+        try:
+            return fn(*args)
+        finally:
+            _running.adapter = None
 
     async def _get(self, name: str | None, session_id: str | None) -> SessionData | None:
         if name is None:

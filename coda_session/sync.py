@@ -26,7 +26,7 @@ from .manager import AsyncSessionManager, build_repository
 from .models import SessionInfo
 from .repository.protocol import Repository
 from .session import AsyncSession
-from .storage import SessionStorage
+from .storage import SessionStorage, running_storage
 from .transfer import Source, Target
 
 __all__ = ["Session", "SessionManager", "run_blocking"]
@@ -337,6 +337,8 @@ class SessionManager:
         runner = self._runner
         if runner is None:
             raise ManagerClosedError("the session manager is closed")
+        if running_storage() is self._async._repository:
+            raise SessionError("a storage method cannot call the manager that is running it")
         return runner.call(functools.partial(fn, *args, **kwargs))
 
     def _wrap(self, inner: AsyncSession) -> Session:

@@ -86,3 +86,34 @@ def test_storage_must_be_the_right_kind() -> None:
 
     with pytest.raises(InvalidConfigError):
         AsyncSessionManager(None, storage=copy.copy)  # type: ignore[arg-type]
+
+
+def test_a_storage_calling_its_own_blocking_manager_gets_an_error_not_a_hang() -> None:
+    """The blocking manager runs one call at a time; a storage method calling back into
+    the manager that waits for it would wait for itself. It is refused at once instead,
+    while a storage may use another manager freely."""
+    from coda_session import SessionError
+
+    backing = SessionManager({"session": {"backend": "memory", "autosave_interval": 0}})
+
+    class Reentrant(DictStorage):
+        manager: SessionManager | None = None
+
+        def list_all(self) -> list[SessionInfo]:
+            assert self.manager is not None
+            self.manager.get_session_info("x")  # back into its own manager
+            return super().list_all()
+
+        def save(self, session: SessionData) -> None:
+            backing.save_session(backing.create_session(session.name))  # another manager
+            super().save(session)
+
+    storage = Reentrant()
+    with SessionManager({"session": {"autosave_interval": 0}}, storage=storage) as m:
+        storage.manager = m
+        m.save_session(m.create_session("x"))
+        with pytest.raises(SessionError, match="cannot call the manager that is running it"):
+            m.list_sessions()
+        assert m.get_session_info("x") is not None  # still usable
+    assert [i.name for i in backing.list_sessions()] == ["x"]
+    backing.close()
