@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import queue
 import threading
 import weakref
@@ -32,6 +33,8 @@ from .transfer import Source, Target
 __all__ = ["Session", "SessionManager", "run_blocking"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("coda_session")
 
 _live: weakref.WeakSet[SessionManager] = weakref.WeakSet()
 _hook_lock = threading.Lock()
@@ -62,6 +65,12 @@ def _install_exit_hook() -> None:
         _hook_installed = True
 
 
+#: How long close() waits for a call another thread has under way before cancelling it,
+#: and then for the cancelled call to let go of the loop.
+CLOSE_WAIT = 10.0
+CANCEL_WAIT = 5.0
+
+
 class _LoopRunner:
     """The blocking API's private event loop, run by the thread that calls.
 
@@ -78,7 +87,10 @@ class _LoopRunner:
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._stopped = False
+        self._closing = False
+        self._deferred: list[Callable[[], Awaitable[Any]] | None] = []
         self._helper: _Helper | None = None
         self._helper_lock = threading.Lock()
 
@@ -94,20 +106,36 @@ class _LoopRunner:
         with self._lock:
             if self._stopped:
                 raise ManagerClosedError("the session manager is closed")
-            self._owner = threading.get_ident()
             try:
-                task = self._loop.create_task(_awaited(fn, args))
-                try:
-                    result: T = self._loop.run_until_complete(task)
-                    return result
-                except BaseException:
-                    if not task.done():  # interrupted (Ctrl-C): unwind the call now
-                        task.cancel()
-                        with contextlib.suppress(BaseException):
-                            self._loop.run_until_complete(task)
-                    raise
+                return self._run_locked(fn, args)
             finally:
-                self._owner = None
+                if self._deferred:  # closed from inside this call (a signal handler)
+                    try:
+                        self._finish_locked(self._deferred.pop())
+                    except Exception as exc:  # this call's own outcome is what it reports
+                        logger.warning("closing the session manager failed: %s", exc)
+
+    def _run_locked(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        self._owner = threading.get_ident()
+        task = self._task = self._loop.create_task(_awaited(fn, args))
+        try:
+            result: T = self._loop.run_until_complete(task)
+            return result
+        except asyncio.CancelledError:
+            if self._closing:  # cancelled by a close() that could wait no longer
+                raise ManagerClosedError(
+                    "the session manager was closed during this call"
+                ) from None
+            raise
+        except BaseException:
+            if not task.done():  # interrupted (Ctrl-C): unwind the call now
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(task)
+            raise
+        finally:
+            self._owner = None
+            self._task = None
 
     def _helper_thread(self) -> _Helper:
         with self._helper_lock:
@@ -117,27 +145,66 @@ class _LoopRunner:
                 self._helper = _Helper()
             return self._helper
 
-    def stop(self) -> None:
-        """Stop for good: later calls raise ManagerClosedError. Waits for a call under way."""
+    def close(self, last: Callable[[], Awaitable[Any]] | None = None) -> bool:
+        """Run ``last`` (the manager's close) as the final call, then stop for good: later
+        calls raise :class:`ManagerClosedError`.
+
+        A call another thread has under way finishes first; after ``CLOSE_WAIT`` seconds
+        it is cancelled (it raises :class:`ManagerClosedError`), and if it still holds the
+        loop ``CANCEL_WAIT`` seconds later (blocked outside the loop's reach), this returns
+        and the close runs in that thread when its call ends (logged). Called from inside
+        one of this runner's calls (a signal handler), it returns at once and the close
+        runs when that call ends (and this returns False).
+        """
+        self._closing = True
+        if self._owner == threading.get_ident():
+            self._deferred.append(last)
+            return False
         if asyncio._get_running_loop() is not None:
             with self._helper_lock:
                 if self._helper is None:
                     self._helper = _Helper()
                 helper = self._helper
-            helper.call(self._shutdown)
+            helper.call(self._close, last)
         else:
-            self._shutdown()
+            self._close(last)
         with self._helper_lock:
-            last, self._helper = self._helper, None
-        if last is not None:
-            last.stop()
+            done, self._helper = self._helper, None
+        if done is not None:
+            done.stop()
+        return True
 
-    def _shutdown(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
+    def _close(self, last: Callable[[], Awaitable[Any]] | None) -> None:
+        if not self._lock.acquire(timeout=CLOSE_WAIT):
+            task = self._task
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._loop.call_soon_threadsafe(task.cancel)
+            if not self._lock.acquire(timeout=CANCEL_WAIT):
+                # the thread running that call closes the manager when the call ends
+                self._deferred.append(last)
+                if not self._lock.acquire(blocking=False):
+                    logger.warning(
+                        "session manager close: another thread's call is not ending; "
+                        "the manager closes when it does"
+                    )
+                    return
+                # the call ended just now, maybe before it could see the request
+                last = self._deferred.pop() if self._deferred else None
+        try:
+            self._finish_locked(last)
+        finally:
+            self._lock.release()
+
+    def _finish_locked(self, last: Callable[[], Awaitable[Any]] | None) -> None:
+        if self._stopped:
+            return
+        loop = self._loop
+        try:
+            if last is not None:
+                self._run_locked(last, ())
+        finally:
             self._stopped = True
-            loop = self._loop
             try:
                 # anything a call left behind (a save still landing after Ctrl-C) ends first
                 leftover = asyncio.all_tasks(loop)
@@ -189,7 +256,7 @@ def run_blocking(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     try:
         return runner.call(fn, *args)
     finally:
-        runner.stop()
+        runner.close()
 
 
 class Session:
@@ -405,21 +472,27 @@ class SessionManager:
 
     def close(self) -> None:
         """Flush unsaved sessions (unless autosave is off), release storage and stop the
-        manager's threads. A call another thread has under way finishes first; calls made
-        after this raise :class:`ManagerClosedError`. Idempotent."""
+        manager's threads. Idempotent; calls made after this raise
+        :class:`ManagerClosedError`.
+
+        A call another thread has under way finishes first; one still running after 10 s
+        is cancelled (it raises ``ManagerClosedError``), and one that cannot be cancelled
+        (blocked outside the event loop) closes the manager itself when it ends, 5 s later
+        this returns. Called from a signal handler during one of this manager's calls, it
+        returns at once and the manager closes when that call ends."""
         with self._lock:
             runner, self._runner = self._runner, None
         if runner is None:
             return
         self._autosave_stop.set()
-        autosaver = self._autosaver
-        if autosaver is not None and autosaver is not threading.current_thread():
-            autosaver.join()
+        closed_now = False
         try:
-            runner.call(self._async.close)
+            closed_now = runner.close(self._async.close)
         finally:
-            runner.stop()
             _live.discard(self)
+            autosaver = self._autosaver
+            if closed_now and autosaver is not None and autosaver is not threading.current_thread():
+                autosaver.join(timeout=CLOSE_WAIT + CANCEL_WAIT)
 
     def __enter__(self) -> SessionManager:
         return self

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coda_session import ManagerClosedError, SessionManager
+from coda_session import ManagerClosedError, SessionError, SessionManager
 from tests.conftest import Store
 
 
@@ -178,3 +178,86 @@ def test_calls_from_many_threads_and_a_notebook_at_once(store: Store) -> None:
         assert got == [f"nb-{i}" for i in range(30)]
     finally:
         m.close()
+
+
+def test_close_cancels_a_call_that_does_not_end_and_never_hangs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import reading from a pipe nobody writes to never ends by itself. close()
+    waits CLOSE_WAIT, cancels it, waits CANCEL_WAIT, then returns; the manager closes in
+    the importing thread once its call ends (here: when the pipe is closed)."""
+    import os
+    import time
+
+    from coda_session import sync
+
+    monkeypatch.setattr(sync, "CLOSE_WAIT", 0.3)
+    monkeypatch.setattr(sync, "CANCEL_WAIT", 0.3)
+    m = store.sync_manager()
+    m.save_session(m.create_session("before"))
+    read_end, write_end = os.pipe()
+    outcome: list[BaseException] = []
+
+    def importer() -> None:
+        with os.fdopen(read_end) as stream:
+            try:
+                m.import_session(stream, name="never", format="jsonl")
+            except BaseException as exc:
+                outcome.append(exc)
+
+    worker = threading.Thread(target=importer)
+    worker.start()
+    time.sleep(0.2)  # the import is waiting for its first line
+    t0 = time.monotonic()
+    m.close()
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(ManagerClosedError):
+        m.list_sessions()
+    os.close(write_end)  # the read returns: the call ends, the manager closes
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], SessionError)
+    with store.sync_manager() as again:
+        assert [i.name for i in again.list_sessions()] == ["before"]
+
+
+def test_close_from_a_signal_handler_during_calls(store: Store) -> None:
+    """A SIGALRM handler closes the manager while the main thread is (most likely) inside
+    a call: close() returns at once and the manager closes when that call ends; nothing
+    saved is lost and nothing hangs."""
+    import signal
+    import time
+
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("needs POSIX interval timers")
+    m = store.sync_manager()
+    s = m.create_session("busy")
+    fired: list[bool] = []
+
+    def handler(signum: int, frame: object) -> None:
+        m.close()
+        fired.append(True)
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    saved = 0
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                s.add_message({"role": "user", "content": f"m{saved}"})
+                m.save_session(s)
+            except ManagerClosedError:
+                break
+            saved += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert fired and m.closed
+    with pytest.raises(ManagerClosedError):
+        m.list_sessions()
+    with store.sync_manager() as again:
+        info = again.get_session_info("busy")
+        # every acknowledged save is there; the one in flight when closed may be too
+        # (the close flushes what the object held), never more
+        assert info is not None and saved <= info.message_count <= saved + 1
