@@ -310,8 +310,9 @@ class AsyncSession:
             earlier = self._inflight
             if earlier is not None and not earlier.done():
                 # a save whose caller was cancelled is still being written: let it land
-                # first, or its messages would be sent again
-                with contextlib.suppress(BaseException):
+                # first, or its messages would be sent again (its failure was reported
+                # to its caller; a cancellation of this caller still propagates)
+                with contextlib.suppress(Exception):
                     await asyncio.shield(earlier)
             with self._state:
                 if not (self._pending or self._keep is not None or self._meta_patch):

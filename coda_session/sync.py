@@ -14,9 +14,10 @@ import contextlib
 import functools
 import logging
 import queue
+import signal
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -86,7 +87,6 @@ class _LoopRunner:
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
-        self._owner: int | None = None
         self._task: asyncio.Task[Any] | None = None
         self._stopped = False
         self._closing = False
@@ -95,15 +95,16 @@ class _LoopRunner:
         self._helper_lock = threading.Lock()
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        if self._owner == threading.get_ident():
+        running = asyncio._get_running_loop()
+        if running is self._loop:
             raise SessionError("the blocking API cannot be called from its own event loop")
-        if asyncio._get_running_loop() is not None:
+        if running is not None:
             handed: T = self._helper_thread().call(self._run, fn, args)
             return handed
         return self._run(fn, args)
 
     def _run(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-        with self._lock:
+        with self._lock, _interrupts_held(self._interrupt):
             if self._stopped:
                 raise ManagerClosedError("the session manager is closed")
             try:
@@ -116,12 +117,12 @@ class _LoopRunner:
                         logger.warning("closing the session manager failed: %s", exc)
 
     def _run_locked(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-        self._owner = threading.get_ident()
         task = self._task = self._loop.create_task(_awaited(fn, args))
         try:
             result: T = self._loop.run_until_complete(task)
             return result
         except asyncio.CancelledError:
+            self._settle()  # a save's shielded write lands before anything else runs
             if self._closing:  # cancelled by a close() that could wait no longer
                 raise ManagerClosedError(
                     "the session manager was closed during this call"
@@ -134,8 +135,21 @@ class _LoopRunner:
                     self._loop.run_until_complete(task)
             raise
         finally:
-            self._owner = None
             self._task = None
+
+    def _settle(self) -> None:
+        pending = asyncio.all_tasks(self._loop)
+        if pending:
+            self._loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_WAIT))
+
+    def _interrupt(self) -> None:
+        # Ctrl-C during a call: cancel it as asyncio.run() would; it ends at its next
+        # await, never inside a transaction, and the caller then gets KeyboardInterrupt.
+        # Scheduled, not done here: a signal handler runs between any two bytecodes, and
+        # cancelling from there could land inside asyncio's own callbacks.
+        task = self._task
+        if task is not None and asyncio._get_running_loop() is self._loop:
+            self._loop.call_soon_threadsafe(task.cancel)  # a no-op once that call is over
 
     def _helper_thread(self) -> _Helper:
         with self._helper_lock:
@@ -157,7 +171,7 @@ class _LoopRunner:
         runs when that call ends (and this returns False).
         """
         self._closing = True
-        if self._owner == threading.get_ident():
+        if asyncio._get_running_loop() is self._loop:  # inside one of our calls
             self._deferred.append(last)
             return False
         if asyncio._get_running_loop() is not None:
@@ -167,7 +181,8 @@ class _LoopRunner:
                 helper = self._helper
             helper.call(self._close, last)
         else:
-            self._close(last)
+            with _interrupts_held(None):
+                self._close(last)
         with self._helper_lock:
             done, self._helper = self._helper, None
         if done is not None:
@@ -216,6 +231,42 @@ class _LoopRunner:
                 loop.close()
 
 
+@contextlib.contextmanager
+def _interrupts_held(on_interrupt: Callable[[], None] | None) -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) while the main thread runs the manager's loop.
+
+    Python raises ``KeyboardInterrupt`` between any two bytecodes of the main thread:
+    inside a transaction's bookkeeping it could leave the transaction open or a saved
+    batch unrecorded (sent again by the next save). While held, Ctrl-C calls
+    ``on_interrupt`` (which cancels the call at its next await) and is delivered to the
+    previous handler once the call is over. Other threads never receive signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # installed outside Python: cannot be put back, leave it
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if not caught and on_interrupt is not None:
+            on_interrupt()
+        caught.append((signum, frame))
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(*caught[0])
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+
+
 async def _awaited(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
     return await fn(*args)
 
@@ -225,6 +276,8 @@ class _Helper:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # no job is queued after the stop sentinel
+        self._stopped = False
         self._thread = threading.Thread(target=self._work, name="coda-session-helper", daemon=True)
         self._thread.start()
 
@@ -241,11 +294,16 @@ class _Helper:
             except BaseException as exc:
                 result.set_exception(exc)
 
-        self._jobs.put(job)
+        with self._lock:
+            if self._stopped:
+                raise ManagerClosedError("the session manager is closed")
+            self._jobs.put(job)
         return result.result()
 
     def stop(self) -> None:
-        self._jobs.put(None)
+        with self._lock:
+            self._stopped = True
+            self._jobs.put(None)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=15)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import pytest
-
 import coda_session
 from coda_session import AsyncSession, AsyncSessionManager, Session, SessionManager
 
@@ -112,42 +110,3 @@ def test_trusted_session_info_equals_a_validated_one() -> None:
     assert fast == slow and fast.model_dump() == slow.model_dump()
     assert fast.model_fields_set == slow.model_fields_set
     assert repr(fast) == repr(slow) and hash(fast.name) == hash(slow.name)
-
-
-def test_paused_gc_nests_and_is_shared_between_threads() -> None:
-    import gc
-    import threading
-
-    from coda_session._gc import paused_gc
-
-    was = gc.isenabled()
-    gc.enable()
-    try:
-        inside = threading.Barrier(4)
-        seen: list[bool] = []
-
-        def pause() -> None:
-            with paused_gc(), paused_gc():
-                inside.wait(timeout=10)  # all four pauses overlap here
-                seen.append(gc.isenabled())
-                inside.wait(timeout=10)
-
-        threads = [threading.Thread(target=pause) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=20)
-        assert seen == [False] * 4
-        assert gc.isenabled()  # enabled again once the last pause ended
-
-        gc.disable()
-        with paused_gc():
-            pass
-        assert not gc.isenabled()  # a collector disabled before stays disabled
-
-        gc.enable()
-        with pytest.raises(ZeroDivisionError), paused_gc():
-            1 / 0  # noqa: B018
-        assert gc.isenabled()  # restored on error too
-    finally:
-        gc.enable() if was else gc.disable()

@@ -261,3 +261,49 @@ def test_close_from_a_signal_handler_during_calls(store: Store) -> None:
         # every acknowledged save is there; the one in flight when closed may be too
         # (the close flushes what the object held), never more
         assert info is not None and saved <= info.message_count <= saved + 1
+
+
+def test_ctrl_c_during_calls_never_splits_a_save(store: Store) -> None:
+    """Real SIGINTs at random moments of blocking saves in the main thread. Each is held
+    until the call is over (the call is cancelled at its next await) and then raised as
+    KeyboardInterrupt; no transaction is left open, and no message is lost or stored
+    twice, however the interrupts fall."""
+    import os
+    import random
+    import signal
+
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("needs POSIX interval timers")
+    rng = random.Random(7)
+    armed = [False]
+
+    def ctrl_c(signum: int, frame: object) -> None:
+        if armed[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    m = store.sync_manager()
+    added = interrupts = 0
+    try:
+        s = m.create_session("interrupted")
+        for _ in range(400):
+            s.add_message({"role": "user", "content": "x" * 200})
+            added += 1
+            try:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0, 0.0004))
+                m.save_session(s)
+            except KeyboardInterrupt:
+                interrupts += 1
+            finally:
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        m.save_session(s)  # whatever an interrupted save did not write
+        assert not s.has_unsaved_changes
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        m.close()
+    assert interrupts > 0
+    with store.sync_manager() as again:
+        info = again.get_session_info("interrupted")
+        assert info is not None and info.message_count == added

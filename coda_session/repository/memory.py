@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import bisect
 import copy
+import gc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._gc import paused_gc
 from ..errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .protocol import Repository, SaveRequest, SaveResult
@@ -196,8 +196,13 @@ class MemoryRepository(Repository):
     async def list_sessions(self) -> list[SessionInfo]:
         snaps = [self._snapshot(s, 0) for s in self._by_id.values()]
         snaps.sort(key=lambda r: (r.created_at, r.name))
-        with paused_gc():  # as the SQL backend: no collector passes over the growing list
+        collecting = gc.isenabled()
+        try:  # as the SQL backend (ops.list_all): no collector passes over the list
+            gc.disable()
             return [s.info() for s in snaps]
+        finally:
+            if collecting:
+                gc.enable()
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None

@@ -7,6 +7,7 @@ SQLAlchemy on any database (:class:`AlchemyExecutor`).
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import Connection
 
-from ..._gc import paused_gc
 from ...codec import decode_metadata, dumps_metadata
 from ...errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord, _trusted_info
@@ -298,9 +298,13 @@ def delete(cx: Executor, session_id: str) -> bool:
 
 
 def list_all(cx: Executor) -> list[SessionInfo]:
-    # the hot loop of list_sessions(): one object per row and nothing else, timestamps
-    # parsed inline when they are this library's own UTC text; the collector is paused
-    # because it would otherwise walk the growing list dozens of times per call
+    # The hot loop of list_sessions(): one object per row and nothing else, timestamps
+    # parsed inline when they are this library's own UTC text. The cyclic collector is
+    # paused meanwhile: the ~30k tracked objects of 10k rows made it walk the growing
+    # list dozens of times per call, and a full heap collection every few calls (40-70
+    # ms instead of about 30). Nothing built here forms a cycle; reference counting
+    # frees it all as usual. Written inline, not as a context manager: a Ctrl-C landing
+    # between a helper's frames could leave the collector off for good.
     build, meta, iso, stamp = (
         _trusted_info,
         decode_metadata,
@@ -309,15 +313,17 @@ def list_all(cx: Executor) -> list[SessionInfo]:
     )
     infos: list[SessionInfo] = []
     add = infos.append
-    with paused_gc():
+    collecting = gc.isenabled()
+    try:
+        gc.disable()
         for sid, name, created, updated, metadata, count, size in cx.rows(q.LIST_SESSIONS, {}):
-            created = iso(created) if type(created) is str else created
+            created = iso(created) if type(created) is str else stamp(created)
             if created.tzinfo is not UTC:
                 created = stamp(created)
             if updated is None:
                 updated = created
             else:
-                updated = iso(updated) if type(updated) is str else updated
+                updated = iso(updated) if type(updated) is str else stamp(updated)
                 if updated.tzinfo is not UTC:
                     updated = stamp(updated)
             add(
@@ -333,4 +339,7 @@ def list_all(cx: Executor) -> list[SessionInfo]:
                     }
                 )
             )
+    finally:
+        if collecting:
+            gc.enable()
     return infos

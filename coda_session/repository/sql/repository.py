@@ -158,6 +158,9 @@ class SqlRepository(Repository):
                     # the one-trip path serves everything: idle pooled connections are let go
                     await engine.dispose()
             except BaseException:
+                if self._loop is not None:
+                    self._loop.close()
+                    self._loop = None
                 if self._raw is not None:
                     await self._raw.close()
                     self._raw = None
@@ -448,23 +451,29 @@ def _save_pages(request: SaveRequest) -> int | None:
 def _in_transaction(
     conn: sqlite3.Connection, write: bool, fn: Callable[..., T], args: tuple[Any, ...]
 ) -> T:
-    # runs on the aiosqlite thread: BEGIN, the whole operation, COMMIT in one trip
-    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-    try:
-        result = fn(ops.RawExecutor(conn), *args)
-    except BaseException:
+    # BEGIN, the whole operation, COMMIT in one go (on a worker thread: in one trip)
+    if conn.in_transaction:  # an operation interrupted between its statements left it
         conn.rollback()
+    try:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        result = fn(ops.RawExecutor(conn), *args)
+        conn.commit()
+    except BaseException:
+        if conn.in_transaction:  # also after a failed COMMIT: never leave one open
+            conn.rollback()
         raise
-    conn.commit()
     return result
 
 
 def _begin_with(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+    if conn.in_transaction:  # left by an interrupted operation
+        conn.rollback()
     try:
+        conn.execute("BEGIN IMMEDIATE")
         return fn(ops.RawExecutor(conn), *args)
     except BaseException:
-        conn.rollback()
+        if conn.in_transaction:
+            conn.rollback()
         raise
 
 
