@@ -811,7 +811,7 @@ async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Repo
 
             rows.append(
                 (
-                    "sync save_session with nothing to save (shim loop round trip)",
+                    "sync save_session with nothing to save (runs the private loop, no I/O)",
                     plain(time_sync, lambda: sm.save_session(s_sess), reps),
                 )
             )
