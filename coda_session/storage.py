@@ -21,7 +21,7 @@ from .errors import (
     StorageError,
 )
 from .models import MessageRecord, SessionInfo, SessionRecord
-from .repository.protocol import Repository, SaveRequest, SaveResult
+from .repository.protocol import Repository, SaveRequest, SaveResult, collect_import
 
 __all__ = ["SessionData", "SessionStorage", "StorageAdapter"]
 
@@ -211,20 +211,15 @@ class StorageAdapter(Repository):
     ) -> SessionRecord:
         if await self._get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
-        messages: list[dict[str, Any]] = []
-        size = 0
-        async for batch in batches:  # the whole session is saved in one call at the end
-            messages.extend(r.to_dict() for r in batch)
-            size += sum(r.byte_size() for r in batch)
-            if max_bytes is not None and size > max_bytes:
-                raise SessionTooLargeError(record.name, size, max_bytes)
+        # the whole session is saved in one call at the end
+        records, _ = await collect_import(record.name, batches, max_bytes)
         data = SessionData(
             id=record.id,
             name=record.name,
             created_at=record.created_at,
             updated_at=record.updated_at,
             metadata=copy.deepcopy(record.metadata),
-            messages=messages,
+            messages=[r.to_dict() for r in records],
         )
         await self._call(self._storage.save, data)
         return self._record(data)
@@ -233,19 +228,18 @@ class StorageAdapter(Repository):
         data = await self._get(request.name, None)
         if data is None or data.id != request.session_id:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
-        messages = list(data.messages)
+        # sizes as stored here (plain dicts, never compressed): each stored message is
+        # encoded once, the new ones once
+        stored = [r.byte_size() for r in self._records(data)]
         cut = request.truncation
-        if cut is not None:
-            visible = min(cut.upto_id, len(messages))
-            drop = max(0, visible - cut.keep)
-            del messages[:drop]
-        first = len(messages) + 1
-        messages.extend(r.to_dict() for r in request.messages)
-        if request.max_bytes is not None:
-            before = sum(r.byte_size() for r in self._records(data))
-            after = sum(encode_message(m).byte_size() for m in messages)
-            if after > before and after > request.max_bytes:
-                raise SessionTooLargeError(request.name, after, request.max_bytes)
+        drop = 0 if cut is None else max(0, min(cut.upto_id, len(stored)) - cut.keep)
+        new = [r.to_dict() for r in request.messages]
+        before = sum(stored)
+        after = sum(stored[drop:]) + sum(encode_message(m).byte_size() for m in new)
+        if request.max_bytes is not None and after > before and after > request.max_bytes:
+            raise SessionTooLargeError(request.name, after, request.max_bytes)
+        messages = data.messages[drop:] + new
+        first = len(messages) - len(new) + 1
         metadata = dict(data.metadata)
         if request.metadata_patch:
             metadata.update(copy.deepcopy(dict(request.metadata_patch)))
@@ -253,12 +247,11 @@ class StorageAdapter(Repository):
             update={"messages": messages, "metadata": metadata, "updated_at": request.updated_at}
         )
         await self._call(self._storage.save, updated)
-        record = self._record(updated)
         return SaveResult(
-            ids=list(range(first, first + len(request.messages))),
-            message_count=record.message_count,
-            size_bytes=record.size_bytes,
-            last_message_id=record.last_message_id,
+            ids=list(range(first, len(messages) + 1)),
+            message_count=len(messages),
+            size_bytes=after,
+            last_message_id=len(messages),
             metadata=copy.deepcopy(metadata),
         )
 

@@ -117,3 +117,35 @@ def test_a_storage_calling_its_own_blocking_manager_gets_an_error_not_a_hang() -
         assert m.get_session_info("x") is not None  # still usable
     assert [i.name for i in backing.list_sessions()] == ["x"]
     backing.close()
+
+
+def test_custom_storage_sizes_truncation_and_size_limit() -> None:
+    """A save reports the size the storage's own data gives, after a truncation and an
+    append; a save past max_session_size is refused and writes nothing."""
+    from coda_session import SessionTooLargeError
+
+    storage = DictStorage()
+    config = {"session": {"max_session_size": 0.001, "autosave_interval": 0}}  # 1,000 bytes
+    with SessionManager(config, storage=storage) as m:
+        s = m.create_session("chat")
+        for i in range(4):
+            s.add_message({"role": "user", "content": f"message {i}"})
+        m.save_session(s)
+        s.truncate_messages(1)
+        s.add_message({"role": "assistant", "content": "after the cut"})
+        m.save_session(s)
+        info = m.get_session_info("chat")
+        assert info is not None and info == storage.data["chat"].info()
+        assert (info.message_count, info.size_bytes) == (2, s.info().size_bytes)
+        assert [x["content"] for x in s.get_messages()] == ["message 3", "after the cut"]
+        # two objects of one session: each append fits what its object knows, together
+        # they do not; the storage-side check refuses the second save
+        other = m.load_session("chat")
+        s.add_message({"role": "user", "content": "a" * 600})
+        other.add_message({"role": "user", "content": "b" * 600})
+        m.save_session(s)
+        saves = storage.saves
+        with pytest.raises(SessionTooLargeError):
+            m.save_session(other)
+        assert storage.saves == saves  # nothing written
+        assert [x["content"][:1] for x in storage.data["chat"].messages] == ["m", "a", "a"]

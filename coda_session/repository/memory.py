@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .protocol import Repository, SaveRequest, SaveResult
+from .protocol import Repository, SaveRequest, SaveResult, collect_import
 
 __all__ = ["MemoryRepository"]
 
@@ -135,13 +135,8 @@ class MemoryRepository(Repository):
     ) -> SessionRecord:
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
-        messages: list[MessageRecord] = []
-        size = 0
-        async for batch in batches:  # everything is checked before anything is stored
-            messages.extend(batch)
-            size += sum(m.byte_size() for m in batch)
-            if max_bytes is not None and size > max_bytes:
-                raise SessionTooLargeError(record.name, size, max_bytes)
+        # everything is checked before anything is stored
+        messages, _ = await collect_import(record.name, batches, max_bytes)
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
         created = await self.create_session(record)

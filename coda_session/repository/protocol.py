@@ -7,9 +7,37 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import SessionTooLargeError
 from ..models import MessageRecord, SessionInfo, SessionRecord
 
-__all__ = ["Repository", "SaveRequest", "SaveResult", "Truncation"]
+__all__ = [
+    "Repository",
+    "SaveRequest",
+    "SaveResult",
+    "Truncation",
+    "check_import_size",
+    "collect_import",
+]
+
+
+def check_import_size(name: str, size: int, max_bytes: int | None) -> None:
+    """SessionTooLargeError once an import's running size passes ``max_bytes``."""
+    if max_bytes is not None and size > max_bytes:
+        raise SessionTooLargeError(name, size, max_bytes)
+
+
+async def collect_import(
+    name: str, batches: AsyncIterator[Sequence[MessageRecord]], max_bytes: int | None
+) -> tuple[list[MessageRecord], int]:
+    """Every message of an import's batches and their size, checked as they come (for
+    backends that store the whole session at the end)."""
+    messages: list[MessageRecord] = []
+    size = 0
+    async for batch in batches:
+        messages.extend(batch)
+        size += sum(m.byte_size() for m in batch)
+        check_import_size(name, size, max_bytes)
+    return messages, size
 
 
 @dataclass(slots=True, frozen=True)

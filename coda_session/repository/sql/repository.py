@@ -17,11 +17,10 @@ from ...config import SessionConfig
 from ...errors import (
     ManagerClosedError,
     SessionExistsError,
-    SessionTooLargeError,
     StorageError,
 )
 from ...models import MessageRecord, SessionInfo, SessionRecord
-from ..protocol import Repository, SaveRequest, SaveResult
+from ..protocol import Repository, SaveRequest, SaveResult, check_import_size
 from . import ops
 from .engine import (
     WRITE_OPTION,
@@ -305,7 +304,7 @@ class SqlRepository(Repository):
                                 _alchemy_call, ops.import_batch, (record.id, batch)
                             )
                             count += len(batch)
-                            _check_size(record.name, size, max_bytes)
+                            check_import_size(record.name, size, max_bytes)
                         last = await conn.run_sync(
                             _alchemy_call, ops.import_finish, (record, count, size)
                         )
@@ -326,7 +325,7 @@ class SqlRepository(Repository):
             async for batch in batches:
                 size += await self._step(_call_raw, ops.import_batch, record.id, batch)
                 count += len(batch)
-                _check_size(record.name, size, max_bytes)
+                check_import_size(record.name, size, max_bytes)
             last = await self._step(_finish_with, ops.import_finish, record, count, size)
         except BaseException:
             await asyncio.shield(self._step(_rollback))
@@ -489,11 +488,6 @@ def _finish_with(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> 
 
 def _rollback(conn: sqlite3.Connection) -> None:
     conn.rollback()
-
-
-def _check_size(name: str, size: int, max_bytes: int | None) -> None:
-    if max_bytes is not None and size > max_bytes:
-        raise SessionTooLargeError(name, size, max_bytes)
 
 
 def _imported(record: SessionRecord, count: int, size: int, last: int) -> SessionRecord:
