@@ -96,6 +96,11 @@ class SessionConfig(BaseModel):
         return self
 
     @property
+    def max_session_bytes(self) -> int:
+        """``max_session_size`` in bytes (MB are 10**6 bytes)."""
+        return int(self.max_session_size * 1_000_000)
+
+    @property
     def database_file(self) -> Path | None:
         """The SQLite file the default backend uses, or None (memory or explicit URL)."""
         if self.backend != "sqlite" or self.database_url is not None:

@@ -197,7 +197,7 @@ class AsyncSession:
             self._meta_patch.update(patch)
 
     def _limit(self) -> int:
-        return int(self._manager.config.max_session_size * 1_000_000)
+        return self._manager.config.max_session_bytes
 
     def _check_room(self, more: int) -> None:
         # the stored size is known exactly unless a truncation is pending; then the save,

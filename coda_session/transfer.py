@@ -470,8 +470,9 @@ async def _import_block(
                 yield batch
             return
 
-    limit = int(manager.config.max_session_size * 1_000_000)
-    return await manager._repository.import_session(record, batches(), max_bytes=limit)
+    return await manager._repository.import_session(
+        record, batches(), max_bytes=manager.config.max_session_bytes
+    )
 
 
 def _open(source: Source) -> tuple[IO[str], str, Callable[[], None]]:
