@@ -22,6 +22,7 @@ __all__ = [
     "connect_sqlite_inline",
     "create_engine",
     "database_url",
+    "is_busy",
     "on_thread",
     "prepare_sqlite_file",
     "sqlite_path",
@@ -79,6 +80,12 @@ def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
     return conn
 
 
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's "database is locked" / "busy": another connection holds the lock."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 def _switch_to_wal(raw: sqlite3.Connection, busy_timeout: float) -> Any:
     # Switching a new file to WAL needs an exclusive lock and SQLite answers "database is
     # locked" at once instead of calling the busy handler: several processes or managers
@@ -88,7 +95,7 @@ def _switch_to_wal(raw: sqlite3.Connection, busy_timeout: float) -> Any:
         try:
             return raw.execute("PRAGMA journal_mode = WAL").fetchone()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not is_busy(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise

@@ -29,6 +29,7 @@ from .engine import (
     connect_sqlite_inline,
     create_engine,
     database_url,
+    is_busy,
     on_thread,
     sqlite_path,
 )
@@ -52,11 +53,6 @@ LOOP_MAX_ROWS = 200
 #: WAL pages (estimated) the loop connection may add before the next write goes to the
 #: worker thread, whose commit checkpoints the WAL once it passes SQLite's default of 1000
 LOOP_WAL_PAGES = 800
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
 
 
 class SqlRepository(Repository):
@@ -206,7 +202,7 @@ class SqlRepository(Repository):
                 # the whole transaction was rolled back, so running it again is safe; the
                 # busy timeout already waited, this only rides out a burst of writers
                 attempt += 1
-                if attempt < BUSY_ATTEMPTS and _is_busy(exc):
+                if attempt < BUSY_ATTEMPTS and is_busy(exc):
                     await asyncio.sleep(0.01 * attempt)
                     continue
                 with translate_errors(action):
@@ -235,7 +231,7 @@ class SqlRepository(Repository):
             try:
                 done: T = _in_transaction(loop, write, fn, args)
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
                 # someone else holds the lock: wait for it on the worker thread below (the
                 # attempt was rolled back whole, so running it again is safe)
