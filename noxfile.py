@@ -17,10 +17,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and formatting."""
-    session.install("ruff>=0.6")
+    """ruff (lint and formatting) and import-linter (imports point down the layers)."""
+    session.install("-e", ".", "ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", "coda_session", "migrations", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "coda_session", "migrations", "tests", "benchmarks")
+    session.run("lint-imports")
 
 
 @nox.session

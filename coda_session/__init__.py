@@ -15,8 +15,8 @@ from .errors import (
 )
 from .manager import AsyncSessionManager
 from .models import Message, SessionInfo
+from .repository.custom import SessionData, SessionStorage
 from .session import AsyncSession
-from .storage import SessionData, SessionStorage
 from .sync import Session, SessionManager
 
 __version__ = "0.1.0"

@@ -21,7 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from .errors import InvalidMessageError
-from .models import MessageRecord, utcnow
+from .models import MessageRecord
+from .timeutil import utcnow
 
 __all__ = [
     "COMPRESS_THRESHOLD",

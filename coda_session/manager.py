@@ -11,53 +11,30 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from . import session as session_api
 from . import transfer
 from .codec import check_name
 from .config import SessionConfig
 from .errors import (
-    InvalidConfigError,
     ManagerClosedError,
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
 )
-from .models import SessionInfo, SessionRecord, utcnow
-from .repository.memory import MemoryRepository
-from .repository.protocol import Repository
-from .session import AsyncSession
-from .storage import SessionStorage, StorageAdapter
+from .models import SessionInfo, SessionRecord
+from .repository.custom import SessionStorage
+from .repository.protocol import Repository, open_repository
+from .session import AsyncSession, SessionHost
+from .timeutil import utcnow
 from .transfer import Source, Target
 
-__all__ = ["AsyncSessionManager", "build_repository"]
+__all__ = ["AsyncSessionManager", "autosave_once", "blocking_manager", "repository_of"]
 
 logger = logging.getLogger("coda_session")
 
 #: Messages read together with the session row on resume, so the usual
 #: ``get_messages(limit=...)`` that follows needs no second read.
 RESUME_PREFETCH = 50
-
-
-def build_repository(
-    config: SessionConfig, storage: Any = None, *, private_loop: bool = False
-) -> Repository:
-    """The repository for a configuration, or the one that serves ``storage``.
-
-    ``private_loop`` says the caller's event loop serves no one else (the blocking API's),
-    so the SQLite backend may run its short transactions on it directly.
-    """
-    if storage is None:
-        if config.backend == "memory":
-            return MemoryRepository()
-        from .repository.sql import SqlRepository
-
-        return SqlRepository(config, inline=private_loop)
-    if isinstance(storage, SessionStorage):
-        return StorageAdapter(storage)
-    if isinstance(storage, Repository):
-        return storage
-    raise InvalidConfigError(
-        f"storage must be a SessionStorage or a Repository, not {type(storage).__name__}"
-    )
 
 
 class AsyncSessionManager:
@@ -80,10 +57,15 @@ class AsyncSessionManager:
         storage: SessionStorage | Repository | None = None,
     ) -> None:
         self._config = SessionConfig.from_mapping(config)
-        self._repository: Repository = build_repository(self._config, storage)
+        self._repository: Repository = open_repository(self._config, storage)
+        self._host = SessionHost(self._config, self._repository, self._check_open)
         self._opened = False
         self._closed = False
-        self._open_lock: asyncio.Lock | None = None
+        # asyncio locks belong to one event loop: one per loop, so that a manager used
+        # from several loops in turn (asyncio.run per call) never waits on a dead one
+        self._open_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
         self._autosave_task: asyncio.Task[None] | None = None
         # the blocking API runs its loop only during calls and times autosaves itself
@@ -108,29 +90,35 @@ class AsyncSessionManager:
         self._check_open()
         if self._opened:
             return
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
+        loop = asyncio.get_running_loop()
+        lock = self._open_locks.get(loop)
+        if lock is None:
+            lock = self._open_locks[loop] = asyncio.Lock()
+        async with lock:
             if not self._opened:
                 await self._repository.open()
                 self._opened = True
-                if self._config.autosave_interval > 0 and self._autosave_in_loop:
-                    self._autosave_task = asyncio.get_running_loop().create_task(
-                        self._autosave(), name="coda-session-autosave"
-                    )
+        self._start_autosave(loop)
+
+    def _start_autosave(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._config.autosave_interval <= 0 or not self._autosave_in_loop or self._closed:
+            return
+        task = self._autosave_task
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        # the first loop may be gone (asyncio.run per call): autosave on the one in use
+        if task is not None and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        self._autosave_task = loop.create_task(self._autosave(), name="coda-session-autosave")
 
     def _session(self, record: SessionRecord) -> AsyncSession:
-        session = AsyncSession(self, record)
+        session = AsyncSession(self._host, record)
         self._sessions.add(session)
         return session
 
     async def _autosave(self) -> None:
         while True:
             await asyncio.sleep(self._config.autosave_interval)
-            await self._flush("autosave")
-
-    async def _autosave_once(self) -> None:
-        if self._opened and not self._closed:
             await self._flush("autosave")
 
     async def _flush(self, reason: str, final: bool = False) -> list[BaseException]:
@@ -141,25 +129,9 @@ class AsyncSessionManager:
         """
         errors: list[BaseException] = []
         for session in list(self._sessions):
-            pending = session._autosave_error
-            if session._gone:
-                if final and pending is not None and session.has_unsaved_changes:
-                    session._autosave_error = None
-                    errors.append(pending)
-                continue
-            if pending is not None:
-                if not final:
-                    continue
-                session._autosave_error = None  # retried now; a new failure is raised
-            if not session.has_unsaved_changes:
-                continue
-            try:
-                await session._save()
-            except Exception as exc:
-                # names and sizes only: message content never goes to the log
-                logger.warning("%s of session %r failed: %s", reason, session.name, exc)
-                session._autosave_error = exc
-                errors.append(exc)
+            error = await session_api.flush(session, reason, final=final)
+            if error is not None:
+                errors.append(error)
         return errors
 
     async def _ready(self) -> Repository:
@@ -170,7 +142,7 @@ class AsyncSessionManager:
     def _own(self, session: AsyncSession) -> AsyncSession:
         if not isinstance(session, AsyncSession):
             raise SessionError(f"expected a session object, got {type(session).__name__}")
-        if session._manager is not self:
+        if session_api.host_of(session) is not self._host:
             raise SessionError(f"session {session.name!r} belongs to another manager")
         return session
 
@@ -260,8 +232,8 @@ class AsyncSessionManager:
         messages, a truncation, changed metadata keys), all or nothing."""
         self._own(session)
         await self._ready()
-        session._usable()
-        await session._save()
+        session_api.check_usable(session)
+        await session_api.save(session)
 
     async def list_sessions(self) -> list[SessionInfo]:
         """Every session's :class:`SessionInfo` (one query), oldest first."""
@@ -292,7 +264,8 @@ class AsyncSessionManager:
         and carry a format version. A path is written to a private (0600) temporary file and
         renamed into place when complete. Returns the number of messages written.
         """
-        return await transfer.export_session(self, name, target, format)
+        repo = await self._ready()
+        return await transfer.export_session(repo, name, target, format)
 
     async def import_session(
         self, source: Source, *, name: str | None = None, format: str | None = None
@@ -304,17 +277,22 @@ class AsyncSessionManager:
         writes nothing; an existing name raises :class:`SessionExistsError`. The format is
         detected when ``format`` is None.
         """
-        return await transfer.import_session(self, source, name, format)
+        repo = await self._ready()
+        return self._session(
+            await transfer.import_session(repo, self._config, source, name, format)
+        )
 
     async def export_store(self, target: Target) -> int:
         """Write every session to one JSON Lines stream; returns how many."""
-        return await transfer.export_store(self, target)
+        repo = await self._ready()
+        return await transfer.export_store(repo, target)
 
     async def import_store(self, source: Source) -> list[str]:
         """Import every session of a stream written by :meth:`export_store`, each in its own
         transaction; returns their names. On an error, the sessions imported before it stay
         (the error's notes name them) and the failing one writes nothing."""
-        return await transfer.import_store(self, source)
+        repo = await self._ready()
+        return await transfer.import_store(repo, self._config, source)
 
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.
@@ -325,10 +303,12 @@ class AsyncSessionManager:
         if self._closed:
             return
         task, self._autosave_task = self._autosave_task, None
-        if task is not None:
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        elif task is not None and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)
         errors: list[BaseException] = []
         if self._opened and self._config.autosave_interval > 0:
             errors = await self._flush("flush on close", final=True)
@@ -351,3 +331,25 @@ class AsyncSessionManager:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def blocking_manager(
+    config: SessionConfig, storage: SessionStorage | Repository | None
+) -> AsyncSessionManager:
+    """The manager behind a blocking :class:`~coda_session.SessionManager`: its storage
+    may run on the private loop directly, and autosave is timed by the caller (the loop
+    runs only during calls), through :func:`autosave_once`."""
+    manager = AsyncSessionManager(config, open_repository(config, storage, private_loop=True))
+    manager._autosave_in_loop = False
+    return manager
+
+
+async def autosave_once(manager: AsyncSessionManager) -> None:
+    """One autosave pass, for a caller that times autosaves itself."""
+    if manager._opened and not manager._closed:
+        await manager._flush("autosave")
+
+
+def repository_of(manager: AsyncSessionManager) -> Repository:
+    """The repository a manager runs on."""
+    return manager._repository

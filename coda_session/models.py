@@ -6,21 +6,16 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-__all__ = ["Message", "MessageRecord", "SessionInfo", "SessionRecord", "utcnow"]
+__all__ = ["Message", "MessageRecord", "SessionInfo", "SessionRecord"]
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC (every timestamp the library makes)."""
-    return datetime.now(UTC)
 
 
 class Message(BaseModel):

@@ -5,26 +5,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .codec import encode_message, encode_metadata
+from .config import SessionConfig
 from .errors import (
     InvalidMessageError,
     SessionError,
     SessionNotFoundError,
     SessionTooLargeError,
 )
-from .models import MessageRecord, SessionInfo, SessionRecord, utcnow
-from .repository.protocol import SaveRequest, Truncation
+from .models import MessageRecord, SessionInfo, SessionRecord
+from .repository.base import SaveRequest, Truncation
+from .repository.protocol import Repository
+from .timeutil import utcnow
 
-if TYPE_CHECKING:
-    from .manager import AsyncSessionManager
+__all__ = [
+    "AsyncSession",
+    "SessionHost",
+    "cached_messages",
+    "check_usable",
+    "flush",
+    "host_of",
+    "save",
+]
 
-__all__ = ["AsyncSession"]
+logger = logging.getLogger("coda_session")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHost:
+    """What a session needs from the manager that made it: its configuration, its
+    storage, and a check that it is still open (raises ManagerClosedError)."""
+
+    config: SessionConfig
+    repository: Repository
+    check_open: Callable[[], None]
+
 
 #: The token estimate: characters per token, and tokens of framing per message.
 CHARS_PER_TOKEN = 4
@@ -56,8 +79,8 @@ class AsyncSession:
     the same session meanwhile are kept in storage and show after the next save or load.
     """
 
-    def __init__(self, manager: AsyncSessionManager, record: SessionRecord) -> None:
-        self._manager = manager
+    def __init__(self, host: SessionHost, record: SessionRecord) -> None:
+        self._host = host
         self._id = record.id
         self._name = record.name
         self._created_at = record.created_at
@@ -76,13 +99,16 @@ class AsyncSession:
         self._saving = False  # a save of this object is being written now
         self._inflight: asyncio.Future[None] | None = None
         self._generation = 0  # bumps whenever the stored view changes
-        self._state = threading.Lock()  # the sync shim touches sessions from other threads
+        # the sync shim touches sessions from other threads; re-entrant because a signal
+        # handler may close the manager (and flush this session) while the main thread is
+        # inside one of these methods
+        self._state = threading.RLock()
         self._save_lock: asyncio.Lock | None = None
         self._autosave_error: BaseException | None = None
         self._gone = False  # storage said the session was deleted: nothing left to flush to
 
     def _usable(self) -> None:
-        self._manager._check_open()
+        self._host.check_open()
         error = self._autosave_error
         if error is not None:
             # a background save failed: the caller hears of it on their next call
@@ -91,7 +117,7 @@ class AsyncSession:
 
     @property
     def _cache_size(self) -> int:
-        return self._manager.config.message_cache_size
+        return self._host.config.message_cache_size
 
     # -- properties -------------------------------------------------------------------
 
@@ -155,7 +181,7 @@ class AsyncSession:
         ``timestamp`` defaults to now (UTC, ISO-8601). Raises
         :class:`~coda_session.InvalidMessageError` before changing anything.
         """
-        record = encode_message(message, compress=self._manager.config.compress_messages)
+        record = encode_message(message, compress=self._host.config.compress_messages)
         self._usable()
         with self._state:
             self._check_room(record.byte_size())
@@ -164,7 +190,7 @@ class AsyncSession:
 
     def set_messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
         """Replace every message (validated first: one bad message changes nothing)."""
-        compress = self._manager.config.compress_messages
+        compress = self._host.config.compress_messages
         records = [encode_message(m, compress=compress) for m in messages]
         self._usable()
         with self._state:
@@ -197,7 +223,7 @@ class AsyncSession:
             self._meta_patch.update(patch)
 
     def _limit(self) -> int:
-        return self._manager.config.max_session_bytes
+        return self._host.config.max_session_bytes
 
     def _check_room(self, more: int) -> None:
         # the stored size is known exactly unless a truncation is pending; then the save,
@@ -265,9 +291,7 @@ class AsyncSession:
             records, want, generation, pending = self._plan(limit)
             upto = self._upto
         if records is None:
-            stored = await self._manager._repository.read_messages(
-                self._id, upto_id=upto, limit=want
-            )
+            stored = await self._host.repository.read_messages(self._id, upto_id=upto, limit=want)
             with self._state:
                 if generation == self._generation and self._cache_size:
                     self._cache = stored[-self._cache_size :]
@@ -294,7 +318,7 @@ class AsyncSession:
             # get_messages() answers from
             chars, count = sum(r.text_length() for r in cached), len(cached)
         elif stored:
-            chars, count = await self._manager._repository.text_length(
+            chars, count = await self._host.repository.text_length(
                 self._id, upto_id=upto, limit=stored
             )
         chars += sum(r.text_length() for r in pending)
@@ -342,7 +366,7 @@ class AsyncSession:
         self, request: SaveRequest, patch: dict[str, Any], stored_before: int, upto: int
     ) -> None:
         try:
-            result = await self._manager._repository.save(request)
+            result = await self._host.repository.save(request)
         except BaseException as exc:
             if isinstance(exc, SessionNotFoundError):
                 self._gone = True
@@ -378,3 +402,53 @@ class AsyncSession:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} messages={self.message_count}>"
+
+
+def host_of(session: AsyncSession) -> SessionHost:
+    """The host (manager side) that made ``session``."""
+    return session._host
+
+
+def check_usable(session: AsyncSession) -> None:
+    """Raise ManagerClosedError, or the failure of a background save nobody heard of yet."""
+    session._usable()
+
+
+async def save(session: AsyncSession) -> None:
+    """Write the session's unsaved changes (``manager.save_session``)."""
+    await session._save()
+
+
+def cached_messages(session: AsyncSession, limit: int | None = None) -> list[dict[str, Any]] | None:
+    """``get_messages(limit)`` when it can be answered without reading storage, else None
+    (the blocking API answers such calls without running its loop)."""
+    return session._cached_messages(limit)
+
+
+async def flush(session: AsyncSession, reason: str, *, final: bool) -> BaseException | None:
+    """Save ``session`` if it has unsaved changes, for an autosave or the flush on close.
+
+    A failure is logged (names only, never content), kept on the session for its next
+    call, and returned. A session whose autosave failed is left alone until the final
+    flush, which retries it (and returns a failure nobody has heard of yet, so ``close()``
+    can raise it).
+    """
+    pending = session._autosave_error
+    if session._gone:
+        if final and pending is not None and session.has_unsaved_changes:
+            session._autosave_error = None
+            return pending
+        return None
+    if pending is not None:
+        if not final:
+            return None
+        session._autosave_error = None  # retried now; a new failure is raised
+    if not session.has_unsaved_changes:
+        return None
+    try:
+        await session._save()
+    except Exception as exc:
+        logger.warning("%s of session %r failed: %s", reason, session.name, exc)
+        session._autosave_error = exc
+        return exc
+    return None

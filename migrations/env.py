@@ -23,8 +23,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from coda_session.config import SessionConfig
-from coda_session.migrate import adopt_unversioned
 from coda_session.repository.sql.engine import create_engine
+from coda_session.repository.sql.schema import adopt_unversioned
 from coda_session.repository.sql.tables import Base
 
 config = context.config

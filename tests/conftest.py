@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 
 from coda_session import AsyncSessionManager, SessionConfig, SessionManager
-from coda_session.manager import build_repository
-from coda_session.repository import MemoryRepository, Repository
+from coda_session.repository import Repository, open_repository
+from coda_session.repository.memory import MemoryRepository
 from coda_session.repository.sql import SqlRepository
 
 BACKENDS = ["memory", "sqlite", "sqlite-core"]
@@ -42,7 +42,7 @@ class Store:
             return self._memory
         if self.backend == "sqlite-core":
             return SqlRepository(self.config, fast_path=False)
-        return build_repository(self.config, private_loop=private_loop)
+        return open_repository(self.config, private_loop=private_loop)
 
     def async_manager(self, **overrides: Any) -> AsyncSessionManager:
         config = self.config.model_copy(update=overrides) if overrides else self.config

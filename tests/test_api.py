@@ -110,3 +110,30 @@ def test_trusted_session_info_equals_a_validated_one() -> None:
     assert fast == slow and fast.model_dump() == slow.model_dump()
     assert fast.model_fields_set == slow.model_fields_set
     assert repr(fast) == repr(slow) and hash(fast.name) == hash(slow.name)
+
+
+def test_memory_backend_loads_no_sql_stack(tmp_path: Path) -> None:
+    """`import coda_session` and a whole session's life on the memory backend (export and
+    import included) load neither the SQLite driver nor the SQL backend."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import coda_session
+from coda_session import SessionManager
+with SessionManager({{"session": {{"backend": "memory"}}}}) as m:
+    s = m.create_session("x")
+    s.add_message({{"role": "user", "content": "hi"}})
+    m.save_session(s)
+    m.export_session("x", {str(tmp_path / "x.jsonl")!r})
+    m.import_session({str(tmp_path / "x.jsonl")!r}, name="y")
+    assert [i.name for i in m.list_sessions()] == ["x", "y"]
+loaded = sorted(n for n in sys.modules if n.startswith(("aiosqlite", "coda_session.repository.sql")))
+print(loaded)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

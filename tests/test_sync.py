@@ -189,10 +189,10 @@ def test_close_cancels_a_call_that_does_not_end_and_never_hangs(
     import os
     import time
 
-    from coda_session import sync
+    from coda_session import runtime
 
-    monkeypatch.setattr(sync, "CLOSE_WAIT", 0.3)
-    monkeypatch.setattr(sync, "CANCEL_WAIT", 0.3)
+    monkeypatch.setattr(runtime, "CLOSE_WAIT", 0.3)
+    monkeypatch.setattr(runtime, "CANCEL_WAIT", 0.3)
     m = store.sync_manager()
     m.save_session(m.create_session("before"))
     read_end, write_end = os.pipe()

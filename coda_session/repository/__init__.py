@@ -1,6 +1,9 @@
-"""Storage backends behind one protocol."""
+"""Storage backends behind one protocol.
 
-from .memory import MemoryRepository
-from .protocol import Repository, SaveRequest, SaveResult, Truncation
+Importing this package loads no backend: the SQL one (and its drivers) is imported only
+when a configuration asks for it.
+"""
 
-__all__ = ["MemoryRepository", "Repository", "SaveRequest", "SaveResult", "Truncation"]
+from .protocol import Repository, open_repository
+
+__all__ = ["Repository", "open_repository"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .protocol import Repository, SaveRequest, SaveResult, collect_import
+from .base import SaveRequest, SaveResult, collect_import
 
 __all__ = ["MemoryRepository"]
 
@@ -31,7 +31,7 @@ def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]
     return messages[:end]
 
 
-class MemoryRepository(Repository):
+class MemoryRepository:
     """Sessions kept in this process only. Stores messages in their encoded form, exactly
     as the SQL backend does, so both behave the same."""
 

@@ -2,84 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import SessionTooLargeError
+from ..config import SessionConfig
+from ..errors import InvalidConfigError
 from ..models import MessageRecord, SessionInfo, SessionRecord
+from .base import SaveRequest, SaveResult
+from .custom import SessionStorage, StorageAdapter
+from .memory import MemoryRepository
 
-__all__ = [
-    "Repository",
-    "SaveRequest",
-    "SaveResult",
-    "Truncation",
-    "check_import_size",
-    "collect_import",
-]
-
-
-def check_import_size(name: str, size: int, max_bytes: int | None) -> None:
-    """SessionTooLargeError once an import's running size passes ``max_bytes``."""
-    if max_bytes is not None and size > max_bytes:
-        raise SessionTooLargeError(name, size, max_bytes)
-
-
-async def collect_import(
-    name: str, batches: AsyncIterator[Sequence[MessageRecord]], max_bytes: int | None
-) -> tuple[list[MessageRecord], int]:
-    """Every message of an import's batches and their size, checked as they come (for
-    backends that store the whole session at the end)."""
-    messages: list[MessageRecord] = []
-    size = 0
-    async for batch in batches:
-        messages.extend(batch)
-        size += sum(m.byte_size() for m in batch)
-        check_import_size(name, size, max_bytes)
-    return messages, size
-
-
-@dataclass(slots=True, frozen=True)
-class Truncation:
-    """Keep only the newest ``keep`` of the session's messages with ``id <= upto_id``.
-
-    Bounding by ``upto_id`` (the newest message the caller had seen) means messages that
-    another writer saved in the meantime are never removed by this caller's truncation.
-    """
-
-    upto_id: int
-    keep: int
-
-
-@dataclass(slots=True, frozen=True)
-class SaveRequest:
-    """The delta one save writes, all or nothing."""
-
-    session_id: str
-    name: str
-    updated_at: datetime
-    messages: Sequence[MessageRecord]
-    truncation: Truncation | None = None
-    metadata_patch: Mapping[str, Any] | None = None
-    max_bytes: int | None = None
-    """Refuse (SessionTooLargeError, nothing written) a save that grows the session past
-    this many stored bytes."""
-
-
-@dataclass(slots=True, frozen=True)
-class SaveResult:
-    """What storage holds for the session after a save."""
-
-    ids: list[int]
-    message_count: int
-    size_bytes: int
-    last_message_id: int
-    metadata: dict[str, Any] | None
-    """The session's stored metadata after the save (None: the backend did not say)."""
-    previous_last_id: int = -1
-    """The session's newest message id before this save (-1: unknown). Equal to the
-    truncation/view bound the caller had, it proves nobody else appended meanwhile."""
+__all__ = ["Repository", "open_repository"]
 
 
 @runtime_checkable
@@ -159,3 +92,28 @@ class Repository(Protocol):
         """(characters of role + content + extra keys, message count) of the newest
         ``limit`` messages with ``id <= upto_id``, summed by the storage."""
         ...
+
+
+def open_repository(
+    config: SessionConfig, storage: Any = None, *, private_loop: bool = False
+) -> Repository:
+    """The repository for a configuration, or the one that serves ``storage``.
+
+    ``storage`` is a :class:`~coda_session.SessionStorage` of the caller's, or a ready
+    repository. ``private_loop`` says the caller's event loop serves no one else (the
+    blocking API's), so the SQLite backend may run its short transactions on it directly.
+    The SQL backend is imported only here, so a memory-only program never loads it.
+    """
+    if storage is None:
+        if config.backend == "memory":
+            return MemoryRepository()
+        from .sql import SqlRepository
+
+        return SqlRepository(config, inline=private_loop)
+    if isinstance(storage, SessionStorage):
+        return StorageAdapter(storage)
+    if isinstance(storage, Repository):
+        return storage
+    raise InvalidConfigError(
+        f"storage must be a SessionStorage or a Repository, not {type(storage).__name__}"
+    )

@@ -20,9 +20,9 @@ from sqlalchemy.engine import Connection
 from ...codec import decode_metadata, dumps_metadata
 from ...errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord, _trusted_info
-from ..protocol import SaveRequest, SaveResult
+from ...timeutil import from_db_timestamp, to_sqlite_timestamp
+from ..base import SaveRequest, SaveResult
 from . import statements as q
-from .tables import from_db_timestamp, to_sqlite_timestamp
 
 __all__ = ["AlchemyExecutor", "Executor", "RawExecutor"]
 

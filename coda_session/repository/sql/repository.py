@@ -20,7 +20,7 @@ from ...errors import (
     StorageError,
 )
 from ...models import MessageRecord, SessionInfo, SessionRecord
-from ..protocol import Repository, SaveRequest, SaveResult, check_import_size
+from ..base import SaveRequest, SaveResult, check_import_size
 from . import ops
 from .engine import (
     WRITE_OPTION,
@@ -34,6 +34,7 @@ from .engine import (
     sqlite_path,
 )
 from .errors import translate_errors
+from .schema import ensure_schema, migration_guard
 
 __all__ = ["SqlRepository"]
 
@@ -55,7 +56,7 @@ LOOP_MAX_ROWS = 200
 LOOP_WAL_PAGES = 800
 
 
-class SqlRepository(Repository):
+class SqlRepository:
     """Sessions in a SQL database through SQLAlchemy 2 (async).
 
     On SQLite every operation runs as one transaction in a single trip to the connection's
@@ -125,8 +126,6 @@ class SqlRepository(Repository):
             raise ManagerClosedError("the storage was closed")
         if self._engine is not None:
             return
-        from ...migrate import ensure_schema, migration_guard
-
         with translate_errors("opening the database"):
             migrator = create_engine(self._config, self._url, migrations=True)
             try:
@@ -274,6 +273,19 @@ class SqlRepository(Repository):
             return fn(self._inline, *args)
         assert self._raw is not None
         return await on_thread(self._raw, fn, self._raw._conn, *args)
+
+    async def run_on_connection(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Test hook: run ``fn`` with the SQLite writer connection, on that connection's
+        own thread (the fast path only; StorageError otherwise). For tests that play a
+        fault SQLite's own way (``PRAGMA max_page_count``) or read the connection's PRAGMAs;
+        not part of the storage contract."""
+        if self._engine is None:
+            await self.open()
+        if self._inline is not None:
+            return fn(self._inline)
+        if self._raw is None:
+            raise StorageError("this repository runs on the SQLAlchemy engine: no raw connection")
+        return await on_thread(self._raw, fn, self._raw._conn)
 
     async def import_session(
         self,

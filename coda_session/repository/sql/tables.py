@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from ...timeutil import from_db_timestamp, to_sqlite_timestamp
 
 __all__ = [
     "Base",
@@ -17,8 +19,6 @@ __all__ = [
     "SessionRow",
     "TextTimestamp",
     "UtcTimestamp",
-    "from_db_timestamp",
-    "to_sqlite_timestamp",
 ]
 
 NAMING_CONVENTION = {
@@ -28,28 +28,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def to_sqlite_timestamp(value: datetime) -> str:
-    """How a session timestamp is stored in SQLite: ISO-8601 in UTC with its offset."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime")
-    return value.astimezone(UTC).isoformat()
-
-
-def from_db_timestamp(value: Any) -> datetime:
-    """A stored session timestamp as an aware UTC datetime (naive values are taken as UTC,
-    as SQLite's CURRENT_TIMESTAMP writes them)."""
-    if type(value) is str:
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is UTC:  # how this library writes them: nothing to convert
-            return parsed
-        value = parsed
-    if not isinstance(value, datetime):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 class UtcTimestamp(TypeDecorator[datetime]):

@@ -12,18 +12,18 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel, Field
 
-from .codec import encode_message
-from .errors import (
+from ..codec import encode_message
+from ..errors import (
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
     SessionTooLargeError,
     StorageError,
 )
-from .models import MessageRecord, SessionInfo, SessionRecord
-from .repository.protocol import Repository, SaveRequest, SaveResult, collect_import
+from ..models import MessageRecord, SessionInfo, SessionRecord
+from .base import SaveRequest, SaveResult, collect_import
 
-__all__ = ["SessionData", "SessionStorage", "StorageAdapter"]
+__all__ = ["SessionData", "SessionStorage", "StorageAdapter", "running_storage"]
 
 T = TypeVar("T")
 
@@ -87,7 +87,7 @@ def running_storage() -> StorageAdapter | None:
     return adapter
 
 
-class StorageAdapter(Repository):
+class StorageAdapter:
     """Serves the repository protocol from a :class:`SessionStorage`.
 
     Message ids are positions (1..n) in the stored list, which is enough for a store that

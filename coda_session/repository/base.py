@@ -1,0 +1,85 @@
+"""What every backend shares: the save delta and its result, and the import size check.
+
+The lowest layer of the repository package: the backends and the protocol import it, it
+imports neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..errors import SessionTooLargeError
+from ..models import MessageRecord
+
+__all__ = [
+    "SaveRequest",
+    "SaveResult",
+    "Truncation",
+    "check_import_size",
+    "collect_import",
+]
+
+
+def check_import_size(name: str, size: int, max_bytes: int | None) -> None:
+    """SessionTooLargeError once an import's running size passes ``max_bytes``."""
+    if max_bytes is not None and size > max_bytes:
+        raise SessionTooLargeError(name, size, max_bytes)
+
+
+async def collect_import(
+    name: str, batches: AsyncIterator[Sequence[MessageRecord]], max_bytes: int | None
+) -> tuple[list[MessageRecord], int]:
+    """Every message of an import's batches and their size, checked as they come (for
+    backends that store the whole session at the end)."""
+    messages: list[MessageRecord] = []
+    size = 0
+    async for batch in batches:
+        messages.extend(batch)
+        size += sum(m.byte_size() for m in batch)
+        check_import_size(name, size, max_bytes)
+    return messages, size
+
+
+@dataclass(slots=True, frozen=True)
+class Truncation:
+    """Keep only the newest ``keep`` of the session's messages with ``id <= upto_id``.
+
+    Bounding by ``upto_id`` (the newest message the caller had seen) means messages that
+    another writer saved in the meantime are never removed by this caller's truncation.
+    """
+
+    upto_id: int
+    keep: int
+
+
+@dataclass(slots=True, frozen=True)
+class SaveRequest:
+    """The delta one save writes, all or nothing."""
+
+    session_id: str
+    name: str
+    updated_at: datetime
+    messages: Sequence[MessageRecord]
+    truncation: Truncation | None = None
+    metadata_patch: Mapping[str, Any] | None = None
+    max_bytes: int | None = None
+    """Refuse (SessionTooLargeError, nothing written) a save that grows the session past
+    this many stored bytes."""
+
+
+@dataclass(slots=True, frozen=True)
+class SaveResult:
+    """What storage holds for the session after a save."""
+
+    ids: list[int]
+    message_count: int
+    size_bytes: int
+    last_message_id: int
+    metadata: dict[str, Any] | None
+    """The session's stored metadata after the save (None: the backend did not say)."""
+    previous_last_id: int = -1
+    """The session's newest message id before this save (-1: unknown). Equal to the
+    truncation/view bound the caller had, it proves nobody else appended meanwhile."""

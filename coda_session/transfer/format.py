@@ -1,0 +1,321 @@
+"""The export format: its lines and headers, and a streaming reader for it (no I/O of its own).
+
+Format (version 1). JSON Lines, one session::
+
+    {"coda_session": 1, "kind": "session", "id": ..., "name": ..., "created_at": ...,
+     "updated_at": ..., "metadata": {...}}
+    {"role": "user", "content": "Hello!", "timestamp": "...", ...}     one line per message
+    {"coda_session": 1, "kind": "end", "message_count": 2}
+
+A whole store is one JSON Lines stream: ``{"coda_session": 1, "kind": "store"}`` and then
+one such block per session. JSON, one session: the same header fields and the messages in
+one object, ``{"coda_session": 1, "kind": "session", ..., "messages": [...],
+"message_count": 2}`` (one message per line, so it streams too). Any JSON object with a
+``"messages"`` list (and optional ``"metadata"``) imports as well, e.g. the spec's
+hand-written export, given a ``name``.
+
+The end line (``message_count`` after the messages in JSON) proves the file is whole:
+a truncated or malformed file raises :class:`FileFormatError` naming the line, and an
+import writes nothing unless the whole session is valid (one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any
+
+from ..codec import check_name, encode_message, encode_metadata
+from ..errors import FileFormatError, InvalidMessageError
+from ..models import MessageRecord, SessionRecord
+from ..timeutil import from_db_timestamp, utcnow
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Event",
+    "check_end",
+    "dumps",
+    "end_line",
+    "events",
+    "guarded",
+    "header",
+    "jsonl_events",
+    "message",
+    "session_record",
+]
+
+FORMAT_VERSION = 1
+
+Event = tuple[str, Any, int]  # ("session" | "message" | "end", payload, line)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def header(record: SessionRecord) -> dict[str, Any]:
+    return {
+        "coda_session": FORMAT_VERSION,
+        "kind": "session",
+        "id": record.id,
+        "name": record.name,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "metadata": record.metadata,
+    }
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
+    number = 0
+    in_session = False
+    for number, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(item, dict):
+            raise FileFormatError(f"{where}: line {number}: expected a JSON object")
+        # a message may carry any extra keys, "kind" included: control lines have no role
+        kind = item.get("kind") if "coda_session" in item and "role" not in item else None
+        if kind is not None and item.get("coda_session") != FORMAT_VERSION:
+            raise FileFormatError(
+                f"{where}: line {number}: format version {item.get('coda_session')!r} "
+                f"is not one this library reads ({FORMAT_VERSION})"
+            )
+        if kind == "store" and not in_session:
+            continue
+        if kind == "session" and not in_session:
+            in_session = True
+            yield ("session", item, number)
+        elif kind == "end" and in_session:
+            in_session = False
+            yield ("end", item, number)
+        elif kind is None and in_session:
+            yield ("message", item, number)
+        else:
+            what = "a message line" if kind is None else f"a {kind!r} line"
+            raise FileFormatError(f"{where}: line {number}: {what} out of place")
+    if in_session:
+        raise FileFormatError(
+            f"{where}: the file ends after line {number} inside a session without its end "
+            "line: it is truncated"
+        )
+
+
+class JsonStream:
+    """Just enough of an incremental JSON reader to stream ``{..., "messages": [...]}``."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, fh: IO[str], where: str) -> None:
+        self.fh, self.where = fh, where
+        self.buf, self.pos, self.eof, self.lines = "", 0, False, 0
+        self.decoder = json.JSONDecoder()
+
+    def line(self) -> int:
+        return self.lines + self.buf.count("\n", 0, self.pos) + 1
+
+    def error(self, problem: str) -> FileFormatError:
+        return FileFormatError(f"{self.where}: line {self.line()}: {problem}")
+
+    def more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.fh.read(self.CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.lines += self.buf.count("\n", 0, self.pos)
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return True
+
+    def peek(self) -> str:
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def take(self, char: str) -> None:
+        found = self.peek()
+        if found != char:
+            shown = repr(found) if found else "the end of the file (truncated?)"
+            raise self.error(f"expected {char!r}, found {shown}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        if not self.peek():
+            raise self.error("unexpected end of the file (truncated?)")
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    if exc.pos >= len(self.buf.rstrip()):
+                        raise self.error("the file ends inside a value: it is truncated") from None
+                    raise self.error(f"not valid JSON ({exc.msg})") from None
+            self.more()  # the value may go on in the next chunk
+
+
+def json_events(fh: IO[str], where: str) -> Iterator[Event]:
+    stream = JsonStream(fh, where)
+    stream.take("{")
+    header: dict[str, Any] = {}
+    seen_messages = False
+    count = 0
+    if stream.peek() == "}":
+        stream.pos += 1
+    else:
+        while True:
+            key = stream.value()
+            if not isinstance(key, str):
+                raise stream.error("expected a key")
+            stream.take(":")
+            if key == "messages" and not seen_messages:
+                seen_messages = True
+                yield ("session", dict(header), stream.line())
+                header = {}
+                stream.take("[")
+                if stream.peek() == "]":
+                    stream.pos += 1
+                else:
+                    while True:
+                        line = stream.line()
+                        yield ("message", stream.value(), line)
+                        count += 1
+                        if stream.peek() == ",":
+                            stream.pos += 1
+                            continue
+                        stream.take("]")
+                        break
+            else:
+                header[key] = stream.value()
+            if stream.peek() == ",":
+                stream.pos += 1
+                continue
+            stream.take("}")
+            break
+    if stream.peek():
+        raise stream.error("unexpected data after the JSON object")
+    if not seen_messages:
+        raise FileFormatError(f"{where}: the JSON object has no 'messages' list")
+    header.setdefault("message_count", count)
+    yield ("end", header, stream.line())
+
+
+def events(fh: IO[str], where: str, fmt: str | None) -> Iterator[Event]:
+    if fmt is None:
+        first = fh.readline()
+        fmt = "json"
+        try:
+            head = json.loads(first)
+            if (
+                isinstance(head, dict)
+                and head.get("kind") in ("session", "store")
+                and ("coda_session" in head)
+            ):
+                fmt = "jsonl"
+        except json.JSONDecodeError:
+            pass
+        try:
+            fh.seek(0)
+        except (OSError, ValueError) as exc:
+            raise FileFormatError(
+                f"{where}: cannot detect the format of a stream that cannot seek: pass format="
+            ) from exc
+    if fmt == "jsonl":
+        return jsonl_events(fh, where)
+    if fmt == "json":
+        return json_events(fh, where)
+    raise FileFormatError(f"unknown import format {fmt!r} (use 'jsonl' or 'json')")
+
+
+def guarded(events: Iterator[Event], where: str) -> Iterator[Event]:
+    try:
+        yield from events
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{where}: the file is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise FileFormatError(f"{where}: cannot read the file: {exc}") from exc
+
+
+def parse_when(value: Any, field: str, where: str, line: int) -> datetime:
+    if value is None:
+        return utcnow()
+    try:
+        return from_db_timestamp(value)
+    except (TypeError, ValueError):
+        raise FileFormatError(
+            f"{where}: line {line}: {field} {value!r:.40} is not a date-time"
+        ) from None
+
+
+def session_record(
+    header: dict[str, Any], name: str | None, where: str, line: int
+) -> SessionRecord:
+    chosen = name if name is not None else header.get("name")
+    if chosen is None:
+        raise FileFormatError(f"{where}: line {line}: the file names no session: pass name=")
+    try:
+        chosen = check_name(chosen)
+        metadata = encode_metadata(header.get("metadata") or {})
+    except InvalidMessageError as exc:
+        raise FileFormatError(f"{where}: line {line}: {exc}") from exc
+    created = parse_when(header.get("created_at"), "created_at", where, line)
+    return SessionRecord(
+        id=str(uuid.uuid4()),
+        name=chosen,
+        created_at=created,
+        updated_at=parse_when(
+            header.get("updated_at", created.isoformat()), "updated_at", where, line
+        ),
+        metadata=metadata,
+        message_count=0,
+        size_bytes=0,
+        last_message_id=0,
+    )
+
+
+def message(payload: Any, *, compress: bool, where: str, line: int, number: int) -> MessageRecord:
+    """One message line validated as ``add_message`` does (FileFormatError naming the line)."""
+    try:
+        return encode_message(payload, compress=compress)
+    except InvalidMessageError as exc:
+        raise FileFormatError(f"{where}: line {line}: message {number}: {exc}") from exc
+
+
+def check_end(payload: dict[str, Any], count: int, where: str, line: int) -> dict[str, Any] | None:
+    """Check an end line against the messages read; returns the metadata it carries (a JSON
+    file may give its metadata after the messages), or None."""
+    expected = payload.get("message_count")
+    if expected is not None and expected != count:
+        raise FileFormatError(
+            f"{where}: line {line}: the end line counts {expected!r} messages but "
+            f"{count} were read: the file is damaged"
+        )
+    if "metadata" not in payload:
+        return None
+    try:
+        return encode_metadata(payload["metadata"] or {})
+    except InvalidMessageError as exc:
+        raise FileFormatError(f"{where}: line {line}: {exc}") from exc
+
+
+def end_line(count: int) -> dict[str, Any]:
+    """The JSON Lines end line of a session of ``count`` messages."""
+    return {"coda_session": FORMAT_VERSION, "kind": "end", "message_count": count}
