@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,7 +113,9 @@ class SessionConfig(BaseModel):
         """Validate the spec's ``{"session": {...}}`` dict.
 
         Other top-level sections are ignored (they belong to the rest of the application);
-        ``None`` or a dict without ``"session"`` gives the defaults.
+        ``None`` or a dict without ``"session"`` gives the defaults. Without a ``"session"``
+        table, a top-level setting (``{"backend": ...}``) or a near miss of ``"session"``
+        (``"sesion"``, ``"Session"``) is a mistake and raises InvalidConfigError.
         """
         if isinstance(config, SessionConfig):
             return config
@@ -122,6 +125,8 @@ class SessionConfig(BaseModel):
             raise InvalidConfigError(
                 f"config must be a mapping like {{'session': {{...}}}}, not {type(config).__name__}"
             )
+        if "session" not in config:
+            _check_no_session_table(config)
         section = config.get("session", {})
         if not isinstance(section, Mapping):
             raise InvalidConfigError(
@@ -155,3 +160,24 @@ class SessionConfig(BaseModel):
                     shown = shown[:57] + "..."
                 problems.append(f"{where}: {err['msg']} (got {shown})")
             raise InvalidConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _check_no_session_table(config: Mapping[Any, Any]) -> None:
+    """A config without ``"session"``: refuse what was meant as session settings."""
+    keys = [key for key in config if isinstance(key, str)]
+    settings = [key for key in keys if key in SessionConfig.model_fields]
+    if settings:
+        named = ", ".join(map(repr, settings))
+        example = ", ".join(f"{key!r}: ..." for key in settings)
+        raise InvalidConfigError(
+            f"invalid configuration: session settings at the top level of the config: {named}; "
+            f"settings must be inside the 'session' table: {{'session': {{{example}}}}}"
+        )
+    for key in keys:
+        if isinstance(config[key], Mapping) and difflib.get_close_matches(
+            key.lower(), ["session"], n=1, cutoff=0.8
+        ):
+            raise InvalidConfigError(
+                f"invalid configuration: the config has no 'session' table but a {key!r} "
+                "table: did you mean 'session'?"
+            )

@@ -651,6 +651,11 @@ def test_bad_config(
         pytest.param({"session": "sqlite"}, id="section-string"),
         pytest.param({"session": None}, id="section-none"),
         pytest.param({"session": [("backend", "memory")]}, id="section-list"),
+        pytest.param({"backend": "memory"}, id="unwrapped"),
+        pytest.param({"storage_path": "/tmp/never", "ui": {}}, id="unwrapped-with-ui"),
+        pytest.param({"sesion": {"backend": "memory"}}, id="misspelt"),
+        pytest.param({"sessions": {"backend": "memory"}}, id="plural"),
+        pytest.param({"Session": {"backend": "memory"}}, id="capital"),
     ],
 )
 def test_bad_config_shape(config: Any) -> None:

@@ -86,3 +86,56 @@ def test_explicit_url(tmp_path: Path) -> None:
     assert (tmp_path / "custom.db").is_file()
     with SessionManager({"session": {"database_url": url}}) as m:
         assert m.load_session("x").get_messages()[0]["content"] == "hi"
+
+
+# -- settings outside the [session] table ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({"backend": "memory"}, id="backend"),
+        pytest.param({"storage_path": "/srv/chats", "ui": {"theme": "dark"}}, id="path-and-ui"),
+        pytest.param({"database_url": "sqlite+aiosqlite:////srv/chats.db"}, id="url"),
+    ],
+)
+def test_settings_outside_the_session_table_are_rejected(config: dict[str, object]) -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig.from_mapping(config)
+    message = str(info.value)
+    assert "settings must be inside the 'session' table: {'session': {" in message
+    assert next(iter(config)) in message
+
+
+@pytest.mark.parametrize("wrapper", ["sesion", "sessions", "Session", "SESSION", "sessoin"])
+def test_misspelt_session_table_is_rejected(wrapper: str) -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig.from_mapping({wrapper: {"backend": "memory"}})
+    assert "did you mean 'session'?" in str(info.value)
+    assert repr(wrapper) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(None, id="none"),
+        pytest.param({}, id="empty"),
+        pytest.param({"ui": {"theme": "dark"}}, id="ui"),
+        pytest.param({"version": {"major": 1}, "llm": {"model": "x"}}, id="version-llm"),
+        pytest.param({"permission": {"mode": "ask"}, "sessions_ui": {}}, id="lookalikes"),
+    ],
+)
+def test_other_top_level_sections_still_give_the_defaults(config: dict[str, object] | None) -> None:
+    assert SessionConfig.from_mapping(config) == SessionConfig()
+
+
+def test_toml_settings_outside_the_session_table(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('backend = "memory"\n')
+    with pytest.raises(InvalidConfigError, match="inside the 'session' table"):
+        SessionConfig.from_toml(f)
+    f.write_text('[sesion]\nbackend = "memory"\n')
+    with pytest.raises(InvalidConfigError, match="did you mean 'session'"):
+        SessionConfig.from_toml(f)
+    f.write_text('[ui]\ntheme = "dark"\n[session]\nbackend = "memory"\n')
+    assert SessionConfig.from_toml(f).backend == "memory"
