@@ -6,9 +6,10 @@ import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -25,7 +26,8 @@ class SessionConfig(BaseModel):
 
     Build it with :meth:`from_mapping` (the spec's ``{"session": {...}}`` dict) or
     :meth:`from_toml` (a TOML file with a ``[session]`` table); unknown keys, wrong types and
-    impossible values raise :class:`~coda_session.InvalidConfigError` naming the key.
+    impossible values raise :class:`~coda_session.InvalidConfigError` naming the key, and so
+    do ``SessionConfig(...)`` and :meth:`model_validate`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
@@ -49,6 +51,30 @@ class SessionConfig(BaseModel):
     """The most saved messages kept in memory per session object."""
     busy_timeout: float = Field(default=5.0, ge=0, le=3600)
     """Seconds a write waits for another process's lock before giving up."""
+
+    if not TYPE_CHECKING:
+        # (hidden from mypy, so the pydantic plugin still types the keyword arguments)
+        def __init__(self, /, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise _config_error(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Validate a dict of settings (no ``"session"`` wrapper); raises InvalidConfigError."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        """Validate a JSON object of settings; raises InvalidConfigError."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
 
     @field_validator("storage_path", mode="before")
     @classmethod
@@ -148,18 +174,31 @@ class SessionConfig(BaseModel):
 
     @classmethod
     def _validate_section(cls, section: Mapping[str, Any]) -> SessionConfig:
-        try:
-            return cls.model_validate(dict(section))
-        except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                key = ".".join(str(part) for part in err["loc"])
-                where = f"session.{key}" if key else "session"
-                shown = repr(err.get("input"))
-                if len(shown) > 60:
-                    shown = shown[:57] + "..."
-                problems.append(f"{where}: {err['msg']} (got {shown})")
-            raise InvalidConfigError("invalid configuration: " + "; ".join(problems)) from None
+        return cls.model_validate(dict(section))
+
+
+def _config_error(exc: ValidationError) -> InvalidConfigError:
+    """pydantic's errors as one message naming each key: ``session.<key>: <problem>``."""
+    return InvalidConfigError("invalid configuration: " + "; ".join(map(_problem, exc.errors())))
+
+
+def _problem(err: ErrorDetails) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    message = err["msg"]
+    if err["type"] == "value_error" and "ctx" in err:
+        message = str(err["ctx"]["error"])  # without pydantic's "Value error, " prefix
+    if not key:  # a check across keys: its input is the whole table
+        return f"session: {message}"
+    shown = repr(err.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    problem = f"session.{key}: {message} (got {shown})"
+    if err["type"] == "extra_forbidden":
+        fields = list(SessionConfig.model_fields)
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problem += f"; {hint}valid keys: {', '.join(fields)}"
+    return problem
 
 
 def _check_no_session_table(config: Mapping[Any, Any]) -> None:

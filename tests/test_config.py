@@ -139,3 +139,31 @@ def test_toml_settings_outside_the_session_table(tmp_path: Path) -> None:
         SessionConfig.from_toml(f)
     f.write_text('[ui]\ntheme = "dark"\n[session]\nbackend = "memory"\n')
     assert SessionConfig.from_toml(f).backend == "memory"
+
+
+# -- direct construction -------------------------------------------------------------------
+
+
+def test_direct_construction_raises_invalid_config_error() -> None:
+    expected = "session.bogus: Extra inputs are not permitted (got 1)"
+    for build in (
+        lambda: SessionConfig(bogus=1),  # type: ignore[call-arg]
+        lambda: SessionConfig.model_validate({"bogus": 1}),
+        lambda: SessionConfig.model_validate_json('{"bogus": 1}'),
+        lambda: SessionConfig.from_mapping({"session": {"bogus": 1}}),
+    ):
+        with pytest.raises(InvalidConfigError) as info:
+            build()
+        assert expected in str(info.value)
+        assert "valid keys: backend, storage_path, database_url" in str(info.value)
+    with pytest.raises(InvalidConfigError, match=r"session\.connection_pool_size"):
+        SessionConfig(connection_pool_size=0)
+    with pytest.raises(InvalidConfigError, match=r"session\.backend"):
+        SessionConfig.model_validate({"backend": "redis"})
+
+
+def test_model_copy_update_still_works(tmp_path: Path) -> None:
+    c = SessionConfig(storage_path=tmp_path)
+    copy = c.model_copy(update={"autosave_interval": 0, "message_cache_size": 0})
+    assert (copy.autosave_interval, copy.message_cache_size) == (0, 0)
+    assert copy.storage_path == tmp_path and c.autosave_interval == 300
