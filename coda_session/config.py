@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,8 +111,23 @@ class SessionConfig(BaseModel):
             url = make_url(value)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL: {exc}") from None
-        if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
-            raise ValueError("SQLite URLs must use the async driver: sqlite+aiosqlite://")
+        # the dialect create_async_engine would pick (hence _is_async), loaded by SQLAlchemy
+        try:
+            dialect = url.get_dialect(_is_async=True)
+        except (ArgumentError, ImportError, AttributeError):
+            raise ValueError(f"unknown database dialect {url.drivername + '://'!r}") from None
+        if not dialect.is_async:
+            forms = _async_forms(url.get_backend_name())
+            hint = f"use {' or '.join(forms)}" if forms else "use an async driver"
+            raise ValueError(f"{url.drivername}:// is not an async driver; {hint}")
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            module = exc.name or url.get_driver_name()
+            raise ValueError(
+                f"the driver of {url.drivername}:// is not installed: no module {module!r}; "
+                f"pip install {module}"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -220,3 +237,20 @@ def _check_no_session_table(config: Mapping[Any, Any]) -> None:
                 f"invalid configuration: the config has no 'session' table but a {key!r} "
                 "table: did you mean 'session'?"
             )
+
+
+def _async_forms(backend: str) -> list[str]:
+    """``backend+driver://`` for each async driver SQLAlchemy ships for ``backend``."""
+    try:
+        package = importlib.import_module(f"sqlalchemy.dialects.{backend}")
+    except ImportError:
+        return []
+    forms = []
+    for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
+        try:
+            dialect = make_url(f"{backend}+{module.name}://").get_dialect(_is_async=True)
+        except (ArgumentError, ImportError, AttributeError):
+            continue  # a module that is not a driver
+        if dialect.is_async and dialect.driver == module.name:
+            forms.append(f"{backend}+{module.name}://")
+    return forms

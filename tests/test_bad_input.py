@@ -589,6 +589,9 @@ CONFIG_CASES: list[Any] = [
     pytest.param(
         {"backend": "memory", "database_url": "sqlite+aiosqlite:///x.db"}, id="url-with-memory"
     ),
+    pytest.param({"database_url": "postgresql+asyncpg://u@127.0.0.1/db"}, id="url-no-driver"),
+    pytest.param({"database_url": "postgresql+psycopg2://u@127.0.0.1/db"}, id="url-sync-pg"),
+    pytest.param({"database_url": "foo://"}, id="url-unknown-dialect"),
 ]
 
 

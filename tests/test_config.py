@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,66 @@ def test_model_copy_update_still_works(tmp_path: Path) -> None:
     copy = c.model_copy(update={"autosave_interval": 0, "message_cache_size": 0})
     assert (copy.autosave_interval, copy.message_cache_size) == (0, 0)
     assert copy.storage_path == tmp_path and c.autosave_interval == 300
+
+
+# -- database_url drivers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "module"),
+    [
+        ("postgresql+asyncpg://u@127.0.0.1/db", "asyncpg"),
+        ("mysql+aiomysql://u@127.0.0.1/db", "aiomysql"),
+    ],
+)
+def test_uninstalled_driver_is_rejected_at_construction(url: str, module: str) -> None:
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed")
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig.from_mapping({"session": {"database_url": url}})
+    assert "session.database_url" in str(info.value)
+    assert f"pip install {module}" in str(info.value)
+    with pytest.raises(InvalidConfigError, match=f"pip install {module}"):
+        SessionConfig(database_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "async_form"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite://"),
+        ("sqlite+pysqlite:////tmp/x.db", "sqlite+aiosqlite://"),
+        ("postgresql+psycopg2://u@127.0.0.1/db", "postgresql+asyncpg://"),
+        ("mysql+pymysql://u@127.0.0.1/db", "mysql+aiomysql://"),
+    ],
+)
+def test_sync_driver_is_rejected_naming_the_async_form(url: str, async_form: str) -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig.from_mapping({"session": {"database_url": url}})
+    assert "session.database_url" in str(info.value)
+    assert "not an async driver" in str(info.value)
+    assert async_form in str(info.value)
+
+
+def test_default_postgresql_driver_is_checked_as_the_async_engine_picks_it() -> None:
+    # SQLAlchemy 2.1 gives postgresql:// psycopg's async dialect, 2.0 psycopg2 (sync only)
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg is installed")
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig(database_url="postgresql://u@127.0.0.1/db")
+    message = str(info.value)
+    assert "session.database_url" in message
+    assert "pip install psycopg" in message or "use postgresql+asyncpg://" in message
+
+
+@pytest.mark.parametrize("url", ["foo://", "foo+bar://u@h/db", "sqlite+nodriver:///x.db"])
+def test_unknown_dialect_is_rejected(url: str) -> None:
+    with pytest.raises(
+        InvalidConfigError, match=r"session\.database_url: unknown database dialect"
+    ):
+        SessionConfig.from_mapping({"session": {"database_url": url}})
+
+
+def test_installed_async_driver_is_accepted(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    assert SessionConfig(database_url=url).database_url == url
+    assert SessionConfig(database_url="sqlite+aiosqlite://").database_url == "sqlite+aiosqlite://"
