@@ -22,6 +22,9 @@ __all__ = ["DATABASE_FILENAME", "SessionConfig"]
 #: The SQLite database file inside ``storage_path``.
 DATABASE_FILENAME = "sessions.db"
 
+#: Names that say "a database file": as a storage_path (a directory) they are a mistake.
+_DATABASE_FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
 
 class SessionConfig(BaseModel):
     """The ``[session]`` configuration. Frozen; every field is validated.
@@ -137,6 +140,12 @@ class SessionConfig(BaseModel):
                 raise ValueError("database_url cannot be combined with backend 'memory'")
             if "storage_path" in self.model_fields_set:
                 raise ValueError("give either storage_path or database_url, not both")
+        elif self.backend == "sqlite" and _not_a_directory(self.storage_path):
+            path = self.storage_path
+            raise ValueError(
+                f"storage_path is a directory (the database is {path / DATABASE_FILENAME}); "
+                f"use database_url = 'sqlite+aiosqlite:///{path.absolute()}' for a file"
+            )
         return self
 
     @property
@@ -237,6 +246,18 @@ def _check_no_session_table(config: Mapping[Any, Any]) -> None:
                 f"invalid configuration: the config has no 'session' table but a {key!r} "
                 "table: did you mean 'session'?"
             )
+
+
+def _not_a_directory(path: Path) -> bool:
+    """True for a storage_path that is, or is named like, a database file."""
+    try:
+        if path.is_dir():
+            return False  # also a directory named x.db that an earlier version created
+        if path.exists():
+            return True
+    except OSError:
+        pass  # cannot look: opening the database will say why
+    return path.suffix.lower() in _DATABASE_FILE_SUFFIXES
 
 
 def _async_forms(backend: str) -> list[str]:

@@ -592,6 +592,8 @@ CONFIG_CASES: list[Any] = [
     pytest.param({"database_url": "postgresql+asyncpg://u@127.0.0.1/db"}, id="url-no-driver"),
     pytest.param({"database_url": "postgresql+psycopg2://u@127.0.0.1/db"}, id="url-sync-pg"),
     pytest.param({"database_url": "foo://"}, id="url-unknown-dialect"),
+    pytest.param({"storage_path": "/tmp/chats.db"}, id="path-db-file"),
+    pytest.param({"storage_path": "/tmp/chats.sqlite3"}, id="path-sqlite3-file"),
 ]
 
 

@@ -231,3 +231,33 @@ def test_installed_async_driver_is_accepted(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
     assert SessionConfig(database_url=url).database_url == url
     assert SessionConfig(database_url="sqlite+aiosqlite://").database_url == "sqlite+aiosqlite://"
+
+
+# -- storage_path is a directory ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["chats.db", "chats.sqlite", "chats.sqlite3", "chats.DB"])
+def test_storage_path_named_like_a_database_file_is_rejected(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig.from_mapping({"session": {"storage_path": str(path)}})
+    message = str(info.value)
+    assert f"storage_path is a directory (the database is {path}/sessions.db)" in message
+    assert f"use database_url = 'sqlite+aiosqlite:///{path}' for a file" in message
+    assert not path.exists()
+
+
+def test_storage_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "chats"
+    path.write_bytes(b"")
+    with pytest.raises(InvalidConfigError, match="storage_path is a directory"):
+        SessionConfig(storage_path=path)
+    assert path.read_bytes() == b""
+
+
+def test_storage_path_directories_are_fine(tmp_path: Path) -> None:
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "old.db").mkdir()  # a directory an earlier version created stays usable
+    paths = [tmp_path / "existing", tmp_path / "old.db", tmp_path / "chats.d", tmp_path / "v1.dbx"]
+    for path in paths:
+        assert SessionConfig(storage_path=path).storage_path == path
