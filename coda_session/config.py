@@ -22,6 +22,7 @@ __all__ = ["DATABASE_FILENAME", "SessionConfig"]
 #: The SQLite database file inside ``storage_path``.
 DATABASE_FILENAME = "sessions.db"
 
+_DEFAULT_STORAGE_PATH = Path("~/.coda/sessions")
 #: Names that say "a database file": as a storage_path (a directory) they are a mistake.
 _DATABASE_FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -39,7 +40,7 @@ class SessionConfig(BaseModel):
 
     backend: Literal["sqlite", "memory"] = "sqlite"
     """Storage backend: ``"sqlite"`` (default, durable) or ``"memory"`` (lost at exit)."""
-    storage_path: Path = Path("~/.coda/sessions")
+    storage_path: Path = _DEFAULT_STORAGE_PATH
     """Directory of the SQLite database (``~`` is expanded); created 0700 if missing."""
     database_url: str | None = None
     """An explicit SQLAlchemy *async* URL (e.g. ``sqlite+aiosqlite:////abs/path.db``);
@@ -138,7 +139,8 @@ class SessionConfig(BaseModel):
         if self.database_url is not None:
             if self.backend == "memory":
                 raise ValueError("database_url cannot be combined with backend 'memory'")
-            if "storage_path" in self.model_fields_set:
+            # the default counts as unset, so that a dumped config validates again
+            if self.storage_path != _DEFAULT_STORAGE_PATH.expanduser():
                 raise ValueError("give either storage_path or database_url, not both")
         elif self.backend == "sqlite" and _not_a_directory(self.storage_path):
             path = self.storage_path

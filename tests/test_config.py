@@ -261,3 +261,34 @@ def test_storage_path_directories_are_fine(tmp_path: Path) -> None:
     paths = [tmp_path / "existing", tmp_path / "old.db", tmp_path / "chats.d", tmp_path / "v1.dbx"]
     for path in paths:
         assert SessionConfig(storage_path=path).storage_path == path
+
+
+# -- round trip ---------------------------------------------------------------------------
+
+
+def test_a_dumped_config_round_trips(tmp_path: Path) -> None:
+    configs = [
+        SessionConfig(),
+        SessionConfig.from_mapping({"session": {"storage_path": str(tmp_path), "busy_timeout": 1}}),
+        SessionConfig.from_mapping(
+            {"session": {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}}
+        ),
+        SessionConfig.from_mapping({"session": {"backend": "memory", "autosave_interval": 0}}),
+    ]
+    for c in configs:
+        assert SessionConfig.model_validate(c.model_dump()) == c
+        assert SessionConfig.model_validate(c.model_dump(mode="json")) == c
+        assert SessionConfig.model_validate_json(c.model_dump_json()) == c
+        assert SessionConfig.from_mapping({"session": c.model_dump(mode="json")}) == c
+
+
+def test_storage_path_and_database_url_together_are_still_rejected(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfigError, match="not both"):
+        SessionConfig.from_mapping(
+            {
+                "session": {
+                    "storage_path": str(tmp_path),
+                    "database_url": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+                }
+            }
+        )
