@@ -126,8 +126,12 @@ def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
     if "role" not in message:
         raise InvalidMessageError("message has no 'role'")
     role = message["role"]
-    if type(role) is not str or not role:
+    if type(role) is not str:
         raise InvalidMessageError(f"message 'role' must be a non-empty string, got {role!r:.60}")
+    if not role or role.isspace():
+        raise InvalidMessageError(
+            f"message 'role' must not be empty or only whitespace, got {role!r:.60}"
+        )
     _check_str(role, "message 'role'")
     if "content" not in message:
         raise InvalidMessageError("message has no 'content' (use None for a message without text)")
@@ -179,10 +183,12 @@ def decode_metadata(text: str | None) -> dict[str, Any]:
 
 
 def check_name(name: Any, what: str = "session name") -> str:
-    """Validate a session name: a non-empty string of printable characters."""
+    """Validate a session name: a string of printable characters, not only whitespace."""
     if type(name) is not str:
         raise InvalidMessageError(f"{what} must be a string, not {type(name).__name__}")
-    if not name or len(name) > MAX_NAME_LENGTH:
+    if not name or name.isspace():
+        raise InvalidMessageError(f"{what} must not be empty or only whitespace, got {name!r:.60}")
+    if len(name) > MAX_NAME_LENGTH:
         raise InvalidMessageError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters long")
     _check_str(name, what)
     if any(unicodedata.category(ch) == "Cc" for ch in name):

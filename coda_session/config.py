@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import pkgutil
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -18,20 +22,25 @@ __all__ = ["DATABASE_FILENAME", "SessionConfig"]
 #: The SQLite database file inside ``storage_path``.
 DATABASE_FILENAME = "sessions.db"
 
+_DEFAULT_STORAGE_PATH = Path("~/.coda/sessions")
+#: Names that say "a database file": as a storage_path (a directory) they are a mistake.
+_DATABASE_FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
 
 class SessionConfig(BaseModel):
     """The ``[session]`` configuration. Frozen; every field is validated.
 
     Build it with :meth:`from_mapping` (the spec's ``{"session": {...}}`` dict) or
     :meth:`from_toml` (a TOML file with a ``[session]`` table); unknown keys, wrong types and
-    impossible values raise :class:`~coda_session.InvalidConfigError` naming the key.
+    impossible values raise :class:`~coda_session.InvalidConfigError` naming the key, and so
+    do ``SessionConfig(...)`` and :meth:`model_validate`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
     backend: Literal["sqlite", "memory"] = "sqlite"
     """Storage backend: ``"sqlite"`` (default, durable) or ``"memory"`` (lost at exit)."""
-    storage_path: Path = Path("~/.coda/sessions")
+    storage_path: Path = _DEFAULT_STORAGE_PATH
     """Directory of the SQLite database (``~`` is expanded); created 0700 if missing."""
     database_url: str | None = None
     """An explicit SQLAlchemy *async* URL (e.g. ``sqlite+aiosqlite:////abs/path.db``);
@@ -48,6 +57,30 @@ class SessionConfig(BaseModel):
     """The most saved messages kept in memory per session object."""
     busy_timeout: float = Field(default=5.0, ge=0, le=3600)
     """Seconds a write waits for another process's lock before giving up."""
+
+    if not TYPE_CHECKING:
+        # (hidden from mypy, so the pydantic plugin still types the keyword arguments)
+        def __init__(self, /, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise _config_error(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Validate a dict of settings (no ``"session"`` wrapper); raises InvalidConfigError."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        """Validate a JSON object of settings; raises InvalidConfigError."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
 
     @field_validator("storage_path", mode="before")
     @classmethod
@@ -82,8 +115,23 @@ class SessionConfig(BaseModel):
             url = make_url(value)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL: {exc}") from None
-        if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
-            raise ValueError("SQLite URLs must use the async driver: sqlite+aiosqlite://")
+        # the dialect create_async_engine would pick (hence _is_async), loaded by SQLAlchemy
+        try:
+            dialect = url.get_dialect(_is_async=True)
+        except (ArgumentError, ImportError, AttributeError):
+            raise ValueError(f"unknown database dialect {url.drivername + '://'!r}") from None
+        if not dialect.is_async:
+            forms = _async_forms(url.get_backend_name())
+            hint = f"use {' or '.join(forms)}" if forms else "use an async driver"
+            raise ValueError(f"{url.drivername}:// is not an async driver; {hint}")
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            module = exc.name or url.get_driver_name()
+            raise ValueError(
+                f"the driver of {url.drivername}:// is not installed: no module {module!r}; "
+                f"pip install {module}"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -91,8 +139,15 @@ class SessionConfig(BaseModel):
         if self.database_url is not None:
             if self.backend == "memory":
                 raise ValueError("database_url cannot be combined with backend 'memory'")
-            if "storage_path" in self.model_fields_set:
+            # the default counts as unset, so that a dumped config validates again
+            if self.storage_path != _DEFAULT_STORAGE_PATH.expanduser():
                 raise ValueError("give either storage_path or database_url, not both")
+        elif self.backend == "sqlite" and _not_a_directory(self.storage_path):
+            path = self.storage_path
+            raise ValueError(
+                f"storage_path is a directory (the database is {path / DATABASE_FILENAME}); "
+                f"use database_url = 'sqlite+aiosqlite:///{path.absolute()}' for a file"
+            )
         return self
 
     @property
@@ -112,7 +167,9 @@ class SessionConfig(BaseModel):
         """Validate the spec's ``{"session": {...}}`` dict.
 
         Other top-level sections are ignored (they belong to the rest of the application);
-        ``None`` or a dict without ``"session"`` gives the defaults.
+        ``None`` or a dict without ``"session"`` gives the defaults. Without a ``"session"``
+        table, a top-level setting (``{"backend": ...}``) or a near miss of ``"session"``
+        (``"sesion"``, ``"Session"``) is a mistake and raises InvalidConfigError.
         """
         if isinstance(config, SessionConfig):
             return config
@@ -122,6 +179,8 @@ class SessionConfig(BaseModel):
             raise InvalidConfigError(
                 f"config must be a mapping like {{'session': {{...}}}}, not {type(config).__name__}"
             )
+        if "session" not in config:
+            _check_no_session_table(config)
         section = config.get("session", {})
         if not isinstance(section, Mapping):
             raise InvalidConfigError(
@@ -143,15 +202,78 @@ class SessionConfig(BaseModel):
 
     @classmethod
     def _validate_section(cls, section: Mapping[str, Any]) -> SessionConfig:
+        return cls.model_validate(dict(section))
+
+
+def _config_error(exc: ValidationError) -> InvalidConfigError:
+    """pydantic's errors as one message naming each key: ``session.<key>: <problem>``."""
+    return InvalidConfigError("invalid configuration: " + "; ".join(map(_problem, exc.errors())))
+
+
+def _problem(err: ErrorDetails) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    message = err["msg"]
+    if err["type"] == "value_error" and "ctx" in err:
+        message = str(err["ctx"]["error"])  # without pydantic's "Value error, " prefix
+    if not key:  # a check across keys: its input is the whole table
+        return f"session: {message}"
+    shown = repr(err.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    problem = f"session.{key}: {message} (got {shown})"
+    if err["type"] == "extra_forbidden":
+        fields = list(SessionConfig.model_fields)
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problem += f"; {hint}valid keys: {', '.join(fields)}"
+    return problem
+
+
+def _check_no_session_table(config: Mapping[Any, Any]) -> None:
+    """A config without ``"session"``: refuse what was meant as session settings."""
+    keys = [key for key in config if isinstance(key, str)]
+    settings = [key for key in keys if key in SessionConfig.model_fields]
+    if settings:
+        named = ", ".join(map(repr, settings))
+        example = ", ".join(f"{key!r}: ..." for key in settings)
+        raise InvalidConfigError(
+            f"invalid configuration: session settings at the top level of the config: {named}; "
+            f"settings must be inside the 'session' table: {{'session': {{{example}}}}}"
+        )
+    for key in keys:
+        if isinstance(config[key], Mapping) and difflib.get_close_matches(
+            key.lower(), ["session"], n=1, cutoff=0.8
+        ):
+            raise InvalidConfigError(
+                f"invalid configuration: the config has no 'session' table but a {key!r} "
+                "table: did you mean 'session'?"
+            )
+
+
+def _not_a_directory(path: Path) -> bool:
+    """True for a storage_path that is, or is named like, a database file."""
+    try:
+        if path.is_dir():
+            return False  # also a directory named x.db that an earlier version created
+        if path.exists():
+            return True
+    except OSError:
+        pass  # cannot look: opening the database will say why
+    return path.suffix.lower() in _DATABASE_FILE_SUFFIXES
+
+
+def _async_forms(backend: str) -> list[str]:
+    """``backend+driver://`` for each async driver SQLAlchemy ships for ``backend``."""
+    try:
+        package = importlib.import_module(f"sqlalchemy.dialects.{backend}")
+    except ImportError:
+        return []
+    forms = []
+    for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
         try:
-            return cls.model_validate(dict(section))
-        except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                key = ".".join(str(part) for part in err["loc"])
-                where = f"session.{key}" if key else "session"
-                shown = repr(err.get("input"))
-                if len(shown) > 60:
-                    shown = shown[:57] + "..."
-                problems.append(f"{where}: {err['msg']} (got {shown})")
-            raise InvalidConfigError("invalid configuration: " + "; ".join(problems)) from None
+            dialect = make_url(f"{backend}+{module.name}://").get_dialect(_is_async=True)
+        except (ArgumentError, ImportError, AttributeError):
+            continue  # a module that is not a driver
+        if dialect.is_async and dialect.driver == module.name:
+            forms.append(f"{backend}+{module.name}://")
+    return forms

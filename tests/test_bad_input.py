@@ -223,6 +223,13 @@ SESSION_CASES: list[tuple[str, Callable[[Any], Any], type[Exception]]] = [
     ("msg-missing-role", lambda s: s.add_message({"content": "x"}), InvalidMessageError),
     ("msg-missing-content", lambda s: s.add_message({"role": "user"}), InvalidMessageError),
     ("msg-empty-role", lambda s: s.add_message({"role": "", "content": "x"}), InvalidMessageError),
+    ("msg-space-role", lambda s: s.add_message({"role": " ", "content": "x"}), InvalidMessageError),
+    (
+        "msg-whitespace-role",
+        lambda s: s.add_message({"role": " \t\n\u3000", "content": "x"}),
+        InvalidMessageError,
+    ),
+    ("set-whitespace-role", lambda s: s.set_messages([m(), m(role="   ")]), InvalidMessageError),
     ("msg-none-role", lambda s: s.add_message({"role": None, "content": "x"}), InvalidMessageError),
     ("msg-int-role", lambda s: s.add_message({"role": 1, "content": "x"}), InvalidMessageError),
     ("msg-bool-role", lambda s: s.add_message({"role": True, "content": "x"}), InvalidMessageError),
@@ -429,6 +436,9 @@ def test_session_bad_input_sync(store: Any) -> None:
 
 BAD_NAMES: list[Any] = [
     pytest.param("", id="empty"),
+    pytest.param(" ", id="space"),
+    pytest.param("   ", id="spaces"),
+    pytest.param("\u3000\u00a0", id="unicode-spaces"),
     pytest.param("a" * 256, id="256-chars"),
     pytest.param("\u00e9" * 256, id="256-multibyte"),
     pytest.param("bad\x00name", id="nul"),
@@ -589,6 +599,11 @@ CONFIG_CASES: list[Any] = [
     pytest.param(
         {"backend": "memory", "database_url": "sqlite+aiosqlite:///x.db"}, id="url-with-memory"
     ),
+    pytest.param({"database_url": "postgresql+asyncpg://u@127.0.0.1/db"}, id="url-no-driver"),
+    pytest.param({"database_url": "postgresql+psycopg2://u@127.0.0.1/db"}, id="url-sync-pg"),
+    pytest.param({"database_url": "foo://"}, id="url-unknown-dialect"),
+    pytest.param({"storage_path": "/tmp/chats.db"}, id="path-db-file"),
+    pytest.param({"storage_path": "/tmp/chats.sqlite3"}, id="path-sqlite3-file"),
 ]
 
 
@@ -651,6 +666,11 @@ def test_bad_config(
         pytest.param({"session": "sqlite"}, id="section-string"),
         pytest.param({"session": None}, id="section-none"),
         pytest.param({"session": [("backend", "memory")]}, id="section-list"),
+        pytest.param({"backend": "memory"}, id="unwrapped"),
+        pytest.param({"storage_path": "/tmp/never", "ui": {}}, id="unwrapped-with-ui"),
+        pytest.param({"sesion": {"backend": "memory"}}, id="misspelt"),
+        pytest.param({"sessions": {"backend": "memory"}}, id="plural"),
+        pytest.param({"Session": {"backend": "memory"}}, id="capital"),
     ],
 )
 def test_bad_config_shape(config: Any) -> None:
@@ -761,6 +781,21 @@ async def test_wildcard_names_do_not_match_others(store: Any) -> None:
             with pytest.raises(SessionNotFoundError):
                 await manager.delete_session(pattern)
         assert [i.name for i in await manager.list_sessions()] == ["abc"]
+
+
+@pytest.mark.asyncio
+async def test_padded_names_and_roles_are_kept_as_given(store: Any) -> None:
+    async with store.async_manager() as manager:
+        for name in (" lead", "trail ", " both\u3000"):
+            session = await manager.create_session(name)
+            session.add_message({"role": " user ", "content": "x"})
+            await manager.save_session(session)
+    async with store.async_manager() as manager:
+        names = sorted(info.name for info in await manager.list_sessions())
+        assert names == sorted([" lead", "trail ", " both\u3000"])
+        loaded = await manager.load_session(" lead")
+        assert [msg["role"] for msg in await loaded.get_messages()] == [" user "]
+        assert await manager.get_session_info("lead") is None
 
 
 def test_catalogue_is_large_enough() -> None:
