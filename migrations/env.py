@@ -8,6 +8,11 @@ The database is the one the library would open:
   (a TOML file with a ``[session]`` table), in that order; else the default
   ``~/.coda/sessions``.
 
+Only ``upgrade`` creates a SQLite database that does not exist yet (directory 0700, file
+0600, as the library does). Every other command that reaches the database (``current``,
+``check``, ``downgrade``, ``stamp``, ...) refuses a missing one and creates nothing: from
+the CLI with the message on stderr and exit status 1, from Python with ``CommandError``.
+
 A caller can instead hand its own database in ``config.attributes["connection"]``
 (Alembic's connection-sharing recipe; the library does, and so do tools such as
 pytest-alembic), as any of:
@@ -34,18 +39,31 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coda_session.config import SessionConfig
 from coda_session.migrate import adopt_unversioned
-from coda_session.repository.sql.engine import create_engine, database_url
+from coda_session.repository.sql.engine import create_engine, database_url, sqlite_path
 from coda_session.repository.sql.tables import Base
 
 config = context.config
 if config.attributes.get("target_metadata") is None:
     config.attributes["target_metadata"] = Base.metadata
 target_metadata = config.attributes["target_metadata"]
+
+# what each command does to a database, for the message when there is none
+_VERBS = {
+    "current": "report",
+    "display_version": "report",
+    "check": "check",
+    "revision": "compare",
+    "retrieve_migrations": "compare",
+    "downgrade": "downgrade",
+    "stamp": "stamp",
+    "do_stamp": "stamp",
+}
 
 
 def _session_config() -> SessionConfig:
@@ -147,6 +165,34 @@ def _run_shared(shared: object) -> None:
         )
 
 
+def _command() -> str:
+    """The Alembic command running: from the CLI's options, else the name of the callback
+    ``alembic.command`` handed this environment (``upgrade`` when neither tells)."""
+    cmd = getattr(config.cmd_opts, "cmd", None)
+    if cmd:
+        return str(getattr(cmd[0], "__name__", "upgrade"))
+    opts = getattr(getattr(context, "_proxy", None), "context_opts", None) or {}
+    return str(getattr(opts.get("fn"), "__name__", "upgrade"))
+
+
+def _refuse_a_missing_database(settings: SessionConfig) -> None:
+    """Only ``upgrade`` creates the database: any other command on a SQLite file that does
+    not exist would otherwise leave an empty one (and its directory) behind."""
+    path = sqlite_path(database_url(settings))
+    if path is None or path.exists():
+        return
+    name = _command()
+    if name == "upgrade":
+        return
+    message = (
+        f"no database at {path}: nothing to {_VERBS.get(name, 'do')}; "
+        "`alembic upgrade head` creates it"
+    )
+    if config.cmd_opts is not None:
+        raise SystemExit(message)  # the CLI: the message alone on stderr, exit status 1
+    raise CommandError(message)
+
+
 async def _run_online(settings: SessionConfig) -> None:
     engine = create_engine(settings, migrations=True)
     try:
@@ -179,4 +225,5 @@ else:
     online = _session_config()
     if online.backend == "memory":
         raise SystemExit("the memory backend has no database to migrate")
+    _refuse_a_missing_database(online)
     _wait_for(_run_online(online))

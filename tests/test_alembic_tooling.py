@@ -1,5 +1,5 @@
-"""migrations/env.py under migration tooling: pytest-alembic's built-in tests and every
-kind of connectable in ``config.attributes["connection"]``.
+"""migrations/env.py under migration tooling: pytest-alembic's built-in tests, every kind
+of connectable in ``config.attributes["connection"]``, and the CLI on a missing database.
 
 Everything runs on real SQLite files in tmp_path, with real Alembic.
 """
@@ -7,8 +7,11 @@ Everything runs on real SQLite files in tmp_path, with real Alembic.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +228,97 @@ def test_async_engine_from_another_thread(tmp_path: Path) -> None:
 def test_something_else_in_attributes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=re.escape("config.attributes['connection'] must be")):
         command.upgrade(cfg_with(str(tmp_path / "sessions.db")), "head")
+
+
+# --- the CLI on a database that does not exist ------------------------------------------
+
+
+def alembic(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"storage_path={storage}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "verb"),
+    [
+        (("current",), "report"),
+        (("check",), "check"),
+        (("downgrade", "-1"), "downgrade"),
+        (("downgrade", "base"), "downgrade"),
+        (("stamp", "head"), "stamp"),
+    ],
+)
+def test_cli_on_a_missing_database_creates_nothing(
+    tmp_path: Path, args: tuple[str, ...], verb: str
+) -> None:
+    storage = tmp_path / "nowhere" / "sessions"
+    run = alembic(*args, storage=storage)
+    assert run.returncode != 0, run.stdout + run.stderr
+    db = storage / "sessions.db"
+    assert f"no database at {db}: nothing to {verb}" in run.stderr
+    assert "`alembic upgrade head` creates it" in run.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_cli_on_a_missing_database_in_an_existing_directory(tmp_path: Path) -> None:
+    run = alembic("current", storage=tmp_path)
+    assert run.returncode != 0
+    assert f"no database at {tmp_path / 'sessions.db'}" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_on_a_missing_database_by_url(tmp_path: Path) -> None:
+    db = tmp_path / "deep" / "chats.db"
+    run = subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url=sqlite+aiosqlite:///{db}", "current"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert f"no database at {db}: nothing to report" in run.stderr
+    assert not (tmp_path / "deep").exists()
+
+
+def test_python_command_on_a_missing_database_raises_command_error(tmp_path: Path) -> None:
+    storage = tmp_path / "nowhere"
+    code = (
+        "from alembic import command\n"
+        "from alembic.config import Config\n"
+        "from alembic.util import CommandError\n"
+        "try:\n"
+        "    command.current(Config('alembic.ini'))\n"
+        "except CommandError as exc:\n"
+        "    print(exc)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "CODA_SESSION_STORAGE_PATH": str(storage)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"no database at {storage / 'sessions.db'}: nothing to report" in run.stdout
+    assert not storage.exists()
+
+
+def test_cli_upgrade_creates_a_private_database(tmp_path: Path) -> None:
+    storage = tmp_path / "new" / "sessions"
+    up = alembic("upgrade", "head", storage=storage)
+    assert up.returncode == 0, up.stderr
+    assert os.stat(storage).st_mode & 0o777 == 0o700
+    assert os.stat(storage / "sessions.db").st_mode & 0o777 == 0o600
+    current = alembic("current", storage=storage)
+    assert current.returncode == 0, current.stderr
+    assert HEAD_REVISION in current.stdout
