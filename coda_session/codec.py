@@ -182,11 +182,15 @@ def decode_metadata(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def check_name(name: Any, what: str = "session name") -> str:
-    """Validate a session name: a string of printable characters, not only whitespace."""
+def check_name(name: Any, what: str = "session name", *, lookup: bool = False) -> str:
+    """Validate a session name: a string of printable characters, not only whitespace.
+
+    ``lookup=True`` checks a name that finds an existing session: one made only of
+    whitespace is accepted there, so sessions earlier versions let through stay reachable.
+    """
     if type(name) is not str:
         raise InvalidMessageError(f"{what} must be a string, not {type(name).__name__}")
-    if not name or name.isspace():
+    if not name or (name.isspace() and not lookup):
         raise InvalidMessageError(f"{what} must not be empty or only whitespace, got {name!r:.60}")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidMessageError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters long")

@@ -169,7 +169,7 @@ class AsyncSessionManager:
         name = check_name(name)
         if branch_from is not None:
             source = branch_from.name if isinstance(branch_from, AsyncSession) else branch_from
-            source = check_name(source, "branch_from")
+            source = check_name(source, "branch_from", lookup=True)
         repo = await self._ready()
         tail = min(RESUME_PREFETCH, self._config.message_cache_size)
         now = utcnow()
@@ -216,7 +216,7 @@ class AsyncSessionManager:
         if (name is None) == (session_id is None):
             raise SessionError("give exactly one of name or session_id")
         if name is not None:
-            name = check_name(name)
+            name = check_name(name, lookup=True)
         elif type(session_id) is not str or not session_id:
             raise SessionNotFoundError(f"no session with id {session_id!r}")
         repo = await self._ready()
@@ -242,7 +242,7 @@ class AsyncSessionManager:
 
     async def get_session_info(self, name: str) -> SessionInfo | None:
         """One session's info without loading its messages, or None if there is none."""
-        name = check_name(name)
+        name = check_name(name, lookup=True)
         repo = await self._ready()
         found = await repo.load_session(name=name)
         return None if found is None else found.info()
@@ -250,7 +250,7 @@ class AsyncSessionManager:
     async def delete_session(self, name: str, *, missing_ok: bool = False) -> None:
         """Delete a session and its messages (``SessionNotFoundError`` if missing, unless
         ``missing_ok``). Branches made from it are independent and stay."""
-        name = check_name(name)
+        name = check_name(name, lookup=True)
         repo = await self._ready()
         found = await repo.load_session(name=name)
         deleted = found is not None and await repo.delete_session(found.id)

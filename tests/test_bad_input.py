@@ -802,3 +802,30 @@ def test_catalogue_is_large_enough() -> None:
     assert len(SESSION_CASES) + len(BAD_NAMES) + len(MANAGER_CASES) + len(CONFIG_CASES) >= 40
     ids = [case_id for case_id, _, _ in SESSION_CASES + MANAGER_CASES]
     assert len(ids) == len(set(ids))
+
+
+async def test_whitespace_named_session_of_an_earlier_version_stays_reachable(
+    store: Any,
+) -> None:
+    """Earlier versions accepted a name made of spaces: such a session can still be
+    loaded, exported and deleted, though no new one can be made."""
+    m = store.async_manager()
+    try:
+        await m.open()
+        legacy = "   "
+        if store.database is None:
+            pytest.skip("the memory backend holds no session of an earlier version")
+        await m.create_session("placeholder")
+        conn = sqlite3.connect(store.database)
+        with conn:
+            conn.execute("UPDATE sessions SET name = ? WHERE name = 'placeholder'", (legacy,))
+        conn.close()
+        with pytest.raises(InvalidMessageError):
+            await m.create_session("  \u3000 ")
+        loaded = await m.load_session(legacy)
+        assert loaded.name == legacy
+        assert (await m.get_session_info(legacy)) is not None
+        await m.delete_session(legacy)
+        assert (await m.get_session_info(legacy)) is None
+    finally:
+        await m.close()

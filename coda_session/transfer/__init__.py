@@ -63,7 +63,7 @@ async def export_session(repo: Repository, name: str, target: Target, fmt: str =
     """Write one session's saved state to ``target``; returns the messages written."""
     if fmt not in ("jsonl", "json"):
         raise FileFormatError(f"unknown export format {fmt!r} (use 'jsonl' or 'json')")
-    name = check_name(name)
+    name = check_name(name, lookup=True)
     record = await repo.load_session(name=name)
     if record is None:
         raise SessionNotFoundError(f"no session with name {name!r}")
