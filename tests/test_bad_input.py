@@ -9,6 +9,7 @@ what was pending before the bad call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sqlite3
 import threading
@@ -465,10 +466,12 @@ async def test_bad_session_names(store: Any, name: Any) -> None:
     before = await dump(store)
     manager = store.async_manager()
     try:
-        calls = [
+        creating = [
             lambda: manager.create_session(name),
             lambda: manager.create_session(name, exist_ok=False),
             lambda: manager.create_session(name, branch_from="seed"),
+        ]
+        looking_up = [
             # (None as branch_from means "no branch", so it is not a bad source name)
             *(
                 [lambda: manager.create_session("fine-name", branch_from=name)]
@@ -480,9 +483,16 @@ async def test_bad_session_names(store: Any, name: Any) -> None:
             lambda: manager.delete_session(name),
             lambda: manager.delete_session(name, missing_ok=True),
         ]
-        for i, call in enumerate(calls):
-            with pytest.raises(InvalidMessageError):
-                await call()
+        # a name of only whitespace is refused for a new session, but a lookup by it may
+        # find a session an earlier version stored: here it finds none
+        legacy = isinstance(name, str) and name.isspace()
+        for i, call in enumerate(creating + looking_up):
+            if legacy and i >= len(creating):
+                with contextlib.suppress(SessionNotFoundError):
+                    assert await call() is None, f"call #{i}"
+            else:
+                with pytest.raises(InvalidMessageError):
+                    await call()
             assert await dump(store) == before, f"call #{i} changed storage"
         if name is None:  # load_session(None) is "no name given", not a bad name
             with pytest.raises(SessionError, match="exactly one"):
@@ -493,8 +503,11 @@ async def test_bad_session_names(store: Any, name: Any) -> None:
     with store.sync_manager() as sync:
         with pytest.raises(InvalidMessageError):
             sync.create_session(name)
-        with pytest.raises(InvalidMessageError):
+        if isinstance(name, str) and name.isspace():
             sync.delete_session(name, missing_ok=True)
+        else:
+            with pytest.raises(InvalidMessageError):
+                sync.delete_session(name, missing_ok=True)
     assert await dump(store) == before
 
 
