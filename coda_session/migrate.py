@@ -13,8 +13,9 @@ from sqlalchemy.engine import Connection
 
 from .config import SessionConfig
 from .errors import SchemaVersionError
-from .repository.sql.engine import create_engine
-from .repository.sql.errors import translate_errors
+from .repository.sql.dialect import dialect_for
+from .repository.sql.engine import create_engine, database_url
+from .repository.sql.errors import translated
 from .repository.sql.schema import (
     BASELINE_REVISION,
     HEAD_REVISION,
@@ -40,7 +41,9 @@ async def _with_connection(config: Mapping[str, Any] | SessionConfig | None, fn:
     settings = SessionConfig.from_mapping(config)
     if settings.backend == "memory":
         raise SchemaVersionError("the memory backend has no schema to migrate")
-    with translate_errors("migrating the database"):
+    with translated(
+        "migrating the database", dialect_for(database_url(settings).get_backend_name())
+    ):
         engine = create_engine(settings, migrations=True)
         try:
             async with migration_guard(), engine.connect() as conn, conn.begin():

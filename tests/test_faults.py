@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from coda_session import AsyncSessionManager, SessionManager, StorageError
+from coda_session.manager import repository_of
+from coda_session.repository.sql import SqlRepository
 
 Config = Callable[..., dict[str, Any]]
 
@@ -41,20 +43,21 @@ async def test_full_disk(sqlite_config: Config) -> None:
         s = await m.create_session("kept")
         s.add_message({"role": "user", "content": "before the disk filled"})
         await m.save_session(s)
-        raw = m._repository._raw  # type: ignore[attr-defined]
+        repo = repository_of(m)
+        assert isinstance(repo, SqlRepository)
 
         def cap(conn: sqlite3.Connection) -> int:
             used = conn.execute("PRAGMA page_count").fetchone()[0]
             return int(conn.execute(f"PRAGMA max_page_count = {used + 2}").fetchone()[0])
 
-        await raw._execute(cap, raw._conn)  # SQLite's own way to play a full disk
+        await repo.run_on_connection(cap)  # SQLite's own way to play a full disk
         s.add_message({"role": "user", "content": "x" * 200_000})
         with pytest.raises(StorageError, match="full"):
             await m.save_session(s)
         assert s.has_unsaved_changes  # nothing lost: the save can be retried later
         other = await m.create_session("small-work-still-fits")  # the manager stays usable
         assert other.name == "small-work-still-fits"
-        await raw._execute(lambda: raw._conn.execute("PRAGMA max_page_count = 1073741823"))
+        await repo.run_on_connection(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
         await m.save_session(s)
         assert [x["content"][:6] for x in await (await m.load_session("kept")).get_messages()] == [
             "before",

@@ -18,7 +18,9 @@ from coda_session import (
     SessionManager,
     StorageError,
 )
+from coda_session.manager import repository_of
 from coda_session.migrate import HEAD_REVISION
+from coda_session.repository.sql import SqlRepository
 
 
 def db_of(config: dict[str, Any]) -> Path:
@@ -42,16 +44,16 @@ async def test_pragmas(sqlite_config: Callable[..., dict[str, Any]]) -> None:
     config = sqlite_config(busy_timeout=2.5)
     async with AsyncSessionManager(config) as m:
         await m.create_session("x")
-        raw = m._repository._raw  # type: ignore[attr-defined]
-        conn = raw._conn
+        repo = repository_of(m)
+        assert isinstance(repo, SqlRepository)
 
-        def read() -> tuple[Any, ...]:
+        def read(conn: sqlite3.Connection) -> tuple[Any, ...]:
             return tuple(
                 conn.execute(f"PRAGMA {p}").fetchone()[0]
                 for p in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
             )
 
-        assert await raw._execute(read) == ("wal", 1, 2500, 1)  # synchronous=NORMAL is 1
+        assert await repo.run_on_connection(read) == ("wal", 1, 2500, 1)  # synchronous=NORMAL
 
 
 async def test_schema_matches_spec_names(sqlite_config: Callable[..., dict[str, Any]]) -> None:
@@ -131,7 +133,8 @@ async def test_not_a_database(sqlite_config: Callable[..., dict[str, Any]]) -> N
 def test_sync_shim_runs_sqlite_inline(sqlite_config: Callable[..., dict[str, Any]]) -> None:
     with SessionManager(sqlite_config()) as m:
         m.create_session("x")
-        assert m._async._repository.uses_fast_path  # type: ignore[attr-defined]
+        repo = repository_of(m._async)  # type: ignore[attr-defined]
+        assert isinstance(repo, SqlRepository) and repo.uses_fast_path
 
 
 async def test_existing_directory_modes_are_left_alone(

@@ -6,6 +6,7 @@ import copy
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -23,7 +24,13 @@ from ..errors import (
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import SaveRequest, SaveResult, collect_import
 
-__all__ = ["SessionData", "SessionStorage", "StorageAdapter", "running_storage"]
+__all__ = [
+    "SessionData",
+    "SessionStorage",
+    "StorageAdapter",
+    "StorageSnapshot",
+    "running_storage",
+]
 
 T = TypeVar("T")
 
@@ -116,7 +123,8 @@ class StorageAdapter:
         finally:
             _running.adapter = None
 
-    async def _get(self, name: str | None, session_id: str | None) -> SessionData | None:
+    async def get(self, name: str | None, session_id: str | None) -> SessionData | None:
+        """The stored session by name (or by id), or None."""
         if name is None:
             infos = await self._call(self._storage.list_all)
             name = next((i.name for i in infos if i.id == session_id), None)
@@ -132,12 +140,13 @@ class StorageAdapter:
         return data
 
     @staticmethod
-    def _records(data: SessionData) -> list[MessageRecord]:
+    def records_of(data: SessionData) -> list[MessageRecord]:
         return [encode_message(m).with_id(i) for i, m in enumerate(data.messages, 1)]
 
     @classmethod
-    def _record(cls, data: SessionData, tail: int = 0) -> SessionRecord:
-        records = cls._records(data)
+    def record_of(cls, data: SessionData, tail: int = 0) -> SessionRecord:
+        """The repository's record of a loaded session (with its newest ``tail`` messages)."""
+        records = cls.records_of(data)
         return SessionRecord(
             id=data.id,
             name=data.name,
@@ -159,7 +168,7 @@ class StorageAdapter:
     async def create_session(
         self, record: SessionRecord, *, copy_from: str | None = None
     ) -> SessionRecord:
-        if await self._get(record.name, None) is not None:
+        if await self.get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
         data = SessionData(
             id=record.id,
@@ -169,27 +178,27 @@ class StorageAdapter:
             metadata=dict(record.metadata),
         )
         if copy_from is not None:
-            source = await self._get(None, copy_from)
+            source = await self.get(None, copy_from)
             if source is None:
                 raise SessionNotFoundError("the session to branch from no longer exists")
             data.metadata = copy.deepcopy(source.metadata)
             data.messages = copy.deepcopy(source.messages)
         await self._call(self._storage.save, data)
-        return self._record(data)
+        return self.record_of(data)
 
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
     ) -> SessionRecord | None:
-        data = await self._get(name, session_id)
-        return None if data is None else self._record(data, tail)
+        data = await self.get(name, session_id)
+        return None if data is None else self.record_of(data, tail)
 
     async def read_messages(
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> list[MessageRecord]:
-        data = await self._get(None, session_id)
+        data = await self.get(None, session_id)
         if data is None:
             return []
-        records = self._records(data)[:upto_id]
+        records = self.records_of(data)[:upto_id]
         if limit is None:
             return records
         return records[-limit:] if limit > 0 else []
@@ -197,10 +206,10 @@ class StorageAdapter:
     async def read_page(
         self, session_id: str, *, after_id: int, upto_id: int, limit: int
     ) -> list[MessageRecord]:
-        data = await self._get(None, session_id)
+        data = await self.get(None, session_id)
         if data is None:
             return []
-        return self._records(data)[after_id:upto_id][:limit]
+        return self.records_of(data)[after_id:upto_id][:limit]
 
     async def import_session(
         self,
@@ -209,10 +218,15 @@ class StorageAdapter:
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
-        if await self._get(record.name, None) is not None:
+        if await self.get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
+
         # the whole session is saved in one call at the end
-        records, _ = await collect_import(record.name, batches, max_bytes)
+        async def _agen():  # TEMP
+            for b in batches:
+                yield b
+
+        records, _ = await collect_import(record.name, _agen(), max_bytes)
         data = SessionData(
             id=record.id,
             name=record.name,
@@ -222,15 +236,15 @@ class StorageAdapter:
             messages=[r.to_dict() for r in records],
         )
         await self._call(self._storage.save, data)
-        return self._record(data)
+        return self.record_of(data)
 
     async def save(self, request: SaveRequest) -> SaveResult:
-        data = await self._get(request.name, None)
+        data = await self.get(request.name, None)
         if data is None or data.id != request.session_id:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
         # sizes as stored here (plain dicts, never compressed): each stored message is
         # encoded once, the new ones once
-        stored = [r.byte_size() for r in self._records(data)]
+        stored = [r.byte_size() for r in self.records_of(data)]
         cut = request.truncation
         drop = 0 if cut is None else max(0, min(cut.upto_id, len(stored)) - cut.keep)
         new = [r.to_dict() for r in request.messages]
@@ -256,7 +270,7 @@ class StorageAdapter:
         )
 
     async def delete_session(self, session_id: str) -> bool:
-        data = await self._get(None, session_id)
+        data = await self.get(None, session_id)
         if data is None:
             return False
         await self._call(self._storage.delete, data.name)
@@ -266,8 +280,49 @@ class StorageAdapter:
         infos = await self._call(self._storage.list_all)
         return sorted(infos, key=lambda i: (i.created_at, i.name))
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[StorageSnapshot]:
+        """Each session as one ``load()`` returned it: a custom storage has no
+        transactions, so a session is read once and every page comes from that copy."""
+        yield StorageSnapshot(self)
+
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> tuple[int, int]:
         rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
         return sum(r.text_length() for r in rows), len(rows)
+
+
+class StorageSnapshot:
+    """Reads for one export: every session is loaded once, and its pages are cut from
+    that copy."""
+
+    def __init__(self, adapter: StorageAdapter) -> None:
+        self._adapter = adapter
+        self._loaded: dict[str, SessionData | None] = {}
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        return await self._adapter.list_sessions()
+
+    async def _data(self, name: str | None, session_id: str | None) -> SessionData | None:
+        key = f"name:{name}" if name is not None else f"id:{session_id}"
+        if key not in self._loaded:
+            data = await self._adapter.get(name, session_id)
+            self._loaded[key] = data
+            if data is not None:
+                self._loaded[f"id:{data.id}"] = data
+        return self._loaded[key]
+
+    async def load_session(
+        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
+    ) -> SessionRecord | None:
+        data = await self._data(name, session_id)
+        return None if data is None else self._adapter.record_of(data, tail)
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]:
+        data = await self._data(None, session_id)
+        if data is None:
+            return []
+        return self._adapter.records_of(data)[after_id:upto_id][:limit]

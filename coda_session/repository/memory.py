@@ -6,6 +6,7 @@ import bisect
 import copy
 import gc
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from ..errors import SessionExistsError, SessionNotFoundError, SessionTooLargeEr
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import SaveRequest, SaveResult, collect_import
 
-__all__ = ["MemoryRepository"]
+__all__ = ["MemoryRepository", "MemorySnapshot"]
 
 
 @dataclass(slots=True)
@@ -135,8 +136,13 @@ class MemoryRepository:
     ) -> SessionRecord:
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
+
         # everything is checked before anything is stored
-        messages, _ = await collect_import(record.name, batches, max_bytes)
+        async def _agen():  # TEMP
+            for b in batches:
+                yield b
+
+        messages, _ = await collect_import(record.name, _agen(), max_bytes)
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
         created = await self.create_session(record)
@@ -205,3 +211,37 @@ class MemoryRepository:
         rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
         chars = sum(m.text_length() for m in rows)
         return chars, len(rows)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[MemorySnapshot]:
+        """The store as it is now, unchanged by writes made while the snapshot is open."""
+        yield MemorySnapshot(self)
+
+
+class MemorySnapshot:
+    """A frozen view of a :class:`MemoryRepository` (records are immutable; the lists
+    holding them and the session rows are copied when the snapshot is taken)."""
+
+    def __init__(self, repo: MemoryRepository) -> None:
+        self._by_name = dict(repo._by_name)
+        self._by_id = {
+            sid: _Stored(copy.copy(s.record), list(s.messages), s.size)
+            for sid, s in repo._by_id.items()
+        }
+        self._view = MemoryRepository()
+        self._view._by_id, self._view._by_name = self._by_id, self._by_name
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        return await self._view.list_sessions()
+
+    async def load_session(
+        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
+    ) -> SessionRecord | None:
+        return await self._view.load_session(name=name, session_id=session_id, tail=tail)
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]:
+        return await self._view.read_page(
+            session_id, after_id=after_id, upto_id=upto_id, limit=limit
+        )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import SessionConfig
@@ -12,7 +13,21 @@ from .base import SaveRequest, SaveResult
 from .custom import SessionStorage, StorageAdapter
 from .memory import MemoryRepository
 
-__all__ = ["Repository", "open_repository"]
+__all__ = ["Repository", "Snapshot", "open_repository"]
+
+
+class Snapshot(Protocol):
+    """Reads of one committed state of the store, for as long as it is open."""
+
+    async def list_sessions(self) -> list[SessionInfo]: ...
+
+    async def load_session(
+        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
+    ) -> SessionRecord | None: ...
+
+    async def read_page(
+        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+    ) -> list[MessageRecord]: ...
 
 
 @runtime_checkable
@@ -62,7 +77,7 @@ class Repository(Protocol):
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
@@ -84,6 +99,12 @@ class Repository(Protocol):
 
     async def list_sessions(self) -> list[SessionInfo]:
         """Every session's info, oldest created first, in one query."""
+        ...
+
+    def snapshot(self) -> AbstractAsyncContextManager[Snapshot]:
+        """``async with repo.snapshot() as snap:`` reads of one committed state: an export
+        made through it never mixes two generations of a session another writer rewrites
+        meanwhile (a read transaction spanning the pages, on SQL databases)."""
         ...
 
     async def text_length(

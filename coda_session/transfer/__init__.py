@@ -15,7 +15,7 @@ from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionNotFoundError
 from ..models import MessageRecord, SessionRecord
-from ..repository.protocol import Repository
+from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
 from .files import PAGE, Puller, Sink, Source, Target, open_source
 
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-async def _pages(repo: Repository, record: SessionRecord) -> AsyncIterator[list[str]]:
+async def _pages(repo: Snapshot, record: SessionRecord) -> AsyncIterator[list[str]]:
     after = 0
     while True:
         page = await repo.read_page(
@@ -41,7 +41,7 @@ async def _pages(repo: Repository, record: SessionRecord) -> AsyncIterator[list[
         yield [fmt_.dumps(r.to_dict()) for r in page]
 
 
-async def _write_session(repo: Repository, record: SessionRecord, sink: Sink, fmt: str) -> int:
+async def _write_session(repo: Snapshot, record: SessionRecord, sink: Sink, fmt: str) -> int:
     count = 0
     if fmt == "jsonl":
         await sink.write(fmt_.dumps(fmt_.header(record)) + "\n")
@@ -64,17 +64,20 @@ async def export_session(repo: Repository, name: str, target: Target, fmt: str =
     if fmt not in ("jsonl", "json"):
         raise FileFormatError(f"unknown export format {fmt!r} (use 'jsonl' or 'json')")
     name = check_name(name, lookup=True)
-    record = await repo.load_session(name=name)
-    if record is None:
-        raise SessionNotFoundError(f"no session with name {name!r}")
-    sink = Sink(target)
-    ok = False
-    try:
-        count = await _write_session(repo, record, sink, fmt)
-        ok = True
-        return count
-    finally:
-        await sink.finish(ok)
+    # one read transaction for the whole export: a writer rewriting the session meanwhile
+    # never shows up in it half-done
+    async with repo.snapshot() as snap:
+        record = await snap.load_session(name=name)
+        if record is None:
+            raise SessionNotFoundError(f"no session with name {name!r}")
+        sink = Sink(target)
+        ok = False
+        try:
+            count = await _write_session(snap, record, sink, fmt)
+            ok = True
+            return count
+        finally:
+            await sink.finish(ok)
 
 
 async def export_store(repo: Repository, target: Target) -> int:
@@ -83,11 +86,12 @@ async def export_store(repo: Repository, target: Target) -> int:
     ok = False
     try:
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
-        infos = await repo.list_sessions()
-        for info in infos:
-            record = await repo.load_session(session_id=info.id)
-            if record is not None:  # deleted meanwhile: nothing to export
-                await _write_session(repo, record, sink, "jsonl")
+        async with repo.snapshot() as snap:  # the whole store as of one moment
+            infos = await snap.list_sessions()
+            for info in infos:
+                record = await snap.load_session(session_id=info.id)
+                if record is not None:
+                    await _write_session(snap, record, sink, "jsonl")
         ok = True
         return len(infos)
     finally:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
@@ -18,18 +18,18 @@ from ...config import SessionConfig
 from ...errors import StorageError
 
 __all__ = [
+    "WRITE_OPTION",
+    "configure",
     "connect_sqlite",
-    "connect_sqlite_inline",
+    "connect_sqlite_for_loop",
     "create_engine",
     "database_url",
     "is_busy",
-    "on_thread",
     "prepare_sqlite_file",
     "sqlite_path",
 ]
 
 WRITE_OPTION = "coda_session_write"
-T = TypeVar("T")
 
 
 def database_url(config: SessionConfig) -> URL:
@@ -74,16 +74,22 @@ def prepare_sqlite_file(path: Path) -> None:
 def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
     # aiosqlite's worker threads are not daemons: a manager the caller forgot to close would
     # keep the interpreter from exiting. Committed data is safe in SQLite's WAL either way.
-    thread: Any = getattr(conn, "_thread", conn)
+    # aiosqlite keeps its thread private (``_thread``): the tested range is pinned in
+    # pyproject.toml and tests/test_sqlite.py fails if this stops making it a daemon.
+    thread: Any = getattr(conn, "_thread", conn)  # before 0.21 the connection was the thread
     if hasattr(thread, "daemon") and not thread.is_alive():
         thread.daemon = True
     return conn
 
 
-def is_busy(exc: sqlite3.OperationalError) -> bool:
-    """SQLite's "database is locked" / "busy": another connection holds the lock."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLite's SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+
+
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
 
 
 def _switch_to_wal(raw: sqlite3.Connection, busy_timeout: float) -> Any:
@@ -95,14 +101,14 @@ def _switch_to_wal(raw: sqlite3.Connection, busy_timeout: float) -> Any:
         try:
             return raw.execute("PRAGMA journal_mode = WAL").fetchone()
         except sqlite3.OperationalError as exc:
-            if not is_busy(exc):
-                raise
-            if time.monotonic() >= deadline:
+            if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.005)
 
 
-def _setup(raw: sqlite3.Connection, busy_timeout: float, foreign_keys: bool = True) -> None:
+def configure(raw: sqlite3.Connection, busy_timeout: float, foreign_keys: bool = True) -> None:
+    """The library's PRAGMAs on a new connection: explicit transactions, the busy timeout,
+    foreign keys, WAL, synchronous=NORMAL."""
     raw.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE for writes)
     raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
@@ -112,47 +118,12 @@ def _setup(raw: sqlite3.Connection, busy_timeout: float, foreign_keys: bool = Tr
     raw.execute("PRAGMA synchronous = NORMAL")
 
 
-async def on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` on the connection's own thread, in one trip.
-
-    aiosqlite keeps this (``_execute``) private; it is the one way to run a whole
-    transaction without a thread hop per statement. The repository checks it exists and
-    falls back to the SQLAlchemy path when it does not.
-    """
-    # aiosqlite's worker keeps the last call and its result referenced until the next call
-    # comes in: handing both over in a box that is emptied on each side lets them go at
-    # once (a 10k-row list_sessions() result otherwise stayed alive, and slowed the next)
-    box: list[Any] = [fn, args]
-    await conn._execute(_unbox_and_run, box)  # type: ignore[no-untyped-call]
-    result: T = box.pop()
-    return result
-
-
-def _unbox_and_run(box: list[Any]) -> None:
-    fn, args = box
-    box.clear()
-    box.append(fn(*args))
-
-
-async def connect_sqlite(
-    path: str, busy_timeout: float, foreign_keys: bool = True
-) -> aiosqlite.Connection:
-    """An aiosqlite connection with the library's PRAGMAs, on a daemon worker thread."""
-    conn = _daemon(aiosqlite.connect(path, timeout=busy_timeout, check_same_thread=False))
-    await conn
-    try:
-        await on_thread(conn, _setup, conn._conn, busy_timeout, foreign_keys)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-def connect_sqlite_inline(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A plain ``sqlite3`` connection with the library's PRAGMAs, for a private loop."""
+def connect_sqlite(path: str, busy_timeout: float, foreign_keys: bool = True) -> sqlite3.Connection:
+    """A ``sqlite3`` connection with the library's PRAGMAs (usable from any one thread at a
+    time: the runner hands it to exactly one)."""
     conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
     try:
-        _setup(conn, busy_timeout)
+        configure(conn, busy_timeout, foreign_keys)
     except BaseException:
         conn.close()
         raise
@@ -167,12 +138,41 @@ def connect_sqlite_for_loop(path: str, busy_timeout: float) -> sqlite3.Connectio
     worker thread) and it never checkpoints the WAL (the worker connections do). It is set
     up with the normal busy timeout, so call this on a worker thread.
     """
-    conn = connect_sqlite_inline(path, busy_timeout)
+    conn = connect_sqlite(path, busy_timeout)
     try:
         conn.execute("PRAGMA busy_timeout = 0")
         conn.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         conn.close()
+        raise
+    return conn
+
+
+async def _connect_aiosqlite(
+    path: str, busy_timeout: float, foreign_keys: bool
+) -> aiosqlite.Connection:
+    """An aiosqlite connection (for SQLAlchemy's engine) with the library's PRAGMAs, set
+    through aiosqlite's public API, on a daemon worker thread."""
+    conn = _daemon(aiosqlite.connect(path, timeout=busy_timeout, isolation_level=None))
+    await conn
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                cursor = await conn.execute("PRAGMA journal_mode = WAL")
+                mode = await cursor.fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.005)
+        if mode is not None and str(mode[0]).lower() not in ("wal", "memory"):
+            raise StorageError(f"cannot switch the database to WAL mode (got {mode[0]!r})")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        await conn.close()
         raise
     return conn
 
@@ -196,7 +196,7 @@ def create_engine(
             target = str(path)
 
             async def creator() -> Any:
-                return await connect_sqlite(target, config.busy_timeout, not migrations)
+                return await _connect_aiosqlite(target, config.busy_timeout, not migrations)
 
             kwargs["async_creator"] = creator
             kwargs["pool_size"] = config.connection_pool_size

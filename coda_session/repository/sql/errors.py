@@ -1,4 +1,9 @@
-"""Translation of driver and SQLAlchemy errors into coda_session's, in one place."""
+"""The one edge where driver and SQLAlchemy errors become coda_session's.
+
+Each runner call of the repository passes its failure through :func:`translate`, which
+asks the :class:`~.dialect.Dialect` what the error means (by error code, never by its
+message) and returns the library's error for it, to be raised chained to the original.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +13,49 @@ from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
 
-from ...errors import SessionError, StorageError
+from ...errors import SessionError, SessionExistsError, StorageError
+from .dialect import Dialect, Failure, driver_error
 
-__all__ = ["translate_errors"]
+__all__ = ["DRIVER_ERRORS", "translate", "translated"]
+
+#: What the runners may raise that the edge translates (anything else is a bug and is
+#: raised as it is).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, sa_exc.SQLAlchemyError, OSError)
 
 
-def _describe(exc: BaseException) -> str:
-    text = (
-        str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
-    )
-    lowered = text.lower()
-    if "locked" in lowered or "busy" in lowered:
-        return f"the database is locked by another connection and the busy timeout ran out ({text})"
-    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-        return f"the database file is corrupt or not a database ({text})"
-    if "readonly" in lowered or "read-only" in lowered:
-        return f"the database is read-only ({text})"
-    if "unable to open" in lowered:
-        return (
-            "cannot open the database file: it is missing or its directory is read-only "
-            f"or not accessible ({text})"
-        )
-    if "full" in lowered:
-        return f"the database or disk is full ({text})"
-    return text
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def translate(
+    exc: BaseException, action: str, dialect: Dialect, *, name: str | None = None
+) -> SessionError:
+    """The library's error for ``exc`` raised while doing ``action``.
+
+    A unique violation on ``sessions.name`` becomes :class:`SessionExistsError` (naming
+    ``name`` when given); every other failure a :class:`StorageError` saying what the
+    database reported.
+    """
+    if isinstance(exc, SessionError):
+        return exc
+    failure = dialect.classify(exc)
+    if failure is Failure.UNIQUE_NAME:
+        shown = f"session {name!r}" if name is not None else "a session of that name"
+        return SessionExistsError(f"{shown} already exists")
+    text = _first_line(driver_error(exc))
+    if failure is Failure.OTHER:
+        return StorageError(f"{action} failed: {text}")
+    return StorageError(f"{action} failed: {failure.value} ({text})")
 
 
 @contextmanager
-def translate_errors(action: str) -> Iterator[None]:
-    """Re-raise driver/SQLAlchemy errors as :class:`StorageError`, chained."""
+def translated(action: str, dialect: Dialect) -> Iterator[None]:
+    """Raise what :func:`translate` makes of a driver error inside the block (for the
+    operator API's one-off connections)."""
     try:
         yield
     except SessionError:
         raise
-    except (sqlite3.Error, sa_exc.SQLAlchemyError, OSError) as exc:
-        raise StorageError(f"{action} failed: {_describe(exc)}") from exc
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, action, dialect) from exc

@@ -1,118 +1,37 @@
 """Repository operations as plain functions over a narrow executor.
 
-Each operation is one transaction and is written once. It runs either on SQLite's
-connection thread in a single trip (:class:`RawExecutor`, the fast path) or through
-SQLAlchemy on any database (:class:`AlchemyExecutor`).
+Each operation is one transaction and is written once, against
+:class:`~.executors.Executor`: a runner runs it on SQLite's connection thread in a single
+trip (the fast path) or through SQLAlchemy on any database.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-from sqlalchemy.engine import Connection
+from typing import Any
 
 from ...codec import decode_metadata, dumps_metadata
-from ...errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
-from ...models import MessageRecord, SessionInfo, SessionRecord, _trusted_info
-from ...timeutil import from_db_timestamp, to_sqlite_timestamp
-from ..base import SaveRequest, SaveResult
+from ...errors import SessionNotFoundError, SessionTooLargeError
+from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
+from ...timeutil import from_db_timestamp
+from ..base import SaveRequest, SaveResult, check_import_size
 from . import statements as q
+from .executors import Executor
 
-__all__ = ["AlchemyExecutor", "Executor", "RawExecutor"]
-
-Params = Mapping[str, Any]
-
-
-class Executor(Protocol):
-    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]: ...
-
-    def run(self, stmt: sa.Executable, params: Params) -> int: ...
-
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
-
-
-_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata", "content_zlib")
-
-
-class RawExecutor:
-    """Runs the compiled statements on a ``sqlite3`` connection (already on its thread)."""
-
-    _dialect = SQLiteDialect_pysqlite()
-    _compiled: dict[int, tuple[str, tuple[str, ...], dict[str, Any]]] = {}  # noqa: RUF012
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    @classmethod
-    def _sql(cls, stmt: sa.Executable) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-        # keyed by identity: the statements are module-level constants that live forever
-        hit = cls._compiled.get(id(stmt))
-        if hit is None:
-            compiled = stmt.compile(dialect=cls._dialect)  # type: ignore[attr-defined]
-            hit = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
-            cls._compiled[id(stmt)] = hit
-        return hit
-
-    def _params(self, stmt: sa.Executable, params: Params) -> tuple[str, list[Any]]:
-        sql, names, defaults = self._sql(stmt)
-        return sql, [self._value(params[n]) if n in params else defaults[n] for n in names]
-
-    @staticmethod
-    def _value(value: Any) -> Any:
-        return to_sqlite_timestamp(value) if isinstance(value, datetime) else value
-
-    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
-        return self._conn.execute(*self._params(stmt, params)).fetchall()
-
-    def run(self, stmt: sa.Executable, params: Params) -> int:
-        return self._conn.execute(*self._params(stmt, params)).rowcount
-
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
-        sql, names, _ = self._sql(q.INSERT_MESSAGE)
-        # rows are built as tuples straight from the records: the hot loop of a bulk save
-        assert names == _INSERT_ORDER, names
-        rows = [(session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent) for r in records]
-        if len(rows) == 1:
-            return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
-        self._conn.executemany(sql, rows)
-        last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        # one writer holds the lock: with AUTOINCREMENT SQLite hands each row in turn
-        # max(largest id ever used)+1, so the ids of this batch are consecutive
-        return list(range(last - len(rows) + 1, last + 1))
-
-
-class AlchemyExecutor:
-    """Runs the statements through a SQLAlchemy connection (any dialect)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
-        return self._conn.execute(stmt, dict(params)).all()
-
-    def run(self, stmt: sa.Executable, params: Params) -> int:
-        return self._conn.execute(stmt, dict(params)).rowcount
-
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
-        params = [
-            {
-                "session_id": session_id,
-                "role": r.role,
-                "content": r.content,
-                "timestamp": r.timestamp,
-                "metadata": r.extra,
-                "content_zlib": r.zcontent,
-            }
-            for r in records
-        ]
-        ids = self._conn.execute(q.INSERT_MESSAGE_RETURNING, params).scalars().all()
-        return [int(i) for i in ids]
+__all__ = [
+    "create",
+    "delete",
+    "import_all",
+    "list_all",
+    "load",
+    "read",
+    "read_page",
+    "save",
+    "text_length",
+]
 
 
 def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> SessionRecord:
@@ -196,6 +115,23 @@ def import_finish(cx: Executor, record: SessionRecord, count: int, size: int) ->
     return int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
 
 
+def import_all(
+    cx: Executor,
+    record: SessionRecord,
+    batches: Iterable[Sequence[MessageRecord]],
+    max_bytes: int | None,
+) -> SessionRecord:
+    """A whole import in one transaction: the session, every batch, then its totals."""
+    import_begin(cx, record)
+    count = size = 0
+    for batch in batches:
+        size += import_batch(cx, record.id, batch)
+        count += len(batch)
+        check_import_size(record.name, size, max_bytes)
+    last = import_finish(cx, record, count, size)
+    return dataclasses.replace(record, message_count=count, size_bytes=size, last_message_id=last)
+
+
 def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
     params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
     row = cx.rows(q.TEXT_LENGTH, params)[0]
@@ -206,8 +142,8 @@ def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) 
 
 
 def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> SessionRecord:
-    if cx.rows(q.SESSION_BY_NAME, {"name": record.name}):
-        raise SessionExistsError(f"session {record.name!r} already exists")
+    # a taken name fails the INSERT on the UNIQUE constraint: the error edge makes that
+    # SessionExistsError (one statement, and no race between a check and the insert)
     metadata, count, size = record.metadata, 0, 0
     if copy_from is not None:
         source = cx.rows(q.SESSION_BY_ID, {"session_id": copy_from})
@@ -306,7 +242,7 @@ def list_all(cx: Executor) -> list[SessionInfo]:
     # frees it all as usual. Written inline, not as a context manager: a Ctrl-C landing
     # between a helper's frames could leave the collector off for good.
     build, meta, iso, stamp = (
-        _trusted_info,
+        trusted_info,
         decode_metadata,
         datetime.fromisoformat,
         from_db_timestamp,

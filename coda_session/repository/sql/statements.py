@@ -39,6 +39,7 @@ __all__ = [
     "TRUNCATE_STATS",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
+    "is_constant",
 ]
 
 
@@ -253,3 +254,15 @@ DELETE_MESSAGES_UPTO = sa.delete(m).where(
 )
 DELETE_MESSAGES = sa.delete(m).where(m.c.session_id == sa.bindparam("session_id"))
 DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
+
+# The compile cache of the SQLite fast path holds these and nothing else: they live as
+# long as the process, so their ids are never reused. A statement built per call is not
+# here, and is compiled per call.
+_CONSTANTS: dict[int, object] = {
+    id(value): value for name, value in list(globals().items()) if name in __all__
+}
+
+
+def is_constant(stmt: object) -> bool:
+    """True for the module's registered constant statements (the compile cache's keys)."""
+    return _CONSTANTS.get(id(stmt)) is stmt

@@ -1,0 +1,118 @@
+"""How an operation's statements reach the database: two executors, one interface.
+
+Operations (:mod:`.ops`) are written once against :class:`Executor`. :class:`RawExecutor`
+runs them on a stdlib ``sqlite3`` connection (SQLite's fast path, compiled once);
+:class:`AlchemyExecutor` through a SQLAlchemy connection (any database).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import Connection
+
+from ...models import MessageRecord
+from ...timeutil import to_sqlite_timestamp
+from . import statements as q
+
+__all__ = ["AlchemyExecutor", "Executor", "Params", "RawExecutor"]
+
+Params = Mapping[str, Any]
+
+
+class Executor(Protocol):
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]: ...
+
+    def run(self, stmt: sa.Executable, params: Params) -> int: ...
+
+    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
+
+
+_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata", "content_zlib")
+_Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
+
+
+class RawExecutor:
+    """Runs the statements on a ``sqlite3`` connection (already on its thread).
+
+    The registered constant statements (:func:`.statements.is_constant`) are compiled
+    once per process; anything else is compiled per call.
+    """
+
+    _dialect = SQLiteDialect_pysqlite()
+    _compiled: dict[int, _Compiled] = {}  # noqa: RUF012 - the process-wide cache
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def _sql(cls, stmt: sa.Executable) -> _Compiled:
+        key = id(stmt)
+        hit = cls._compiled.get(key)
+        if hit is not None:
+            return hit
+        compiled = stmt.compile(dialect=cls._dialect)  # type: ignore[attr-defined]
+        made = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+        if q.is_constant(stmt):  # lives as long as the process: its id is never reused
+            cls._compiled[key] = made
+        return made
+
+    def _params(self, stmt: sa.Executable, params: Params) -> tuple[str, list[Any]]:
+        sql, names, defaults = self._sql(stmt)
+        return sql, [self._value(params[n]) if n in params else defaults[n] for n in names]
+
+    @staticmethod
+    def _value(value: Any) -> Any:
+        return to_sqlite_timestamp(value) if isinstance(value, datetime) else value
+
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(*self._params(stmt, params)).fetchall()
+
+    def run(self, stmt: sa.Executable, params: Params) -> int:
+        return self._conn.execute(*self._params(stmt, params)).rowcount
+
+    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
+        sql, names, _ = self._sql(q.INSERT_MESSAGE)
+        # rows are built as tuples straight from the records: the hot loop of a bulk save
+        assert names == _INSERT_ORDER, names
+        rows = [(session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent) for r in records]
+        if len(rows) == 1:
+            return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
+        self._conn.executemany(sql, rows)
+        last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        # one writer holds the lock: with AUTOINCREMENT SQLite hands each row in turn
+        # max(largest id ever used)+1, so the ids of this batch are consecutive
+        return list(range(last - len(rows) + 1, last + 1))
+
+
+class AlchemyExecutor:
+    """Runs the statements through a SQLAlchemy connection (any dialect)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(stmt, dict(params)).all()
+
+    def run(self, stmt: sa.Executable, params: Params) -> int:
+        return self._conn.execute(stmt, dict(params)).rowcount
+
+    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
+        params = [
+            {
+                "session_id": session_id,
+                "role": r.role,
+                "content": r.content,
+                "timestamp": r.timestamp,
+                "metadata": r.extra,
+                "content_zlib": r.zcontent,
+            }
+            for r in records
+        ]
+        ids = self._conn.execute(q.INSERT_MESSAGE_RETURNING, params).scalars().all()
+        return [int(i) for i in ids]
