@@ -140,7 +140,8 @@ JSON = st.recursive(
     max_leaves=12,
 )
 EXTRA_KEY = STRINGS.filter(lambda k: k not in CORE_KEYS)
-ROLE = st.text(CHARS, min_size=1, max_size=20) | st.sampled_from(
+# a role of only whitespace is refused like an empty one
+ROLE = st.text(CHARS, min_size=1, max_size=20).filter(lambda r: not r.isspace()) | st.sampled_from(
     ["user", "assistant", "system", "tool", "'; --"]
 )
 OFFSETS = st.sampled_from(
