@@ -279,7 +279,9 @@ class AsyncSessionManager:
         """
         repo = await self._ready()
         return self._session(
-            await transfer.import_session(repo, self._config, source, name, format)
+            await transfer.import_session(
+                repo, self._config, source, name, format, self._check_open
+            )
         )
 
     async def export_store(self, target: Target) -> int:
@@ -292,7 +294,7 @@ class AsyncSessionManager:
         transaction; returns their names. On an error, the sessions imported before it stay
         (the error's notes name them) and the failing one writes nothing."""
         repo = await self._ready()
-        return await transfer.import_store(repo, self._config, source)
+        return await transfer.import_store(repo, self._config, source, self._check_open)
 
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.

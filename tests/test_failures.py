@@ -7,8 +7,8 @@ then compared with what they were before, on every backend and after close() too
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import pytest

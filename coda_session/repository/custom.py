@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -205,14 +205,14 @@ class StorageAdapter:
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
         if await self._get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
         # the whole session is saved in one call at the end
-        records, _ = await collect_import(record.name, batches, max_bytes)
+        records, _ = collect_import(record.name, batches, max_bytes)
         data = SessionData(
             id=record.id,
             name=record.name,

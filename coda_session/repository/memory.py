@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import copy
 import gc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,14 +129,14 @@ class MemoryRepository:
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
         # everything is checked before anything is stored
-        messages, _ = await collect_import(record.name, batches, max_bytes)
+        messages, _ = collect_import(record.name, batches, max_bytes)
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
         created = await self.create_session(record)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import SessionConfig
@@ -62,15 +62,17 @@ class Repository(Protocol):
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
         """Create ``record`` and fill it from ``batches`` in one transaction.
 
-        ``record.metadata`` / ``updated_at`` are read after the last batch (an importer may
-        learn them late). Any error, from storage or raised by ``batches``, writes nothing.
-        SessionExistsError if the name is taken; SessionTooLargeError past ``max_bytes``.
+        ``batches`` is already validated and re-iterable: each iteration reads it again from
+        the start (so a transaction may be retried), synchronously (it reads a local file;
+        a backend may iterate it on a worker thread). Any error, from storage or raised by
+        ``batches``, writes nothing. SessionExistsError if the name is taken;
+        SessionTooLargeError past ``max_bytes``.
         """
         ...
 

@@ -4,18 +4,20 @@ source opened as UTF-8 text, and a reader pulled a page at a time from a worker 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import anyio
 
 from ..errors import FileFormatError, StorageError
+from ..models import MessageRecord
 from .format import Event
 
-__all__ = ["PAGE", "Puller", "Sink", "Source", "Target", "open_source"]
+__all__ = ["PAGE", "Puller", "Sink", "Source", "Spool", "Target", "open_source"]
 
 PAGE = 1000  # messages per read, write and insert: what bounds memory
 Target = str | os.PathLike[str] | IO[str]
@@ -74,25 +76,78 @@ def open_source(source: Source) -> tuple[IO[str], str, Callable[[], None]]:
 
 
 class Puller:
-    """Pulls events from a reader in a worker thread, a page at a time."""
+    """Pulls events from a reader in a worker thread, a page at a time.
+
+    An error the reader raises while reading ahead is raised in its place in the stream,
+    after the events read before it (so the sessions before a damaged line are imported,
+    as import_store documents)."""
 
     def __init__(self, events: Iterator[Event]) -> None:
         self._events = events
         self._queue: deque[Event] = deque()
         self._done = False
+        self._error: Exception | None = None
 
     def _fill(self) -> list[Event]:
         out = []
-        for event in self._events:
-            out.append(event)
-            if len(out) >= PAGE:
-                break
+        try:
+            for event in self._events:
+                out.append(event)
+                if len(out) >= PAGE:
+                    break
+        except Exception as exc:
+            if not out:
+                raise
+            self._error = exc  # raised once the events before it are taken
         return out
 
     async def next(self) -> Event | None:
+        if not self._queue and self._error is not None:
+            error, self._error = self._error, None
+            self._done = True
+            raise error
         if not self._queue and not self._done:
             got = await anyio.to_thread.run_sync(self._fill)
             if not got:
                 self._done = True
             self._queue.extend(got)
         return self._queue.popleft() if self._queue else None
+
+
+class Spool(Iterable[Sequence[MessageRecord]]):
+    """An import's validated messages, staged in a private temporary file (0600, already
+    unlinked, so nothing is left behind on any path) a batch at a time, so memory stays
+    bounded and storage is written only once the whole input is known to be good.
+
+    Iterating reads the batches back from the start, every time (a storage may retry its
+    transaction); one iteration at a time.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._fh = tempfile.TemporaryFile(prefix=".coda-import-")  # noqa: SIM115
+        except OSError as exc:
+            raise StorageError(f"cannot stage the import in a temporary file: {exc}") from exc
+        self._batches = 0
+        self.count = 0
+        self.size = 0
+
+    def add(self, batch: Sequence[MessageRecord]) -> None:
+        """Append one batch (blocking I/O: call it from a worker thread)."""
+        try:
+            pickle.dump(list(batch), self._fh, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            raise StorageError(f"cannot stage the import in a temporary file: {exc}") from exc
+        self._batches += 1
+        self.count += len(batch)
+        self.size += sum(r.byte_size() for r in batch)
+
+    def __iter__(self) -> Iterator[Sequence[MessageRecord]]:
+        self._fh.flush()
+        self._fh.seek(0)
+        for _ in range(self._batches):
+            batch: list[MessageRecord] = pickle.load(self._fh)
+            yield batch
+
+    def close(self) -> None:
+        self._fh.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -290,54 +290,15 @@ class SqlRepository:
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
-        if self._engine is None:
-            await self.open()
-        try:
-            if self._inline is not None or self._raw is not None:
-                async with self._lock():
-                    return await self._import_raw(record, batches, max_bytes)
-            with translate_errors("importing a session"):
-                assert self._engine is not None
-                async with self._engine.connect() as pooled:
-                    conn = await pooled.execution_options(**{WRITE_OPTION: True})
-                    async with conn.begin():
-                        await conn.run_sync(_alchemy_call, ops.import_begin, (record,))
-                        count = size = 0
-                        async for batch in batches:
-                            size += await conn.run_sync(
-                                _alchemy_call, ops.import_batch, (record.id, batch)
-                            )
-                            count += len(batch)
-                            check_import_size(record.name, size, max_bytes)
-                        last = await conn.run_sync(
-                            _alchemy_call, ops.import_finish, (record, count, size)
-                        )
-        except (sqlite3.Error, OSError) as exc:
-            with translate_errors("importing a session"):
-                raise exc
-        return _imported(record, count, size, last)
-
-    async def _import_raw(
-        self,
-        record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
-        max_bytes: int | None,
-    ) -> SessionRecord:
-        await self._step(_begin_with, ops.import_begin, record)
-        try:
-            count = size = 0
-            async for batch in batches:
-                size += await self._step(_call_raw, ops.import_batch, record.id, batch)
-                count += len(batch)
-                check_import_size(record.name, size, max_bytes)
-            last = await self._step(_finish_with, ops.import_finish, record, count, size)
-        except BaseException:
-            await asyncio.shield(self._step(_rollback))
-            raise
+        # one transaction function over the staged (re-iterable) batches: a retry after a
+        # busy database reads them again from the start
+        count, size, last = await self._run(
+            "importing a session", True, _import_all, record, batches, max_bytes
+        )
         return _imported(record, count, size, last)
 
     async def read_page(
@@ -496,6 +457,21 @@ def _finish_with(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> 
 
 def _rollback(conn: sqlite3.Connection) -> None:
     conn.rollback()
+
+
+def _import_all(
+    cx: ops.Executor,
+    record: SessionRecord,
+    batches: Iterable[Sequence[MessageRecord]],
+    max_bytes: int | None,
+) -> tuple[int, int, int]:
+    ops.import_begin(cx, record)
+    count = size = 0
+    for batch in batches:
+        size += ops.import_batch(cx, record.id, batch)
+        count += len(batch)
+        check_import_size(record.name, size, max_bytes)
+    return count, size, ops.import_finish(cx, record, count, size)
 
 
 def _imported(record: SessionRecord, count: int, size: int, last: int) -> SessionRecord:
