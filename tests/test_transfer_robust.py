@@ -188,3 +188,42 @@ async def test_imported_sessions_read_back_whole(
     assert s.message_count == 2500
     got = await s.get_messages()
     assert [g["content"] for g in got] == [f"m{i}" for i in range(2500)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "sqlite-core"])
+async def test_an_import_waiting_for_its_source_does_not_lock_out_writers(
+    tmp_path: Path, backend: str
+) -> None:
+    store = Store(backend, tmp_path / "sessions")
+    lines = _session_lines("slow", 2500)  # more than a page: the first page is in hand
+    read_fd, write_fd = os.pipe()
+    release = threading.Event()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "w") as fh:
+            fh.write("\n".join(lines[:-1]) + "\n")
+            fh.flush()
+            release.wait(30)
+            fh.write(lines[-1] + "\n")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    importer = store.async_manager()
+    other = store.async_manager(busy_timeout=1.0)
+    source = os.fdopen(read_fd, encoding="utf-8")
+    try:
+        await importer.open()
+        task = asyncio.ensure_future(importer.import_session(source, format="jsonl"))
+        await asyncio.sleep(1.0)  # the import has read the first pages and waits for more
+        s = await other.create_session("meanwhile")  # would wait out busy_timeout, then fail
+        s.add_message({"role": "user", "content": "x"})
+        await other.save_session(s)
+        release.set()
+        imported = await asyncio.wait_for(task, 30)
+        assert imported.message_count == 2500
+    finally:
+        release.set()
+        feeder.join(10)
+        source.close()
+        await importer.close()
+        await other.close()
