@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -36,6 +37,17 @@ logger = logging.getLogger("coda_session")
 #: ``get_messages(limit=...)`` that follows needs no second read.
 RESUME_PREFETCH = 50
 
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class AsyncSessionManager:
     """Creates, resumes, saves, lists and deletes sessions; async-first.
@@ -57,6 +69,7 @@ class AsyncSessionManager:
         storage: SessionStorage | Repository | None = None,
     ) -> None:
         self._config = SessionConfig.from_mapping(config)
+        self._pid = _pid  # a child of fork() gets SessionError from this manager
         self._repository: Repository = open_repository(self._config, storage)
         self._host = SessionHost(self._config, self._repository, self._check_open)
         self._opened = False
@@ -82,6 +95,12 @@ class AsyncSessionManager:
         return self._closed
 
     def _check_open(self) -> None:
+        if self._pid != _pid:
+            # its connections, their threads and its locks stayed in the parent
+            raise SessionError(
+                "this manager was created in another process (the child of a fork() "
+                "inherited it): open a new manager in the child"
+            )
         if self._closed:
             raise ManagerClosedError("the session manager is closed")
 
@@ -135,6 +154,7 @@ class AsyncSessionManager:
         return errors
 
     async def _ready(self) -> Repository:
+        self._check_open()
         if not self._opened or self._closed:
             await self.open()
         return self._repository
@@ -279,7 +299,9 @@ class AsyncSessionManager:
         """
         repo = await self._ready()
         return self._session(
-            await transfer.import_session(repo, self._config, source, name, format)
+            await transfer.import_session(
+                repo, self._config, source, name, format, self._check_open
+            )
         )
 
     async def export_store(self, target: Target) -> int:
@@ -292,7 +314,7 @@ class AsyncSessionManager:
         transaction; returns their names. On an error, the sessions imported before it stay
         (the error's notes name them) and the failing one writes nothing."""
         repo = await self._ready()
-        return await transfer.import_store(repo, self._config, source)
+        return await transfer.import_store(repo, self._config, source, self._check_open)
 
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.
@@ -301,6 +323,9 @@ class AsyncSessionManager:
         is released all the same and the first error is raised. Idempotent.
         """
         if self._closed:
+            return
+        if self._pid != _pid:  # inherited across fork(): drop it, touch nothing of the parent's
+            self._closed = True
             return
         task, self._autosave_task = self._autosave_task, None
         if task is not None and task.get_loop() is asyncio.get_running_loop():

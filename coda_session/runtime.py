@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
@@ -24,6 +25,7 @@ from .errors import ManagerClosedError, SessionError
 __all__ = [
     "CANCEL_WAIT",
     "CLOSE_WAIT",
+    "FORKED",
     "HelperThread",
     "LoopRunner",
     "close_at_exit",
@@ -44,6 +46,28 @@ class Closeable(Protocol):
 _live: weakref.WeakSet[Closeable] = weakref.WeakSet()
 _hook_lock = threading.Lock()
 _hook_installed = False
+
+#: What a call of a blocking manager inherited across ``fork()`` raises in the child: the
+#: manager's lock, loop and connections belong to the parent (another of its threads may
+#: have held them at the fork, and would never release them here).
+FORKED = (
+    "this manager was created in another process (the child of a fork() inherited it): "
+    "open a new manager in the child"
+)
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid, _hook_lock
+    _pid = os.getpid()
+    # another thread may have held the lock at the fork; the parent's managers are not
+    # this process's to close at exit (their connections and threads stayed behind)
+    _hook_lock = threading.Lock()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _close_all_at_exit() -> None:
@@ -101,6 +125,7 @@ class LoopRunner:
     """
 
     def __init__(self) -> None:
+        self._pid = _pid
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._task: asyncio.Task[Any] | None = None
@@ -111,6 +136,8 @@ class LoopRunner:
         self._helper_lock = threading.Lock()
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self._pid != _pid:  # inherited across fork(): its lock may never be released
+            raise SessionError(FORKED)
         running = asyncio._get_running_loop()
         if running is self._loop:
             raise SessionError("the blocking API cannot be called from its own event loop")
@@ -186,6 +213,11 @@ class LoopRunner:
         one of this runner's calls (a signal handler), it returns at once and the close
         runs when that call ends (and this returns False).
         """
+        if self._pid != _pid:
+            # inherited across fork(): the loop, its lock and what it holds are the
+            # parent's; dropping them touches nothing of the parent's
+            self._stopped = True
+            return True
         self._closing = True
         if asyncio._get_running_loop() is self._loop:  # inside one of our calls
             self._deferred.append(last)
@@ -256,12 +288,15 @@ def interrupts_held(on_interrupt: Callable[[], None] | None) -> Iterator[None]:
     batch unrecorded (sent again by the next save). While held, Ctrl-C calls
     ``on_interrupt`` (which cancels the call at its next await) and is delivered to the
     previous handler once the call is over. Other threads never receive signals.
+    A SIGINT the process ignores (``SIG_IGN``, as for ``cmd &`` from a non-interactive
+    shell) stays ignored: it neither cancels the call nor is delivered later.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
-    if previous is None:  # installed outside Python: cannot be put back, leave it
+    if previous is None or previous == signal.SIG_IGN:
+        # installed outside Python (cannot be put back), or ignored: leave it as it is
         yield
         return
     caught: list[tuple[int, Any]] = []

@@ -192,12 +192,14 @@ class AsyncSession:
         """Replace every message (validated first: one bad message changes nothing)."""
         compress = self._host.config.compress_messages
         records = [encode_message(m, compress=compress) for m in messages]
+        size = sum(r.byte_size() for r in records)
         self._usable()
         with self._state:
-            self._truncate(0)  # refused while saving: nothing changes then
-            size = sum(r.byte_size() for r in records)
+            # every check before the first change: a refused call leaves the object (and
+            # what the next save writes) exactly as it was
             if size > self._limit():
                 raise SessionTooLargeError(self._name, size, self._limit())
+            self._truncate(0)  # refused while saving, before it changes anything
             self._pending.extend(records)
             self._pending_bytes = size
 

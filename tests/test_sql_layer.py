@@ -118,9 +118,11 @@ async def test_busy_retry_runs_on_every_path(
         held = _hold_write_lock(store.database)
         try:
             s.add_message({"role": "user", "content": "waits"})
-            with caplog.at_level(logging.DEBUG, logger="coda_session"):
-                with pytest.raises(StorageError, match="locked"):
-                    await m.save_session(s)
+            with (
+                caplog.at_level(logging.DEBUG, logger="coda_session"),
+                pytest.raises(StorageError, match="locked"),
+            ):
+                await m.save_session(s)
         finally:
             held.rollback()
             held.close()

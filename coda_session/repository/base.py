@@ -6,7 +6,7 @@ imports neither.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,14 +29,14 @@ def check_import_size(name: str, size: int, max_bytes: int | None) -> None:
         raise SessionTooLargeError(name, size, max_bytes)
 
 
-async def collect_import(
-    name: str, batches: AsyncIterator[Sequence[MessageRecord]], max_bytes: int | None
+def collect_import(
+    name: str, batches: Iterable[Sequence[MessageRecord]], max_bytes: int | None
 ) -> tuple[list[MessageRecord], int]:
     """Every message of an import's batches and their size, checked as they come (for
     backends that store the whole session at the end)."""
     messages: list[MessageRecord] = []
     size = 0
-    async for batch in batches:
+    for batch in batches:
         messages.extend(batch)
         size += sum(m.byte_size() for m in batch)
         check_import_size(name, size, max_bytes)

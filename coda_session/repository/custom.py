@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -214,7 +214,7 @@ class StorageAdapter:
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
@@ -222,11 +222,7 @@ class StorageAdapter:
             raise SessionExistsError(f"session {record.name!r} already exists")
 
         # the whole session is saved in one call at the end
-        async def _agen():  # TEMP
-            for b in batches:
-                yield b
-
-        records, _ = await collect_import(record.name, _agen(), max_bytes)
+        records, _ = collect_import(record.name, batches, max_bytes)
         data = SessionData(
             id=record.id,
             name=record.name,

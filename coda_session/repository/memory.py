@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import copy
 import gc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,7 +130,7 @@ class MemoryRepository:
     async def import_session(
         self,
         record: SessionRecord,
-        batches: AsyncIterator[Sequence[MessageRecord]],
+        batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
     ) -> SessionRecord:
@@ -138,11 +138,7 @@ class MemoryRepository:
             raise SessionExistsError(f"session {record.name!r} already exists")
 
         # everything is checked before anything is stored
-        async def _agen():  # TEMP
-            for b in batches:
-                yield b
-
-        messages, _ = await collect_import(record.name, _agen(), max_bytes)
+        messages, _ = collect_import(record.name, batches, max_bytes)
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
         created = await self.create_session(record)

@@ -83,9 +83,11 @@ class Repository(Protocol):
     ) -> SessionRecord:
         """Create ``record`` and fill it from ``batches`` in one transaction.
 
-        ``record.metadata`` / ``updated_at`` are read after the last batch (an importer may
-        learn them late). Any error, from storage or raised by ``batches``, writes nothing.
-        SessionExistsError if the name is taken; SessionTooLargeError past ``max_bytes``.
+        ``batches`` is already validated and re-iterable: each iteration reads it again from
+        the start (so a transaction may be retried), synchronously (it reads a local file;
+        a backend may iterate it on a worker thread). Any error, from storage or raised by
+        ``batches``, writes nothing. SessionExistsError if the name is taken;
+        SessionTooLargeError past ``max_bytes``.
         """
         ...
 

@@ -6,7 +6,7 @@ format, :mod:`.files` the files; this module moves sessions between them and sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -15,9 +15,10 @@ from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionNotFoundError
 from ..models import MessageRecord, SessionRecord
+from ..repository.base import check_import_size
 from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
-from .files import PAGE, Puller, Sink, Source, Target, open_source
+from .files import PAGE, Puller, Sink, Source, Spool, Target, open_source
 
 __all__ = [
     "Source",
@@ -98,33 +99,37 @@ async def export_store(repo: Repository, target: Target) -> int:
         await sink.finish(ok)
 
 
-async def _import_block(
-    repo: Repository,
+async def _stage(
     config: SessionConfig,
     puller: Puller,
     header: dict[str, Any],
     line: int,
     name: str | None,
     where: str,
-) -> SessionRecord:
+    check_open: Callable[[], None],
+) -> tuple[SessionRecord, Spool]:
+    """Read one session's block up to its end line, validated, into a spool: storage is
+    not touched (nor its write lock held) while the source is read."""
     record = fmt_.session_record(header, name, where, line)
-    compress = config.compress_messages
-
-    async def batches() -> AsyncIterator[list[MessageRecord]]:
+    compress, max_bytes = config.compress_messages, config.max_session_bytes
+    spool = Spool()
+    try:
         batch: list[MessageRecord] = []
-        count = 0
+        count = size = 0
         while True:
             event = await puller.next()
+            check_open()  # a manager closed meanwhile: stop reading, write nothing
             if event is None:
                 raise FileFormatError(f"{where}: the file ends inside a session: it is truncated")
             kind, payload, at = event
             if kind == "message":
                 count += 1
-                batch.append(
-                    fmt_.message(payload, compress=compress, where=where, line=at, number=count)
-                )
+                item = fmt_.message(payload, compress=compress, where=where, line=at, number=count)
+                batch.append(item)
+                size += item.byte_size()
+                check_import_size(record.name, size, max_bytes)  # refused early, not at the end
                 if len(batch) >= PAGE:
-                    yield batch
+                    await anyio.to_thread.run_sync(spool.add, batch)
                     batch = []
                 continue
             if kind != "end":
@@ -133,16 +138,45 @@ async def _import_block(
             if metadata is not None:
                 record.metadata = metadata
             if batch:
-                yield batch
-            return
+                await anyio.to_thread.run_sync(spool.add, batch)
+            return record, spool
+    except BaseException:
+        spool.close()
+        raise
 
-    return await repo.import_session(record, batches(), max_bytes=config.max_session_bytes)
+
+async def _store(
+    repo: Repository,
+    config: SessionConfig,
+    record: SessionRecord,
+    spool: Spool,
+    check_open: Callable[[], None],
+) -> SessionRecord:
+    try:
+        check_open()  # a manager closed while the source was read writes nothing
+        return await repo.import_session(record, spool, max_bytes=config.max_session_bytes)
+    finally:
+        spool.close()
+
+
+def _still_open() -> None:
+    return None
 
 
 async def import_session(
-    repo: Repository, config: SessionConfig, source: Source, name: str | None, fmt: str | None
+    repo: Repository,
+    config: SessionConfig,
+    source: Source,
+    name: str | None,
+    fmt: str | None,
+    check_open: Callable[[], None] = _still_open,
 ) -> SessionRecord:
-    """Import the one session of ``source`` in one transaction; returns what was stored."""
+    """Import the one session of ``source`` in one transaction; returns what was stored.
+
+    The whole stream is read and validated first, to its end (one session, nothing after
+    it): a file that fails anywhere writes nothing. ``check_open`` raises if the caller
+    was closed meanwhile (ManagerClosedError), before anything is written.
+    """
     fh, where, close = open_source(source)
     try:
         try:
@@ -153,19 +187,31 @@ async def import_session(
         first = await puller.next()
         if first is None or first[0] != "session":
             raise FileFormatError(f"{where}: no session in the file")
-        record = await _import_block(repo, config, puller, first[1], first[2], name, where)
-        rest = await puller.next()
-        if rest is not None:
-            raise FileFormatError(
-                f"{where}: line {rest[2]}: more than one session; use import_store"
-            )
+        record, spool = await _stage(config, puller, first[1], first[2], name, where, check_open)
+        try:
+            rest = await puller.next()
+            if rest is not None:
+                raise FileFormatError(
+                    f"{where}: line {rest[2]}: more than one session; use import_store"
+                )
+        except BaseException:
+            spool.close()
+            raise
     finally:
         close()
-    return record
+    return await _store(repo, config, record, spool, check_open)
 
 
-async def import_store(repo: Repository, config: SessionConfig, source: Source) -> list[str]:
-    """Import every session of an ``export_store`` stream, each in its own transaction."""
+async def import_store(
+    repo: Repository,
+    config: SessionConfig,
+    source: Source,
+    check_open: Callable[[], None] = _still_open,
+) -> list[str]:
+    """Import every session of an ``export_store`` stream, each in its own transaction.
+
+    On an error, the sessions imported before it stay and the error's notes name them.
+    """
     fh, where, close = open_source(source)
     done: list[str] = []
     try:
@@ -173,13 +219,14 @@ async def import_store(repo: Repository, config: SessionConfig, source: Source) 
         while (event := await puller.next()) is not None:
             if event[0] != "session":
                 raise FileFormatError(f"{where}: line {event[2]}: expected a session header")
-            try:
-                record = await _import_block(repo, config, puller, event[1], event[2], None, where)
-            except Exception as exc:
-                if done:
-                    exc.add_note(f"imported before the failure: {', '.join(done)}")
-                raise
-            done.append(record.name)
+            record, spool = await _stage(
+                config, puller, event[1], event[2], None, where, check_open
+            )
+            done.append((await _store(repo, config, record, spool, check_open)).name)
+    except Exception as exc:
+        if done:
+            exc.add_note(f"imported before the failure: {', '.join(done)}")
+        raise
     finally:
         close()
     return done

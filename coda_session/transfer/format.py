@@ -34,6 +34,7 @@ from ..timeutil import from_db_timestamp, utcnow
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_LINE_CHARS",
     "Event",
     "check_end",
     "dumps",
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+
+#: The longest line of a JSON Lines file, and the longest value of a JSON file, an import
+#: reads (in characters): a longer one raises FileFormatError instead of exhausting memory
+#: (``/dev/zero``, a file with no line breaks). 256 MiB is far past any message a session
+#: can store, since a stored session is at most ``max_session_size``.
+MAX_LINE_CHARS = 256 * 1024 * 1024
 
 Event = tuple[str, Any, int]  # ("session" | "message" | "end", payload, line)
 
@@ -73,10 +80,31 @@ def header(record: SessionRecord) -> dict[str, Any]:
 # -- reading -------------------------------------------------------------------------------
 
 
+def _too_long(where: str, line: int) -> FileFormatError:
+    return FileFormatError(
+        f"{where}: line {line}: longer than {MAX_LINE_CHARS} characters, the most an "
+        "import reads in one line or value: not an export of this library"
+    )
+
+
+def _lines(fh: IO[str], where: str) -> Iterator[tuple[int, str]]:
+    """The numbered lines of ``fh``, none longer than MAX_LINE_CHARS (read bounded)."""
+    number = 0
+    while True:
+        limit = MAX_LINE_CHARS
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit:
+            raise _too_long(where, number)
+        yield number, line
+
+
 def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
     number = 0
     in_session = False
-    for number, line in enumerate(fh, 1):
+    for number, line in _lines(fh, where):
         if not line.strip():
             continue
         try:
@@ -120,23 +148,27 @@ class JsonStream:
     def __init__(self, fh: IO[str], where: str) -> None:
         self.fh, self.where = fh, where
         self.buf, self.pos, self.eof, self.lines = "", 0, False, 0
+        self.counted = 0  # buf[:counted] has had its line breaks added to lines
         self.decoder = json.JSONDecoder()
 
     def line(self) -> int:
-        return self.lines + self.buf.count("\n", 0, self.pos) + 1
+        # counted incrementally: a big buffer holding many messages is scanned once
+        self.lines += self.buf.count("\n", self.counted, self.pos)
+        self.counted = self.pos
+        return self.lines + 1
 
     def error(self, problem: str) -> FileFormatError:
         return FileFormatError(f"{self.where}: line {self.line()}: {problem}")
 
-    def more(self) -> bool:
+    def more(self, size: int = CHUNK) -> bool:
         if self.eof:
             return False
-        chunk = self.fh.read(self.CHUNK)
+        chunk = self.fh.read(size)
         if not chunk:
             self.eof = True
             return False
-        self.lines += self.buf.count("\n", 0, self.pos)
-        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        self.line()  # count the line breaks of the part dropped
+        self.buf, self.pos, self.counted = self.buf[self.pos :] + chunk, 0, 0
         return True
 
     def peek(self) -> str:
@@ -169,7 +201,12 @@ class JsonStream:
                     if exc.pos >= len(self.buf.rstrip()):
                         raise self.error("the file ends inside a value: it is truncated") from None
                     raise self.error(f"not valid JSON ({exc.msg})") from None
-            self.more()  # the value may go on in the next chunk
+            # the value may go on: read as much again as it already has, so a value of n
+            # characters is decoded O(log n) times (linear work), not once per chunk
+            held = len(self.buf) - self.pos
+            if held > MAX_LINE_CHARS:
+                raise _too_long(self.where, self.line())
+            self.more(max(self.CHUNK, held))
 
 
 def json_events(fh: IO[str], where: str) -> Iterator[Event]:
@@ -220,7 +257,9 @@ def json_events(fh: IO[str], where: str) -> Iterator[Event]:
 
 def events(fh: IO[str], where: str, fmt: str | None) -> Iterator[Event]:
     if fmt is None:
-        first = fh.readline()
+        first = fh.readline(MAX_LINE_CHARS + 1)
+        if len(first) > MAX_LINE_CHARS:
+            raise _too_long(where, 1)
         fmt = "json"
         try:
             head = json.loads(first)

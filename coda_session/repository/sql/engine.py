@@ -55,18 +55,43 @@ def prepare_sqlite_file(path: Path) -> None:
     """Create the database's directory (0700) and file (0600) before SQLite opens it.
 
     Conversations are private: SQLite gives its -wal and -shm files the mode of the
-    database file, so creating that file 0600 first covers all three.
+    database file, so creating that file 0600 first covers all three. Every missing
+    directory level is created 0700 (existing ones are left as they are). A symbolic link
+    in the database file's place (or its -wal, -shm or -journal file's) is refused: SQLite
+    would follow it and create the files outside the storage directory, with other modes.
     """
     directory = path.parent
     try:
-        if not directory.exists():
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(directory, 0o700)
-        if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        missing: list[Path] = []
+        level = directory
+        while not os.path.lexists(level):
+            missing.append(level)
+            if level.parent == level:
+                break
+            level = level.parent
+        for new in reversed(missing):
+            try:
+                os.mkdir(new, 0o700)
+            except FileExistsError:
+                continue  # created meanwhile by someone else: theirs, as it is
+            os.chmod(new, 0o700)  # the umask may have cleared bits: exactly 0700
+        for name in (path.name, *(path.name + tail for tail in ("-wal", "-shm", "-journal"))):
+            if os.path.islink(directory / name):
+                raise StorageError(
+                    f"the database file {directory / name} is a symbolic link: refused, so "
+                    "the database never lands outside storage_path; remove the link, or "
+                    "configure database_url for a database file elsewhere"
+                )
+        if not os.path.lexists(path):
+            flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o600)
             os.close(fd)
     except FileExistsError:
-        pass
+        if os.path.islink(path):  # a link put there meanwhile
+            raise StorageError(
+                f"the database file {path} is a symbolic link: refused; remove the link, "
+                "or configure database_url for a database file elsewhere"
+            ) from None
     except OSError as exc:
         raise StorageError(f"cannot create the database file {path}: {exc}") from exc
 

@@ -173,7 +173,8 @@ class SqliteRunner:
                 mode.loop_pages = 0  # this commit checkpointed the WAL if it had grown
             return result
         reader = self._reader(mode)
-        return await reader.call(in_transaction, False, fn, args, interruptible=True)
+        read: T = await reader.call(in_transaction, False, fn, args, interruptible=True)
+        return read
 
     def _reader(self, mode: Threaded) -> Worker:
         for reader in mode.readers:
