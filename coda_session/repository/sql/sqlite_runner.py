@@ -166,7 +166,7 @@ class SqliteRunner:
                 mode.loop_pages += loop_pages
                 return done
         if write or mode.reader_limit < 1:
-            result = await mode.writer.call(
+            result: T = await mode.writer.call(
                 in_transaction, write, fn, args, interruptible=not write
             )
             if write:
