@@ -14,7 +14,7 @@ import anyio
 from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionNotFoundError
-from ..models import MessageRecord, SessionRecord
+from ..models import MessageRecord, SessionRecord, as_dicts
 from ..repository.protocol import Repository
 from . import format as fmt_
 from .files import PAGE, Puller, Sink, Source, Target, open_source
@@ -38,7 +38,7 @@ async def _pages(repo: Repository, record: SessionRecord) -> AsyncIterator[list[
         if not page:
             return
         after = page[-1].id or after
-        yield [fmt_.dumps(r.to_dict()) for r in page]
+        yield [fmt_.dumps(d) for d in as_dicts(page, record.name)]
 
 
 async def _write_session(repo: Repository, record: SessionRecord, sink: Sink, fmt: str) -> int:
