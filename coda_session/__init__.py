@@ -2,6 +2,7 @@
 
 from .config import SessionConfig
 from .errors import (
+    DamagedDataError,
     FileFormatError,
     InvalidConfigError,
     InvalidMessageError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncSession",
     "AsyncSessionManager",
+    "DamagedDataError",
     "FileFormatError",
     "InvalidConfigError",
     "InvalidMessageError",

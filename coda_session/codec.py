@@ -28,10 +28,14 @@ __all__ = [
     "COMPRESS_THRESHOLD",
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
+    "UNREADABLE_METADATA_KEY",
     "check_name",
     "decode_metadata",
     "encode_message",
     "encode_metadata",
+    "is_timestamp",
+    "read_metadata",
+    "shown_text",
 ]
 
 MAX_DEPTH = 100
@@ -174,12 +178,51 @@ def dumps_metadata(metadata: Mapping[str, Any]) -> str:
     return _dumps(metadata)
 
 
-def decode_metadata(text: str | None) -> dict[str, Any]:
-    """Session metadata from its stored JSON text (``{}`` for NULL)."""
+#: The key under which session metadata that cannot be decoded is shown (its stored text).
+UNREADABLE_METADATA_KEY = "_unreadable_metadata"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_metadata(text: Any) -> dict[str, Any] | None:
+    """Session metadata from its stored JSON text (``{}`` for NULL; a JSON value that is
+    not an object as ``{"value": ...}``), or None when the stored value cannot be decoded."""
     if text is None or text == "" or text == "{}":
         return {}
-    value = json.loads(text)
+    if type(text) is not str:
+        return None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
     return value if isinstance(value, dict) else {"value": value}
+
+
+def shown_text(value: Any) -> str:
+    """A stored value that cannot be decoded, as text to show (bytes: UTF-8, with
+    backslash escapes for what is not)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return value if isinstance(value, str) else repr(value)
+
+
+def decode_metadata(text: Any) -> dict[str, Any]:
+    """Session metadata from its stored JSON text; never raises: what cannot be decoded is
+    kept, as text, under :data:`UNREADABLE_METADATA_KEY` (so a later save keeps it too)."""
+    value = read_metadata(text)
+    if value is None:
+        return {UNREADABLE_METADATA_KEY: shown_text(text)}
+    return value
+
+
+def is_timestamp(value: Any) -> bool:
+    """Whether ``value`` is a message timestamp ``add_message`` accepts as given."""
+    try:
+        return type(value) is str and _timestamp(value) == value
+    except InvalidMessageError:
+        return False
 
 
 def check_name(name: Any, what: str = "session name", *, lookup: bool = False) -> str:

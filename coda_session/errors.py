@@ -11,7 +11,8 @@
     ├── FileFormatError               (also ValueError) an import file is malformed or truncated
     ├── ManagerClosedError            the manager was closed
     └── StorageError                  the storage failed (I/O, locking, corruption)
-        └── SchemaVersionError        the database schema is unknown or newer than this library
+        ├── SchemaVersionError        the database schema is unknown or newer than this library
+        └── DamagedDataError          a stored row cannot be decoded (names session and message)
 
 Input errors are raised before anything is written. Errors of the database driver and of
 SQLAlchemy never reach the caller as such: they are translated into :class:`StorageError`
@@ -21,6 +22,7 @@ SQLAlchemy never reach the caller as such: they are translated into :class:`Stor
 from __future__ import annotations
 
 __all__ = [
+    "DamagedDataError",
     "FileFormatError",
     "InvalidConfigError",
     "InvalidMessageError",
@@ -84,3 +86,8 @@ class StorageError(SessionError):
 
 class SchemaVersionError(StorageError):
     """The database schema is newer than (or unknown to) this version of coda_session."""
+
+
+class DamagedDataError(StorageError):
+    """A stored row cannot be decoded (damaged on disk, or written by other code): the
+    message names the session and the message id. Other rows stay readable."""

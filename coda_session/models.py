@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-__all__ = ["Message", "MessageRecord", "SessionInfo", "SessionRecord", "trusted_info"]
+from .errors import DamagedDataError
+
+__all__ = [
+    "Message",
+    "MessageRecord",
+    "SessionInfo",
+    "SessionRecord",
+    "as_dicts",
+    "naming_session",
+    "trusted_info",
+]
 
 
 def _dumps(value: Any) -> str:
@@ -121,6 +132,11 @@ class MessageRecord:
     ``content`` is ``None`` (no extra key can be named ``content``, so this never clashes).
     ``extra`` is the JSON text of the message's other keys, or ``None`` when it has none.
     ``id`` is the storage's monotonic ordering key (``None`` until saved).
+    ``damage``, when set, says why the stored row cannot be read (a column of the wrong
+    type or NULL); reading it (``to_dict``, ``text_length``) raises
+    :class:`~coda_session.errors.DamagedDataError`, as does a content or extra JSON that
+    cannot be decoded. Nothing is decoded before it is read, so one damaged message never
+    makes the others unreadable.
     ``zcontent``, when set, is the content compressed (zlib of ``b"t"`` + UTF-8 text, or of
     ``b"j"`` + JSON for a non-string content); ``content`` is then ``None`` and ``extra``
     has no ``"content"`` key.
@@ -133,20 +149,47 @@ class MessageRecord:
     id: int | None = None
     size: int = -1  # byte_size(), when the encoder already knows it
     zcontent: bytes | None = None
+    damage: str | None = None
 
     def with_id(self, id_: int) -> MessageRecord:
         return MessageRecord(
-            self.role, self.content, self.timestamp, self.extra, id_, self.size, self.zcontent
+            self.role,
+            self.content,
+            self.timestamp,
+            self.extra,
+            id_,
+            self.size,
+            self.zcontent,
+            self.damage,
         )
+
+    def damaged(self, reason: str) -> DamagedDataError:
+        """The error for this message when it cannot be read."""
+        which = "a stored message" if self.id is None else f"message {self.id}"
+        return DamagedDataError(f"{which} is damaged: {reason}")
+
+    def _extra(self) -> Any:
+        assert self.extra is not None
+        try:
+            return json.loads(self.extra)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise self.damaged("its extra keys (metadata) are not JSON") from exc
 
     def _unpacked(self) -> tuple[bool, Any]:
         """(True, content) when the content is stored compressed, else (False, None)."""
+        if self.damage is not None:
+            raise self.damaged(self.damage)
         if self.zcontent is None:
             return False, None
-        data = zlib.decompress(self.zcontent)
-        if data[:1] == b"t":
-            return True, data[1:].decode()
-        return True, json.loads(data[1:])
+        try:
+            data = zlib.decompress(self.zcontent)
+            if data[:1] == b"t":
+                return True, data[1:].decode()
+            if data[:1] == b"j":
+                return True, json.loads(data[1:])
+        except (zlib.error, ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSON
+            raise self.damaged("its compressed content cannot be read") from exc
+        raise self.damaged("its compressed content has an unknown tag")
 
     def byte_size(self) -> int:
         """Stored size in UTF-8 bytes: role + content + timestamp + extra keys' JSON."""
@@ -170,12 +213,16 @@ class MessageRecord:
         if isinstance(content, str):
             return len(self.role) + len(content) + len(self.extra or "")
         # as stored uncompressed: the JSON content is the last key of the extra JSON
-        extra = json.loads(self.extra) if self.extra else {}
+        extra = self._extra() if self.extra else {}
+        if not isinstance(extra, dict):
+            extra = {"metadata": extra} if extra is not None else {}
         extra["content"] = content
         return len(self.role) + len(_dumps(extra))
 
     def to_dict(self) -> dict[str, Any]:
         """The message as the plain dict the caller gave (plus its timestamp)."""
+        if self.damage is not None:
+            raise self.damaged(self.damage)
         out: dict[str, Any] = {
             "role": self.role,
             "content": self.content,
@@ -184,7 +231,7 @@ class MessageRecord:
         if self.zcontent is not None:
             out["content"] = self._unpacked()[1]
         if self.extra is not None:
-            extra = json.loads(self.extra)
+            extra = self._extra()
             if not isinstance(extra, dict):
                 # a database written by other code may hold any JSON here: keep it visible
                 extra = {"metadata": extra} if extra is not None else {}
@@ -192,6 +239,21 @@ class MessageRecord:
                 out["content"] = extra.pop("content")
             out.update(extra)
         return out
+
+
+@contextmanager
+def naming_session(name: str) -> Iterator[None]:
+    """Re-raise a :class:`DamagedDataError` from inside with the session's name in front."""
+    try:
+        yield
+    except DamagedDataError as exc:
+        raise DamagedDataError(f"session {name!r}: {exc}") from exc.__cause__
+
+
+def as_dicts(records: Iterable[MessageRecord], session: str) -> list[dict[str, Any]]:
+    """``[r.to_dict() for r in records]``; a damaged one raises naming ``session``."""
+    with naming_session(session):
+        return [r.to_dict() for r in records]
 
 
 @dataclass(slots=True)

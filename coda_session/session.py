@@ -21,7 +21,7 @@ from .errors import (
     SessionNotFoundError,
     SessionTooLargeError,
 )
-from .models import MessageRecord, SessionInfo, SessionRecord
+from .models import MessageRecord, SessionInfo, SessionRecord, as_dicts, naming_session
 from .repository.base import SaveRequest, Truncation
 from .repository.protocol import Repository
 from .timeutil import utcnow
@@ -278,7 +278,7 @@ class AsyncSession:
         self._usable()
         with self._state:
             records = self._plan(limit)[0]
-        return None if records is None else [r.to_dict() for r in records]
+        return None if records is None else as_dicts(records, self._name)
 
     async def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The messages oldest first, as plain JSON-serializable dicts (fresh copies).
@@ -298,7 +298,7 @@ class AsyncSession:
                 if generation == self._generation and self._cache_size:
                     self._cache = stored[-self._cache_size :]
             records = stored + pending
-        return [r.to_dict() for r in records]
+        return as_dicts(records, self._name)
 
     async def get_token_count(self) -> int:
         """An estimate of the tokens the messages take in a model's context.
@@ -315,14 +315,15 @@ class AsyncSession:
                 self._cache[len(self._cache) - stored :] if stored <= len(self._cache) else None
             )
         chars, count = 0, 0
-        if cached is not None:
-            # the cache holds every message the object shows: no I/O, and the same view
-            # get_messages() answers from
-            chars, count = sum(r.text_length() for r in cached), len(cached)
-        elif stored:
-            chars, count = await self._host.repository.text_length(
-                self._id, upto_id=upto, limit=stored
-            )
+        with naming_session(self._name):
+            if cached is not None:
+                # the cache holds every message the object shows: no I/O, and the same view
+                # get_messages() answers from
+                chars, count = sum(r.text_length() for r in cached), len(cached)
+            elif stored:
+                chars, count = await self._host.repository.text_length(
+                    self._id, upto_id=upto, limit=stored
+                )
         chars += sum(r.text_length() for r in pending)
         count += len(pending)
         return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count

@@ -44,8 +44,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coda_session.config import SessionConfig
+from coda_session.errors import StorageError
 from coda_session.repository.sql.engine import create_engine, database_url, sqlite_path
-from coda_session.repository.sql.schema import adopt_unversioned
+from coda_session.repository.sql.schema import adopt_unversioned, repair_adopted
 from coda_session.repository.sql.tables import Base
 
 config = context.config
@@ -89,14 +90,20 @@ def _run(connection: Connection) -> None:
         process_revision_directives=config.attributes.get("process_revision_directives"),
     )
     with context.begin_transaction():
-        adopt_unversioned(connection)
+        adopted = adopt_unversioned(connection)
         context.run_migrations()
+        if adopted:
+            # what the spec's schema allowed but the library cannot read (orphans included)
+            repair_adopted(connection)
         if connection.dialect.name == "sqlite":
             # migrations run with foreign keys off (see create_engine): prove that no
             # table rebuild orphaned a message before this transaction commits
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
             if broken:
-                raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+                raise StorageError(
+                    f"the migration left messages without their session: {broken[:5]}; "
+                    "nothing was changed"
+                )
 
 
 def _run_in_transaction(connection: Connection) -> None:

@@ -14,7 +14,7 @@ import anyio
 from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionNotFoundError
-from ..models import MessageRecord, SessionRecord
+from ..models import MessageRecord, SessionRecord, as_dicts
 from ..repository.base import check_import_size
 from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
@@ -39,7 +39,7 @@ async def _pages(repo: Snapshot, record: SessionRecord) -> AsyncIterator[list[st
         if not page:
             return
         after = page[-1].id or after
-        yield [fmt_.dumps(r.to_dict()) for r in page]
+        yield [fmt_.dumps(d) for d in as_dicts(page, record.name)]
 
 
 async def _write_session(repo: Snapshot, record: SessionRecord, sink: Sink, fmt: str) -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ...codec import decode_metadata, dumps_metadata
-from ...errors import SessionNotFoundError, SessionTooLargeError
+from ...codec import decode_metadata, dumps_metadata, read_metadata
+from ...errors import DamagedDataError, SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
 from ...timeutil import from_db_timestamp
 from ..base import SaveRequest, SaveResult, check_import_size
@@ -30,35 +31,129 @@ __all__ = [
     "read",
     "read_page",
     "save",
+    "session_fields",
     "text_length",
 ]
 
+logger = logging.getLogger("coda_session")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# (session id, field) already reported damaged by this process: logged once, not per read
+_REPORTED: set[tuple[str, str]] = set()
+
+
+def _when(value: Any) -> datetime | None:
+    try:
+        return None if value is None else from_db_timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _report(session_id: Any, fields: list[str]) -> None:
+    new = [f for f in fields if (str(session_id), f) not in _REPORTED]
+    if not new:
+        return
+    _REPORTED.update((str(session_id), f) for f in new)
+    logger.warning(
+        "session %s: stored %s unreadable, shown with fallbacks (see the README, 'Damaged rows')",
+        session_id,
+        " and ".join(new) + (" is" if len(new) == 1 else " are"),
+    )
+
+
+def session_fields(
+    session_id: Any, created: Any, updated: Any, metadata: Any
+) -> tuple[datetime, datetime, dict[str, Any]]:
+    """A session row's timestamps and metadata, decoded; never raises.
+
+    What cannot be decoded is shown with a fallback and logged (once per process): a
+    created_at by the updated_at (else 1970-01-01T00:00:00+00:00), an updated_at by the
+    created_at, metadata as ``{"_unreadable_metadata": <stored text>}``.
+    """
+    damaged: list[str] = []
+    when_created, when_updated = _when(created), _when(updated)
+    if when_created is None:
+        damaged.append("created_at")
+        when_created = when_updated or _EPOCH
+    if when_updated is None:
+        if updated is not None:
+            damaged.append("updated_at")
+        when_updated = when_created
+    decoded = read_metadata(metadata)
+    if decoded is None:
+        damaged.append("metadata")
+        decoded = decode_metadata(metadata)
+    if damaged:
+        _report(session_id, damaged)
+    return when_created, when_updated, decoded
+
 
 def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> SessionRecord:
+    created, updated, metadata = session_fields(row[0], row[2], row[3], row[4])
+    if type(row[0]) is not str or type(row[1]) is not str:
+        raise DamagedDataError(f"session {row[1]!r:.80}: its id or name is damaged")
+    try:
+        count, size = int(row[5]), int(row[6])
+    except (TypeError, ValueError):
+        raise DamagedDataError(
+            f"session {row[1]!r}: its message count or size is damaged"
+        ) from None
     return SessionRecord(
         id=row[0],
         name=row[1],
-        created_at=from_db_timestamp(row[2]),
-        updated_at=from_db_timestamp(row[3] if row[3] is not None else row[2]),
-        metadata=decode_metadata(row[4]),
-        message_count=int(row[5]),
-        size_bytes=int(row[6]),
+        created_at=created,
+        updated_at=updated,
+        metadata=metadata,
+        message_count=count,
+        size_bytes=size,
         last_message_id=int(last_id),
         tail=tail,
     )
 
 
 def _message(row: Sequence[Any]) -> MessageRecord:
-    ts = row[3]
-    return MessageRecord(
-        row[1] if row[1] is not None else "",
-        row[2],
-        ts if isinstance(ts, str) else ("" if ts is None else str(ts)),
-        row[4],
-        int(row[0]),
-        -1,
-        None if row[5] is None else bytes(row[5]),
-    )
+    id_, role, content, ts, extra, packed = row
+    if (
+        type(role) is str
+        and role
+        and type(ts) is str
+        and (content is None or type(content) is str)
+        and (extra is None or type(extra) is str)
+        and (packed is None or type(packed) is bytes)
+    ):
+        return MessageRecord(role, content, ts, extra, int(id_), -1, packed)
+    return _odd_message(row)
+
+
+def _odd_message(row: Sequence[Any]) -> MessageRecord:
+    """A row of unexpected column types: numbers and byte strings of other drivers are
+    read as before; what cannot be a message becomes a record that raises when read."""
+    id_, role, content, ts, extra, packed = row
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        ts = str(ts)  # written by other code; shown as stored
+    if isinstance(packed, bytearray | memoryview):
+        packed = bytes(packed)
+    problems = [
+        what
+        for what, bad in (
+            ("its role is missing or not text", type(role) is not str or not role),
+            ("its timestamp is missing or not text", type(ts) is not str),
+            ("its content is not text", content is not None and type(content) is not str),
+            (
+                "its extra keys (metadata) are not text",
+                extra is not None and type(extra) is not str,
+            ),
+            (
+                "its compressed content is not bytes",
+                packed is not None and type(packed) is not bytes,
+            ),
+        )
+        if bad
+    ]
+    if not problems:
+        return MessageRecord(role, content, ts, extra, int(id_), -1, packed)
+    return MessageRecord("", None, "", None, int(id_), -1, None, "; ".join(problems))
 
 
 def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> SessionRecord | None:
@@ -233,6 +328,13 @@ def delete(cx: Executor, session_id: str) -> bool:
     return cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
 
 
+def _strict_metadata(text: Any) -> dict[str, Any]:
+    value = read_metadata(text)
+    if value is None:
+        raise ValueError("metadata cannot be decoded")
+    return value
+
+
 def list_all(cx: Executor) -> list[SessionInfo]:
     # The hot loop of list_sessions(): one object per row and nothing else, timestamps
     # parsed inline when they are this library's own UTC text. The cyclic collector is
@@ -243,7 +345,7 @@ def list_all(cx: Executor) -> list[SessionInfo]:
     # between a helper's frames could leave the collector off for good.
     build, meta, iso, stamp = (
         trusted_info,
-        decode_metadata,
+        _strict_metadata,
         datetime.fromisoformat,
         from_db_timestamp,
     )
@@ -253,15 +355,20 @@ def list_all(cx: Executor) -> list[SessionInfo]:
     try:
         gc.disable()
         for sid, name, created, updated, metadata, count, size in cx.rows(q.LIST_SESSIONS, {}):
-            created = iso(created) if type(created) is str else stamp(created)
-            if created.tzinfo is not UTC:
-                created = stamp(created)
-            if updated is None:
-                updated = created
-            else:
-                updated = iso(updated) if type(updated) is str else stamp(updated)
-                if updated.tzinfo is not UTC:
-                    updated = stamp(updated)
+            try:
+                created = iso(created) if type(created) is str else stamp(created)
+                if created.tzinfo is not UTC:
+                    created = stamp(created)
+                if updated is None:
+                    updated = created
+                else:
+                    updated = iso(updated) if type(updated) is str else stamp(updated)
+                    if updated.tzinfo is not UTC:
+                        updated = stamp(updated)
+                metadata = meta(metadata)
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                # a row this library did not write, or damaged: the slow path, logged
+                created, updated, metadata = session_fields(sid, created, updated, metadata)
             add(
                 build(
                     {
@@ -271,7 +378,7 @@ def list_all(cx: Executor) -> list[SessionInfo]:
                         "updated_at": updated,
                         "message_count": count,
                         "size_bytes": size,
-                        "metadata": meta(metadata),
+                        "metadata": metadata,
                     }
                 )
             )

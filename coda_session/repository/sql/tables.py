@@ -13,9 +13,11 @@ from sqlalchemy.types import TypeDecorator
 from ...timeutil import from_db_timestamp, to_sqlite_timestamp
 
 __all__ = [
+    "AdoptionNote",
     "Base",
     "JsonText",
     "MessageRow",
+    "RawBytes",
     "SessionRow",
     "TextTimestamp",
     "UtcTimestamp",
@@ -45,7 +47,29 @@ class UtcTimestamp(TypeDecorator[datetime]):
         return super().bind_processor(dialect)
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
-        return lambda v: None if v is None else from_db_timestamp(v)
+        return _read_timestamp
+
+
+def _read_timestamp(value: Any) -> Any:
+    # a value that is no timestamp (another tool's, or a damaged row) is returned as stored:
+    # the repository shows it with a fallback and logs it, instead of failing the whole read
+    if value is None:
+        return None
+    try:
+        return from_db_timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return value
+
+
+class RawBytes(TypeDecorator[bytes]):
+    """A binary column returned as the driver gives it (a damaged row may hold text there,
+    which the repository then reports instead of failing inside the driver's processing)."""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        return None
 
 
 class TextTimestamp(TypeDecorator[str]):
@@ -119,7 +143,22 @@ class MessageRow(Base):
     )
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
     # compress_messages: the content, zlib-compressed (then ``content`` is NULL)
-    content_zlib: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    content_zlib: Mapped[bytes | None] = mapped_column(RawBytes)
+
+
+class AdoptionNote(Base):
+    """``adoption_notes``: one row per value that adopting a database made without
+    coda_session had to interpret (the field, its original and what it became)."""
+
+    __tablename__ = "adoption_notes"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    noted_at: Mapped[datetime] = mapped_column(UtcTimestamp, nullable=False)
+    session_id: Mapped[str | None] = mapped_column(sa.Text)
+    message_id: Mapped[int | None] = mapped_column(sa.Integer)
+    field: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    original: Mapped[str | None] = mapped_column(sa.Text)
+    interpreted_as: Mapped[str | None] = mapped_column(sa.Text)
 
 
 sessions = cast(sa.Table, SessionRow.__table__)
