@@ -37,7 +37,16 @@ class Executor(Protocol):
     def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
 
 
-_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata", "content_zlib")
+_INSERT_ORDER = (
+    "session_id",
+    "role",
+    "content",
+    "timestamp",
+    "metadata",
+    "content_zlib",
+    "size_bytes",
+    "char_count",
+)
 
 
 class RawExecutor:
@@ -77,7 +86,10 @@ class RawExecutor:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
         # rows are built as tuples straight from the records: the hot loop of a bulk save
         assert names == _INSERT_ORDER, names
-        rows = [(session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent) for r in records]
+        rows = [
+            (session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent, r.size, r.chars)
+            for r in records
+        ]
         if len(rows) == 1:
             return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
         self._conn.executemany(sql, rows)
@@ -108,6 +120,8 @@ class AlchemyExecutor:
                 "timestamp": r.timestamp,
                 "metadata": r.extra,
                 "content_zlib": r.zcontent,
+                "size_bytes": r.size,
+                "char_count": r.chars,
             }
             for r in records
         ]
@@ -126,6 +140,7 @@ def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> Ses
         size_bytes=int(row[6]),
         last_message_id=int(last_id),
         tail=tail,
+        metadata_version=int(row[7]),
     )
 
 
@@ -136,8 +151,9 @@ def _message(row: Sequence[Any]) -> MessageRecord:
         row[2],
         ts if isinstance(ts, str) else ("" if ts is None else str(ts)),
         row[4],
+        int(row[6]),
+        int(row[7]),
         int(row[0]),
-        -1,
         None if row[5] is None else bytes(row[5]),
     )
 
@@ -199,10 +215,7 @@ def import_finish(cx: Executor, record: SessionRecord, count: int, size: int) ->
 def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
     params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
     row = cx.rows(q.TEXT_LENGTH, params)[0]
-    chars = int(row[0])
-    for role, extra, packed in cx.rows(q.COMPRESSED_IN_TAIL, params):
-        chars += MessageRecord(role or "", None, "", extra, None, -1, bytes(packed)).text_length()
-    return chars, int(row[1])
+    return int(row[0]), int(row[1])
 
 
 def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> SessionRecord:
@@ -247,16 +260,20 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
     previous = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0])
     metadata: dict[str, Any] | None = None
-    if req.metadata_patch or req.truncation is not None:
+    version_before = -1
+    if req.metadata_patch:
         # read-modify-write below: hold the session row first
         found = cx.rows(q.SESSION_METADATA, {"session_id": sid})
         if not found:
             raise SessionNotFoundError(f"session {req.name!r} was deleted")
-        if req.metadata_patch:
-            metadata = decode_metadata(found[0][0])
-            metadata.update(req.metadata_patch)
+        metadata = decode_metadata(found[0][0])
+        metadata.update(req.metadata_patch)
+        version_before = int(found[0][1])
+    # a truncation holds the row too, without reading or decoding the metadata
+    elif req.truncation is not None and not cx.rows(q.SESSION_LOCK, {"session_id": sid}):
+        raise SessionNotFoundError(f"session {req.name!r} was deleted")
     count_delta = len(req.messages)
-    size_delta = sum(r.byte_size() for r in req.messages)
+    size_delta = sum(r.size for r in req.messages)
     cut = req.truncation
     if cut is not None:
         boundary = cx.rows(
@@ -276,20 +293,25 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     }
     if metadata is not None:
         params["metadata"] = dumps_metadata(metadata)
+    else:
+        params["seen"] = req.metadata_version
     counters = cx.rows(q.UPDATE_SESSION if metadata is None else q.UPDATE_SESSION_METADATA, params)
     if not counters:
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
-    if req.max_bytes is not None and size_delta > 0 and int(counters[0][1]) > req.max_bytes:
-        raise SessionTooLargeError(req.name, int(counters[0][1]), req.max_bytes)
+    count, size, version = (int(v) for v in counters[0][:3])
+    if req.max_bytes is not None and size_delta > 0 and size > req.max_bytes:
+        raise SessionTooLargeError(req.name, size, req.max_bytes)
     ids: list[int] = []
     if req.messages:
         ids = cx.insert_messages(sid, req.messages)
     last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
-    if metadata is None:  # unchanged by this save, but maybe by another writer's
-        metadata = decode_metadata(counters[0][2])
-    return SaveResult(
-        ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata, previous
-    )
+    if metadata is None:
+        # unchanged by this save; sent back (and decoded) only if another writer changed it
+        if version != req.metadata_version:
+            metadata = decode_metadata(counters[0][3])
+    elif version_before == req.metadata_version:
+        metadata = None  # what the caller saw plus its own patch: it knows that already
+    return SaveResult(ids, count, size, int(last_id), metadata, previous, version)
 
 
 def delete(cx: Executor, session_id: str) -> bool:
