@@ -34,6 +34,7 @@ __all__ = [
     "encode_message",
     "encode_metadata",
     "is_timestamp",
+    "measure_message",
     "read_metadata",
     "shown_text",
 ]
@@ -143,24 +144,76 @@ def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
     timestamp = _timestamp(message.get("timestamp"))
     extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
     _check_json(extras, "message")
-    if type(content) is str:
+    is_text = type(content) is str
+    if is_text:
         _check_str(content, "message 'content'")
-        text: str | None = content
+        body = content
     else:
         _check_json(content, "message 'content'")
-        text = None
+        body = _dumps(content)
+    extra = _dumps(extras) if extras else None
+    size, chars = _measure(role, body, is_text, timestamp, extra)
+    text: str | None = content if is_text else None
     zcontent = None
     if compress:
-        raw = content.encode() if text is not None else _dumps(content).encode()
+        raw = body.encode()
         if len(raw) >= COMPRESS_THRESHOLD:
-            packed = zlib.compress((b"t" if text is not None else b"j") + raw, COMPRESS_LEVEL)
+            packed = zlib.compress((b"t" if is_text else b"j") + raw, COMPRESS_LEVEL)
             if len(packed) < len(raw):
                 zcontent, text = packed, None
-    if text is None and zcontent is None:
-        extras["content"] = content
-    extra = _dumps(extras) if extras else None
-    record = MessageRecord(role, text, timestamp, extra, None, -1, zcontent)
-    return MessageRecord(role, text, timestamp, extra, None, record.byte_size(), zcontent)
+    if not is_text and zcontent is None:
+        # a non-string content is stored as the last key of the extra keys' JSON
+        extra = _with_content(extra, body)
+    return MessageRecord(role, text, timestamp, extra, size, chars, None, zcontent)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _with_content(extra: str | None, content_json: str) -> str:
+    """``_dumps({**extras, "content": content})`` from the two JSON texts."""
+    if extra is None:
+        return '{"content":' + content_json + "}"
+    return extra[:-1] + ',"content":' + content_json + "}"
+
+
+def _measure(
+    role: str, body: str, is_text: bool, timestamp: str, extra: str | None
+) -> tuple[int, int]:
+    """(size, chars) of a message: the one formula every backend stores and sums.
+
+    ``body`` is the content as text (a string content as is, any other as its JSON);
+    ``extra`` the JSON of the other keys (``None``: none). The size is the UTF-8 size of
+    role + content + timestamp + extra keys, whether or not the content is then stored
+    compressed. The characters are role + content + extra keys as stored uncompressed (a
+    non-string content inside the extra keys' JSON), timestamps not counted.
+    """
+    size = _utf8_len(role) + _utf8_len(body) + _utf8_len(timestamp)
+    if extra is not None:
+        size += _utf8_len(extra)
+    if is_text:
+        chars = len(role) + len(body) + (len(extra) if extra is not None else 0)
+    else:
+        # len('{"content":' + body + '}'), or extra with ',"content":' + body inserted
+        chars = len(role) + len(body) + (len(extra) + 11 if extra is not None else 12)
+    return size, chars
+
+
+def measure_message(message: Mapping[str, Any]) -> tuple[int, int]:
+    """(size, chars) of a message dict as ``get_messages()`` returns it, the same
+    figures ``encode_message`` puts on its record (for rows stored without them)."""
+    content = message.get("content")
+    extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
+    is_text = isinstance(content, str)
+    body = content if isinstance(content, str) else _dumps(content)
+    return _measure(
+        str(message.get("role") or ""),
+        body,
+        is_text,
+        str(message.get("timestamp") or ""),
+        _dumps(extras) if extras else None,
+    )
 
 
 def encode_metadata(metadata: Any, where: str = "metadata") -> dict[str, Any]:

@@ -25,10 +25,6 @@ __all__ = [
 ]
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
 class Message(BaseModel):
     """A typed view of one stored message.
 
@@ -50,9 +46,9 @@ class SessionInfo(BaseModel):
 
     ``created_at`` and ``updated_at`` are timezone-aware UTC datetimes: compare them with
     ``datetime.now(timezone.utc)``, not with a naive ``datetime.now()`` (Python raises
-    ``TypeError`` for that comparison). ``size_bytes`` is the stored size of the session's
-    messages in UTF-8 bytes (role, content, timestamp and extra keys as stored);
-    ``message_count`` the number of stored messages. Both describe the saved state.
+    ``TypeError`` for that comparison). ``size_bytes`` is the size of the session's
+    messages in UTF-8 bytes as ``get_messages()`` returns them, uncompressed (role,
+    content, timestamp and the JSON of the extra keys); ``message_count`` the number of stored messages. Both describe the saved state.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -140,14 +136,20 @@ class MessageRecord:
     ``zcontent``, when set, is the content compressed (zlib of ``b"t"`` + UTF-8 text, or of
     ``b"j"`` + JSON for a non-string content); ``content`` is then ``None`` and ``extra``
     has no ``"content"`` key.
+    ``size`` and ``chars`` are computed once, by the codec (``encode_message``), and stored
+    with the row: ``size`` is the UTF-8 size of the message as ``to_dict()`` returns it,
+    uncompressed (role + content, a non-string one as its JSON, + timestamp + the JSON of
+    the extra keys); ``chars`` the characters the token estimate counts (role, content and
+    extra keys, as stored uncompressed; timestamps not).
     """
 
     role: str
     content: str | None
     timestamp: str
     extra: str | None
+    size: int
+    chars: int
     id: int | None = None
-    size: int = -1  # byte_size(), when the encoder already knows it
     zcontent: bytes | None = None
     damage: str | None = None
 
@@ -157,8 +159,9 @@ class MessageRecord:
             self.content,
             self.timestamp,
             self.extra,
-            id_,
             self.size,
+            self.chars,
+            id_,
             self.zcontent,
             self.damage,
         )
@@ -192,32 +195,12 @@ class MessageRecord:
         raise self.damaged("its compressed content has an unknown tag")
 
     def byte_size(self) -> int:
-        """Stored size in UTF-8 bytes: role + content + timestamp + extra keys' JSON."""
-        if self.size >= 0:
-            return self.size
-        size = len(self.role.encode()) + len(self.timestamp.encode())
-        if self.content is not None:
-            size += len(self.content.encode())
-        if self.extra is not None:
-            size += len(self.extra.encode())
-        if self.zcontent is not None:
-            size += len(self.zcontent)
-        return size
+        """The message's size in UTF-8 bytes, uncompressed (``size``)."""
+        return self.size
 
     def text_length(self) -> int:
-        """Characters of role, content and extra keys (what the token estimate counts),
-        the same whether the content is stored compressed or not."""
-        packed, content = self._unpacked()
-        if not packed:
-            return len(self.role) + len(self.content or "") + len(self.extra or "")
-        if isinstance(content, str):
-            return len(self.role) + len(content) + len(self.extra or "")
-        # as stored uncompressed: the JSON content is the last key of the extra JSON
-        extra = self._extra() if self.extra else {}
-        if not isinstance(extra, dict):
-            extra = {"metadata": extra} if extra is not None else {}
-        extra["content"] = content
-        return len(self.role) + len(_dumps(extra))
+        """Characters of role, content and extra keys (``chars``: the token estimate's)."""
+        return self.chars
 
     def to_dict(self) -> dict[str, Any]:
         """The message as the plain dict the caller gave (plus its timestamp)."""
@@ -269,6 +252,8 @@ class SessionRecord:
     size_bytes: int
     last_message_id: int
     tail: list[MessageRecord] = field(default_factory=list)
+    metadata_version: int = 0
+    """Changes whenever the stored metadata changes (a save reports it; see SaveResult)."""
 
     def info(self) -> SessionInfo:
         return SessionInfo._trusted(

@@ -87,6 +87,7 @@ class AsyncSession:
         self._updated_at = record.updated_at
         self._metadata = record.metadata
         self._meta_patch: dict[str, Any] = {}
+        self._meta_version = record.metadata_version  # of the stored metadata last seen
         self._stored = record.message_count  # visible stored messages (ids <= _upto)
         self._upto = record.last_message_id
         self._size = record.size_bytes
@@ -356,6 +357,7 @@ class AsyncSession:
                     truncation=cut,
                     metadata_patch=patch or None,
                     max_bytes=self._limit(),
+                    metadata_version=self._meta_version,
                 )
                 stored_before, upto = self._stored, self._upto
             write = asyncio.ensure_future(self._write(request, patch, stored_before, upto))
@@ -400,7 +402,8 @@ class AsyncSession:
             self._size = result.size_bytes
             self._updated_at = request.updated_at
             self._generation += 1
-            if result.metadata is not None:
+            self._meta_version = result.metadata_version
+            if result.metadata is not None:  # another writer changed it: show the stored state
                 self._metadata = {**result.metadata, **copy.deepcopy(self._meta_patch)}
 
     def __repr__(self) -> str:

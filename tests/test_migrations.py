@@ -95,7 +95,16 @@ def test_cli_upgrade_current_downgrade(tmp_path: Path) -> None:
         in conn_ids.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
     )
     ids.close()
-    down = alembic("downgrade", "0003", storage=storage)  # through 0004 -> 0003: a rebuild
+    down = alembic("downgrade", "0004", storage=storage)  # 0006 -> 0005 -> 0004, ids kept
+    assert down.returncode == 0, down.stderr
+    conn = sqlite3.connect(storage / "sessions.db")
+    assert conn.execute("SELECT id FROM messages ORDER BY id").fetchall() == before_ids
+    assert (
+        "AUTOINCREMENT"
+        in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+    )
+    conn.close()
+    down = alembic("downgrade", "-1", storage=storage)  # 0004 -> 0003: a rebuild
     assert down.returncode == 0, down.stderr
     conn = sqlite3.connect(storage / "sessions.db")
     assert conn.execute("SELECT id FROM messages ORDER BY id").fetchall() == before_ids
@@ -285,7 +294,8 @@ def test_history_reads_as_a_changelog() -> None:
     assert "0001 -> 0002, Keep message_count and size_bytes on sessions" in run.stdout
     assert "0002 -> 0003, Store large message contents compressed" in run.stdout
     assert "0003 -> 0004, Never reuse message ids" in run.stdout
-    assert "0004 -> 0005 (head), The adoption report" in run.stdout
+    assert "0004 -> 0005, The adoption report" in run.stdout
+    assert "0005 -> 0006 (head), Each message stores its size and characters" in run.stdout
 
 
 def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:

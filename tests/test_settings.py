@@ -27,7 +27,8 @@ async def test_large_contents_are_compressed_and_read_back_identical(store: Stor
         s.add_message({"role": "user", "content": "short"})
         await m.save_session(s)
         info = await m.get_session_info("c")
-        assert info is not None and info.size_bytes < len(BIG)  # both big ones compressed
+        # sizes count what get_messages() returns, whatever compression saves
+        assert info is not None and info.size_bytes > 2 * len(BIG)
     finally:
         await m.close()
     fresh = store.async_manager()

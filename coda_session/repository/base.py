@@ -68,6 +68,9 @@ class SaveRequest:
     max_bytes: int | None = None
     """Refuse (SessionTooLargeError, nothing written) a save that grows the session past
     this many stored bytes."""
+    metadata_version: int | None = None
+    """The ``metadata_version`` of the stored metadata the caller last saw (None: unknown).
+    While it is current, the save neither reads nor decodes the stored metadata."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -79,7 +82,11 @@ class SaveResult:
     size_bytes: int
     last_message_id: int
     metadata: dict[str, Any] | None
-    """The session's stored metadata after the save (None: the backend did not say)."""
+    """The session's stored metadata after the save, or None when it is what the caller
+    saw (its ``metadata_version`` was current) plus this save's own patch."""
     previous_last_id: int = -1
     """The session's newest message id before this save (-1: unknown). Equal to the
     truncation/view bound the caller had, it proves nobody else appended meanwhile."""
+    metadata_version: int = 0
+    """The stored metadata's version after the save: pass it as the next save's
+    ``SaveRequest.metadata_version``."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -88,6 +90,13 @@ class SessionStorage(ABC):
 _running = threading.local()
 
 
+def _metadata_version(metadata: dict[str, Any]) -> int:
+    """A version of a custom store's metadata: a digest of its content (the store keeps no
+    counter), so it changes exactly when the metadata does, for every adapter alike."""
+    text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=repr)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
 def running_storage() -> StorageAdapter | None:
     """The adapter whose storage method this thread is running, if any."""
     adapter: StorageAdapter | None = getattr(_running, "adapter", None)
@@ -157,6 +166,7 @@ class StorageAdapter:
             size_bytes=sum(r.byte_size() for r in records),
             last_message_id=len(records),
             tail=records[-tail:] if tail > 0 else [],
+            metadata_version=_metadata_version(data.metadata),
         )
 
     async def open(self) -> None:
@@ -238,21 +248,23 @@ class StorageAdapter:
         data = await self.get(request.name, None)
         if data is None or data.id != request.session_id:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
-        # sizes as stored here (plain dicts, never compressed): each stored message is
-        # encoded once, the new ones once
-        stored = [r.byte_size() for r in self.records_of(data)]
+        # the sizes every backend counts (uncompressed): each stored message is encoded
+        # once; the new ones carry theirs
+        stored = [r.size for r in self.records_of(data)]
         cut = request.truncation
         drop = 0 if cut is None else max(0, min(cut.upto_id, len(stored)) - cut.keep)
         new = [r.to_dict() for r in request.messages]
         before = sum(stored)
-        after = sum(stored[drop:]) + sum(encode_message(m).byte_size() for m in new)
+        after = sum(stored[drop:]) + sum(r.size for r in request.messages)
         if request.max_bytes is not None and after > before and after > request.max_bytes:
             raise SessionTooLargeError(request.name, after, request.max_bytes)
         messages = data.messages[drop:] + new
         first = len(messages) - len(new) + 1
+        version = seen_now = _metadata_version(data.metadata)
         metadata = dict(data.metadata)
         if request.metadata_patch:
             metadata.update(copy.deepcopy(dict(request.metadata_patch)))
+            version = _metadata_version(metadata)
         updated = data.model_copy(
             update={"messages": messages, "metadata": metadata, "updated_at": request.updated_at}
         )
@@ -262,7 +274,9 @@ class StorageAdapter:
             message_count=len(messages),
             size_bytes=after,
             last_message_id=len(messages),
-            metadata=copy.deepcopy(metadata),
+            # None: what the caller saw plus its own patch (it knows that already)
+            metadata=None if seen_now == request.metadata_version else copy.deepcopy(metadata),
+            metadata_version=version,
         )
 
     async def delete_session(self, session_id: str) -> bool:

@@ -22,6 +22,7 @@ class _Stored:
     record: SessionRecord
     messages: list[MessageRecord] = field(default_factory=list)
     size: int = 0
+    metadata_version: int = 0  # bumped by every change of record.metadata
 
 
 def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]:
@@ -59,6 +60,7 @@ class MemoryRepository:
             size_bytes=stored.size,
             last_message_id=stored.messages[-1].id or 0 if stored.messages else 0,
             tail=stored.messages[-tail:] if tail > 0 else [],
+            metadata_version=stored.metadata_version,
         )
 
     def _append(self, stored: _Stored, messages: list[MessageRecord]) -> list[int]:
@@ -171,16 +173,21 @@ class MemoryRepository:
             stored.size -= gone
             del stored.messages[:drop]
         ids = self._append(stored, list(request.messages))
-        stored.record.metadata.update(patch)
+        seen = request.metadata_version
+        told = stored.metadata_version != seen  # another writer changed it since
+        if patch:
+            stored.record.metadata.update(patch)
+            stored.metadata_version += 1
         stored.record.updated_at = request.updated_at
-        snap = self._snapshot(stored, 0)
         return SaveResult(
             ids=ids,
-            message_count=snap.message_count,
-            size_bytes=snap.size_bytes,
-            last_message_id=snap.last_message_id,
-            metadata=snap.metadata,
+            message_count=len(stored.messages),
+            size_bytes=stored.size,
+            last_message_id=(stored.messages[-1].id or 0) if stored.messages else 0,
+            # unchanged metadata is not copied again: the caller has it
+            metadata=copy.deepcopy(stored.record.metadata) if told else None,
             previous_last_id=previous,
+            metadata_version=stored.metadata_version,
         )
 
     async def delete_session(self, session_id: str) -> bool:

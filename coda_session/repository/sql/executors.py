@@ -33,7 +33,16 @@ class Executor(Protocol):
     def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
 
 
-_INSERT_ORDER = ("session_id", "role", "content", "timestamp", "metadata", "content_zlib")
+_INSERT_ORDER = (
+    "session_id",
+    "role",
+    "content",
+    "timestamp",
+    "metadata",
+    "content_zlib",
+    "size_bytes",
+    "char_count",
+)
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
 
 
@@ -80,7 +89,10 @@ class RawExecutor:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
         # rows are built as tuples straight from the records: the hot loop of a bulk save
         assert names == _INSERT_ORDER, names
-        rows = [(session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent) for r in records]
+        rows = [
+            (session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent, r.size, r.chars)
+            for r in records
+        ]
         if len(rows) == 1:
             return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
         self._conn.executemany(sql, rows)
@@ -111,6 +123,8 @@ class AlchemyExecutor:
                 "timestamp": r.timestamp,
                 "metadata": r.extra,
                 "content_zlib": r.zcontent,
+                "size_bytes": r.size,
+                "char_count": r.chars,
             }
             for r in records
         ]

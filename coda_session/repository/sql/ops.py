@@ -109,11 +109,12 @@ def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> Ses
         size_bytes=size,
         last_message_id=int(last_id),
         tail=tail,
+        metadata_version=int(row[7]),
     )
 
 
 def _message(row: Sequence[Any]) -> MessageRecord:
-    id_, role, content, ts, extra, packed = row
+    id_, role, content, ts, extra, packed, size, chars = row
     if (
         type(role) is str
         and role
@@ -122,14 +123,14 @@ def _message(row: Sequence[Any]) -> MessageRecord:
         and (extra is None or type(extra) is str)
         and (packed is None or type(packed) is bytes)
     ):
-        return MessageRecord(role, content, ts, extra, int(id_), -1, packed)
+        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
     return _odd_message(row)
 
 
 def _odd_message(row: Sequence[Any]) -> MessageRecord:
     """A row of unexpected column types: numbers and byte strings of other drivers are
     read as before; what cannot be a message becomes a record that raises when read."""
-    id_, role, content, ts, extra, packed = row
+    id_, role, content, ts, extra, packed, size, chars = row
     if isinstance(ts, int | float) and not isinstance(ts, bool):
         ts = str(ts)  # written by other code; shown as stored
     if isinstance(packed, bytearray | memoryview):
@@ -152,8 +153,8 @@ def _odd_message(row: Sequence[Any]) -> MessageRecord:
         if bad
     ]
     if not problems:
-        return MessageRecord(role, content, ts, extra, int(id_), -1, packed)
-    return MessageRecord("", None, "", None, int(id_), -1, None, "; ".join(problems))
+        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
+    return MessageRecord("", None, "", None, 0, 0, int(id_), None, "; ".join(problems))
 
 
 def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> SessionRecord | None:
@@ -230,10 +231,7 @@ def import_all(
 def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
     params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
     row = cx.rows(q.TEXT_LENGTH, params)[0]
-    chars = int(row[0])
-    for role, extra, packed in cx.rows(q.COMPRESSED_IN_TAIL, params):
-        chars += MessageRecord(role or "", None, "", extra, None, -1, bytes(packed)).text_length()
-    return chars, int(row[1])
+    return int(row[0]), int(row[1])
 
 
 def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> SessionRecord:
@@ -278,16 +276,20 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
     previous = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0])
     metadata: dict[str, Any] | None = None
-    if req.metadata_patch or req.truncation is not None:
+    version_before = -1
+    if req.metadata_patch:
         # read-modify-write below: hold the session row first
         found = cx.rows(q.SESSION_METADATA, {"session_id": sid})
         if not found:
             raise SessionNotFoundError(f"session {req.name!r} was deleted")
-        if req.metadata_patch:
-            metadata = decode_metadata(found[0][0])
-            metadata.update(req.metadata_patch)
+        metadata = decode_metadata(found[0][0])
+        metadata.update(req.metadata_patch)
+        version_before = int(found[0][1])
+    # a truncation holds the row too, without reading or decoding the metadata
+    elif req.truncation is not None and not cx.rows(q.SESSION_LOCK, {"session_id": sid}):
+        raise SessionNotFoundError(f"session {req.name!r} was deleted")
     count_delta = len(req.messages)
-    size_delta = sum(r.byte_size() for r in req.messages)
+    size_delta = sum(r.size for r in req.messages)
     cut = req.truncation
     if cut is not None:
         boundary = cx.rows(
@@ -307,20 +309,25 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     }
     if metadata is not None:
         params["metadata"] = dumps_metadata(metadata)
+    else:
+        params["seen"] = req.metadata_version
     counters = cx.rows(q.UPDATE_SESSION if metadata is None else q.UPDATE_SESSION_METADATA, params)
     if not counters:
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
-    if req.max_bytes is not None and size_delta > 0 and int(counters[0][1]) > req.max_bytes:
-        raise SessionTooLargeError(req.name, int(counters[0][1]), req.max_bytes)
+    count, size, version = (int(v) for v in counters[0][:3])
+    if req.max_bytes is not None and size_delta > 0 and size > req.max_bytes:
+        raise SessionTooLargeError(req.name, size, req.max_bytes)
     ids: list[int] = []
     if req.messages:
         ids = cx.insert_messages(sid, req.messages)
     last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
-    if metadata is None:  # unchanged by this save, but maybe by another writer's
-        metadata = decode_metadata(counters[0][2])
-    return SaveResult(
-        ids, int(counters[0][0]), int(counters[0][1]), int(last_id), metadata, previous
-    )
+    if metadata is None:
+        # unchanged by this save; sent back (and decoded) only if another writer changed it
+        if version != req.metadata_version:
+            metadata = decode_metadata(counters[0][3])
+    elif version_before == req.metadata_version:
+        metadata = None  # what the caller saw plus its own patch: it knows that already
+    return SaveResult(ids, count, size, int(last_id), metadata, previous, version)
 
 
 def delete(cx: Executor, session_id: str) -> bool:

@@ -28,10 +28,12 @@ from ...codec import (
     encode_message,
     encode_metadata,
     is_timestamp,
+    measure_message,
     read_metadata,
     shown_text,
 )
-from ...errors import InvalidMessageError, SchemaVersionError
+from ...errors import InvalidMessageError, SchemaVersionError, SessionError
+from ...models import MessageRecord
 from ...timeutil import from_db_timestamp, to_sqlite_timestamp, utcnow
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ __all__ = [
 #: The revision that creates exactly the spec's schema.
 BASELINE_REVISION = "0001"
 #: The newest revision this version of the library knows (a test keeps it equal to Alembic's head).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 # Alembic keeps the running migration's context in module globals (alembic.context,
@@ -532,21 +534,50 @@ def _ids(ids: list[Any]) -> str:
 
 
 def _recount(conn: Connection, session_ids: list[str]) -> None:
-    size = " + ".join(
-        f"coalesce(length(CAST(m.{c} AS BLOB)), 0)"
-        if conn.dialect.name == "sqlite"
-        else f"coalesce(octet_length(CAST(m.{c} AS TEXT)), 0)"
-        for c in ("role", "content", "timestamp", "metadata")
-    )
-    packed = (
-        "coalesce(length(m.content_zlib), 0)"
-        if conn.dialect.name == "sqlite"
-        else "coalesce(octet_length(m.content_zlib), 0)"
-    )
+    """Each repaired session's messages measured again as the codec measures them (the
+    repair changed roles, timestamps and extra keys after the upgrade had measured them),
+    then its totals summed from them."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("messages")}
+    if {"size_bytes", "char_count"} <= columns:
+        read = sa.text(
+            "SELECT id, role, content, timestamp, metadata, content_zlib FROM messages "
+            "WHERE session_id = :sid"
+        )
+        write = sa.text(
+            "UPDATE messages SET size_bytes = :size, char_count = :chars WHERE id = :mid"
+        )
+        for sid in session_ids:
+            measured = []
+            for mid, role, content, ts, extra, packed in conn.execute(read, {"sid": sid}):
+                record = MessageRecord(
+                    str(role or ""), content, str(ts or ""), extra, 0, 0, int(mid),
+                    None if packed is None else bytes(packed),
+                )  # fmt: skip
+                try:
+                    size, chars = measure_message(record.to_dict())
+                except SessionError:  # still unreadable: its reads raise, it weighs nothing
+                    size, chars = 0, 0
+                measured.append({"mid": mid, "size": size, "chars": chars})
+            if measured:
+                conn.execute(write, measured)
+        total = "coalesce(sum(m.size_bytes), 0)"
+    else:  # an upgrade stopped short of the size columns: count as that revision did
+        parts = " + ".join(
+            f"coalesce(length(CAST(m.{c} AS BLOB)), 0)"
+            if conn.dialect.name == "sqlite"
+            else f"coalesce(octet_length(CAST(m.{c} AS TEXT)), 0)"
+            for c in ("role", "content", "timestamp", "metadata")
+        )
+        packed = (
+            "coalesce(length(m.content_zlib), 0)"
+            if conn.dialect.name == "sqlite"
+            else "coalesce(octet_length(m.content_zlib), 0)"
+        )
+        total = f"coalesce(sum({parts} + {packed}), 0)"
     stmt = sa.text(
         "UPDATE sessions SET "  # noqa: S608 - constant column names only
         "message_count = (SELECT count(*) FROM messages m WHERE m.session_id = sessions.id), "
-        f"size_bytes = (SELECT coalesce(sum({size} + {packed}), 0) FROM messages m "
+        f"size_bytes = (SELECT {total} FROM messages m "
         "WHERE m.session_id = sessions.id) WHERE id = :sid"
     )
     conn.execute(stmt, [{"sid": sid} for sid in session_ids])

@@ -6,17 +6,12 @@ both executors (the one-trip SQLite path and the generic SQLAlchemy path) share 
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from .tables import messages as m
 from .tables import sessions as s
 
 __all__ = [
-    "COMPRESSED_IN_TAIL",
     "COPY_MESSAGES",
     "DELETE_MESSAGES",
     "DELETE_MESSAGES_UPTO",
@@ -32,6 +27,7 @@ __all__ = [
     "MESSAGES_TAIL",
     "SESSION_BY_ID",
     "SESSION_BY_NAME",
+    "SESSION_LOCK",
     "SESSION_METADATA",
     "SET_SESSION_TOTALS",
     "TEXT_LENGTH",
@@ -43,55 +39,6 @@ __all__ = [
 ]
 
 
-class octet_length(FunctionElement[int]):
-    """Bytes of a text value (SQLite before 3.43 has no octet_length)."""
-
-    type = sa.Integer()
-    inherit_cache = True
-
-
-@compiles(octet_length)
-def _octet_length(
-    element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
-) -> str:
-    # JSON and timestamp columns have no octet_length of their own on PostgreSQL
-    return f"octet_length(CAST({compiler.process(element.clauses, **kw)} AS TEXT))"
-
-
-@compiles(octet_length, "sqlite")
-def _octet_length_sqlite(
-    element: octet_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
-) -> str:
-    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
-
-
-class blob_length(FunctionElement[int]):
-    """Bytes of a binary value."""
-
-    type = sa.Integer()
-    inherit_cache = True
-
-
-@compiles(blob_length)
-def _blob_length(element: blob_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object) -> str:
-    return f"octet_length({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(blob_length, "sqlite")
-def _blob_length_sqlite(
-    element: blob_length, compiler: sa.sql.compiler.SQLCompiler, **kw: object
-) -> str:
-    return f"length({compiler.process(element.clauses, **kw)})"
-
-
-def _bytes(col: ColumnElement[Any]) -> ColumnElement[int]:
-    return sa.func.coalesce(octet_length(col), 0)
-
-
-def _chars(col: ColumnElement[Any]) -> ColumnElement[int]:
-    return sa.func.coalesce(sa.func.length(sa.cast(col, sa.Text)), 0)
-
-
 _SESSION_COLS = (
     s.c.id,
     s.c.name,
@@ -101,10 +48,23 @@ _SESSION_COLS = (
     s.c.message_count,
     s.c.size_bytes,
 )
-_MESSAGE_COLS = (m.c.id, m.c.role, m.c.content, m.c.timestamp, m.c["metadata"], m.c.content_zlib)
+_MESSAGE_COLS = (
+    m.c.id,
+    m.c.role,
+    m.c.content,
+    m.c.timestamp,
+    m.c["metadata"],
+    m.c.content_zlib,
+    m.c.size_bytes,
+    m.c.char_count,
+)
 
-SESSION_BY_NAME = sa.select(*_SESSION_COLS).where(s.c.name == sa.bindparam("name"))
-SESSION_BY_ID = sa.select(*_SESSION_COLS).where(s.c.id == sa.bindparam("session_id"))
+SESSION_BY_NAME = sa.select(*_SESSION_COLS, s.c.metadata_version).where(
+    s.c.name == sa.bindparam("name")
+)
+SESSION_BY_ID = sa.select(*_SESSION_COLS, s.c.metadata_version).where(
+    s.c.id == sa.bindparam("session_id")
+)
 LIST_SESSIONS = sa.select(*_SESSION_COLS).order_by(s.c.created_at, s.c.name)
 LAST_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0)).where(
     m.c.session_id == sa.bindparam("session_id")
@@ -147,34 +107,15 @@ MESSAGES_ALL = (
     .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
     .order_by(m.c.id)
 )
-_tail_sizes = (
-    sa.select(m.c.role, m.c.content, m.c["metadata"], m.c.content_zlib)
+_tail = (
+    sa.select(m.c.char_count)
     .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
     .order_by(m.c.id.desc())
     .limit(sa.bindparam("n"))
     .subquery()
 )
-TEXT_LENGTH = sa.select(
-    sa.func.coalesce(
-        sa.func.sum(
-            sa.case(
-                (
-                    _tail_sizes.c.content_zlib.is_(None),
-                    _chars(_tail_sizes.c.role)
-                    + _chars(_tail_sizes.c.content)
-                    + _chars(_tail_sizes.c["metadata"]),
-                ),
-                else_=0,
-            )
-        ),
-        0,
-    ),
-    sa.func.count(),
-)
-# rows with a compressed content in the same window: counted once inflated, in Python
-COMPRESSED_IN_TAIL = sa.select(
-    _tail_sizes.c.role, _tail_sizes.c["metadata"], _tail_sizes.c.content_zlib
-).where(_tail_sizes.c.content_zlib.is_not(None))
+# the characters of the newest n messages (each row carries its own count)
+TEXT_LENGTH = sa.select(sa.func.coalesce(sa.func.sum(_tail.c.char_count), 0), sa.func.count())
 INSERT_SESSION = sa.insert(s).values(
     id=sa.bindparam("id"),
     name=sa.bindparam("name"),
@@ -189,22 +130,40 @@ _bump = {
     "message_count": s.c.message_count + sa.bindparam("count_delta", type_=sa.Integer),
     "size_bytes": s.c.size_bytes + sa.bindparam("size_delta", type_=sa.Integer),
 }
-# one statement both checks that the session exists and moves its counters
+# one statement both checks that the session exists and moves its counters; the
+# metadata comes back only when its version is not the one the caller saw
 UPDATE_SESSION = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))
     .values(**_bump)
-    .returning(s.c.message_count, s.c.size_bytes, s.c["metadata"])
+    .returning(
+        s.c.message_count,
+        s.c.size_bytes,
+        s.c.metadata_version,
+        sa.case(
+            (s.c.metadata_version == sa.bindparam("seen", type_=sa.Integer), sa.null()),
+            else_=s.c["metadata"],
+        ),
+    )
 )
 UPDATE_SESSION_METADATA = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))
-    .values(**_bump, metadata=sa.bindparam("metadata", type_=s.c["metadata"].type))
-    .returning(s.c.message_count, s.c.size_bytes, s.c["metadata"])
+    .values(
+        **_bump,
+        metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
+        metadata_version=s.c.metadata_version + 1,
+    )
+    .returning(s.c.message_count, s.c.size_bytes, s.c.metadata_version)
 )
-# locks the session row first on server databases (SQLite's write lock already does)
+# lock the session row first on server databases (SQLite's write lock already does)
 SESSION_METADATA = (
-    sa.select(s.c["metadata"]).where(s.c.id == sa.bindparam("session_id")).with_for_update()
+    sa.select(s.c["metadata"], s.c.metadata_version)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .with_for_update()
+)
+SESSION_LOCK = (
+    sa.select(s.c.metadata_version).where(s.c.id == sa.bindparam("session_id")).with_for_update()
 )
 INSERT_MESSAGE = sa.insert(m).values(
     session_id=sa.bindparam("session_id"),
@@ -213,10 +172,21 @@ INSERT_MESSAGE = sa.insert(m).values(
     timestamp=sa.bindparam("timestamp", type_=m.c.timestamp.type),
     metadata=sa.bindparam("metadata", type_=m.c["metadata"].type),
     content_zlib=sa.bindparam("content_zlib", type_=m.c.content_zlib.type),
+    size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
+    char_count=sa.bindparam("char_count", type_=sa.BigInteger),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
 COPY_MESSAGES = sa.insert(m).from_select(
-    ["session_id", "role", "content", "timestamp", "metadata", "content_zlib"],
+    [
+        "session_id",
+        "role",
+        "content",
+        "timestamp",
+        "metadata",
+        "content_zlib",
+        "size_bytes",
+        "char_count",
+    ],
     sa.select(
         sa.bindparam("new_id", type_=sa.Text),
         m.c.role,
@@ -224,6 +194,8 @@ COPY_MESSAGES = sa.insert(m).from_select(
         m.c.timestamp,
         m.c["metadata"],
         m.c.content_zlib,
+        m.c.size_bytes,
+        m.c.char_count,
     )
     .where(m.c.session_id == sa.bindparam("source_id"))
     .order_by(m.c.id),
@@ -236,19 +208,9 @@ TRUNCATE_BOUNDARY = (
     .limit(1)
     .offset(sa.bindparam("keep"))
 )
-TRUNCATE_STATS = sa.select(
-    sa.func.count(),
-    sa.func.coalesce(
-        sa.func.sum(
-            _bytes(m.c.role)
-            + _bytes(m.c.content)
-            + _bytes(m.c.timestamp)
-            + _bytes(m.c["metadata"])
-            + sa.func.coalesce(blob_length(m.c.content_zlib), 0)
-        ),
-        0,
-    ),
-).where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary"))
+TRUNCATE_STATS = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(m.c.size_bytes), 0)).where(
+    m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary")
+)
 DELETE_MESSAGES_UPTO = sa.delete(m).where(
     m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary")
 )

@@ -122,10 +122,16 @@ class SessionRow(Base):
         sa.Integer, nullable=False, server_default=sa.text("0")
     )
     size_bytes: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    # bumped by every write that changes ``metadata``: a save whose caller saw the current
+    # version neither reads nor decodes the metadata (see migration 0006)
+    metadata_version: Mapped[int] = mapped_column(
+        sa.Integer, nullable=False, server_default=sa.text("0")
+    )
 
 
 class MessageRow(Base):
-    """``messages``: ``id`` is the monotonic ordering key of a session's messages."""
+    """``messages``: ``id`` is the monotonic ordering key of a session's messages;
+    ``size_bytes`` and ``char_count`` the message's size and characters, uncompressed."""
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -144,6 +150,14 @@ class MessageRow(Base):
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
     # compress_messages: the content, zlib-compressed (then ``content`` is NULL)
     content_zlib: Mapped[bytes | None] = mapped_column(RawBytes)
+    # computed once by the codec (MessageRecord.size / .chars), summed by the session's
+    # totals, truncations and the token count (see migration 0006)
+    size_bytes: Mapped[int] = mapped_column(
+        sa.BigInteger, nullable=False, server_default=sa.text("0")
+    )
+    char_count: Mapped[int] = mapped_column(
+        sa.BigInteger, nullable=False, server_default=sa.text("0")
+    )
 
 
 class AdoptionNote(Base):
