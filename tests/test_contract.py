@@ -14,17 +14,9 @@ from coda_session import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from tests.conftest import Store
+from tests.support import Store, strip_ts, user
 
 pytestmark = pytest.mark.asyncio
-
-
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def strip_ts(messages: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [{k: v for k, v in m.items() if k != "timestamp"} for m in messages]
 
 
 async def test_create_add_save_resume(amanager: AsyncSessionManager, store: Store) -> None:

@@ -18,11 +18,10 @@ from coda_session import (
     SessionManager,
     StorageError,
 )
+from coda_session.manager import repository_of
 from coda_session.migrate import HEAD_REVISION
-
-
-def db_of(config: dict[str, Any]) -> Path:
-    return Path(config["session"]["storage_path"]) / "sessions.db"
+from coda_session.repository.sql import SqlRepository
+from tests.support import db_of
 
 
 async def test_file_and_directory_are_private(sqlite_config: Callable[..., dict[str, Any]]) -> None:
@@ -42,16 +41,16 @@ async def test_pragmas(sqlite_config: Callable[..., dict[str, Any]]) -> None:
     config = sqlite_config(busy_timeout=2.5)
     async with AsyncSessionManager(config) as m:
         await m.create_session("x")
-        raw = m._repository._raw  # type: ignore[attr-defined]
-        conn = raw._conn
+        repo = repository_of(m)
+        assert isinstance(repo, SqlRepository)
 
-        def read() -> tuple[Any, ...]:
+        def read(conn: sqlite3.Connection) -> tuple[Any, ...]:
             return tuple(
                 conn.execute(f"PRAGMA {p}").fetchone()[0]
                 for p in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
             )
 
-        assert await raw._execute(read) == ("wal", 1, 2500, 1)  # synchronous=NORMAL is 1
+        assert await repo.run_on_connection(read) == ("wal", 1, 2500, 1)  # synchronous=NORMAL is 1
 
 
 async def test_schema_matches_spec_names(sqlite_config: Callable[..., dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from coda_session import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from tests.conftest import Store
+from tests.support import Store
 
 BIG = "lorem ipsum dolor " * 200  # compressed in storage, plain in the file
 
