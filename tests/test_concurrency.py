@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from coda_session import AsyncSessionManager, SessionManager
-from tests.support import CROSS_WRITER
+from tests.support import CROSS_WRITER, Store
 
 TASKS = 50
 PER_TASK = 6
@@ -42,7 +42,7 @@ def check_writers(messages: list[dict[str, Any]], writers: list[str], per_writer
         assert seen[writer] == list(range(per_writer)), f"{writer}: {seen[writer]}"
 
 
-async def read_all(store: Any, name: str) -> list[dict[str, Any]]:
+async def read_all(store: Store, name: str) -> list[dict[str, Any]]:
     fresh = store.async_manager(message_cache_size=0)
     try:
         session = await fresh.load_session(name)

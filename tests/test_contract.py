@@ -335,8 +335,8 @@ async def test_list_sessions_infos(amanager: AsyncSessionManager) -> None:
     assert [i.message_count for i in infos] == [2, 0, 3]
     assert infos[1].size_bytes == 0 and infos[0].size_bytes > 0
     assert infos[2].size_bytes > infos[0].size_bytes
-    for i in infos:
-        assert i.created_at.tzinfo is not None and i.updated_at >= i.created_at
+    for info in infos:
+        assert info.created_at.tzinfo is not None and info.updated_at >= info.created_at
     # the spec's "search by metadata" snippet
     python_sessions = [s for s in infos if "python" in s.metadata.get("topic", "").lower()]
     assert len(python_sessions) == 3

@@ -642,7 +642,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 def test_differential(backend: str, tmp_path: Path) -> None:
     template = empty_database(backend, tmp_path)
     run_state_machine_as_test(
-        partial(DifferentialMachine, backend, template),
+        partial(DifferentialMachine, backend, template),  # type: ignore[arg-type]  # a factory works
         settings=settings(
             max_examples=EXAMPLES[backend],
             stateful_step_count=STEPS,

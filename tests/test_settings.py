@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -74,12 +74,15 @@ async def test_mixed_rows_written_with_and_without_compression(store: Store) -> 
         await reader.close()
 
 
+SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     text=st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        st.characters(blacklist_categories=SURROGATES, blacklist_characters="\x00"),
         min_size=COMPRESS_THRESHOLD // 4,
         max_size=3000,
     ),

@@ -6,6 +6,7 @@ import io
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from tests.support import Store
 
 BIG = "lorem ipsum dolor " * 200  # compressed in storage, plain in the file
 
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are terse.", "timestamp": "2024-01-01T00:00:00+00:00"},
     {
         "role": "user",
