@@ -1,4 +1,4 @@
-"""Developer sessions: tests, lint, typecheck, migrations, bench."""
+"""Developer sessions: tests, lint, typecheck, migrations, bench (`.ci/run` runs these)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and formatting) and import-linter (imports point down the layers)."""
+    """ruff (lint and formatting) and import-linter (imports point down the layers).
+    Ignores posargs, so `nox -s lint typecheck bench -- --quick` passes them to bench."""
     session.install("-e", ".", "ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", "coda_session", "migrations", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "coda_session", "migrations", "tests", "benchmarks")
@@ -26,7 +27,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package."""
+    """mypy --strict over the package, the tests and the migrations (pyproject [tool.mypy])."""
     session.install("-e", ".[dev]")
     session.run("mypy")
 

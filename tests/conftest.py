@@ -1,10 +1,23 @@
 """Fixtures: every contract test runs against every backend, async and sync.
 
-Backends:
-- ``memory``: the in-process repository;
-- ``sqlite``: the default backend (a real SQLite file, one-trip fast path);
-- ``sqlite-core``: the same file format through the generic SQLAlchemy path that other
-  databases (PostgreSQL later) use, so that path is proven on every run too.
+Backends (``tests/support.py``: ``BACKENDS``), each a parameter with its own mark, so
+``pytest -m <mark>`` runs one backend's cases (plus the tests that use no backend fixture
+only when they carry that mark):
+
+- ``memory`` (mark ``memory``): the in-process repository;
+- ``sqlite`` (mark ``sqlite``): the default backend (a real SQLite file, one-trip fast path);
+- ``sqlite-core`` (marks ``sqlite`` and ``sqlite_core``): the same file format through the
+  generic SQLAlchemy path that other databases (PostgreSQL later) use, so that path is
+  proven on every run too; ``-m sqlite`` runs both SQLite paths, ``-m sqlite_core`` this one;
+- ``custom`` (mark ``custom``): a user's own ``SessionStorage`` (``JsonDirStorage``: JSON
+  files in a directory, written atomically) behind the library's adapter.
+
+A test that the ``SessionStorage`` contract cannot pass on the custom backend carries
+``@pytest.mark.not_on_custom("why")``: its ``custom`` case is skipped with that reason
+(the README's Storage section lists these differences).
+
+Shared helpers (``Store``, ``user``, ``strip_ts``, ...) live in ``tests/support.py``;
+import them from there, not from this file.
 """
 
 from __future__ import annotations
@@ -16,44 +29,20 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from coda_session import AsyncSessionManager, SessionConfig, SessionManager
-from coda_session.repository import Repository, open_repository
-from coda_session.repository.memory import MemoryRepository
-from coda_session.repository.sql import SqlRepository
-
-BACKENDS = ["memory", "sqlite", "sqlite-core"]
+from coda_session import AsyncSessionManager, SessionManager
+from tests.support import BACKENDS, Store
 
 
-class Store:
-    """Opens managers on one backend's storage; ``reopen`` gives a fresh manager that
-    sees what the earlier ones saved (for memory: the same in-process repository)."""
-
-    def __init__(self, backend: str, path: Path) -> None:
-        self.backend = backend
-        self.path = path
-        backend_key = "memory" if backend == "memory" else "sqlite"
-        self.config = SessionConfig.from_mapping(
-            {"session": {"backend": backend_key, "storage_path": str(path)}}
-        )
-        self._memory = MemoryRepository() if backend == "memory" else None
-
-    def repository(self, *, private_loop: bool = False) -> Repository:
-        if self._memory is not None:
-            return self._memory
-        if self.backend == "sqlite-core":
-            return SqlRepository(self.config, fast_path=False)
-        return open_repository(self.config, private_loop=private_loop)
-
-    def async_manager(self, **overrides: Any) -> AsyncSessionManager:
-        config = self.config.model_copy(update=overrides) if overrides else self.config
-        return AsyncSessionManager(config, self.repository())
-
-    def sync_manager(self) -> SessionManager:
-        return SessionManager(self.config, self.repository(private_loop=True))
-
-    @property
-    def database(self) -> Path | None:
-        return None if self.backend == "memory" else self.path / "sessions.db"
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        mark = item.get_closest_marker("not_on_custom")
+        callspec = getattr(item, "callspec", None)
+        if mark is None or callspec is None or callspec.params.get("backend") != "custom":
+            continue
+        reason = mark.args[0] if mark.args else mark.kwargs.get("reason", "")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: not_on_custom needs a reason")
+        item.add_marker(pytest.mark.skip(reason=f"custom storage: {reason}"))
 
 
 @pytest.fixture(params=BACKENDS)

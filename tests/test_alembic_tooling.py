@@ -36,8 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coda_session.config import SessionConfig
 from coda_session.migrate import HEAD_REVISION
 from coda_session.repository.sql.engine import create_engine
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, alembic
 
 __all__ = [  # pytest-alembic's fixture and own tests, run here on every kind of connectable
     "alembic_runner",
@@ -231,17 +230,6 @@ def test_something_else_in_attributes_is_refused(tmp_path: Path) -> None:
 
 
 # --- the CLI on a database that does not exist ------------------------------------------
-
-
-def alembic(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", "-x", f"storage_path={storage}", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

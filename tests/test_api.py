@@ -106,7 +106,7 @@ def test_trusted_session_info_equals_a_validated_one() -> None:
         metadata={"k": [1]},
     )
     fast = SessionInfo._trusted(**values)  # type: ignore[arg-type]
-    slow = SessionInfo(**values)  # type: ignore[arg-type]
+    slow = SessionInfo(**values)
     assert fast == slow and fast.model_dump() == slow.model_dump()
     assert fast.model_fields_set == slow.model_fields_set
     assert repr(fast) == repr(slow) and hash(fast.name) == hash(slow.name)

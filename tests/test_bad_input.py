@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import IntEnum
@@ -466,7 +466,7 @@ async def test_bad_session_names(store: Any, name: Any) -> None:
     before = await dump(store)
     manager = store.async_manager()
     try:
-        creating = [
+        creating: list[Callable[[], Awaitable[object]]] = [
             lambda: manager.create_session(name),
             lambda: manager.create_session(name, exist_ok=False),
             lambda: manager.create_session(name, branch_from="seed"),

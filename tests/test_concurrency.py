@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from coda_session import AsyncSessionManager, SessionManager
+from tests.support import CROSS_WRITER, Store
 
 TASKS = 50
 PER_TASK = 6
@@ -41,7 +42,7 @@ def check_writers(messages: list[dict[str, Any]], writers: list[str], per_writer
         assert seen[writer] == list(range(per_writer)), f"{writer}: {seen[writer]}"
 
 
-async def read_all(store: Any, name: str) -> list[dict[str, Any]]:
+async def read_all(store: Store, name: str) -> list[dict[str, Any]]:
     fresh = store.async_manager(message_cache_size=0)
     try:
         session = await fresh.load_session(name)
@@ -122,6 +123,7 @@ async def test_many_tasks_create_same_name(store: Any, amanager: AsyncSessionMan
     check_writers(await read_all(store, "race"), [f"t{w}" for w in range(TASKS)], 1)
 
 
+@pytest.mark.not_on_custom(CROSS_WRITER)
 @pytest.mark.asyncio
 async def test_two_managers_append_to_same_session(store: Any) -> None:
     first = store.async_manager()
@@ -151,6 +153,7 @@ async def test_two_managers_append_to_same_session(store: Any) -> None:
         await second.close()
 
 
+@pytest.mark.not_on_custom(CROSS_WRITER)
 @pytest.mark.asyncio
 async def test_two_managers_interleaved_batches(store: Any) -> None:
     """Batches added before either saves, saved in alternation: both fully kept."""
@@ -233,6 +236,7 @@ def test_threads_shared_session(store: Any, manager: SessionManager) -> None:
     check_writers(asyncio.run(read_all(store, "thread-shared")), writers, PER_THREAD)
 
 
+@pytest.mark.not_on_custom(CROSS_WRITER)
 def test_threads_each_with_own_sync_manager(store: Any) -> None:
     """Several SessionManagers (one per thread) writing into one session name."""
 

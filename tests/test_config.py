@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,12 +148,13 @@ def test_toml_settings_outside_the_session_table(tmp_path: Path) -> None:
 
 def test_direct_construction_raises_invalid_config_error() -> None:
     expected = "session.bogus: Extra inputs are not permitted (got 1)"
-    for build in (
+    builds: tuple[Callable[[], object], ...] = (
         lambda: SessionConfig(bogus=1),  # type: ignore[call-arg]
         lambda: SessionConfig.model_validate({"bogus": 1}),
         lambda: SessionConfig.model_validate_json('{"bogus": 1}'),
         lambda: SessionConfig.from_mapping({"session": {"bogus": 1}}),
-    ):
+    )
+    for build in builds:
         with pytest.raises(InvalidConfigError) as info:
             build()
         assert expected in str(info.value)

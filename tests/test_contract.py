@@ -14,17 +14,9 @@ from coda_session import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from tests.conftest import Store
+from tests.support import Store, strip_ts, user
 
 pytestmark = pytest.mark.asyncio
-
-
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def strip_ts(messages: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [{k: v for k, v in m.items() if k != "timestamp"} for m in messages]
 
 
 async def test_create_add_save_resume(amanager: AsyncSessionManager, store: Store) -> None:
@@ -343,8 +335,8 @@ async def test_list_sessions_infos(amanager: AsyncSessionManager) -> None:
     assert [i.message_count for i in infos] == [2, 0, 3]
     assert infos[1].size_bytes == 0 and infos[0].size_bytes > 0
     assert infos[2].size_bytes > infos[0].size_bytes
-    for i in infos:
-        assert i.created_at.tzinfo is not None and i.updated_at >= i.created_at
+    for info in infos:
+        assert info.created_at.tzinfo is not None and info.updated_at >= info.created_at
     # the spec's "search by metadata" snippet
     python_sessions = [s for s in infos if "python" in s.metadata.get("topic", "").lower()]
     assert len(python_sessions) == 3

@@ -117,7 +117,7 @@ def _child_main(directory: str, seed: int) -> None:
 
     mark("imported")
     manager = SessionManager({"session": {"storage_path": directory, "autosave_interval": 0}})
-    main = None
+    main: Any = None  # a Session from the first op, always "create"
     for op in _gen_ops(seed):
         kind, index = op[0], op[1]
         if kind == "create":

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from coda_session import SessionError, SessionManager, StorageError
-from tests.conftest import Store
+from tests.support import Store
 
 BIG = "a long message that compresses well. " * 100
 

@@ -21,7 +21,7 @@ from coda_session import (
     SessionManager,
     SessionTooLargeError,
 )
-from tests.conftest import Store
+from tests.support import Store
 
 LIMIT_MB = 0.01  # 10 000 bytes
 TEXT = "x" * 100

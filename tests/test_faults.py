@@ -18,15 +18,12 @@ from typing import Any
 
 import pytest
 
-from coda_session import AsyncSessionManager, SessionManager, StorageError
+from coda_session import AsyncSessionManager, SessionManager, SessionNotFoundError, StorageError
 from coda_session.manager import repository_of
 from coda_session.repository.sql import SqlRepository
+from tests.support import db_of
 
 Config = Callable[..., dict[str, Any]]
-
-
-def db_of(config: dict[str, Any]) -> Path:
-    return Path(config["session"]["storage_path"]) / "sessions.db"
 
 
 def rows(path: Path) -> list[tuple[Any, ...]]:
@@ -57,7 +54,9 @@ async def test_full_disk(sqlite_config: Config) -> None:
         assert s.has_unsaved_changes  # nothing lost: the save can be retried later
         other = await m.create_session("small-work-still-fits")  # the manager stays usable
         assert other.name == "small-work-still-fits"
-        await repo.run_on_connection(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        await repo.run_on_connection(
+            lambda conn: conn.execute("PRAGMA max_page_count = 1073741823")
+        )
         await m.save_session(s)
         assert [x["content"][:6] for x in await (await m.load_session("kept")).get_messages()] == [
             "before",
@@ -217,10 +216,11 @@ async def test_no_message_content_in_logs_at_info_or_above(
 
         for _ in range(100):
             await asyncio.sleep(0.05)
-            if s._autosave_error is not None:
+            if any("autosave of session" in r.getMessage() for r in caplog.records):
                 break
-        s._autosave_error = None
-        s._gone = True
+        with pytest.raises(SessionNotFoundError):  # the failure, told at the next call
+            s.add_message({"role": "user", "content": "next call"})
+        s.clear_messages()
     await other.close()
     loud = [r for r in caplog.records if r.levelno >= logging.INFO]
     assert any("autosave" in r.getMessage() for r in loud)

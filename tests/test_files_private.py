@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from coda_session import AsyncSessionManager, SessionManager, StorageError
-from tests.conftest import Store
+from tests.support import Store
 
 SQL_BACKENDS = ["sqlite", "sqlite-core"]
 

@@ -19,8 +19,7 @@ from alembic.script import ScriptDirectory
 from coda_session import SessionManager
 from coda_session.migrate import BASELINE_REVISION, HEAD_REVISION, alembic_config
 from coda_session.repository.sql.tables import Base
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, alembic
 
 SPEC_SCHEMA = """
 CREATE TABLE sessions (
@@ -40,17 +39,6 @@ CREATE TABLE messages (
     FOREIGN KEY (session_id) REFERENCES sessions(id)
 );
 """
-
-
-def alembic(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", "-x", f"storage_path={storage}", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_head_constant_is_alembics_single_head() -> None:

@@ -148,7 +148,9 @@ OFFSETS = st.sampled_from(
     [None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]
 )
 DATETIMES = st.datetimes(
-    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30), timezones=OFFSETS
+    min_value=datetime(1, 1, 1),
+    max_value=datetime(9999, 12, 30),
+    timezones=OFFSETS,  # type: ignore[arg-type]  # hypothesis's stub types this as None-only
 )
 # None: let the library stamp it; a datetime; or an ISO-8601 extended string
 TIMESTAMPS = (

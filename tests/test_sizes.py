@@ -27,10 +27,11 @@ from coda_session import (
     SessionTooLargeError,
 )
 from coda_session.codec import encode_message
+from coda_session.repository import open_repository
 from coda_session.repository.base import SaveRequest
 from coda_session.repository.custom import StorageAdapter
 from coda_session.timeutil import utcnow
-from tests.conftest import Store
+from tests.support import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TS = "2026-11-24T21:58:54.123456+00:00"
@@ -377,7 +378,7 @@ async def _save_results(repo: Any) -> None:
 
 
 async def test_save_result_metadata_only_when_changed(store: Store) -> None:
-    repo = store.repository()
+    repo = open_repository(store.config, store.repository())
     await repo.open()
     try:
         await _save_results(repo)

@@ -22,7 +22,7 @@ from coda_session.repository.sql.dialect import Failure, SqliteDialect
 from coda_session.repository.sql.engine import create_engine
 from coda_session.repository.sql.errors import translate
 from coda_session.repository.sql.executors import RawExecutor
-from tests.conftest import Store
+from tests.support import Store
 
 Config = Callable[..., dict[str, Any]]
 
@@ -142,7 +142,7 @@ def test_only_registered_constants_are_compiled_once(tmp_path: Path) -> None:
     # statements built per call come and go, and their ids are reused: each must still
     # run its own SQL
     for i in range(200):
-        stmt = sa.select(sa.literal_column(str(i)))
+        stmt: sa.Select[Any] = sa.select(sa.literal_column(str(i)))
         assert cx.rows(stmt, {})[0][0] == i
         del stmt
     conn.close()

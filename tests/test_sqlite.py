@@ -21,10 +21,7 @@ from coda_session import (
 from coda_session.manager import repository_of
 from coda_session.migrate import HEAD_REVISION
 from coda_session.repository.sql import SqlRepository
-
-
-def db_of(config: dict[str, Any]) -> Path:
-    return Path(config["session"]["storage_path"]) / "sessions.db"
+from tests.support import db_of
 
 
 async def test_file_and_directory_are_private(sqlite_config: Callable[..., dict[str, Any]]) -> None:
@@ -133,7 +130,7 @@ async def test_not_a_database(sqlite_config: Callable[..., dict[str, Any]]) -> N
 def test_sync_shim_runs_sqlite_inline(sqlite_config: Callable[..., dict[str, Any]]) -> None:
     with SessionManager(sqlite_config()) as m:
         m.create_session("x")
-        repo = repository_of(m._async)  # type: ignore[attr-defined]
+        repo = repository_of(m._async)
         assert isinstance(repo, SqlRepository) and repo.uses_fast_path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coda_session import ManagerClosedError, SessionError, SessionManager
-from tests.conftest import Store
+from tests.support import Store
 
 
 def test_from_inside_a_running_event_loop(store: Store) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,11 +16,11 @@ from coda_session import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from tests.conftest import Store
+from tests.support import Store
 
 BIG = "lorem ipsum dolor " * 200  # compressed in storage, plain in the file
 
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are terse.", "timestamp": "2024-01-01T00:00:00+00:00"},
     {
         "role": "user",

@@ -18,7 +18,7 @@ from coda_session import (
     ManagerClosedError,
 )
 from coda_session.transfer import format as fmt_
-from tests.conftest import Store
+from tests.support import Store
 
 
 def _session_lines(name: str, n: int) -> list[str]:

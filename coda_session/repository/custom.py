@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import itertools
 import json
 import threading
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..codec import encode_message
 from ..errors import (
@@ -31,21 +34,80 @@ __all__ = [
     "SessionStorage",
     "StorageAdapter",
     "StorageSnapshot",
+    "StoredSession",
     "running_storage",
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+"""created_at/updated_at of a loaded session that came back without them."""
+_ID_NAMESPACE = uuid.UUID("9b1d3c52-6f0e-4c8e-a3d1-5e2f8a7b4c61")
+
+
+def derived_id(name: str) -> str:
+    """The id of a loaded session that came back without one: derived from its name."""
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
+
+
+@runtime_checkable
+class StoredSession(Protocol):
+    """What ``SessionStorage.load`` may return besides :class:`SessionData`: any object
+    with a ``name``, its ``metadata`` and ``get_messages()`` (or a ``messages`` list), for
+    instance a :class:`coda_session.Session` loaded from another manager."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
 
 
 class SessionData(BaseModel):
-    """A whole session as a :class:`SessionStorage` saves and loads it."""
+    """A whole session as a :class:`SessionStorage` saves and loads it.
 
-    id: str
+    ``message_ids`` and ``last_message_id`` are the library's bookkeeping: the storage key
+    of each message (ascending, never reused within the session) and the highest key ever
+    given. Store them with the session and give them back from ``load``: they let a stale
+    session object's ``truncate_messages`` spare the messages another writer saved
+    meanwhile, as on the built-in backends. A loaded session without them (an older store,
+    or a ``load`` that returns only name, messages and metadata) numbers its messages
+    1..n, which is exact as long as one session object writes it at a time.
+    """
+
+    id: str = ""
     name: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime = UNKNOWN_TIME
+    updated_at: datetime = UNKNOWN_TIME
     metadata: dict[str, Any] = Field(default_factory=dict)
     messages: list[dict[str, Any]] = Field(default_factory=list)
+    message_ids: list[int] = Field(default_factory=list)
+    last_message_id: int = 0
+
+    def __init__(self, name: str | None = None, /, **fields: Any) -> None:
+        """``SessionData(name, messages=..., metadata=...)`` (the reference's
+        ``Session(name, messages=..., metadata=...)``) or all by keyword. Without an ``id``
+        the session's id is derived from its name; without times they are
+        :data:`UNKNOWN_TIME`."""
+        if name is not None:
+            fields["name"] = name
+        super().__init__(**fields)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_id(cls, values: Any) -> Any:
+        if (
+            isinstance(values, dict)
+            and not values.get("id")
+            and isinstance(values.get("name"), str)
+        ):
+            return {**values, "id": derived_id(values["name"])}
+        return values
+
+    def get_messages(self) -> list[dict[str, Any]]:
+        """The messages, oldest first (the list itself, as ``messages``)."""
+        return self.messages
 
     def info(self) -> SessionInfo:
         """The :class:`SessionInfo` for ``list_all`` (size counted as the library does)."""
@@ -59,6 +121,48 @@ class SessionData(BaseModel):
             size_bytes=sum(r.byte_size() for r in records),
             metadata=copy.deepcopy(self.metadata),
         )
+
+
+def _keys(data: SessionData) -> list[int]:
+    """The messages' storage keys: ``message_ids`` when present, else positions 1..n
+    (StorageError when present but unable to match the messages)."""
+    ids = data.message_ids
+    if not ids:
+        return list(range(1, len(data.messages) + 1))
+    if (
+        len(ids) != len(data.messages)
+        or ids[0] < 1
+        or any(a >= b for a, b in itertools.pairwise(ids))
+    ):
+        raise StorageError(
+            f"custom storage: session {data.name!r} came back with message_ids that do "
+            f"not match its {len(data.messages)} messages (store both as saved)"
+        )
+    return list(ids)
+
+
+def _as_data(loaded: object) -> SessionData:
+    """What ``load`` returned, as SessionData (StorageError when it is no session)."""
+    if isinstance(loaded, SessionData):
+        return loaded
+    name = getattr(loaded, "name", None)
+    metadata = getattr(loaded, "metadata", None)
+    get_messages = getattr(loaded, "get_messages", None)
+    messages = get_messages() if callable(get_messages) else getattr(loaded, "messages", None)
+    if not isinstance(name, str) or not isinstance(metadata, dict) or messages is None:
+        raise StorageError(
+            f"custom storage load() returned {type(loaded).__name__}: not SessionData nor an "
+            "object with name, metadata and get_messages() (or messages)"
+        )
+    fields: dict[str, Any] = {"metadata": metadata, "messages": list(messages)}
+    for key in ("id", "created_at", "updated_at", "message_ids", "last_message_id"):
+        value = getattr(loaded, key, None)
+        if value is not None:
+            fields[key] = value
+    try:
+        return SessionData(name, **fields)
+    except ValueError as exc:
+        raise StorageError(f"custom storage load() returned an invalid session: {exc}") from exc
 
 
 class SessionStorage(ABC):
@@ -75,8 +179,10 @@ class SessionStorage(ABC):
         """Store the session, replacing any stored one of the same id."""
 
     @abstractmethod
-    def load(self, name: str) -> SessionData | None:
-        """The stored session of that name, or None."""
+    def load(self, name: str) -> SessionData | StoredSession | None:
+        """The stored session of that name, or None: a :class:`SessionData` as ``save``
+        received it, or any object with ``name``, ``metadata`` and ``get_messages()`` (or
+        ``messages``), such as ``SessionData(name, messages=..., metadata=...)``."""
 
     @abstractmethod
     def delete(self, name: str) -> None:
@@ -103,54 +209,88 @@ def running_storage() -> StorageAdapter | None:
     return adapter
 
 
+def _one_writer(
+    method: Callable[Concatenate[StorageAdapter, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[StorageAdapter, P], Coroutine[Any, Any, T]]:
+    """Runs a read-then-write operation whole before the next one starts, so two tasks
+    of one manager never both read a session and then both write it."""
+
+    @functools.wraps(method)
+    async def run(self: StorageAdapter, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self.writing:
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
 class StorageAdapter:
     """Serves the repository protocol from a :class:`SessionStorage`.
 
-    Message ids are positions (1..n) in the stored list, which is enough for a store that
-    one manager writes at a time.
+    Message ids are the per-session keys kept in :attr:`SessionData.message_ids`
+    (ascending, never reused), so a truncation bounded by the newest id a session object
+    had seen spares what another writer saved meanwhile, as on the other backends.
     """
 
     def __init__(self, storage: SessionStorage) -> None:
         self._storage = storage
         self._lock = anyio.Lock()
+        self.writing = anyio.Lock()
+        self._created: dict[str, str] = {}
+        """name -> id of the sessions this adapter created (for a storage without ids)."""
+        """Held by each read-then-write operation, whole."""
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        # the result comes back in a box the caller empties: the worker thread's own
+        # frame keeps only None, so it holds no reference to a result after the call
+        box: list[T] = []
         async with self._lock:
             try:
-                return await anyio.to_thread.run_sync(self._marked, fn, args)
+                await anyio.to_thread.run_sync(self._marked, fn, args, box)
             except SessionError:
                 raise
             except Exception as exc:
                 raise StorageError(f"the custom storage failed: {exc!r}") from exc
+        return box.pop()
 
-    def _marked(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _marked(self, fn: Callable[..., T], args: tuple[Any, ...], box: list[T]) -> None:
         # lets the blocking API refuse a call back into the manager that is waiting for
         # this very method (it would wait for itself)
         _running.adapter = self
         try:
-            return fn(*args)
+            box.append(fn(*args))
         finally:
             _running.adapter = None
+
+    def _own_id(self, name: str, stored_id: str) -> str:
+        # a storage that does not keep ids gives back the id derived from the name; the
+        # sessions this adapter created keep the id they were created with
+        if stored_id == derived_id(name):
+            return self._created.get(name, stored_id)
+        return stored_id
 
     async def get(self, name: str | None, session_id: str | None) -> SessionData | None:
         """The stored session by name (or by id), or None."""
         if name is None:
+            name = next((n for n, i in self._created.items() if i == session_id), None)
+        if name is None:
             infos = await self._call(self._storage.list_all)
-            name = next((i.name for i in infos if i.id == session_id), None)
+            name = next((i.name for i in infos if self._own_id(i.name, i.id) == session_id), None)
             if name is None:
                 return None
-        data = await self._call(self._storage.load, name)
-        if data is not None and not isinstance(data, SessionData):
-            raise StorageError(
-                f"custom storage load() returned {type(data).__name__}, not SessionData"
-            )
+        loaded = await self._call(self._storage.load, name)
+        data = None if loaded is None else _as_data(loaded)
+        if data is not None and (own := self._own_id(data.name, data.id)) != data.id:
+            data = data.model_copy(update={"id": own})
         if data is not None and session_id is not None and data.id != session_id:
             return None
         return data
 
     @staticmethod
     def records_of(data: SessionData) -> list[MessageRecord]:
-        return [encode_message(m).with_id(i) for i, m in enumerate(data.messages, 1)]
+        """The session's messages as records, keyed by their stored ids."""
+        return [
+            encode_message(m).with_id(i) for i, m in zip(_keys(data), data.messages, strict=True)
+        ]
 
     @classmethod
     def record_of(cls, data: SessionData, tail: int = 0) -> SessionRecord:
@@ -163,8 +303,8 @@ class StorageAdapter:
             updated_at=data.updated_at,
             metadata=copy.deepcopy(data.metadata),
             message_count=len(records),
-            size_bytes=sum(r.byte_size() for r in records),
-            last_message_id=len(records),
+            size_bytes=sum(r.size for r in records),
+            last_message_id=(records[-1].id or 0) if records else 0,
             tail=records[-tail:] if tail > 0 else [],
             metadata_version=_metadata_version(data.metadata),
         )
@@ -175,6 +315,7 @@ class StorageAdapter:
     async def aclose(self) -> None:
         return None
 
+    @_one_writer
     async def create_session(
         self, record: SessionRecord, *, copy_from: str | None = None
     ) -> SessionRecord:
@@ -193,7 +334,10 @@ class StorageAdapter:
                 raise SessionNotFoundError("the session to branch from no longer exists")
             data.metadata = copy.deepcopy(source.metadata)
             data.messages = copy.deepcopy(source.messages)
+            data.message_ids = list(range(1, len(data.messages) + 1))
+            data.last_message_id = len(data.messages)
         await self._call(self._storage.save, data)
+        self._created[data.name] = data.id
         return self.record_of(data)
 
     async def load_session(
@@ -208,7 +352,7 @@ class StorageAdapter:
         data = await self.get(None, session_id)
         if data is None:
             return []
-        records = self.records_of(data)[:upto_id]
+        records = [r for r in self.records_of(data) if (r.id or 0) <= upto_id]
         if limit is None:
             return records
         return records[-limit:] if limit > 0 else []
@@ -219,8 +363,9 @@ class StorageAdapter:
         data = await self.get(None, session_id)
         if data is None:
             return []
-        return self.records_of(data)[after_id:upto_id][:limit]
+        return [r for r in self.records_of(data) if after_id < (r.id or 0) <= upto_id][:limit]
 
+    @_one_writer
     async def import_session(
         self,
         record: SessionRecord,
@@ -230,7 +375,6 @@ class StorageAdapter:
     ) -> SessionRecord:
         if await self.get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
-
         # the whole session is saved in one call at the end
         records, _ = collect_import(record.name, batches, max_bytes)
         data = SessionData(
@@ -240,54 +384,80 @@ class StorageAdapter:
             updated_at=record.updated_at,
             metadata=copy.deepcopy(record.metadata),
             messages=[r.to_dict() for r in records],
+            message_ids=list(range(1, len(records) + 1)),
+            last_message_id=len(records),
         )
         await self._call(self._storage.save, data)
+        self._created[data.name] = data.id
         return self.record_of(data)
 
+    @_one_writer
     async def save(self, request: SaveRequest) -> SaveResult:
         data = await self.get(request.name, None)
         if data is None or data.id != request.session_id:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
         # the sizes every backend counts (uncompressed): each stored message is encoded
         # once; the new ones carry theirs
-        stored = [r.size for r in self.records_of(data)]
+        records = self.records_of(data)
+        keys = [r.id or 0 for r in records]
+        stored = [r.size for r in records]
+        previous = keys[-1] if keys else 0
         cut = request.truncation
-        drop = 0 if cut is None else max(0, min(cut.upto_id, len(stored)) - cut.keep)
+        drop = 0
+        if cut is not None:
+            # of the messages the caller had seen (key <= upto_id), keep the newest `keep`;
+            # what another writer saved meanwhile (higher keys) stays
+            seen = sum(1 for k in keys if k <= cut.upto_id)
+            drop = max(0, seen - cut.keep)
         new = [r.to_dict() for r in request.messages]
         before = sum(stored)
         after = sum(stored[drop:]) + sum(r.size for r in request.messages)
         if request.max_bytes is not None and after > before and after > request.max_bytes:
             raise SessionTooLargeError(request.name, after, request.max_bytes)
+        first = max(data.last_message_id, previous) + 1
+        ids = list(range(first, first + len(new)))
         messages = data.messages[drop:] + new
-        first = len(messages) - len(new) + 1
+        message_ids = keys[drop:] + ids
         version = seen_now = _metadata_version(data.metadata)
         metadata = dict(data.metadata)
         if request.metadata_patch:
             metadata.update(copy.deepcopy(dict(request.metadata_patch)))
             version = _metadata_version(metadata)
         updated = data.model_copy(
-            update={"messages": messages, "metadata": metadata, "updated_at": request.updated_at}
+            update={
+                "messages": messages,
+                "message_ids": message_ids,
+                "last_message_id": max(data.last_message_id, first - 1 + len(new), previous),
+                "metadata": metadata,
+                "updated_at": request.updated_at,
+            }
         )
         await self._call(self._storage.save, updated)
         return SaveResult(
-            ids=list(range(first, len(messages) + 1)),
+            ids=ids,
             message_count=len(messages),
             size_bytes=after,
-            last_message_id=len(messages),
+            last_message_id=message_ids[-1] if message_ids else 0,
             # None: what the caller saw plus its own patch (it knows that already)
             metadata=None if seen_now == request.metadata_version else copy.deepcopy(metadata),
+            previous_last_id=previous,
             metadata_version=version,
         )
 
+    @_one_writer
     async def delete_session(self, session_id: str) -> bool:
         data = await self.get(None, session_id)
         if data is None:
             return False
         await self._call(self._storage.delete, data.name)
+        self._created.pop(data.name, None)
         return True
 
     async def list_sessions(self) -> list[SessionInfo]:
-        infos = await self._call(self._storage.list_all)
+        infos = [
+            i if (own := self._own_id(i.name, i.id)) == i.id else i.model_copy(update={"id": own})
+            for i in await self._call(self._storage.list_all)
+        ]
         return sorted(infos, key=lambda i: (i.created_at, i.name))
 
     @asynccontextmanager
@@ -335,4 +505,5 @@ class StorageSnapshot:
         data = await self._data(None, session_id)
         if data is None:
             return []
-        return self._adapter.records_of(data)[after_id:upto_id][:limit]
+        records = self._adapter.records_of(data)
+        return [r for r in records if after_id < (r.id or 0) <= upto_id][:limit]
