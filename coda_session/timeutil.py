@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["from_db_timestamp", "to_sqlite_timestamp", "utcnow"]
+__all__ = ["from_db_timestamp", "read_timestamp", "to_sqlite_timestamp", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -33,3 +33,14 @@ def from_db_timestamp(value: Any) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def read_timestamp(value: Any) -> datetime | None:
+    """:func:`from_db_timestamp`, or None for NULL and for anything that is no timestamp
+    (another tool's value, or a damaged row)."""
+    if value is None:
+        return None
+    try:
+        return from_db_timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return None

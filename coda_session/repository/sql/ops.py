@@ -17,7 +17,7 @@ from typing import Any
 from ...codec import decode_metadata, dumps_metadata, read_metadata
 from ...errors import DamagedDataError, SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
-from ...timeutil import from_db_timestamp
+from ...timeutil import from_db_timestamp, read_timestamp
 from ..base import SaveRequest, SaveResult, check_import_size
 from . import statements as q
 from .executors import Executor
@@ -43,13 +43,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _REPORTED: set[tuple[str, str]] = set()
 
 
-def _when(value: Any) -> datetime | None:
-    try:
-        return None if value is None else from_db_timestamp(value)
-    except (ValueError, TypeError, OverflowError):
-        return None
-
-
 def _report(session_id: Any, fields: list[str]) -> None:
     new = [f for f in fields if (str(session_id), f) not in _REPORTED]
     if not new:
@@ -72,7 +65,7 @@ def session_fields(
     created_at, metadata as ``{"_unreadable_metadata": <stored text>}``.
     """
     damaged: list[str] = []
-    when_created, when_updated = _when(created), _when(updated)
+    when_created, when_updated = read_timestamp(created), read_timestamp(updated)
     if when_created is None:
         damaged.append("created_at")
         when_created = when_updated or _EPOCH

@@ -34,7 +34,7 @@ from ...codec import (
 )
 from ...errors import InvalidMessageError, SchemaVersionError, SessionError
 from ...models import MessageRecord
-from ...timeutil import from_db_timestamp, to_sqlite_timestamp, utcnow
+from ...timeutil import read_timestamp, to_sqlite_timestamp, utcnow
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -214,16 +214,6 @@ class _Repair:
     def stamp(self, value: datetime) -> Any:
         """A session timestamp as the library stores it on this database."""
         return to_sqlite_timestamp(value) if self.conn.dialect.name == "sqlite" else value
-
-
-def _readable(value: Any) -> datetime | None:
-    """A stored session timestamp as the library reads it, or None when it cannot."""
-    if value is None:
-        return None
-    try:
-        return from_db_timestamp(value)
-    except (ValueError, TypeError, OverflowError):
-        return None
 
 
 def _epoch(value: Any) -> datetime | None:
@@ -433,7 +423,7 @@ def _sessions(r: _Repair, spans: dict[str, tuple[datetime, datetime]]) -> dict[s
         "SELECT id, created_at, updated_at, metadata FROM sessions"
     ).all():
         changed: dict[str, Any] = {}
-        when = _readable(created)
+        when = read_timestamp(created)
         if when is None:
             when = _epoch(created)
             how = "seconds since 1970"
@@ -442,14 +432,14 @@ def _sessions(r: _Repair, spans: dict[str, tuple[datetime, datetime]]) -> dict[s
                 when, how = (
                     (span[0], "its earliest message's timestamp")
                     if span
-                    else (_readable(updated) or _epoch(updated), "its updated_at")
+                    else (read_timestamp(updated) or _epoch(updated), "its updated_at")
                 )
                 if when is None:
                     when, how = r.now, "the adoption time"
             changed["created_at"] = r.stamp(when)
             r.note("sessions.created_at", created, f"{when.isoformat()} ({how})", session_id=sid)
         created_at[sid] = when
-        if updated is not None and _readable(updated) is None:
+        if updated is not None and read_timestamp(updated) is None:
             later = _epoch(updated)
             how = "seconds since 1970"
             if later is None:
