@@ -103,17 +103,16 @@ import sys, time
 from coda_session import SessionManager, SessionStorage
 
 class Stalling(SessionStorage):
-    # serves the session once, then never answers (the exporter is killed meanwhile)
+    # serves the session until the export begins, then never answers (the exporter is
+    # killed meanwhile, its temp file already made)
     def __init__(self):
-        self.data, self.loads = None, None
+        self.data, self.exporting = None, False
     def save(self, session):
         self.data = session
     def load(self, name):
-        if self.loads is not None:  # exporting: the lookup, then the first page stalls
-            self.loads += 1
-            if self.loads > 1:
-                print("stalled", flush=True)
-                time.sleep(3600)
+        if self.exporting:
+            print("stalled", flush=True)
+            time.sleep(3600)
         return self.data
     def delete(self, name):
         pass
@@ -125,7 +124,7 @@ with SessionManager({"session": {"autosave_interval": 0}}, storage=storage) as m
     s = m.create_session("s")
     s.add_message({"role": "user", "content": "x"})
     m.save_session(s)
-    storage.loads = 0
+    storage.exporting = True
     m.export_session("s", sys.argv[1])
 """
 

@@ -36,9 +36,12 @@ if api == "sync":
     m = SessionManager(config)
     s = m.create_session("parent")
     stop = threading.Event()
+    child_running = threading.Event()
     def saver():
         i = 0
         while not stop.is_set():
+            while child_running.is_set():  # the fork has happened mid-save: let the child's
+                time.sleep(0.005)          # own new manager write without racing this one
             s.add_message({"role": "user", "content": f"m{i}"})
             m.save_session(s)
             i += 1
@@ -66,12 +69,14 @@ if api == "sync":
                 fresh.create_session(f"child{attempt}").add_message({"role": "user", "content": "x"})
             os.write(w, str(n).encode())
             os._exit(0)
+        child_running.set()
         os.close(w)
         got = b""
         while chunk := os.read(r, 100):
             got += chunk
         os.close(r)
         _, status = os.waitpid(pid, 0)
+        child_running.clear()
         results.append((got.decode(), os.waitstatus_to_exitcode(status)))
     stop.set()
     t.join()
@@ -105,6 +110,7 @@ else:
             n = asyncio.new_event_loop().run_until_complete(child())
             os.write(w, str(n).encode())
             os._exit(0)
+        child_running.set()
         os.close(w)
         got = b""
         while chunk := os.read(r, 100):

@@ -67,18 +67,18 @@ async def export_session(repo: Repository, name: str, target: Target, fmt: str =
     name = check_name(name, lookup=True)
     # one read transaction for the whole export: a writer rewriting the session meanwhile
     # never shows up in it half-done
-    async with repo.snapshot() as snap:
-        record = await snap.load_session(name=name)
-        if record is None:
-            raise SessionNotFoundError(f"no session with name {name!r}")
-        sink = Sink(target)
-        ok = False
-        try:
+    sink = Sink(target)  # first: a target that cannot be written fails before any read
+    ok = False
+    try:
+        async with repo.snapshot() as snap:
+            record = await snap.load_session(name=name)
+            if record is None:
+                raise SessionNotFoundError(f"no session with name {name!r}")
             count = await _write_session(snap, record, sink, fmt)
-            ok = True
-            return count
-        finally:
-            await sink.finish(ok)
+        ok = True
+        return count
+    finally:
+        await sink.finish(ok)
 
 
 async def export_store(repo: Repository, target: Target) -> int:
