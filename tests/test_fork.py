@@ -110,7 +110,6 @@ else:
             n = asyncio.new_event_loop().run_until_complete(child())
             os.write(w, str(n).encode())
             os._exit(0)
-        child_running.set()
         os.close(w)
         got = b""
         while chunk := os.read(r, 100):
