@@ -119,9 +119,13 @@ _set_private = _slot_setter("__pydantic_private__")
 _INFO_FIELDS = frozenset(SessionInfo.model_fields)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class MessageRecord:
     """One message in its stored form; the unit the repositories read and write.
+
+    Treated as immutable (``with_id`` makes a new one), but not ``frozen``: a frozen
+    dataclass sets each field through ``object.__setattr__``, five times the cost of
+    building one, and every read row and every saved message builds one.
 
     ``content`` holds a string content as is; a non-string content (a list of parts, a
     dict, ``None``) is kept JSON-encoded under the key ``"content"`` of ``extra`` and
