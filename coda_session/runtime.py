@@ -127,11 +127,15 @@ class LoopRunner:
     def __init__(self) -> None:
         self._pid = _pid
         self._loop = asyncio.new_event_loop()
+        # a manager dropped without close() (and not reached by the exit hook yet): its
+        # loop is closed when the runner goes, instead of warning from the collector
+        weakref.finalize(self, _close_idle_loop, self._loop)
         self._lock = threading.Lock()
         self._task: asyncio.Task[Any] | None = None
         self._stopped = False
         self._closing = False
         self._deferred: list[Callable[[], Awaitable[Any]] | None] = []
+        self._owner: int | None = None  # the thread running a call (holding the lock)
         self._helper: HelperThread | None = None
         self._helper_lock = threading.Lock()
 
@@ -147,17 +151,29 @@ class LoopRunner:
         return self._run(fn, args)
 
     def _run(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-        with self._lock, interrupts_held(self._interrupt):
-            if self._stopped:
-                raise ManagerClosedError("the session manager is closed")
+        try:
+            with self._lock, interrupts_held(self._interrupt):
+                self._owner = threading.get_ident()
+                try:
+                    if self._stopped:
+                        raise ManagerClosedError("the session manager is closed")
+                    return self._run_locked(fn, args)
+                finally:
+                    self._run_deferred()
+                    self._owner = None
+        finally:
+            # a signal handler may close the manager in the moment between the check above
+            # and the lock's release: that close runs now, not at the next call
+            if self._deferred and not self._stopped:
+                with self._lock:
+                    self._run_deferred()
+
+    def _run_deferred(self) -> None:
+        if self._deferred:  # closed from inside a call (a signal handler)
             try:
-                return self._run_locked(fn, args)
-            finally:
-                if self._deferred:  # closed from inside this call (a signal handler)
-                    try:
-                        self._finish_locked(self._deferred.pop())
-                    except Exception as exc:  # this call's own outcome is what it reports
-                        logger.warning("closing the session manager failed: %s", exc)
+                self._finish_locked(self._deferred.pop())
+            except Exception as exc:  # the call's own outcome is what it reports
+                logger.warning("closing the session manager failed: %s", exc)
 
     def _run_locked(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         task = self._task = self._loop.create_task(_awaited(fn, args))
@@ -219,7 +235,9 @@ class LoopRunner:
             self._stopped = True
             return True
         self._closing = True
-        if asyncio._get_running_loop() is self._loop:  # inside one of our calls
+        if asyncio._get_running_loop() is self._loop or self._owner == threading.get_ident():
+            # inside one of our calls (a signal handler), also outside its loop: waiting
+            # for the lock this thread holds would wait for itself
             self._deferred.append(last)
             return False
         if asyncio._get_running_loop() is not None:
@@ -316,6 +334,11 @@ def interrupts_held(on_interrupt: Callable[[], None] | None) -> Iterator[None]:
                 previous(*caught[0])
             elif previous == signal.SIG_DFL:
                 signal.raise_signal(signal.SIGINT)
+
+
+def _close_idle_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
 
 
 async def _awaited(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
