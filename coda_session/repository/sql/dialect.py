@@ -11,7 +11,7 @@ import enum
 import sqlite3
 from typing import Protocol
 
-__all__ = ["Dialect", "Failure", "SqliteDialect", "dialect_for", "driver_error"]
+__all__ = ["SQLITE", "Dialect", "Failure", "SqliteDialect", "dialect_for", "driver_error"]
 
 
 class Failure(enum.Enum):
@@ -103,8 +103,11 @@ class GenericDialect:
         return False
 
 
+SQLITE = SqliteDialect()
+
+
 def dialect_for(backend_name: str) -> Dialect:
     """The dialect for a SQLAlchemy backend name (``url.get_backend_name()``)."""
     if backend_name == "sqlite":
-        return SqliteDialect()
+        return SQLITE
     return GenericDialect(backend_name)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ...config import SessionConfig
 from ...errors import StorageError
+from .dialect import SQLITE, Failure
 
 __all__ = [
     "WRITE_OPTION",
@@ -108,13 +109,9 @@ def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
-    """SQLite's SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
-
-
-SQLITE_BUSY = 5
-SQLITE_LOCKED = 6
+    """SQLite's SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (the
+    dialect's classification, by error code)."""
+    return SQLITE.classify(exc) is Failure.BUSY
 
 
 def _switch_to_wal(raw: sqlite3.Connection, busy_timeout: float) -> Any:

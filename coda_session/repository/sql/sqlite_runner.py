@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .engine import connect_sqlite, connect_sqlite_for_loop
+from .engine import connect_sqlite, connect_sqlite_for_loop, is_busy
 from .executors import RawExecutor
 from .worker import Worker
 
@@ -74,11 +74,6 @@ def in_transaction(conn: sqlite3.Connection, write: bool, fn: Op[T], args: tuple
             conn.rollback()
         raise
     return result
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", 0) or 0
-    return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 
 
 def _begin_snapshot(conn: sqlite3.Connection) -> None:
@@ -158,7 +153,7 @@ class SqliteRunner:
             try:
                 done = in_transaction(loop_conn, write, fn, args)
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
                 # someone else holds the lock: wait for it on a worker below (the attempt
                 # was rolled back whole, so running it again is safe)
