@@ -181,10 +181,12 @@ async def test_autosave_is_seen_by_a_second_manager(store: Store) -> None:
         s = await writer.create_session("auto")
         s.add_message({"role": "user", "content": "saved by the background task"})
         s.update_metadata({"k": "v"})
+        # The reader can see the rows a moment before the writer's task resumes and marks
+        # the session saved, so wait for both.
         for _ in range(100):
             await asyncio.sleep(0.05)
             info = await reader.get_session_info("auto")
-            if info is not None and info.message_count == 1:
+            if info is not None and info.message_count == 1 and not s.has_unsaved_changes:
                 break
         assert info is not None and info.message_count == 1 and info.metadata == {"k": "v"}
         assert not s.has_unsaved_changes
