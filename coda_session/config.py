@@ -23,6 +23,10 @@ __all__ = ["DATABASE_FILENAME", "SessionConfig"]
 DATABASE_FILENAME = "sessions.db"
 
 _DEFAULT_STORAGE_PATH = Path("~/.coda/sessions")
+#: The databases the SQL backend runs on (SQLAlchemy backend names).
+_SUPPORTED = ("sqlite", "postgresql")
+#: The package extra that installs a database's driver.
+_EXTRAS = {"postgresql": "postgresql"}
 #: Names that say "a database file": as a storage_path (a directory) they are a mistake.
 _DATABASE_FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -38,15 +42,21 @@ class SessionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
-    backend: Literal["sqlite", "memory"] = "sqlite"
-    """Storage backend: ``"sqlite"`` (default, durable) or ``"memory"`` (lost at exit)."""
+    backend: Literal["sqlite", "postgresql", "memory"] = "sqlite"
+    """Storage backend: ``"sqlite"`` (default, durable, one file), ``"postgresql"`` (a
+    server, given by ``database_url``) or ``"memory"`` (lost at exit). With a
+    ``database_url`` and no ``backend``, the backend is the URL's database."""
     storage_path: Path = _DEFAULT_STORAGE_PATH
     """Directory of the SQLite database (``~`` is expanded); created 0700 if missing."""
     database_url: str | None = None
-    """An explicit SQLAlchemy *async* URL (e.g. ``sqlite+aiosqlite:////abs/path.db``);
-    replaces ``storage_path``."""
+    """An explicit SQLAlchemy *async* URL (``sqlite+aiosqlite:////abs/path.db``, or
+    ``postgresql+asyncpg://user:password@host:5432/dbname``); replaces ``storage_path``."""
     connection_pool_size: int = Field(default=5, ge=1, le=1000)
-    """Connections kept by the SQL engine's pool."""
+    """Connections kept open per manager (SQLite: reader connections; PostgreSQL: the
+    connection pool's size, also the most operations in flight at once)."""
+    connect_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds to wait for a database server to accept a connection (PostgreSQL) before
+    failing with StorageError; unused by SQLite and memory."""
     autosave_interval: float = Field(default=300, ge=0)
     """Seconds between background flushes of unsaved sessions (0 = off)."""
     max_session_size: float = Field(default=100, gt=0)
@@ -56,7 +66,8 @@ class SessionConfig(BaseModel):
     message_cache_size: int = Field(default=1000, ge=0)
     """The most saved messages kept in memory per session object."""
     busy_timeout: float = Field(default=5.0, ge=0, le=3600)
-    """Seconds a write waits for another process's lock before giving up."""
+    """Seconds a write waits for another writer's lock before giving up (SQLite: the
+    busy timeout; PostgreSQL: ``lock_timeout``); such a write is tried up to 3 times."""
 
     if not TYPE_CHECKING:
         # (hidden from mypy, so the pydantic plugin still types the keyword arguments)
@@ -96,7 +107,25 @@ class SessionConfig(BaseModel):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("autosave_interval", "max_session_size", "busy_timeout", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_of_url(cls, data: Any) -> Any:
+        # a database_url without a backend names its backend itself (postgresql://... is
+        # backend "postgresql"); an explicit backend that contradicts the URL is refused below
+        if isinstance(data, Mapping) and "backend" not in data:
+            url = data.get("database_url")
+            if isinstance(url, str):
+                try:
+                    name = make_url(url).get_backend_name()
+                except ArgumentError:
+                    return data  # the field's own check says why
+                if name in ("sqlite", "postgresql"):
+                    return {**data, "backend": name}
+        return data
+
+    @field_validator(
+        "autosave_interval", "max_session_size", "busy_timeout", "connect_timeout", mode="before"
+    )
     @classmethod
     def _number(cls, value: object) -> object:
         # strict mode would refuse an int for a float field; bool is never a number here
@@ -115,6 +144,18 @@ class SessionConfig(BaseModel):
             url = make_url(value)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL: {exc}") from None
+        backend = url.get_backend_name()
+        if backend not in _SUPPORTED and _is_known_dialect(url):
+            raise ValueError(
+                f"{url.drivername}:// is not a supported database: coda_session runs on "
+                "SQLite (sqlite+aiosqlite://) and PostgreSQL (postgresql+asyncpg://)"
+            )
+        if backend == "postgresql" and url.get_driver_name() != "asyncpg":
+            # the default postgresql:// driver is psycopg2 (sync) or psycopg (SQLAlchemy 2.1)
+            raise ValueError(
+                f"{url.drivername}:// is not the PostgreSQL driver coda_session uses: "
+                "use postgresql+asyncpg://"
+            )
         # the dialect create_async_engine would pick (hence _is_async), loaded by SQLAlchemy
         try:
             dialect = url.get_dialect(_is_async=True)
@@ -128,9 +169,10 @@ class SessionConfig(BaseModel):
             dialect.import_dbapi()
         except ImportError as exc:
             module = exc.name or url.get_driver_name()
+            extra = _EXTRAS.get(url.get_backend_name())
+            hint = f'pip install "coda-session[{extra}]"' if extra else f"pip install {module}"
             raise ValueError(
-                f"the driver of {url.drivername}:// is not installed: no module {module!r}; "
-                f"pip install {module}"
+                f"the driver of {url.drivername}:// is not installed: no module {module!r}; {hint}"
             ) from None
         return value
 
@@ -139,9 +181,20 @@ class SessionConfig(BaseModel):
         if self.database_url is not None:
             if self.backend == "memory":
                 raise ValueError("database_url cannot be combined with backend 'memory'")
+            named = make_url(self.database_url).get_backend_name()
+            if named != self.backend:
+                raise ValueError(
+                    f"backend {self.backend!r} does not match the database_url, which is a "
+                    f"{named} URL: set backend = {named!r} (or leave backend out)"
+                )
             # the default counts as unset, so that a dumped config validates again
             if self.storage_path != _DEFAULT_STORAGE_PATH.expanduser():
                 raise ValueError("give either storage_path or database_url, not both")
+        elif self.backend == "postgresql":
+            raise ValueError(
+                "backend 'postgresql' needs a database_url, e.g. "
+                "'postgresql+asyncpg://user:password@localhost:5432/dbname'"
+            )
         elif self.backend == "sqlite" and _not_a_directory(self.storage_path):
             path = self.storage_path
             raise ValueError(
@@ -260,6 +313,15 @@ def _not_a_directory(path: Path) -> bool:
     except OSError:
         pass  # cannot look: opening the database will say why
     return path.suffix.lower() in _DATABASE_FILE_SUFFIXES
+
+
+def _is_known_dialect(url: Any) -> bool:
+    """Whether SQLAlchemy ships a dialect of this URL's database (else: unknown dialect)."""
+    try:
+        importlib.import_module(f"sqlalchemy.dialects.{url.get_backend_name()}")
+    except ImportError:
+        return False
+    return True
 
 
 def _async_forms(backend: str) -> list[str]:

@@ -46,7 +46,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coda_session.config import SessionConfig
 from coda_session.errors import StorageError
 from coda_session.repository.sql.engine import create_engine, database_url, sqlite_path
-from coda_session.repository.sql.schema import adopt_unversioned, repair_adopted
+from coda_session.repository.sql.schema import (
+    adopt_unversioned,
+    hold_migration_lock,
+    repair_adopted,
+)
 from coda_session.repository.sql.tables import Base
 
 config = context.config
@@ -90,6 +94,8 @@ def _run(connection: Connection) -> None:
         process_revision_directives=config.attributes.get("process_revision_directives"),
     )
     with context.begin_transaction():
+        # PostgreSQL: one migrating process at a time; the others then find it done
+        hold_migration_lock(connection)
         adopted = adopt_unversioned(connection)
         context.run_migrations()
         if adopted:

@@ -22,6 +22,7 @@ import them from there, not from this file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,25 @@ import pytest
 import pytest_asyncio
 
 from coda_session import AsyncSessionManager, SessionManager
-from tests.support import BACKENDS, Store
+from tests.support import (
+    BACKENDS,
+    PG_REQUIRED_VARIABLE,
+    PG_URL_VARIABLE,
+    Store,
+    drop_pg_databases,
+    postgres_url,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(PG_REQUIRED_VARIABLE) and postgres_url() is None:
+        raise pytest.UsageError(f"{PG_REQUIRED_VARIABLE} is set but {PG_URL_VARIABLE} is not")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_databases() -> Iterator[None]:
+    yield
+    drop_pg_databases()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,24 @@ from coda_session.repository.sql import SqlRepository
 ROOT = Path(__file__).resolve().parent.parent
 """The project's root (where alembic.ini is)."""
 
-BACKEND_NAMES = ["memory", "sqlite", "sqlite-core", "custom"]
+PG_URL_VARIABLE = "CODA_TEST_POSTGRES_URL"
+"""The environment variable with a PostgreSQL server's URL (``postgresql+asyncpg://user:
+password@host:port/dbname``, a role that may create databases): set it, e.g. with
+``eval "$(scripts/pg-test-server start)"``, and the ``postgresql`` backend runs."""
+PG_REQUIRED_VARIABLE = "CODA_TEST_REQUIRE_POSTGRES"
+"""Set (to 1) where PostgreSQL must run, not skip (CI): without a server the run fails."""
+PG_SKIP_REASON = (
+    f"no PostgreSQL server configured: set {PG_URL_VARIABLE} (scripts/pg-test-server start "
+    "starts one the way CI does)"
+)
+
+
+def postgres_url() -> str | None:
+    """The test server's URL, or None when none is configured."""
+    return os.environ.get(PG_URL_VARIABLE) or None
+
+
+BACKEND_NAMES = ["memory", "sqlite", "sqlite-core", "custom", "postgresql"]
 BACKENDS = [
     pytest.param("memory", marks=pytest.mark.memory, id="memory"),
     pytest.param("sqlite", marks=pytest.mark.sqlite, id="sqlite"),
@@ -42,8 +60,122 @@ BACKENDS = [
         "sqlite-core", marks=[pytest.mark.sqlite, pytest.mark.sqlite_core], id="sqlite-core"
     ),
     pytest.param("custom", marks=pytest.mark.custom, id="custom"),
+    pytest.param(
+        "postgresql",
+        marks=[
+            pytest.mark.postgresql,
+            pytest.mark.skipif(postgres_url() is None, reason=PG_SKIP_REASON),
+        ],
+        id="postgresql",
+    ),
 ]
 """Every backend, as parameters carrying their marks (for ``pytest.mark.parametrize``)."""
+
+SQL_BACKENDS = [p for p in BACKENDS if p.id in ("sqlite", "sqlite-core", "postgresql")]
+"""The backends on a SQL database."""
+
+
+class PgServer:
+    """Fresh databases on the test server: each a copy of a template migrated to the
+    newest schema once per run (``CREATE DATABASE ... TEMPLATE``, ~60 ms), or empty.
+    Every database made is dropped by :meth:`drop_all` at the end of the run."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.url = make_url(url)
+        self._made: list[str] = []
+        self._template: str | None = None
+        self._prefix = f"coda_t{os.getpid()}_"
+
+    def _admin(self, *statements: str) -> None:
+        import asyncio
+        import threading
+
+        import asyncpg
+
+        args = self.url.translate_connect_args(username="user")
+
+        async def run() -> None:
+            conn = await asyncpg.connect(**args, timeout=30)
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        failed: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                asyncio.run(run())
+            except BaseException as exc:
+                failed.append(exc)
+
+        # a thread of its own: the caller may be inside a running event loop
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    def url_of(self, database: str) -> str:
+        return self.url.set(database=database).render_as_string(hide_password=False)
+
+    def empty_database(self) -> str:
+        """The URL of a new empty database (no tables)."""
+        name = f"{self._prefix}{len(self._made)}_{uuid.uuid4().hex[:8]}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        self._made.append(name)
+        return self.url_of(name)
+
+    def fresh_database(self) -> str:
+        """The URL of a new database at the newest schema, with no sessions."""
+        if self._template is None:
+            url = self.empty_database()
+            template = self._made[-1]
+
+            async def migrate() -> None:
+                repo = SqlRepository(SessionConfig(database_url=url))
+                await repo.open()
+                await repo.aclose()
+
+            import asyncio
+            import threading
+
+            thread = threading.Thread(target=lambda: asyncio.run(migrate()))
+            thread.start()
+            thread.join()
+            self._template = template
+        name = f"{self._prefix}{len(self._made)}_{uuid.uuid4().hex[:8]}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+        self._made.append(name)
+        return self.url_of(name)
+
+    def drop_all(self) -> None:
+        made, self._made = self._made, []
+        if made:
+            self._admin(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in made))
+
+
+_PG_SERVER: PgServer | None = None
+
+
+def pg_server() -> PgServer:
+    """The test run's :class:`PgServer` (skips the test when no server is configured)."""
+    global _PG_SERVER
+    url = postgres_url()
+    if url is None:
+        pytest.skip(PG_SKIP_REASON)
+    if _PG_SERVER is None:
+        _PG_SERVER = PgServer(url)
+    return _PG_SERVER
+
+
+def drop_pg_databases() -> None:
+    """Drop every database the run made (the session fixture calls this at the end)."""
+    if _PG_SERVER is not None:
+        _PG_SERVER.drop_all()
 
 
 class JsonDirStorage(SessionStorage):
@@ -109,10 +241,15 @@ class Store:
     def __init__(self, backend: str, path: Path) -> None:
         self.backend = backend
         self.path = path
-        backend_key = "sqlite" if backend in ("sqlite", "sqlite-core") else "memory"
-        self.config = SessionConfig.from_mapping(
-            {"session": {"backend": backend_key, "storage_path": str(path)}}
-        )
+        self.url: str | None = None
+        if backend == "postgresql":
+            self.url = pg_server().fresh_database()
+            self.config = SessionConfig.from_mapping({"session": {"database_url": self.url}})
+        else:
+            backend_key = "sqlite" if backend in ("sqlite", "sqlite-core") else "memory"
+            self.config = SessionConfig.from_mapping(
+                {"session": {"backend": backend_key, "storage_path": str(path)}}
+            )
         self.memory = MemoryRepository() if backend == "memory" else None
 
     def repository(self, *, private_loop: bool = False) -> Repository | SessionStorage:
@@ -123,6 +260,8 @@ class Store:
             return JsonDirStorage(self.path)
         if self.backend == "sqlite-core":
             return SqlRepository(self.config, fast_path=False)
+        if self.backend == "postgresql":
+            return SqlRepository(self.config)
         return open_repository(self.config, private_loop=private_loop)
 
     def async_manager(self, **overrides: Any) -> AsyncSessionManager:

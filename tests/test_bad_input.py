@@ -612,7 +612,7 @@ CONFIG_CASES: list[Any] = [
     pytest.param(
         {"backend": "memory", "database_url": "sqlite+aiosqlite:///x.db"}, id="url-with-memory"
     ),
-    pytest.param({"database_url": "postgresql+asyncpg://u@127.0.0.1/db"}, id="url-no-driver"),
+    pytest.param({"database_url": "mysql+aiomysql://u@127.0.0.1/db"}, id="url-unsupported"),
     pytest.param({"database_url": "postgresql+psycopg2://u@127.0.0.1/db"}, id="url-sync-pg"),
     pytest.param({"database_url": "foo://"}, id="url-unknown-dialect"),
     pytest.param({"storage_path": "/tmp/chats.db"}, id="path-db-file"),

@@ -91,7 +91,7 @@ META_VALUES: list[Any] = [0, 1, "x", None, [1, "two"], {"nested": True}, math.na
 
 # examples per backend, sized for well under a minute in all (each SQLite example copies
 # an empty migrated database; the memory backend is cheapest, so it explores most)
-EXAMPLES = {"memory": 320, "sqlite": 100, "sqlite-core": 40, "custom": 40}
+EXAMPLES = {"memory": 320, "sqlite": 100, "sqlite-core": 40, "custom": 40, "postgresql": 30}
 STEPS = 50
 
 

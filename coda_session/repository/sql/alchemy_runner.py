@@ -32,7 +32,14 @@ class AlchemyRunner:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def run(self, write: bool, fn: Op[T], args: tuple[Any, ...], loop_pages: int | None) -> T:
+    async def run(
+        self,
+        write: bool,
+        fn: Op[T],
+        args: tuple[Any, ...],
+        loop_pages: int | None,
+        single: bool = False,
+    ) -> T:
         async with self._engine.connect() as pooled:
             conn = await pooled.execution_options(**{WRITE_OPTION: write})
             async with conn.begin():

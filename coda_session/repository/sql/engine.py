@@ -26,6 +26,8 @@ __all__ = [
     "create_engine",
     "database_url",
     "is_busy",
+    "postgres_engine_options",
+    "postgres_server_settings",
     "prepare_sqlite_file",
     "sqlite_path",
 ]
@@ -199,6 +201,35 @@ async def _connect_aiosqlite(
     return conn
 
 
+def postgres_server_settings(config: SessionConfig) -> dict[str, str]:
+    """The session settings of every PostgreSQL connection: ``busy_timeout`` bounds lock
+    waits (``lock_timeout``, milliseconds; 0 there means "wait forever", so a zero
+    busy_timeout is 1 ms), and the time zone is UTC."""
+    lock_ms = max(1, int(config.busy_timeout * 1000))
+    return {"lock_timeout": str(lock_ms), "TimeZone": "UTC", "application_name": "coda_session"}
+
+
+def _same_text(value: Any) -> Any:
+    return value
+
+
+def postgres_engine_options(config: SessionConfig) -> dict[str, Any]:
+    """``create_async_engine`` options for PostgreSQL (asyncpg): the pool's size, the
+    connect timeout, the session settings, a ping before a pooled connection is reused
+    (the server may have restarted), and JSON passed through as the text the codec wrote
+    (SQLAlchemy's asyncpg dialect otherwise decodes JSON columns itself)."""
+    return {
+        "pool_size": config.connection_pool_size,
+        "pool_pre_ping": True,
+        "json_serializer": _same_text,
+        "json_deserializer": _same_text,
+        "connect_args": {
+            "timeout": config.connect_timeout,
+            "server_settings": postgres_server_settings(config),
+        },
+    }
+
+
 def create_engine(
     config: SessionConfig, url: URL | None = None, *, migrations: bool = False
 ) -> AsyncEngine:
@@ -222,6 +253,8 @@ def create_engine(
 
             kwargs["async_creator"] = creator
             kwargs["pool_size"] = config.connection_pool_size
+    elif url.get_backend_name() == "postgresql":
+        kwargs.update(postgres_engine_options(config))
     else:
         kwargs["pool_size"] = config.connection_pool_size
     engine = create_async_engine(url, **kwargs)

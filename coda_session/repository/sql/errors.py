@@ -14,13 +14,18 @@ from contextlib import contextmanager
 from sqlalchemy import exc as sa_exc
 
 from ...errors import SessionError, SessionExistsError, StorageError
-from .dialect import Dialect, Failure, driver_error
+from .dialect import Dialect, Failure, ServerError, driver_error
 
 __all__ = ["DRIVER_ERRORS", "translate", "translated"]
 
 #: What the runners may raise that the edge translates (anything else is a bug and is
 #: raised as it is).
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, sa_exc.SQLAlchemyError, OSError)
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.Error,
+    sa_exc.SQLAlchemyError,
+    ServerError,
+    OSError,
+)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,8 +19,9 @@ from ...errors import DamagedDataError, SessionNotFoundError, SessionTooLargeErr
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
 from ...timeutil import from_db_timestamp, read_timestamp
 from ..base import SaveRequest, SaveResult, check_import_size
+from . import pg_sql
 from . import statements as q
-from .executors import Executor
+from .executors import Executor, PgExecutor, message_arrays
 
 __all__ = [
     "create",
@@ -28,6 +29,8 @@ __all__ = [
     "import_all",
     "list_all",
     "load",
+    "pg_append",
+    "pg_load",
     "read",
     "read_page",
     "save",
@@ -82,7 +85,7 @@ def session_fields(
     return when_created, when_updated, decoded
 
 
-def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> SessionRecord:
+def _session(row: Sequence[Any], tail: list[MessageRecord]) -> SessionRecord:
     created, updated, metadata = session_fields(row[0], row[2], row[3], row[4])
     if type(row[0]) is not str or type(row[1]) is not str:
         raise DamagedDataError(f"session {row[1]!r:.80}: its id or name is damaged")
@@ -100,7 +103,7 @@ def _session(row: Sequence[Any], last_id: int, tail: list[MessageRecord]) -> Ses
         metadata=metadata,
         message_count=count,
         size_bytes=size,
-        last_message_id=int(last_id),
+        last_message_id=int(row[8]),
         tail=tail,
         metadata_version=int(row[7]),
     )
@@ -159,9 +162,9 @@ def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> S
         return None
     row = found[0]
     if tail <= 0:
-        return _session(row, cx.rows(q.LAST_MESSAGE_ID, {"session_id": row[0]})[0][0], [])
-    rows = cx.rows(q.MESSAGES_LATEST, {"session_id": row[0], "n": tail})
-    return _session(row, rows[0][0] if rows else 0, [_message(r) for r in reversed(rows)])
+        return _session(row, [])
+    rows = cx.rows(q.MESSAGES_LATEST, {"session_id": row[0], "upto_id": row[8], "n": tail})
+    return _session(row, [_message(r) for r in reversed(rows)])
 
 
 def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list[MessageRecord]:
@@ -191,6 +194,7 @@ def import_batch(cx: Executor, session_id: str, records: Sequence[MessageRecord]
 
 
 def import_finish(cx: Executor, record: SessionRecord, count: int, size: int) -> int:
+    last = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
     cx.run(
         q.SET_SESSION_TOTALS,
         {
@@ -199,9 +203,10 @@ def import_finish(cx: Executor, record: SessionRecord, count: int, size: int) ->
             "metadata": dumps_metadata(record.metadata),
             "message_count": count,
             "size_bytes": size,
+            "last_id": last,
         },
     )
-    return int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
+    return last
 
 
 def import_all(
@@ -232,7 +237,8 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
     # SessionExistsError (one statement, and no race between a check and the insert)
     metadata, count, size = record.metadata, 0, 0
     if copy_from is not None:
-        source = cx.rows(q.SESSION_BY_ID, {"session_id": copy_from})
+        # held until the copy commits: the counters and the rows copied are one state
+        source = cx.rows(q.SESSION_TO_COPY, {"session_id": copy_from})
         if not source:
             raise SessionNotFoundError("the session to branch from no longer exists")
         metadata = decode_metadata(source[0][4])
@@ -253,6 +259,7 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
     if copy_from is not None and count:
         cx.run(q.COPY_MESSAGES, {"new_id": record.id, "source_id": copy_from})
         last_id = cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0]
+        cx.run(q.SET_LAST_MESSAGE_ID, {"session_id": record.id, "last_id": last_id})
     return SessionRecord(
         id=record.id,
         name=record.name,
@@ -267,7 +274,6 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
 
 def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
-    previous = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0])
     metadata: dict[str, Any] | None = None
     version_before = -1
     if req.metadata_patch:
@@ -308,12 +314,16 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     if not counters:
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
     count, size, version = (int(v) for v in counters[0][:3])
+    # the row is held now (the UPDATE): its newest id is current on every database
+    previous = int(counters[0][4])
     if req.max_bytes is not None and size_delta > 0 and size > req.max_bytes:
         raise SessionTooLargeError(req.name, size, req.max_bytes)
+    last_id = previous
     ids: list[int] = []
     if req.messages:
         ids = cx.insert_messages(sid, req.messages)
-    last_id = ids[-1] if ids else cx.rows(q.LAST_MESSAGE_ID, {"session_id": sid})[0][0]
+        last_id = max(previous, ids[-1])
+        cx.run(q.SET_LAST_MESSAGE_ID, {"session_id": sid, "last_id": last_id})
     if metadata is None:
         # unchanged by this save; sent back (and decoded) only if another writer changed it
         if version != req.metadata_version:
@@ -324,6 +334,8 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
 
 
 def delete(cx: Executor, session_id: str) -> bool:
+    if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
+        return False
     cx.run(q.DELETE_MESSAGES, {"session_id": session_id})
     return cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
 
@@ -386,3 +398,51 @@ def list_all(cx: Executor) -> list[SessionInfo]:
         if collecting:
             gc.enable()
     return infos
+
+
+# -- PostgreSQL: the same operations in one statement each --------------------------------
+
+
+def pg_load(
+    cx: PgExecutor, name: str | None, session_id: str | None, tail: int
+) -> SessionRecord | None:
+    """:func:`load` as one statement (the session row and its tail in one snapshot)."""
+    if session_id is not None:
+        rows = cx.fetch(pg_sql.LOAD_BY_ID, session_id, max(tail, 0))
+    else:
+        rows = cx.fetch(pg_sql.LOAD_BY_NAME, name, max(tail, 0))
+    if not rows:
+        return None
+    messages = [_message(r[9:]) for r in reversed(rows) if r[9] is not None]
+    return _session(rows[0][:9], messages)
+
+
+def pg_append(cx: PgExecutor, req: SaveRequest) -> SaveResult:
+    """A save of new messages only (no truncation, no metadata patch) as one statement,
+    its own transaction: see :data:`.pg_sql.APPEND`."""
+    size_delta = sum(r.size for r in req.messages)
+    found = cx.fetch(
+        pg_sql.APPEND,
+        req.session_id,
+        *message_arrays(req.messages),
+        req.max_bytes,
+        req.metadata_version,
+        req.updated_at,
+        size_delta,
+    )
+    if not found:
+        raise SessionNotFoundError(f"session {req.name!r} was deleted")
+    previous, size_before, ids, count, size, version, stored, last = found[0]
+    if count is None:  # over the limit: nothing was written
+        assert req.max_bytes is not None
+        raise SessionTooLargeError(req.name, int(size_before) + size_delta, req.max_bytes)
+    metadata = decode_metadata(stored) if version != req.metadata_version else None
+    return SaveResult(
+        [int(i) for i in ids or ()],
+        int(count),
+        int(size),
+        int(last),
+        metadata,
+        int(previous),
+        int(version),
+    )

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 
@@ -30,6 +30,9 @@ from .engine import WRITE_OPTION, create_engine, database_url, sqlite_path
 from .errors import DRIVER_ERRORS, translate
 from .schema import HEAD_REVISION, current_revision, ensure_schema, migration_guard
 from .sqlite_runner import SqliteRunner
+
+if TYPE_CHECKING:
+    from .pg_runner import PgRunner
 
 __all__ = ["BUSY_ATTEMPTS", "SqlRepository", "SqlSnapshot"]
 
@@ -49,7 +52,7 @@ LOOP_MAX_BYTES = 256 * 1024
 #: most messages a read may return to run on the loop
 LOOP_MAX_ROWS = 200
 
-Runner = SqliteRunner | AlchemyRunner
+Runner: TypeAlias = "SqliteRunner | AlchemyRunner | PgRunner"
 
 
 class SqlSnapshot:
@@ -85,8 +88,10 @@ class SqlRepository:
     """Sessions in a SQL database through SQLAlchemy 2 (async).
 
     On a SQLite file every operation runs as one transaction in a single trip to a
-    connection's own thread (the fast path); on other databases, and with
-    ``fast_path=False``, the same operations run through SQLAlchemy's async engine.
+    connection's own thread (the fast path); on PostgreSQL on asyncpg connections of the
+    library's own, the hot operations (append, resume, reads) as one statement each (the
+    fast path too); with ``fast_path=False``, or on another database, the same operations
+    run through SQLAlchemy's async engine.
 
     ``inline=True`` runs the SQLite operations on the event loop's own thread: only for
     a loop nobody else uses (the blocking :class:`~coda_session.SessionManager` owns one).
@@ -108,10 +113,11 @@ class SqlRepository:
         else:
             self._url = url if isinstance(url, URL) else make_url(url)
         self._dialect: Dialect = dialect_for(self._url.get_backend_name())
-        is_sqlite = self._url.get_backend_name() == "sqlite"
-        self._fast_wanted = is_sqlite if fast_path is None else (fast_path and is_sqlite)
+        has_fast = self._url.get_backend_name() in ("sqlite", "postgresql")
+        self._fast_wanted = has_fast if fast_path is None else (fast_path and has_fast)
         self._inline_wanted = inline
         self._runner: Runner | None = None
+        self._runner_kind = ""
         self._closed = False
 
     @property
@@ -120,8 +126,14 @@ class SqlRepository:
 
     @property
     def uses_fast_path(self) -> bool:
-        """True when operations run on SQLite connections of the library's own."""
-        return isinstance(self._runner, SqliteRunner)
+        """True when operations run on connections of the library's own (SQLite's, or
+        asyncpg's), not through SQLAlchemy's engine."""
+        return self._runner is not None and not isinstance(self._runner, AlchemyRunner)
+
+    @property
+    def _one_statement(self) -> bool:
+        # PostgreSQL's runner: the operations of ops.pg_* and single-statement reads
+        return self._runner is not None and self._runner_kind == "postgresql"
 
     @property
     def runs_small_operations_on_the_loop(self) -> bool:
@@ -165,17 +177,27 @@ class SqlRepository:
         *args: Any,
         loop_pages: int | None = None,
         name: str | None = None,
+        single: bool = False,
     ) -> T:
         """Run ``fn`` in one transaction. ``loop_pages`` marks a small operation that may
-        run on the event loop's thread: the WAL pages it may write (0 for a read)."""
+        run on the event loop's thread: the WAL pages it may write (0 for a read);
+        ``single`` one that is a single statement (a server runs it as its own
+        transaction, in one round trip)."""
         runner = self._runner if self._runner is not None else await self._open_runner()
-        done: T = await self._edge(action, runner.run, write, fn, args, loop_pages, name=name)
+        done: T = await self._edge(
+            action, runner.run, write, fn, args, loop_pages, single, name=name
+        )
         return done
 
     # -- opening and closing --------------------------------------------------------------
 
     async def open(self) -> None:
         await self._open_runner()
+
+    async def _ready(self) -> None:
+        """Open now if not yet (the choice of operation depends on the runner)."""
+        if self._runner is None:
+            await self._open_runner()
 
     async def _open_runner(self) -> Runner:
         if self._closed:
@@ -207,6 +229,13 @@ class SqlRepository:
             await migrator.dispose()
 
     async def _connect(self) -> Runner:
+        if self._fast_wanted and self._url.get_backend_name() == "postgresql":
+            from .pg_runner import PgRunner  # asyncpg is imported only for PostgreSQL
+
+            pg = PgRunner(self._url, self._config)
+            await pg.open()
+            self._runner_kind = "postgresql"
+            return pg
         path = sqlite_path(self._url)
         if self._fast_wanted and path is not None:
             runner = SqliteRunner(
@@ -259,14 +288,16 @@ class SqlRepository:
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
     ) -> SessionRecord | None:
+        await self._ready()
         return await self._run(
             "loading a session",
             False,
-            ops.load,
+            ops.pg_load if self._one_statement else ops.load,
             name,
             session_id,
             tail,
             loop_pages=0 if tail <= LOOP_MAX_ROWS else None,
+            single=self._one_statement,
         )
 
     async def read_messages(
@@ -281,6 +312,7 @@ class SqlRepository:
             upto_id,
             limit,
             loop_pages=0 if small else None,
+            single=True,
         )
 
     async def read_page(
@@ -295,6 +327,7 @@ class SqlRepository:
             upto_id,
             limit,
             loop_pages=0 if limit <= LOOP_MAX_ROWS else None,
+            single=True,
         )
 
     async def import_session(
@@ -315,6 +348,14 @@ class SqlRepository:
         )
 
     async def save(self, request: SaveRequest) -> SaveResult:
+        await self._ready()
+        if (
+            self._one_statement
+            and request.messages
+            and request.truncation is None
+            and not request.metadata_patch
+        ):
+            return await self._run("saving a session", True, ops.pg_append, request, single=True)
         return await self._run(
             "saving a session", True, ops.save, request, loop_pages=_save_pages(request)
         )
@@ -323,13 +364,13 @@ class SqlRepository:
         return await self._run("deleting a session", True, ops.delete, session_id)
 
     async def list_sessions(self) -> list[SessionInfo]:
-        return await self._run("listing sessions", False, ops.list_all)
+        return await self._run("listing sessions", False, ops.list_all, single=True)
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> tuple[int, int]:
         return await self._run(
-            "counting tokens", False, ops.text_length, session_id, upto_id, limit
+            "counting tokens", False, ops.text_length, session_id, upto_id, limit, single=True
         )
 
     @asynccontextmanager

@@ -44,12 +44,14 @@ __all__ = [
     "ADOPTED_KEY_PREFIX",
     "BASELINE_REVISION",
     "HEAD_REVISION",
+    "MIGRATION_LOCK_KEY",
     "ORPHANS_PREFIX",
     "PLACEHOLDER_ROLE",
     "adopt_unversioned",
     "alembic_config",
     "current_revision",
     "ensure_schema",
+    "hold_migration_lock",
     "migration_guard",
     "migrations_dir",
     "repair_adopted",
@@ -58,7 +60,7 @@ __all__ = [
 #: The revision that creates exactly the spec's schema.
 BASELINE_REVISION = "0001"
 #: The newest revision this version of the library knows (a test keeps it equal to Alembic's head).
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 # Alembic keeps the running migration's context in module globals (alembic.context,
@@ -97,6 +99,18 @@ def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
+
+
+#: The key of the PostgreSQL advisory lock that migrations hold (b"coda" as an integer):
+#: several processes opening a new database at once migrate it exactly once. (SQLite's
+#: write lock does the same for a file.)
+MIGRATION_LOCK_KEY = 0x636F6461
+
+
+def hold_migration_lock(conn: Connection) -> None:
+    """On PostgreSQL, wait for and hold (until the transaction ends) the migration lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 def current_revision(conn: Connection) -> str | None:
@@ -564,10 +578,16 @@ def _recount(conn: Connection, session_ids: list[str]) -> None:
             else "coalesce(octet_length(m.content_zlib), 0)"
         )
         total = f"coalesce(sum({parts} + {packed}), 0)"
+    newest = ""
+    if "last_message_id" in {c["name"] for c in sa.inspect(conn).get_columns("sessions")}:
+        newest = (
+            ", last_message_id = (SELECT coalesce(max(m.id), 0) FROM messages m "
+            "WHERE m.session_id = sessions.id)"
+        )
     stmt = sa.text(
         "UPDATE sessions SET "  # noqa: S608 - constant column names only
         "message_count = (SELECT count(*) FROM messages m WHERE m.session_id = sessions.id), "
         f"size_bytes = (SELECT {total} FROM messages m "
-        "WHERE m.session_id = sessions.id) WHERE id = :sid"
+        f"WHERE m.session_id = sessions.id){newest} WHERE id = :sid"
     )
     conn.execute(stmt, [{"sid": sid} for sid in session_ids])

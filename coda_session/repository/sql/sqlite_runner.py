@@ -136,7 +136,14 @@ class SqliteRunner:
         mode = self.mode
         return isinstance(mode, Threaded) and mode.loop_conn is not None
 
-    async def run(self, write: bool, fn: Op[T], args: tuple[Any, ...], loop_pages: int | None) -> T:
+    async def run(
+        self,
+        write: bool,
+        fn: Op[T],
+        args: tuple[Any, ...],
+        loop_pages: int | None,
+        single: bool = False,
+    ) -> T:
         """Run ``fn`` in one transaction. ``loop_pages`` marks a small operation that may
         run on the event loop's thread: the WAL pages it may write (0 for a read)."""
         mode = self.mode

@@ -13,6 +13,7 @@ from .tables import sessions as s
 
 __all__ = [
     "COPY_MESSAGES",
+    "DELETE_LOCK",
     "DELETE_MESSAGES",
     "DELETE_MESSAGES_UPTO",
     "DELETE_SESSION",
@@ -29,6 +30,8 @@ __all__ = [
     "SESSION_BY_NAME",
     "SESSION_LOCK",
     "SESSION_METADATA",
+    "SESSION_TO_COPY",
+    "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
     "TEXT_LENGTH",
     "TRUNCATE_BOUNDARY",
@@ -59,20 +62,24 @@ _MESSAGE_COLS = (
     m.c.char_count,
 )
 
-SESSION_BY_NAME = sa.select(*_SESSION_COLS, s.c.metadata_version).where(
+SESSION_BY_NAME = sa.select(*_SESSION_COLS, s.c.metadata_version, s.c.last_message_id).where(
     s.c.name == sa.bindparam("name")
 )
-SESSION_BY_ID = sa.select(*_SESSION_COLS, s.c.metadata_version).where(
+SESSION_BY_ID = sa.select(*_SESSION_COLS, s.c.metadata_version, s.c.last_message_id).where(
     s.c.id == sa.bindparam("session_id")
 )
+# a branch's source: held (shared) while its messages are copied, so no writer moves its
+# counters in between (server databases; SQLite's write lock already does)
+SESSION_TO_COPY = SESSION_BY_ID.with_for_update(read=True)
 LIST_SESSIONS = sa.select(*_SESSION_COLS).order_by(s.c.created_at, s.c.name)
 LAST_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0)).where(
     m.c.session_id == sa.bindparam("session_id")
 )
-# the newest messages of a session, and so its last id, without a separate max() query
+# the newest messages of a session up to the newest id its row knows (a message committed
+# after the row was read is not shown with the row's older counters)
 MESSAGES_LATEST = (
     sa.select(*_MESSAGE_COLS)
-    .where(m.c.session_id == sa.bindparam("session_id"))
+    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
     .order_by(m.c.id.desc())
     .limit(sa.bindparam("n"))
 )
@@ -100,6 +107,7 @@ SET_SESSION_TOTALS = (
         metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
         message_count=sa.bindparam("message_count"),
         size_bytes=sa.bindparam("size_bytes"),
+        last_message_id=sa.bindparam("last_id"),
     )
 )
 MESSAGES_ALL = (
@@ -127,11 +135,13 @@ INSERT_SESSION = sa.insert(s).values(
 )
 _bump = {
     "updated_at": sa.bindparam("updated_at", type_=s.c.updated_at.type),
-    "message_count": s.c.message_count + sa.bindparam("count_delta", type_=sa.Integer),
-    "size_bytes": s.c.size_bytes + sa.bindparam("size_delta", type_=sa.Integer),
+    "message_count": s.c.message_count + sa.bindparam("count_delta", type_=sa.BigInteger),
+    "size_bytes": s.c.size_bytes + sa.bindparam("size_delta", type_=sa.BigInteger),
 }
-# one statement both checks that the session exists and moves its counters; the
-# metadata comes back only when its version is not the one the caller saw
+# One statement checks that the session exists, moves its counters and (as an UPDATE)
+# holds the row: under READ COMMITTED it applies to, and returns, the newest committed
+# version of the row, so its unchanged last_message_id is the newest id before this save.
+# The metadata comes back only when its version is not the one the caller saw.
 UPDATE_SESSION = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))
@@ -141,9 +151,10 @@ UPDATE_SESSION = (
         s.c.size_bytes,
         s.c.metadata_version,
         sa.case(
-            (s.c.metadata_version == sa.bindparam("seen", type_=sa.Integer), sa.null()),
+            (s.c.metadata_version == sa.bindparam("seen", type_=sa.BigInteger), sa.null()),
             else_=s.c["metadata"],
         ),
+        s.c.last_message_id,
     )
 )
 UPDATE_SESSION_METADATA = (
@@ -154,7 +165,14 @@ UPDATE_SESSION_METADATA = (
         metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
         metadata_version=s.c.metadata_version + 1,
     )
-    .returning(s.c.message_count, s.c.size_bytes, s.c.metadata_version)
+    .returning(
+        s.c.message_count, s.c.size_bytes, s.c.metadata_version, sa.null(), s.c.last_message_id
+    )
+)
+SET_LAST_MESSAGE_ID = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(last_message_id=sa.bindparam("last_id", type_=sa.BigInteger))
 )
 # lock the session row first on server databases (SQLite's write lock already does)
 SESSION_METADATA = (
@@ -216,6 +234,9 @@ DELETE_MESSAGES_UPTO = sa.delete(m).where(
 )
 DELETE_MESSAGES = sa.delete(m).where(m.c.session_id == sa.bindparam("session_id"))
 DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
+# a delete holds the session row before it removes the messages: a save that committed
+# messages meanwhile is then seen (READ COMMITTED), not left to fail the foreign key
+DELETE_LOCK = sa.select(s.c.id).where(s.c.id == sa.bindparam("session_id")).with_for_update()
 
 # The compile cache of the SQLite fast path holds these and nothing else: they live as
 # long as the process, so their ids are never reused. A statement built per call is not

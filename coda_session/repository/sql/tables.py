@@ -103,6 +103,11 @@ class JsonText(TypeDecorator[str]):
         return None
 
 
+#: 64-bit on PostgreSQL (a fleet of agents passes 2**31 messages and bytes); INTEGER on
+#: SQLite, whose integers are 64-bit already and whose AUTOINCREMENT key must be INTEGER.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -118,15 +123,17 @@ class SessionRow(Base):
     created_at: Mapped[datetime | None] = mapped_column(UtcTimestamp)
     updated_at: Mapped[datetime | None] = mapped_column(UtcTimestamp)
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
-    message_count: Mapped[int] = mapped_column(
-        sa.Integer, nullable=False, server_default=sa.text("0")
-    )
-    size_bytes: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    message_count: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
+    size_bytes: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
     # bumped by every write that changes ``metadata``: a save whose caller saw the current
     # version neither reads nor decodes the metadata (see migration 0006)
     metadata_version: Mapped[int] = mapped_column(
-        sa.Integer, nullable=False, server_default=sa.text("0")
+        BigId, nullable=False, server_default=sa.text("0")
     )
+    # the largest message id the session was ever given (never lowered by a truncation);
+    # kept on the row that writers lock, so it is read after the lock on every database
+    # (see migration 0007)
+    last_message_id: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
 
 
 class MessageRow(Base):
@@ -140,7 +147,7 @@ class MessageRow(Base):
         {"sqlite_autoincrement": True},
     )
 
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     session_id: Mapped[str | None] = mapped_column(sa.Text, sa.ForeignKey("sessions.id"))
     role: Mapped[str | None] = mapped_column(sa.Text)
     content: Mapped[str | None] = mapped_column(sa.Text)
@@ -169,7 +176,7 @@ class AdoptionNote(Base):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     noted_at: Mapped[datetime] = mapped_column(UtcTimestamp, nullable=False)
     session_id: Mapped[str | None] = mapped_column(sa.Text)
-    message_id: Mapped[int | None] = mapped_column(sa.Integer)
+    message_id: Mapped[int | None] = mapped_column(BigId)
     field: Mapped[str] = mapped_column(sa.Text, nullable=False)
     original: Mapped[str | None] = mapped_column(sa.Text)
     interpreted_as: Mapped[str | None] = mapped_column(sa.Text)
