@@ -74,7 +74,8 @@ class _Pool:
             yield
         finally:
             self.closed = True
-            await self.aclose()
+            self._sentinel = None
+            await self._close_idle()
 
     async def acquire(self) -> asyncpg.Connection:
         if self._sentinel is None:
@@ -138,6 +139,13 @@ class _Pool:
 
     async def aclose(self) -> None:
         self.closed = True
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            await sentinel.aclose()  # its finally closes the idle connections
+        else:
+            await self._close_idle()
+
+    async def _close_idle(self) -> None:
         idle, self._idle = self._idle, []
         self._open -= len(idle)
         for conn in idle:
