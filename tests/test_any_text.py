@@ -387,7 +387,7 @@ def test_migration_0007_escapes_existing_escape_characters(tmp_path: Path) -> No
         (None, '{"n":2}', zlib.compress(b"j" + _json(old_json).encode(), 6)),
         ("untouched é", '{"plain":true}', None),
     ]
-    want = [
+    want: list[dict[str, Any]] = [
         {"role": "user", "content": old_text, "timestamp": TS},
         {"role": "user", "content": old_json, "timestamp": TS, "x␛241b": 1},
         {"role": "user", "content": old_text * 50, "timestamp": TS},

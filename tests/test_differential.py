@@ -452,7 +452,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     )
     def set_messages(self, data: st.DataObject, count: int, bad: bool, and_save: bool) -> None:
         key, session, obj = self._pick(data)
-        messages = []
+        messages: list[dict[str, Any]] = []
         for i in range(count):
             self.counter += 1
             text: Any = _text(key[0], self.counter)

@@ -19,6 +19,7 @@ Revises: 0006
 Create Date: 2026-12-08
 """
 
+import contextlib
 import json
 import re
 import zlib
@@ -159,19 +160,15 @@ def _convert(text: Text, convert: Json, check: Callable[..., None] | None) -> No
         if converted != meta:
             if check is not None:
                 check(f"the metadata of session {name!r}", None, meta, None)
-            bind.execute(
-                sa.update(sessions).where(s.id == session_id).values(metadata=converted)
-            )
+            bind.execute(sa.update(sessions).where(s.id == session_id).values(metadata=converted))
 
 
 def _refuse_unstorable(where: str, content: Any, extra: Any, packed: Any) -> None:
     """Raise when a string of these stored values decodes to a NUL or a lone surrogate."""
     texts = [v for v in (content, extra) if type(v) is str]
     if packed is not None:
-        try:
+        with contextlib.suppress(zlib.error, UnicodeDecodeError):  # unreadable: kept as is
             texts.append(zlib.decompress(bytes(packed))[1:].decode())
-        except (zlib.error, UnicodeDecodeError):
-            pass
     for stored in texts:
         # a JSON text's strings are decoded the same way: its codes are in the raw text
         if ESCAPE in stored and _UNSTORABLE.search(unescape(stored)) is not None:
