@@ -21,8 +21,8 @@ written in a stored form (:mod:`coda_session.escaping`) in which NUL, a lone sur
 and the escape character ``␛`` (U+241B SYMBOL FOR ESCAPE) are written as ``␛`` followed
 by the code point in four lowercase hex digits, and nothing else changes::
 
-    "ls: \\udc80.txt: cannot read\\x00"   is stored as   "ls: ␛dc80.txt: cannot read␛0000"
-    "a ␛ b"                                is stored as   "a ␛241b b"
+    given "ls: \\udc80.txt: cannot read\\x00"  stored as  ls: ␛dc80.txt: cannot read␛0000
+    given "a ␛ b"                         stored as  a ␛241b b
 
 A string without NUL, lone surrogates or ``␛`` (nearly all text) is stored byte for byte
 as before; the check costs an ``isascii`` and a substring test or two (:func:`_scan`). The
@@ -31,10 +31,12 @@ JSON content and the extra keys (before they become JSON text), and to session m
 (:func:`dumps_metadata` / :func:`read_metadata`); :meth:`MessageRecord.to_dict
 <coda_session.models.MessageRecord.to_dict>` decodes. The memory backend keeps the same
 records, the custom backend's storage receives and returns the original strings
-(``to_dict()`` / :func:`encode_message`), and exports carry the original strings (lone
-surrogates as JSON ``\\udc80`` escapes). Sizes and characters are measured on the
-original strings (:func:`_measure`), so they are the same on every backend and the plain
-text stays what is measured and returned.
+(``to_dict()`` / :func:`encode_message`), and exports write the few strings that need it
+in this same form, under an ``"escaped_strings": true`` header (JSON escapes could not
+keep them exact: ``json.loads`` joins a lone high and a lone low surrogate written side by
+side as ``\\ud83d\\ude00`` into one character; see :mod:`coda_session.transfer.format`).
+Sizes and characters are measured on the original strings (:func:`_measure`), so they
+are the same on every backend and the plain text stays what is measured and returned.
 
 Why a migration (revision 0007)
 -------------------------------
