@@ -4,10 +4,51 @@ The rules hold for every backend alike, so that a conversation moves between the
 
 * values must be JSON: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list`` or
   ``tuple`` (stored as a list), and ``dict`` with string keys;
-* NaN and infinities are rejected (JSON has no spelling for them and PostgreSQL refuses them);
-* strings may not hold NUL characters or lone surrogates (neither can be stored as UTF-8 text
-  by every database); both are rejected, never altered;
-* nesting deeper than :data:`MAX_DEPTH` is rejected.
+* NaN and infinities are rejected (JSON has no spelling for them and PostgreSQL jsonb
+  refuses them);
+* nesting deeper than :data:`MAX_DEPTH` is rejected;
+* any string is accepted in a content, in the extra keys (keys and values) and in session
+  metadata (keys and values), NUL characters and lone surrogates included (tool outputs
+  carry them: PDF text, shell output decoded with ``surrogateescape``), and is returned
+  exactly as given; roles, timestamps and session names are identifiers and still refuse
+  NUL and lone surrogates.
+
+The stored form
+---------------
+Neither NUL (PostgreSQL refuses it in ``text``, and as ``\\u0000`` in ``jsonb``) nor a
+lone surrogate (not UTF-8 at all) can be stored as text everywhere. So every string is
+written in a stored form (:mod:`coda_session.escaping`) in which NUL, a lone surrogate
+and the escape character ``␛`` (U+241B SYMBOL FOR ESCAPE) are written as ``␛`` followed
+by the code point in four lowercase hex digits, and nothing else changes::
+
+    given "ls: \\udc80.txt: cannot read\\x00"  stored as  ls: ␛dc80.txt: cannot read␛0000
+    given "a ␛ b"                         stored as  a ␛241b b
+
+A string without NUL, lone surrogates or ``␛`` (nearly all text) is stored byte for byte
+as before; the check costs an ``isascii`` and a substring test or two (:func:`_scan`). The
+encoding is applied here, once, to a string content, to every string (keys too) inside a
+JSON content and the extra keys (before they become JSON text), and to session metadata
+(:func:`dumps_metadata` / :func:`read_metadata`); :meth:`MessageRecord.to_dict
+<coda_session.models.MessageRecord.to_dict>` decodes. The memory backend keeps the same
+records, the custom backend's storage receives and returns the original strings
+(``to_dict()`` / :func:`encode_message`), and exports write the few strings that need it
+in this same form, under an ``"escaped_strings": true`` header (JSON escapes could not
+keep them exact: ``json.loads`` joins a lone high and a lone low surrogate written side by
+side as ``\\ud83d\\ude00`` into one character; see :mod:`coda_session.transfer.format`).
+Sizes and characters are measured on the original strings (:func:`_measure`), so they
+are the same on every backend and the plain text stays what is measured and returned.
+
+Why a migration (revision 0007)
+-------------------------------
+No stored form can be told apart from old data by its text alone: earlier versions
+stored any string without NUL or lone surrogates, so an old row may hold ``"␛0000"``
+literally, which must read back as itself while the new stored form of a NUL is that
+same text. Revision 0007 therefore escapes every pre-existing string that holds ``␛``
+(in plain contents, compressed contents, extra keys and session metadata; old data has
+no NUL or surrogates, except from databases written by other code, which it escapes
+too). From then on every ``␛`` in the database begins a code, and each string decodes
+exactly. Its downgrade decodes them back, and refuses, naming the row, when a string
+holds NUL or a lone surrogate (the older code cannot store those).
 """
 
 from __future__ import annotations
@@ -21,6 +62,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import InvalidMessageError
+from .escaping import ESCAPE, escape, escape_json, unescape_json
 from .models import MessageRecord
 from .timeutil import utcnow
 
@@ -46,15 +88,42 @@ COMPRESS_THRESHOLD = 1024
 #: zlib's level: 6 is its default, a good trade of speed for size on chat text.
 COMPRESS_LEVEL = 6
 _CORE_KEYS = ("role", "content", "timestamp")
+#: How ``json.dumps`` writes a NUL.
+_JSON_NUL = "\\u0000"
 
 
 def _check_str(value: str, where: str) -> None:
+    """Refuse NUL and lone surrogates in an identifier (role, timestamp, session name)."""
     if "\x00" in value:
-        raise InvalidMessageError(f"{where}: NUL characters cannot be stored")
+        raise InvalidMessageError(
+            f"{where}: NUL characters are not allowed in names, roles and timestamps "
+            "(contents, extra keys and metadata may hold them)"
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidMessageError(f"{where}: lone surrogate characters cannot be stored") from None
+        raise InvalidMessageError(
+            f"{where}: lone surrogate characters are not allowed in names, roles and "
+            "timestamps (contents, extra keys and metadata may hold them)"
+        ) from None
+
+
+def _scan(text: str, nul: str) -> tuple[int, bool]:
+    """(UTF-8 size of ``text``, a lone surrogate counting 3 bytes as with
+    ``surrogatepass``; whether ``text`` holds a character the stored form escapes).
+
+    ``nul`` is how a NUL appears in ``text``: ``"\\x00"`` in plain text, ``"\\\\u0000"``
+    in JSON text (which ``json.dumps`` gives every NUL as; a literal backslash before
+    ``u0000`` only sends the value down the exact, slower path). The common case costs an
+    ``isascii`` and one or two substring checks besides the ``encode`` the size needs.
+    """
+    if text.isascii():
+        return len(text), nul in text
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        return len(text.encode("utf-8", "surrogatepass")), True
+    return size, nul in text or ESCAPE in text
 
 
 def _check_json(value: Any, where: str, depth: int = 0) -> None:
@@ -63,13 +132,14 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
     if value is None or value is True or value is False:
         return
     kind = type(value)
-    if kind is str:
-        _check_str(value, where)
-    elif kind is int:
+    if kind is str or kind is int:
         return
     elif kind is float:
         if not math.isfinite(value):
-            raise InvalidMessageError(f"{where}: {value!r} is not a JSON number (NaN/infinity)")
+            raise InvalidMessageError(
+                f"{where}: {value!r} cannot be stored: NaN and infinities are not JSON "
+                "numbers (PostgreSQL refuses them too)"
+            )
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_json(item, f"{where}[{i}]", depth + 1)
@@ -77,7 +147,6 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise InvalidMessageError(f"{where}: key {key!r} is not a string")
-            _check_str(key, f"{where} key {key[:40]!r}")
             _check_json(item, f"{where}[{key[:40]!r}]", depth + 1)
     elif isinstance(value, str | int | float):
         # subclasses (enums, numpy scalars...) would be stored as something else: refuse
@@ -146,29 +215,45 @@ def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
     _check_json(extras, "message")
     is_text = type(content) is str
     if is_text:
-        _check_str(content, "message 'content'")
         body = content
+        body_size, special = _scan(body, "\x00")
+        stored = escape(body) if special else body
     else:
         _check_json(content, "message 'content'")
         body = _dumps(content)
-    extra = _dumps(extras) if extras else None
-    size, chars = _measure(role, body, is_text, timestamp, extra)
-    text: str | None = content if is_text else None
+        body_size, special = _scan(body, _JSON_NUL)
+        stored = _dumps(escape_json(content)) if special else body
+    extra = stored_extra = None
+    extra_size = 0
+    if extras:
+        extra = stored_extra = _dumps(extras)
+        extra_size, special = _scan(extra, _JSON_NUL)
+        if special:
+            stored_extra = _dumps(escape_json(extras))
+    size = _utf8_len(role) + body_size + _utf8_len(timestamp) + extra_size
+    chars = _chars(role, body, is_text, extra)
+    text: str | None = stored if is_text else None
     zcontent = None
     if compress:
-        raw = body.encode()
+        raw = stored.encode()
         if len(raw) >= COMPRESS_THRESHOLD:
             packed = zlib.compress((b"t" if is_text else b"j") + raw, COMPRESS_LEVEL)
             if len(packed) < len(raw):
                 zcontent, text = packed, None
     if not is_text and zcontent is None:
         # a non-string content is stored as the last key of the extra keys' JSON
-        extra = _with_content(extra, body)
-    return MessageRecord(role, text, timestamp, extra, size, chars, None, zcontent)
+        stored_extra = _with_content(stored_extra, stored)
+    return MessageRecord(role, text, timestamp, stored_extra, size, chars, None, zcontent)
 
 
 def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
+    """UTF-8 size; a lone surrogate counts the 3 bytes ``surrogatepass`` gives it."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _with_content(extra: str | None, content_json: str) -> str:
@@ -178,26 +263,31 @@ def _with_content(extra: str | None, content_json: str) -> str:
     return extra[:-1] + ',"content":' + content_json + "}"
 
 
+def _chars(role: str, body: str, is_text: bool, extra: str | None) -> int:
+    """The characters of role + content + extra keys (see :func:`_measure`)."""
+    if is_text:
+        return len(role) + len(body) + (len(extra) if extra is not None else 0)
+    # len('{"content":' + body + '}'), or extra with ',"content":' + body inserted
+    return len(role) + len(body) + (len(extra) + 11 if extra is not None else 12)
+
+
 def _measure(
     role: str, body: str, is_text: bool, timestamp: str, extra: str | None
 ) -> tuple[int, int]:
     """(size, chars) of a message: the one formula every backend stores and sums.
 
-    ``body`` is the content as text (a string content as is, any other as its JSON);
-    ``extra`` the JSON of the other keys (``None``: none). The size is the UTF-8 size of
-    role + content + timestamp + extra keys, whether or not the content is then stored
-    compressed. The characters are role + content + extra keys as stored uncompressed (a
-    non-string content inside the extra keys' JSON), timestamps not counted.
+    All of it is measured on the message as ``get_messages()`` returns it (the original
+    strings, never their stored form). ``body`` is the content as text (a string content
+    as is, any other as its JSON); ``extra`` the JSON of the other keys (``None``: none).
+    The size is the UTF-8 size of role + content + timestamp + extra keys, whether or not
+    the content is then stored compressed; a lone surrogate counts 3 bytes (UTF-8 with
+    ``surrogatepass``). The characters are role + content + extra keys (a non-string
+    content inside the extra keys' JSON), timestamps not counted.
     """
     size = _utf8_len(role) + _utf8_len(body) + _utf8_len(timestamp)
     if extra is not None:
         size += _utf8_len(extra)
-    if is_text:
-        chars = len(role) + len(body) + (len(extra) if extra is not None else 0)
-    else:
-        # len('{"content":' + body + '}'), or extra with ',"content":' + body inserted
-        chars = len(role) + len(body) + (len(extra) + 11 if extra is not None else 12)
-    return size, chars
+    return size, _chars(role, body, is_text, extra)
 
 
 def measure_message(message: Mapping[str, Any]) -> tuple[int, int]:
@@ -227,8 +317,12 @@ def encode_metadata(metadata: Any, where: str = "metadata") -> dict[str, Any]:
 
 
 def dumps_metadata(metadata: Mapping[str, Any]) -> str:
-    """The stored JSON text of (already validated) session metadata."""
-    return _dumps(metadata)
+    """The stored JSON text of (already validated) session metadata: its strings, keys
+    included, in their stored form."""
+    text = _dumps(metadata)
+    if _scan(text, _JSON_NUL)[1]:
+        return _dumps(escape_json(metadata))
+    return text
 
 
 #: The key under which session metadata that cannot be decoded is shown (its stored text).
@@ -248,6 +342,8 @@ def read_metadata(text: Any) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text, parse_constant=_no_constant)
+        if ESCAPE in text:
+            value = unescape_json(value)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else {"value": value}

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from .errors import DamagedDataError
+from .escaping import ESCAPE, unescape, unescape_json
 
 __all__ = [
     "Message",
@@ -127,7 +128,10 @@ class MessageRecord:
     dataclass sets each field through ``object.__setattr__``, five times the cost of
     building one, and every read row and every saved message builds one.
 
-    ``content`` holds a string content as is; a non-string content (a list of parts, a
+    Every string in it is in its stored form (:mod:`coda_session.escaping`: NUL, lone
+    surrogates and ``␛`` written as ``␛`` + four hex digits; any other string as is);
+    ``to_dict()`` returns the original strings.
+    ``content`` holds a string content (stored form); a non-string content (a list of parts, a
     dict, ``None``) is kept JSON-encoded under the key ``"content"`` of ``extra`` and
     ``content`` is ``None`` (no extra key can be named ``content``, so this never clashes).
     ``extra`` is the JSON text of the message's other keys, or ``None`` when it has none.
@@ -143,8 +147,10 @@ class MessageRecord:
     ``size`` and ``chars`` are computed once, by the codec (``encode_message``), and stored
     with the row: ``size`` is the UTF-8 size of the message as ``to_dict()`` returns it,
     uncompressed (role + content, a non-string one as its JSON, + timestamp + the JSON of
-    the extra keys); ``chars`` the characters the token estimate counts (role, content and
-    extra keys, as stored uncompressed; timestamps not).
+    the extra keys; a lone surrogate counts its 3 bytes of UTF-8 with ``surrogatepass``);
+    ``chars`` the characters the token estimate counts (role, content and extra keys, as
+    ``to_dict()`` returns them, a non-string content inside the extra keys' JSON;
+    timestamps not).
     """
 
     role: str
@@ -178,7 +184,8 @@ class MessageRecord:
     def _extra(self) -> Any:
         assert self.extra is not None
         try:
-            return json.loads(self.extra)
+            value = json.loads(self.extra)
+            return unescape_json(value) if ESCAPE in self.extra else value
         except (ValueError, TypeError, RecursionError) as exc:
             raise self.damaged("its extra keys (metadata) are not JSON") from exc
 
@@ -191,9 +198,11 @@ class MessageRecord:
         try:
             data = zlib.decompress(self.zcontent)
             if data[:1] == b"t":
-                return True, data[1:].decode()
+                return True, unescape(data[1:].decode())
             if data[:1] == b"j":
-                return True, json.loads(data[1:])
+                text = data[1:].decode()
+                value = json.loads(text)
+                return True, unescape_json(value) if ESCAPE in text else value
         except (zlib.error, ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSON
             raise self.damaged("its compressed content cannot be read") from exc
         raise self.damaged("its compressed content has an unknown tag")
@@ -210,9 +219,10 @@ class MessageRecord:
         """The message as the plain dict the caller gave (plus its timestamp)."""
         if self.damage is not None:
             raise self.damaged(self.damage)
+        content = self.content
         out: dict[str, Any] = {
             "role": self.role,
-            "content": self.content,
+            "content": unescape(content) if content is not None and ESCAPE in content else content,
             "timestamp": self.timestamp,
         }
         if self.zcontent is not None:

@@ -162,21 +162,18 @@ SESSION_CASES: list[tuple[str, Callable[[Any], Any], type[Exception]]] = [
         lambda s: s.add_message(m(content={"x": float("nan")})),
         InvalidMessageError,
     ),
-    ("msg-nul-content", lambda s: s.add_message(m(content="a\x00b")), InvalidMessageError),
+    # NUL and lone surrogates are stored in contents, extra keys and metadata
+    # (tests/test_any_text.py); roles and timestamps are identifiers and refuse them
     (
         "msg-nul-role",
         lambda s: s.add_message({"role": "us\x00er", "content": "x"}),
         InvalidMessageError,
     ),
-    ("msg-nul-extra-key", lambda s: s.add_message(m(**{"k\x00": 1})), InvalidMessageError),
-    ("msg-nul-nested", lambda s: s.add_message(m(content=[{"t": "\x00"}])), InvalidMessageError),
-    ("msg-surrogate-content", lambda s: s.add_message(m(content="\ud800")), InvalidMessageError),
     (
         "msg-surrogate-role",
         lambda s: s.add_message({"role": "\udfff", "content": "x"}),
         InvalidMessageError,
     ),
-    ("msg-surrogate-key", lambda s: s.add_message(m(content={"\ud800": 1})), InvalidMessageError),
     ("msg-int-key", lambda s: s.add_message(m(content={1: "x"})), InvalidMessageError),
     ("msg-none-key", lambda s: s.add_message(m(content={None: "x"})), InvalidMessageError),
     (
@@ -311,10 +308,6 @@ SESSION_CASES: list[tuple[str, Callable[[Any], Any], type[Exception]]] = [
     ),
     ("meta-int-key", lambda s: s.update_metadata({1: "v"}), InvalidMessageError),
     ("meta-nested-int-key", lambda s: s.update_metadata({"k": {2: "v"}}), InvalidMessageError),
-    ("meta-nul-value", lambda s: s.update_metadata({"k": "a\x00"}), InvalidMessageError),
-    ("meta-nul-key", lambda s: s.update_metadata({"\x00": 1}), InvalidMessageError),
-    ("meta-surrogate-key", lambda s: s.update_metadata({"\ud800": 1}), InvalidMessageError),
-    ("meta-surrogate-value", lambda s: s.update_metadata({"k": ["\udc80"]}), InvalidMessageError),
     ("meta-set", lambda s: s.update_metadata({"k": {1}}), InvalidMessageError),
     ("meta-bytes", lambda s: s.update_metadata({"k": b"x"}), InvalidMessageError),
     ("meta-datetime", lambda s: s.update_metadata({"k": NOW}), InvalidMessageError),

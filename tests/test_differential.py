@@ -18,8 +18,9 @@ backend, and a plain-Python model of what the README promises:
 * a branch copies the source's saved messages and metadata; an existing target raises
   ``SessionExistsError``, a missing source ``SessionNotFoundError``;
 * reopening (a new manager on the same storage) shows exactly what was saved;
-* invalid input (NUL characters, NaN, a malformed timestamp, negative counts) raises
-  ``InvalidMessageError`` and changes nothing.
+* invalid input (NaN, a malformed timestamp, negative counts) raises
+  ``InvalidMessageError`` and changes nothing; any string (NUL characters, lone
+  surrogates, the stored form's escape character ``␛``) is kept exactly.
 
 The "user" holds up to two objects per name (two parts of a program, or two processes), so
 objects that save into the same session meanwhile are exercised too. After every step the
@@ -79,7 +80,7 @@ ROLES = ["user", "assistant", "tool"]
 
 # contents: a short text, a long text (stored zlib-compressed), JSON values, and invalid
 # ones (NUL, NaN) that every backend must refuse alike with InvalidMessageError
-CONTENT_KINDS = [*["text"] * 6, "long", "none", "parts", "dict", "long-parts", "nul", "nan"]
+CONTENT_KINDS = [*["text"] * 6, "long", "none", "parts", "dict", "long-parts", "odd-text", "nan"]
 # a given timestamp comes back exactly as given; an invalid one is refused
 TIMESTAMPS: list[str | None] = [
     *[None] * 6,
@@ -87,7 +88,10 @@ TIMESTAMPS: list[str | None] = [
     "2020-01-01T00:00:00",
     "not-a-date",
 ]
-META_VALUES: list[Any] = [0, 1, "x", None, [1, "two"], {"nested": True}, math.nan]
+META_VALUES: list[Any] = [
+    *[0, 1, "x", None, [1, "two"], {"nested": True}, math.nan],
+    {"a\x00\udc80": "\u241b0000\ud800"},
+]
 
 # examples per backend, sized for well under a minute in all (each SQLite example copies
 # an empty migrated database; the memory backend is cheapest, so it explores most)
@@ -97,8 +101,6 @@ STEPS = 50
 
 def _invalid(value: Any) -> bool:
     """True if the README's value rules reject ``value`` (the model's own check)."""
-    if isinstance(value, str):
-        return "\x00" in value
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, list):
@@ -425,7 +427,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             "parts": [{"type": "text", "text": _text(key[0], n)}],
             "dict": {"n": n},
             "long-parts": [{"type": "text", "text": f"{key[0]}-{n} " + "lorem ipsum " * 120}],
-            "nul": f"{key[0]}-{n}\x00",
+            "odd-text": f"{key[0]}-{n}\x00\udc80\u241b0000",
             "nan": {"n": math.nan},
         }[kind]
         message: dict[str, Any] = {"role": role, "content": content}
@@ -450,11 +452,13 @@ class DifferentialMachine(RuleBasedStateMachine):
     )
     def set_messages(self, data: st.DataObject, count: int, bad: bool, and_save: bool) -> None:
         key, session, obj = self._pick(data)
-        messages = []
+        messages: list[dict[str, Any]] = []
         for i in range(count):
             self.counter += 1
-            nul = "\x00" if bad and i == count - 1 else ""
-            messages.append({"role": "user", "content": _text(key[0], self.counter) + nul})
+            text: Any = _text(key[0], self.counter)
+            messages.append(
+                {"role": "user", "content": [math.nan] if bad and i == count - 1 else text}
+            )
 
         def model() -> None:
             if any(_invalid(m["content"]) for m in messages):

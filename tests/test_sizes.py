@@ -45,8 +45,13 @@ def expected_size(message: dict[str, Any]) -> int:
     content = message["content"]
     extras = {k: v for k, v in message.items() if k not in ("role", "content", "timestamp")}
     text = content if isinstance(content, str) else _json(content)
-    size = len(message["role"].encode()) + len(text.encode()) + len(message["timestamp"].encode())
-    return size + (len(_json(extras).encode()) if extras else 0)
+    size = len(message["role"].encode()) + _utf8(text) + len(message["timestamp"].encode())
+    return size + (_utf8(_json(extras)) if extras else 0)
+
+
+def _utf8(text: str) -> int:
+    # a lone surrogate counts the 3 bytes UTF-8 with surrogatepass gives it
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def expected_chars(message: dict[str, Any]) -> int:
@@ -68,6 +73,16 @@ MESSAGES: list[dict[str, Any]] = [
         "timestamp": TS,
         "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{}"}}],
     },
+]
+
+
+#: messages whose strings the stored form escapes (NUL, lone surrogates, ␛): measured as
+#: returned, the same on every backend
+ODD_MESSAGES: list[dict[str, Any]] = [
+    {"role": "tool", "content": "a\x00b \udc80 \u241b", "timestamp": TS},
+    {"role": "tool", "content": "pdf \x00\ud800 ␛0000 " * 200, "timestamp": TS, "k\x00": "\udfff"},
+    {"role": "tool", "content": [{"text": "\x00\udc80" * 300}], "timestamp": TS, "n": "␛"},
+    {"role": "tool", "content": {"\ud83d\ude00": None}, "timestamp": TS},
 ]
 
 
@@ -125,29 +140,37 @@ async def test_compressible_message_past_the_limit_custom_storage() -> None:
             s.add_message(big)
 
 
-async def _stored_size(m: AsyncSessionManager) -> tuple[int, int]:
+async def _stored_size(
+    m: AsyncSessionManager, messages: list[dict[str, Any]]
+) -> tuple[int, int, int]:
     s = await m.create_session("same")
-    for message in MESSAGES:
+    for message in messages:
         s.add_message(message)
     await m.save_session(s)
     info = await m.get_session_info("same")
     assert info is not None
-    assert (await (await m.load_session("same")).get_messages()) == MESSAGES
-    return info.size_bytes, s.info().size_bytes
+    assert (await (await m.load_session("same")).get_messages()) == messages
+    return info.size_bytes, s.info().size_bytes, await s.get_token_count()
 
 
+@pytest.mark.parametrize("messages", [MESSAGES, ODD_MESSAGES], ids=["plain", "odd-text"])
 @pytest.mark.parametrize("compress", [True, False])
-async def test_size_is_the_same_on_every_backend(store: Store, compress: bool) -> None:
-    want = sum(expected_size(x) for x in MESSAGES)
+async def test_size_is_the_same_on_every_backend(
+    store: Store, compress: bool, messages: list[dict[str, Any]]
+) -> None:
+    want = sum(expected_size(x) for x in messages)
     async with _managers(store, compress_messages=compress) as m:
-        assert await _stored_size(m) == (want, want)
+        size, shown, tokens = await _stored_size(m, messages)
+        assert (size, shown) == (want, want)
     config = {"session": {"compress_messages": compress}}
     async with AsyncSessionManager(config, storage=DictStorage()) as m:
-        assert await _stored_size(m) == (want, want)
+        assert await _stored_size(m, messages) == (want, want, tokens)
+    async with AsyncSessionManager({"session": {"backend": "memory"}}) as m:
+        assert await _stored_size(m, messages) == (want, want, tokens)
 
 
 def test_codec_computes_size_and_characters_once() -> None:
-    for message in MESSAGES:
+    for message in MESSAGES + ODD_MESSAGES:
         for compress in (False, True):
             record = encode_message(message, compress=compress)
             assert record.size == expected_size(message), message["role"]

@@ -200,7 +200,8 @@ def _metadata_version(metadata: dict[str, Any]) -> int:
     """A version of a custom store's metadata: a digest of its content (the store keeps no
     counter), so it changes exactly when the metadata does, for every adapter alike."""
     text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=repr)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def running_storage() -> StorageAdapter | None:

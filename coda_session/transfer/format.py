@@ -2,8 +2,8 @@
 
 Format (version 1). JSON Lines, one session::
 
-    {"coda_session": 1, "kind": "session", "id": ..., "name": ..., "created_at": ...,
-     "updated_at": ..., "metadata": {...}}
+    {"coda_session": 1, "kind": "session", "escaped_strings": true, "id": ..., "name": ...,
+     "created_at": ..., "updated_at": ..., "metadata": {...}}
     {"role": "user", "content": "Hello!", "timestamp": "...", ...}     one line per message
     {"coda_session": 1, "kind": "end", "message_count": 2}
 
@@ -14,6 +14,12 @@ one object, ``{"coda_session": 1, "kind": "session", ..., "messages": [...],
 ``"messages"`` list (and optional ``"metadata"``) imports as well, e.g. the spec's
 hand-written export, given a ``name``.
 
+With ``"escaped_strings": true`` in its header, a session's strings are in the codec's
+stored form: the few holding NUL, a lone surrogate or ``␛`` have those written as ``␛`` +
+four hex digits (``"a␛0000b"``), every other string is plain; so the file is valid UTF-8
+JSON and imports exactly. Without it (older exports, other tools) strings are read as
+plain JSON (``\\u0000`` and ``\\udc80`` escapes included).
+
 The end line (``message_count`` after the messages in JSON) proves the file is whole:
 a truncated or malformed file raises :class:`FileFormatError` naming the line, and an
 import writes nothing unless the whole session is valid (one transaction).
@@ -22,6 +28,7 @@ import writes nothing unless the whole session is valid (one transaction).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -29,6 +36,7 @@ from typing import IO, Any
 
 from ..codec import check_name, encode_message, encode_metadata
 from ..errors import FileFormatError, InvalidMessageError
+from ..escaping import ESCAPE, escape_json, unescape_json
 from ..models import MessageRecord, SessionRecord
 from ..timeutil import from_db_timestamp, utcnow
 
@@ -58,8 +66,37 @@ MAX_LINE_CHARS = 256 * 1024 * 1024
 Event = tuple[str, Any, int]  # ("session" | "message" | "end", payload, line)
 
 
+#: The header key saying that every string of the session's lines (header, messages, end
+#: line) is in the codec's stored form (:mod:`coda_session.escaping`): ``␛`` + four hex
+#: digits stands for a NUL, a lone surrogate or ``␛``. Files without it (older exports,
+#: hand-written ones) are read as plain JSON.
+ESCAPED_KEY = "escaped_strings"
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """One line of an export: JSON, as UTF-8 text, its strings in the stored form.
+
+    A value whose strings hold no NUL, lone surrogate or ``␛`` (nearly all) is plain JSON
+    with its non-ASCII characters as they are. The others have their strings in the
+    codec's stored form (``"a␛0000b"`` for ``"a\\x00b"``): JSON escapes could not keep
+    them exact, as ``json.loads`` joins the escapes of a lone high and a lone low
+    surrogate side by side into one character.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if (
+        ESCAPE in text
+        or "\\u0000" in text
+        or (not text.isascii() and _SURROGATE.search(text) is not None)
+    ):
+        text = json.dumps(escape_json(value), ensure_ascii=False, separators=(",", ":"))
+    return text
+
+
+def _read_back(value: Any, escaped: bool) -> Any:
+    """A value read from a session's lines, its strings decoded when the header says so."""
+    return unescape_json(value) if escaped else value
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -69,6 +106,7 @@ def header(record: SessionRecord) -> dict[str, Any]:
     return {
         "coda_session": FORMAT_VERSION,
         "kind": "session",
+        ESCAPED_KEY: True,
         "id": record.id,
         "name": record.name,
         "created_at": record.created_at.isoformat(),
@@ -103,7 +141,7 @@ def _lines(fh: IO[str], where: str) -> Iterator[tuple[int, str]]:
 
 def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
     number = 0
-    in_session = False
+    in_session = escaped = False
     for number, line in _lines(fh, where):
         if not line.strip():
             continue
@@ -123,13 +161,13 @@ def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
         if kind == "store" and not in_session:
             continue
         if kind == "session" and not in_session:
-            in_session = True
-            yield ("session", item, number)
+            in_session, escaped = True, item.get(ESCAPED_KEY) is True
+            yield ("session", _read_back(item, escaped), number)
         elif kind == "end" and in_session:
             in_session = False
-            yield ("end", item, number)
+            yield ("end", _read_back(item, escaped), number)
         elif kind is None and in_session:
-            yield ("message", item, number)
+            yield ("message", _read_back(item, escaped), number)
         else:
             what = "a message line" if kind is None else f"a {kind!r} line"
             raise FileFormatError(f"{where}: line {number}: {what} out of place")
@@ -213,7 +251,7 @@ def json_events(fh: IO[str], where: str) -> Iterator[Event]:
     stream = JsonStream(fh, where)
     stream.take("{")
     header: dict[str, Any] = {}
-    seen_messages = False
+    seen_messages = escaped = False
     count = 0
     if stream.peek() == "}":
         stream.pos += 1
@@ -225,7 +263,8 @@ def json_events(fh: IO[str], where: str) -> Iterator[Event]:
             stream.take(":")
             if key == "messages" and not seen_messages:
                 seen_messages = True
-                yield ("session", dict(header), stream.line())
+                escaped = header.get(ESCAPED_KEY) is True
+                yield ("session", _read_back(dict(header), escaped), stream.line())
                 header = {}
                 stream.take("[")
                 if stream.peek() == "]":
@@ -233,7 +272,7 @@ def json_events(fh: IO[str], where: str) -> Iterator[Event]:
                 else:
                     while True:
                         line = stream.line()
-                        yield ("message", stream.value(), line)
+                        yield ("message", _read_back(stream.value(), escaped), line)
                         count += 1
                         if stream.peek() == ",":
                             stream.pos += 1
@@ -252,7 +291,7 @@ def json_events(fh: IO[str], where: str) -> Iterator[Event]:
     if not seen_messages:
         raise FileFormatError(f"{where}: the JSON object has no 'messages' list")
     header.setdefault("message_count", count)
-    yield ("end", header, stream.line())
+    yield ("end", _read_back(header, escaped), stream.line())
 
 
 def events(fh: IO[str], where: str, fmt: str | None) -> Iterator[Event]:

@@ -33,6 +33,7 @@ from ...codec import (
     shown_text,
 )
 from ...errors import InvalidMessageError, SchemaVersionError, SessionError
+from ...escaping import escape, escape_json
 from ...models import MessageRecord
 from ...timeutil import read_timestamp, to_sqlite_timestamp, utcnow
 
@@ -398,12 +399,13 @@ def _messages(
             r.note("messages.role", role, PLACEHOLDER_ROLE, session_id=sid, message_id=mid)
         if odd_content:
             text = _utf8(content) if kind == "blob" else str(content)
-            changed["content"] = text
+            changed["content"] = escape(text or "")
             r.note("messages.content", f"({kind}) {shown_text(content)}", "the same, as text",
                    session_id=sid, message_id=mid)  # fmt: skip
         if not ts_ok:
             added[f"{ADOPTED_KEY_PREFIX}timestamp"] = _jsonable(ts)
-        extra.update(added)
+        # the upgrade (0007) left the stored values in the stored form: the originals too
+        extra.update(escape_json(added))
         changed["metadata"] = _dumps(extra) if extra else None
         if ts_ok:
             fixes.append((mid, sid, changed))
@@ -423,10 +425,9 @@ def _utf8(value: Any) -> str | None:
     if not isinstance(value, bytes):
         return None
     try:
-        text = value.decode()
+        return value.decode()
     except UnicodeDecodeError:
         return None
-    return None if "\x00" in text else text
 
 
 def _sessions(r: _Repair, spans: dict[str, tuple[datetime, datetime]]) -> dict[str, datetime]:
@@ -466,7 +467,7 @@ def _sessions(r: _Repair, spans: dict[str, tuple[datetime, datetime]]) -> dict[s
             meta is not None and meta != "" and not _is_object(meta)
         ):
             value = {f"{ADOPTED_KEY_PREFIX}metadata": shown_text(meta)}
-            changed["metadata"] = _dumps(value)
+            changed["metadata"] = _dumps(escape_json(value))
             r.note("sessions.metadata", meta, "kept as text under _adopted_metadata",
                    session_id=sid)  # fmt: skip
         if changed:
