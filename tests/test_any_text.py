@@ -458,8 +458,9 @@ def test_downgrade_refuses_what_0006_cannot_store(tmp_path: Path) -> None:
     assert "cannot downgrade below revision 0007" in run.stderr
     assert "NUL character or a lone surrogate" in run.stderr
     conn = sqlite3.connect(storage / "sessions.db")
-    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
-    assert conn.execute("SELECT * FROM messages").fetchall() == before  # nothing changed
+    # one transaction: nothing changed, not even the later revisions' steps down
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
+    assert conn.execute("SELECT * FROM messages").fetchall() == before
     conn.close()
     with SessionManager({"session": {"storage_path": str(storage)}}) as m:
         assert m.load_session("nul").get_messages()[0]["content"] == "a\x00b ␛"

@@ -132,7 +132,7 @@ class SessionRow(Base):
     )
     # the largest message id the session was ever given (never lowered by a truncation);
     # kept on the row that writers lock, so it is read after the lock on every database
-    # (see migration 0007)
+    # (see migration 0008)
     last_message_id: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
 
 

@@ -21,8 +21,8 @@ SQLite's integers are 64-bit already; there only the column is added (in place).
 Downgrading drops ``last_message_id`` and, on PostgreSQL, turns the types back (a value
 past 2**31 then refuses the downgrade, with PostgreSQL's error, and nothing changes).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
