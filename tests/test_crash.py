@@ -16,7 +16,7 @@ kills land while the child is still importing or creating the schema), then:
    once more.
 
 Each kill uses a fresh directory; two children run at once to keep the default run short.
-By default 50 kills; ``CODA_SOAK=1`` runs 500. ``CODA_CRASH_SEED`` changes the base seed.
+By default 30 kills; ``CODA_SOAK=1`` runs 500. ``CODA_CRASH_SEED`` changes the base seed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from coda_session import SessionManager
 
 pytestmark = pytest.mark.soak
 
-KILLS = 500 if os.environ.get("CODA_SOAK") == "1" else 50
+KILLS = 500 if os.environ.get("CODA_SOAK") == "1" else 30
 PARALLEL = 2
 BASE_SEED = int(os.environ.get("CODA_CRASH_SEED", "20240917"))
 # When to kill, relative to what the child reported (so that a slow startup on a loaded

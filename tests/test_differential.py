@@ -95,7 +95,7 @@ META_VALUES: list[Any] = [
 
 # examples per backend, sized for well under a minute in all (each SQLite example copies
 # an empty migrated database; the memory backend is cheapest, so it explores most)
-EXAMPLES = {"memory": 320, "sqlite": 100, "sqlite-core": 40, "custom": 40, "postgresql": 30}
+EXAMPLES = {"memory": 200, "sqlite": 100, "sqlite-core": 40, "custom": 40, "postgresql": 30}
 STEPS = 50
 
 
