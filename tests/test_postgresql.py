@@ -115,18 +115,17 @@ def database_of(url: str) -> str:
 async def stored(url: str, name: str) -> tuple[int, list[dict[str, Any]]]:
     """(message_count, messages) of a session as a fresh manager reads them."""
     async with opened(url, message_cache_size=0) as fresh:
-        session = await fresh.load_session(name)
-        messages = await session.get_messages()
-        info = await fresh.get_session_info(name)
-        assert info is not None
-        assert info.message_count == len(messages) == session.message_count
-        return info.message_count, messages
+        return await read_back(fresh, name)
 
 
-async def message_rows(url: str, session_id: str) -> int:
-    async with connection(url) as conn:
-        return int(await conn.fetchval("SELECT count(*) FROM messages WHERE session_id = $1",
-                                       session_id))
+async def read_back(fresh: AsyncSessionManager, name: str) -> tuple[int, list[dict[str, Any]]]:
+    """(message_count, messages) of a session as ``fresh`` (no cache) reads them."""
+    session = await fresh.load_session(name)
+    messages = await session.get_messages()
+    info = await fresh.get_session_info(name)
+    assert info is not None
+    assert info.message_count == len(messages) == session.message_count
+    return info.message_count, messages
 
 
 # -- 1. busy_timeout bounds lock waits --------------------------------------------------
@@ -369,3 +368,219 @@ async def test_connection_terminated_during_a_long_operation() -> None:
             await asyncio.wait_for(m.save_session(session), 10)
             count, messages = await stored(url, name)
             assert [x["content"] for x in messages] == ["before", "during"]
+
+
+# -- 2. no stale view after a concurrent save (READ COMMITTED) ---------------------------
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["append", "append-and-metadata"])
+async def test_a_save_that_waited_for_another_writer_drops_its_stale_cache(plain: bool) -> None:
+    """A caches m0..m4; B (another manager) removes m0 and appends b (the count adds up)
+    while A's save waits for the row lock, and commits first: A must not show m0."""
+    url = pg_server().fresh_database()
+    database = database_of(url)
+    async with opened(url) as ma, opened(url) as mb, connection(url) as admin:
+        a = await ma.create_session("shared")
+        for i in range(5):
+            a.add_message(user(f"m{i}"))
+        await ma.save_session(a)
+        assert [x["content"] for x in await a.get_messages()] == [f"m{i}" for i in range(5)]
+        b = await mb.load_session("shared")
+        b.truncate_messages(4)
+        b.add_message(user("b"))
+        a.add_message(user("a"))
+        if not plain:
+            a.update_metadata({"k": 1})
+        async with row_lock(url, a.id):
+            b_save = asyncio.ensure_future(mb.save_session(b))
+            await wait_for_lock_waiters(admin, database, 1)
+            a_save = asyncio.ensure_future(ma.save_session(a))
+            await wait_for_lock_waiters(admin, database, 2)
+        await asyncio.wait_for(asyncio.gather(b_save, a_save), 10)
+        expected = ["m1", "m2", "m3", "m4", "b", "a"]
+        count, messages = await stored(url, "shared")
+        assert [x["content"] for x in messages] == expected
+        assert a.message_count == count
+        assert [x["content"] for x in await a.get_messages()] == expected
+        assert [x["content"] for x in await a.get_messages(limit=6)] == expected
+
+
+# -- 3. branches taken while the source is appended to ----------------------------------
+
+#: A process appending to the session "source" from several tasks (each its own object)
+#: until the file argv[3] exists; prints how many messages it saved.
+APPENDER = """
+import asyncio, os, sys
+from coda_session import AsyncSessionManager, SessionConfig
+
+url, tag, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+
+async def task(m, t):
+    session = await m.load_session("source")
+    seq = 0
+    while not os.path.exists(stop):
+        for _ in range(1 + seq % 2):
+            session.add_message({"role": "user", "content": f"{tag}{t}:{seq}"})
+            seq += 1
+        await m.save_session(session)
+    return seq
+
+async def main():
+    config = SessionConfig(database_url=url, autosave_interval=0, connection_pool_size=3)
+    async with AsyncSessionManager(config) as m:
+        await m.list_sessions()
+        print("ready", flush=True)
+        print(sum(await asyncio.gather(*(task(m, t) for t in range(3)))), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def python(code: str, *args: str) -> list[str]:
+    """The argv of a fresh interpreter running ``code`` with this checkout importable."""
+    return [sys.executable, "-c", code, *args]
+
+
+def child_env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+async def test_branches_taken_while_the_source_grows_keep_all_their_messages(
+    tmp_path: Path,
+) -> None:
+    url = pg_server().fresh_database()
+    async with opened(url) as m:
+        source = await m.create_session("source")
+        for i in range(3):
+            source.add_message(user(f"seed:{i}"))
+        await m.save_session(source)
+        stop = tmp_path / "stop"
+        appenders = [
+            subprocess.Popen(
+                python(APPENDER, url, f"p{p}.", str(stop)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+            )
+            for p in range(1)
+        ]
+        try:
+            for proc in appenders:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready", proc.stderr
+            branches: list[str] = []
+            here = asyncio.Event()
+
+            async def appender(w: int) -> None:  # and two tasks of this process
+                async with opened(url) as own:
+                    session = await own.load_session("source")
+                    seq = 0
+                    while not here.is_set():
+                        session.add_message(user(f"here{w}:{seq}"))
+                        seq += 1
+                        await own.save_session(session)
+
+            local = [asyncio.ensure_future(appender(w)) for w in range(2)]
+
+            async def brancher(b: int) -> None:
+                for i in range(10):
+                    name = f"branch-{b}-{i}"
+                    await m.create_session(name, branch_from="source")
+                    branches.append(name)
+                    await asyncio.sleep(0.02)
+
+            try:
+                await asyncio.wait_for(asyncio.gather(*(brancher(b) for b in range(4))), 60)
+            finally:
+                here.set()
+                await asyncio.gather(*local)
+        finally:
+            stop.touch()
+            results = [proc.communicate(timeout=60) for proc in appenders]
+        for proc, (out, err) in zip(appenders, results, strict=True):
+            assert proc.returncode == 0, err
+    _, final = await stored(url, "source")
+    final_contents = [x["content"] for x in final]
+    assert len(branches) == 40
+    lengths: set[int] = set()
+    bad: list[str] = []
+    async with connection(url) as conn, opened(url, message_cache_size=0) as fresh:
+        for name in branches:
+            count, messages = await read_back(fresh, name)
+            contents = [x["content"] for x in messages]
+            lengths.add(count)
+            rows = await conn.fetchval(
+                "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id "
+                "WHERE s.name = $1",
+                name,
+            )
+            if contents != final_contents[: len(contents)] or rows != count or count < 3:
+                bad.append(f"{name}: {count} counted, {rows} rows, starts {contents[:2]}")
+    assert not bad, bad
+    assert len(lengths) > 5, f"the appenders hardly ran during the branching: {lengths}"
+
+
+# -- 4. delete_session racing saves -------------------------------------------------------
+
+
+async def test_delete_racing_saves_wins_cleanly() -> None:
+    """30 rounds of a delete racing a save (an append, an append with metadata, a
+    truncation): queued behind the same row lock in either order, or left to race."""
+    url = pg_server().fresh_database()
+    database = database_of(url)
+    outcomes: dict[str, int] = {"saved": 0, "not found": 0}
+    async with (
+        opened(url) as deleter,
+        opened(url) as writer,
+        connection(url) as conn,
+    ):
+        for round_ in range(30):
+            name = f"doomed-{round_}"
+            session = await writer.create_session(name)
+            for i in range(3):
+                session.add_message(user(f"m{i}"))
+            await writer.save_session(session)
+            kind, order = (round_ // 3) % 3, round_ % 3
+            session.add_message(user("racing"))
+            if kind == 1:
+                session.update_metadata({"k": round_})
+            elif kind == 2:
+                session.truncate_messages(2)
+
+            async def save() -> str:
+                try:
+                    await writer.save_session(session)
+                except SessionNotFoundError:
+                    return "not found"
+                return "saved"
+
+            if order == 2:  # a free race
+                done = await asyncio.wait_for(
+                    asyncio.gather(save(), deleter.delete_session(name)), 10
+                )
+            else:
+                async with row_lock(url, session.id):
+                    first: asyncio.Future[Any] = asyncio.ensure_future(
+                        deleter.delete_session(name) if order == 0 else save()
+                    )
+                    await wait_for_lock_waiters(conn, database, 1)
+                    second: asyncio.Future[Any] = asyncio.ensure_future(
+                        save() if order == 0 else deleter.delete_session(name)
+                    )
+                    await wait_for_lock_waiters(conn, database, 2)
+                done = await asyncio.wait_for(asyncio.gather(first, second), 10)
+                if order == 0:
+                    done.reverse()
+                assert done[0] == ("not found" if order == 0 else "saved"), (round_, done)
+            outcomes[done[0]] += 1
+            assert await deleter.get_session_info(name) is None
+            left = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE session_id = $1", session.id
+            )
+            assert left == 0, (round_, left)
+    assert sum(outcomes.values()) == 30
