@@ -584,3 +584,108 @@ async def test_delete_racing_saves_wins_cleanly() -> None:
             )
             assert left == 0, (round_, left)
     assert sum(outcomes.values()) == 30
+
+
+# -- 5. several processes opening a new database migrate it once ------------------------
+
+OPENER = """
+import sys
+from coda_session import SessionConfig, SessionManager
+
+url, n = sys.argv[1], sys.argv[2]
+with SessionManager(SessionConfig(database_url=url, autosave_interval=0)) as m:
+    session = m.create_session(f"opener-{n}")
+    session.add_message({"role": "user", "content": n})
+    m.save_session(session)
+print("ok", flush=True)
+"""
+
+
+async def test_processes_opening_a_new_database_migrate_it_once() -> None:
+    url = pg_server().empty_database()
+    procs = [
+        subprocess.Popen(
+            python(OPENER, url, str(n)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        for n in range(8)
+    ]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0 and out.strip() == "ok", err
+        assert "duplicate key" not in err
+    async with connection(url) as conn:
+        versions = [r[0] for r in await conn.fetch("SELECT version_num FROM alembic_version")]
+    assert versions == [HEAD_REVISION]
+    async with opened(url) as m:
+        names = sorted(i.name for i in await m.list_sessions())
+    assert names == sorted(f"opener-{n}" for n in range(8))
+
+
+# -- 7. adopting a spec-schema database ---------------------------------------------------
+
+SPEC_DDL = """
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    created_at TIMESTAMP,
+    updated_at TIMESTAMP,
+    metadata JSON
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT,
+    role TEXT,
+    content TEXT,
+    timestamp TIMESTAMP,
+    metadata JSON,
+    FOREIGN KEY (session_id) REFERENCES sessions(id)
+);
+"""
+
+
+async def test_adopting_a_spec_schema_database() -> None:
+    url = pg_server().empty_database()
+    async with connection(url) as conn:
+        await conn.execute(SPEC_DDL)
+        await conn.execute(
+            "INSERT INTO sessions VALUES ('s1', 'old', TIMESTAMP '2024-01-02 03:04:05', "
+            "TIMESTAMP '2024-01-02 03:05:00', '{\"topic\": \"x\"}')"
+        )
+        await conn.execute(
+            "INSERT INTO messages VALUES "
+            "(1, 's1', 'user', 'hello', TIMESTAMP '2024-01-02 03:04:05.25', NULL), "
+            "(2, 's1', 'assistant', 'hi', TIMESTAMP '2024-01-02 03:04:06', '{\"model\": \"m\"}')"
+        )
+    async with opened(url) as m:
+        infos = await m.list_sessions()
+        assert [(i.name, i.message_count, i.metadata) for i in infos] == [
+            ("old", 2, {"topic": "x"})
+        ]
+        assert infos[0].created_at.isoformat() == "2024-01-02T03:04:05+00:00"
+        session = await m.load_session("old")
+        assert await session.get_messages() == [
+            {"role": "user", "content": "hello", "timestamp": "2024-01-02T03:04:05.250000"},
+            {
+                "role": "assistant",
+                "content": "hi",
+                "timestamp": "2024-01-02T03:04:06.000000",
+                "model": "m",
+            },
+        ]
+        session.add_message({"role": "user", "content": "new", "timestamp": "2025-05-05T05:05"})
+        await m.save_session(session)
+        other = await m.create_session("another")
+        other.add_message(user("fresh"))
+        await m.save_session(other)
+        with pytest.raises(SessionExistsError):
+            await m.create_session("old", exist_ok=False)
+        with pytest.raises(SessionExistsError):
+            await m.create_session("old", branch_from="another")
+    count, messages = await stored(url, "old")
+    assert count == 3
+    assert messages[-1] == {"role": "user", "content": "new", "timestamp": "2025-05-05T05:05"}
+    assert strip_ts((await stored(url, "another"))[1]) == [user("fresh")]
