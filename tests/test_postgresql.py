@@ -689,3 +689,126 @@ async def test_adopting_a_spec_schema_database() -> None:
     assert count == 3
     assert messages[-1] == {"role": "user", "content": "new", "timestamp": "2025-05-05T05:05"}
     assert strip_ts((await stored(url, "another"))[1]) == [user("fresh")]
+
+
+# -- 8. the Alembic CLI: up, down and up again with data; models match migrations -----
+
+
+def alembic_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url={url}", *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_alembic_cli_up_down_and_up_again_with_data() -> None:
+    url = pg_server().empty_database()
+    for args in (("upgrade", "head"), ("downgrade", "base"), ("upgrade", "head")):
+        done = alembic_cli(url, *args)
+        assert done.returncode == 0, (args, done.stderr)
+    long_text = "compressible text " * 200
+    written = [
+        user("short"),
+        user(long_text),  # stored compressed
+        {"role": "tool", "content": {"rows": list(range(400)), "note": long_text}},  # compressed
+        {"role": "tool", "content": [1, 2.5, None, True]},  # non-string, plain
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+        {"role": "user", "content": "ünïcødé ✓", "model": "m", "n": 3},
+    ]
+    async with opened(url) as m:
+        session = await m.create_session("kept")
+        for message in written:
+            session.add_message(message)
+        session.update_metadata({"topic": "migrations", "n": 1})
+        await m.save_session(session)
+        before = await session.get_messages()
+    async with connection(url) as conn:
+        packed = await conn.fetchval("SELECT count(*) FROM messages WHERE content_zlib IS NOT NULL")
+    assert packed == 2
+    for args in (("downgrade", "0001"), ("upgrade", "head"), ("check",)):
+        done = alembic_cli(url, *args)
+        assert done.returncode == 0, (args, done.stderr)
+    count, after = await stored(url, "kept")
+    assert after == before
+    assert strip_ts(after) == [
+        {k: v for k, v in x.items() if k != "timestamp"} for x in written
+    ]
+    async with opened(url) as m:
+        info = await m.get_session_info("kept")
+        assert info is not None and info.metadata == {"topic": "migrations", "n": 1}
+        session = await m.load_session("kept")
+        session.add_message(user("after the round trip"))
+        await m.save_session(session)
+    assert (await stored(url, "kept"))[0] == len(written) + 1
+
+
+# -- 9. many processes through pooled connections ---------------------------------------
+
+#: 20 tasks of one process (pool of 5 connections): even tasks append to "shared", odd
+#: ones to a session of their own; each message is msg(writer, seq) of test_concurrency.
+POOLED_WRITER = """
+import asyncio, sys
+from coda_session import AsyncSessionManager, SessionConfig
+
+url, proc, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+async def task(m, t):
+    writer = f"p{proc}t{t}"
+    name = "shared" if t % 2 == 0 else f"own-{writer}"
+    session = await m.create_session(name)
+    for seq in range(per):
+        session.add_message({"role": "user", "content": f"{writer}:{seq}", "writer": writer,
+                             "seq": seq})
+        await m.save_session(session)
+
+async def main():
+    config = SessionConfig(database_url=url, autosave_interval=0, connection_pool_size=5)
+    async with AsyncSessionManager(config) as m:
+        await asyncio.gather(*(task(m, t) for t in range(20)))
+    print("ok", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_and_tasks_through_pooled_connections() -> None:
+    url = pg_server().fresh_database()
+    per, procs_n = 6, 8
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            python(POOLED_WRITER, url, str(p), str(per)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        for p in range(procs_n)
+    ]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0 and out.strip() == "ok", err
+    assert time.monotonic() - started < 60
+    async with opened(url, message_cache_size=0) as fresh:
+        _, shared = await read_back(fresh, "shared")
+        check_writers(
+            shared, [f"p{p}t{t}" for p in range(procs_n) for t in range(0, 20, 2)], per
+        )
+        infos = await fresh.list_sessions()
+        assert len(infos) == 1 + procs_n * 10
+        for p in range(procs_n):
+            for t in range(1, 20, 2):
+                _, own = await read_back(fresh, f"own-p{p}t{t}")
+                check_writers(own, [f"p{p}t{t}"], per)
+    async with connection(url) as conn:
+        mismatched = await conn.fetch(
+            "SELECT s.name FROM sessions s WHERE s.message_count <> "
+            "(SELECT count(*) FROM messages m WHERE m.session_id = s.id) OR s.size_bytes <> "
+            "(SELECT coalesce(sum(m.size_bytes), 0) FROM messages m WHERE m.session_id = s.id)"
+        )
+    assert not mismatched
