@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from coda_session import (
 from coda_session.repository.sql import SqlRepository
 from coda_session.repository.sql.schema import HEAD_REVISION
 from tests.support import ROOT, pg_server, strip_ts, user
-from tests.test_concurrency import check_writers, msg
+from tests.test_concurrency import check_writers
 
 pytestmark = pytest.mark.postgresql
 
@@ -199,12 +198,10 @@ async def test_message_ids_past_two_to_the_31() -> None:
         assert [x["content"] for x in await branch.get_messages()] == ["two", "three", "four"]
     async with connection(url) as conn:
         ids = [r[0] for r in await conn.fetch("SELECT id FROM messages ORDER BY id")]
-        newest = await conn.fetchval(
-            "SELECT last_message_id FROM sessions WHERE name = 'big-ids'"
-        )
+        newest = await conn.fetchval("SELECT last_message_id FROM sessions WHERE name = 'big-ids'")
     assert len(ids) == 6 and all(i > 2**31 for i in ids), ids
     assert newest == ids[2]  # the source's newest (the branch's copies come after)
-    count, messages = await stored(url, "big-ids")
+    _, messages = await stored(url, "big-ids")
     assert [x["content"] for x in messages] == ["two", "three", "four"]
 
 
@@ -253,9 +250,12 @@ async def test_sizes_and_counters_past_two_to_the_31() -> None:
             )
             assert row is not None
             assert (row[0], row[1]) == (3 * 10**9 - 50, near + 3)
-            assert await conn.fetchval(
-                "SELECT count(*) FROM messages WHERE session_id = $1", session.id
-            ) == 3
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM messages WHERE session_id = $1", session.id
+                )
+                == 3
+            )
 
 
 # -- 10. bad connections: typed errors, never a hang ------------------------------------
@@ -312,7 +312,7 @@ async def test_a_server_that_never_answers_is_bounded_by_connect_timeout() -> No
 async def _terminate(admin: asyncpg.Connection, database: str, *, waiting: bool = False) -> int:
     where = " AND wait_event_type = 'Lock'" if waiting else ""
     rows = await admin.fetch(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "  # noqa: S608
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "
         f"AND application_name = 'coda_session'{where}",
         database,
     )
@@ -340,7 +340,7 @@ async def test_connections_terminated_between_operations() -> None:
             await asyncio.wait_for(m.save_session(session), 10)
             assert not session.has_unsaved_changes
             await asyncio.wait_for(m.list_sessions(), 10)
-        count, messages = await stored(url, "survivor")
+        _, messages = await stored(url, "survivor")
         assert [x["content"] for x in messages] == ["before", "r0", "r1", "r2"]
 
 
@@ -362,11 +362,11 @@ async def test_connection_terminated_during_a_long_operation() -> None:
                 assert await _terminate(admin, database, waiting=True) == 1
                 with pytest.raises(StorageError, match="connection"):
                     await asyncio.wait_for(save, 10)
-            count, messages = await stored(url, name)
+            _, messages = await stored(url, name)
             assert [x["content"] for x in messages] == ["before"]
             assert session.has_unsaved_changes
             await asyncio.wait_for(m.save_session(session), 10)
-            count, messages = await stored(url, name)
+            _, messages = await stored(url, name)
             assert [x["content"] for x in messages] == ["before", "during"]
 
 
@@ -502,7 +502,7 @@ async def test_branches_taken_while_the_source_grows_keep_all_their_messages(
         finally:
             stop.touch()
             results = [proc.communicate(timeout=60) for proc in appenders]
-        for proc, (out, err) in zip(appenders, results, strict=True):
+        for proc, (_out, err) in zip(appenders, results, strict=True):
             assert proc.returncode == 0, err
     _, final = await stored(url, "source")
     final_contents = [x["content"] for x in final]
@@ -552,7 +552,7 @@ async def test_delete_racing_saves_wins_cleanly() -> None:
             elif kind == 2:
                 session.truncate_messages(2)
 
-            async def save() -> str:
+            async def save(session: Any = session) -> str:
                 try:
                     await writer.save_session(session)
                 except SessionNotFoundError:
@@ -560,8 +560,8 @@ async def test_delete_racing_saves_wins_cleanly() -> None:
                 return "saved"
 
             if order == 2:  # a free race
-                done = await asyncio.wait_for(
-                    asyncio.gather(save(), deleter.delete_session(name)), 10
+                done: list[Any] = list(
+                    await asyncio.wait_for(asyncio.gather(save(), deleter.delete_session(name)), 10)
                 )
             else:
                 async with row_lock(url, session.id):
@@ -573,7 +573,7 @@ async def test_delete_racing_saves_wins_cleanly() -> None:
                         save() if order == 0 else deleter.delete_session(name)
                     )
                     await wait_for_lock_waiters(conn, database, 2)
-                done = await asyncio.wait_for(asyncio.gather(first, second), 10)
+                done = list(await asyncio.wait_for(asyncio.gather(first, second), 10))
                 if order == 0:
                     done.reverse()
                 assert done[0] == ("not found" if order == 0 else "saved"), (round_, done)
@@ -708,11 +708,12 @@ def alembic_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_alembic_cli_up_down_and_up_again_with_data() -> None:
     url = pg_server().empty_database()
-    for args in (("upgrade", "head"), ("downgrade", "base"), ("upgrade", "head")):
+    steps: list[tuple[str, ...]] = [("upgrade", "head"), ("downgrade", "base"), ("upgrade", "head")]
+    for args in steps:
         done = alembic_cli(url, *args)
         assert done.returncode == 0, (args, done.stderr)
     long_text = "compressible text " * 200
-    written = [
+    written: list[dict[str, Any]] = [
         user("short"),
         user(long_text),  # stored compressed
         {"role": "tool", "content": {"rows": list(range(400)), "note": long_text}},  # compressed
@@ -730,14 +731,12 @@ async def test_alembic_cli_up_down_and_up_again_with_data() -> None:
     async with connection(url) as conn:
         packed = await conn.fetchval("SELECT count(*) FROM messages WHERE content_zlib IS NOT NULL")
     assert packed == 2
-    for args in (("downgrade", "0001"), ("upgrade", "head"), ("check",)):
+    for args in [("downgrade", "0001"), ("upgrade", "head"), ("check",)]:
         done = alembic_cli(url, *args)
         assert done.returncode == 0, (args, done.stderr)
-    count, after = await stored(url, "kept")
+    _, after = await stored(url, "kept")
     assert after == before
-    assert strip_ts(after) == [
-        {k: v for k, v in x.items() if k != "timestamp"} for x in written
-    ]
+    assert strip_ts(after) == [{k: v for k, v in x.items() if k != "timestamp"} for x in written]
     async with opened(url) as m:
         info = await m.get_session_info("kept")
         assert info is not None and info.metadata == {"topic": "migrations", "n": 1}
@@ -796,9 +795,7 @@ async def test_processes_and_tasks_through_pooled_connections() -> None:
     assert time.monotonic() - started < 60
     async with opened(url, message_cache_size=0) as fresh:
         _, shared = await read_back(fresh, "shared")
-        check_writers(
-            shared, [f"p{p}t{t}" for p in range(procs_n) for t in range(0, 20, 2)], per
-        )
+        check_writers(shared, [f"p{p}t{t}" for p in range(procs_n) for t in range(0, 20, 2)], per)
         infos = await fresh.list_sessions()
         assert len(infos) == 1 + procs_n * 10
         for p in range(procs_n):
