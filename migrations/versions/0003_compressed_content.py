@@ -51,7 +51,14 @@ def downgrade() -> None:
         else:
             extra = json.loads(meta) if meta else {}
             extra["content"] = json.loads(data[1:])
-            values["metadata"] = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
+            dumped = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
+            # a server's JSON column takes no text parameter as is (PostgreSQL: "column
+            # is of type json but expression is of type character varying"): cast it
+            values["metadata"] = (
+                dumped
+                if bind.dialect.name == "sqlite"
+                else sa.cast(sa.literal(dumped, sa.Text()), sa.JSON())
+            )
         bind.execute(sa.update(messages).where(messages.c.id == row_id).values(**values))
     # sizes were counted compressed: recount them as the older schema does
     size = " + ".join(

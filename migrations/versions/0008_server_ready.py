@@ -57,9 +57,12 @@ def _adopt_postgres(bind: sa.Connection) -> None:
             "ALTER TABLE messages ALTER COLUMN timestamp TYPE TEXT USING "
             "to_char(timestamp, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
         )
-    sessions = _column_types(bind, "sessions")
+    # by the reflected type's flag: str() of a TIMESTAMP says "TIMESTAMP" with or without
+    # a time zone
+    sessions = {c["name"]: c["type"] for c in sa.inspect(bind).get_columns("sessions")}
     for column in ("created_at", "updated_at"):
-        if sessions.get(column) == "TIMESTAMP WITHOUT TIME ZONE":
+        kind = sessions.get(column)
+        if isinstance(kind, sa.DateTime) and not kind.timezone:
             op.execute(
                 f"ALTER TABLE sessions ALTER COLUMN {column} TYPE TIMESTAMP WITH TIME ZONE "
                 f"USING {column} AT TIME ZONE 'UTC'"
