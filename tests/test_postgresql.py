@@ -809,3 +809,147 @@ async def test_processes_and_tasks_through_pooled_connections() -> None:
             "(SELECT coalesce(sum(m.size_bytes), 0) FROM messages m WHERE m.session_id = s.id)"
         )
     assert not mismatched
+
+
+# -- SQLSTATE: conflicts are retried, classified from the server's own errors ------------
+
+
+async def _deadlock(url: str) -> BaseException:
+    """Provoke a real deadlock between two transactions; the victim's error."""
+    async with connection(url) as setup:
+        await setup.execute("CREATE TABLE dl (id int PRIMARY KEY)")
+        await setup.execute("INSERT INTO dl VALUES (1), (2)")
+    async with connection(url) as a, connection(url) as b:
+        ta, tb = a.transaction(), b.transaction()
+        await ta.start()
+        await tb.start()
+        await a.execute("UPDATE dl SET id = id WHERE id = 1")
+        await b.execute("UPDATE dl SET id = id WHERE id = 2")
+        results = await asyncio.gather(
+            a.execute("UPDATE dl SET id = id WHERE id = 2"),
+            b.execute("UPDATE dl SET id = id WHERE id = 1"),
+            return_exceptions=True,
+        )
+        await ta.rollback()
+        await tb.rollback()
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1, results
+    return failures[0]
+
+
+async def _serialization_failure(url: str) -> BaseException:
+    async with connection(url) as setup:
+        await setup.execute("CREATE TABLE sf (id int PRIMARY KEY, v int)")
+        await setup.execute("INSERT INTO sf VALUES (1, 0)")
+    async with connection(url) as a, connection(url) as b:
+        ta = a.transaction(isolation="repeatable_read")
+        await ta.start()
+        await a.fetch("SELECT v FROM sf")
+        await b.execute("UPDATE sf SET v = 1 WHERE id = 1")
+        try:
+            await a.execute("UPDATE sf SET v = 2 WHERE id = 1")
+        except asyncpg.PostgresError as exc:
+            return exc
+        finally:
+            await ta.rollback()
+    raise AssertionError("no serialization failure")
+
+
+async def test_deadlocks_and_serialization_failures_are_conflicts_that_are_retried() -> None:
+    from coda_session.repository.sql.dialect import POSTGRESQL, Failure, ServerError
+
+    url = pg_server().empty_database()
+    for provoke, sqlstate in ((_deadlock, "40P01"), (_serialization_failure, "40001")):
+        err = await provoke(url)
+        assert getattr(err, "sqlstate", None) == sqlstate
+        failure = POSTGRESQL.classify(ServerError(err))
+        assert failure is Failure.CONFLICT
+        assert POSTGRESQL.retryable(failure)
+    # a lock wait that ran out (lock_timeout) is BUSY, retried like SQLite's busy errors
+    async with connection(url) as a, connection(url) as b:
+        await a.execute("CREATE TABLE lt (id int PRIMARY KEY)")
+        await a.execute("INSERT INTO lt VALUES (1)")
+        ta = a.transaction()
+        await ta.start()
+        await a.execute("SELECT * FROM lt FOR UPDATE")
+        await b.execute("SET lock_timeout = 50")
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await b.execute("SELECT * FROM lt FOR UPDATE")
+        await ta.rollback()
+    assert POSTGRESQL.classify(ServerError(info.value)) is Failure.BUSY
+
+
+async def test_a_conflict_inside_a_save_is_run_again() -> None:
+    """A deadlock the server reports inside the library's transaction is rolled back and
+    the save runs again, invisibly: a trigger that fails the first attempt with 40P01."""
+    url = pg_server().fresh_database()
+    async with connection(url) as admin:
+        await admin.execute(
+            # a sequence counts attempts outside the transactions (nextval is never rolled back)
+            "CREATE SEQUENCE attempts;"
+            "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF nextval('attempts') = 1 THEN "
+            "  RAISE EXCEPTION 'provoked' USING ERRCODE = '40P01'; END IF; "
+            "RETURN NEW; END $$;"
+        )
+    async with opened(url) as m:
+        s = await m.create_session("retried")
+        async with connection(url) as admin:
+            await admin.execute(
+                "CREATE TRIGGER once BEFORE INSERT ON messages "
+                "FOR EACH ROW EXECUTE FUNCTION fail_once()"
+            )
+        s.add_message(user("kept once"))
+        await m.save_session(s)
+        assert not s.has_unsaved_changes
+    async with connection(url) as admin:
+        # the first attempt's insert was rolled back whole: one row, counted once
+        assert await admin.fetchval("SELECT count(*) FROM messages") == 1
+        assert await admin.fetchval("SELECT message_count FROM sessions") == 1
+        # two attempts: the first failed with the deadlock, the second committed
+        assert await admin.fetchval("SELECT last_value FROM attempts") == 2
+
+
+# -- the generic SQLAlchemy path on PostgreSQL --------------------------------------------
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["asyncpg-runner", "sqlalchemy"])
+async def test_both_paths_on_postgresql_store_and_read_alike(fast_path: bool) -> None:
+    """The library's asyncpg runner (the default) and SQLAlchemy's engine (fast_path=False)
+    run the same operations; a store written by one reads the same through the other."""
+    url = pg_server().fresh_database()
+    config = SessionConfig(database_url=url, autosave_interval=0)
+    m = AsyncSessionManager(config, SqlRepository(config, fast_path=fast_path))
+    try:
+        s = await m.create_session("paths")
+        s.update_metadata({"k": [1, 2.5, None], "é": "ü"})
+        for i in range(5):
+            s.add_message(user(f"m{i}"))
+        s.add_message({"role": "assistant", "content": [{"type": "text", "text": "x" * 3000}]})
+        await m.save_session(s)
+        s.update_metadata({"n": 1})
+        s.add_message(user("with metadata"))
+        await m.save_session(s)
+        b = await m.create_session("paths-b", branch_from=s)
+        s.truncate_messages(3)
+        await m.save_session(s)
+        assert [x["content"] for x in await s.get_messages()][-1] == "with metadata"
+        await m.delete_session("paths-b")
+        infos = {i.name: i for i in await m.list_sessions()}
+        assert infos["paths"].message_count == 3 and "paths-b" not in infos
+        del b
+    finally:
+        await m.close()
+    other = AsyncSessionManager(config, SqlRepository(config, fast_path=not fast_path))
+    try:
+        again = await other.load_session("paths")
+        assert again is not None
+        assert again.metadata == {"k": [1, 2.5, None], "é": "ü", "n": 1}
+        got = await again.get_messages()
+        assert len(got) == 3 and got[-1]["content"] == "with metadata"
+        assert got[0]["content"] == "m4"
+        assert got[1]["content"] == [{"type": "text", "text": "x" * 3000}]
+        with pytest.raises(SessionExistsError):
+            await other.create_session("paths", exist_ok=False)
+    finally:
+        await other.close()
