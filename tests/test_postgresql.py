@@ -849,7 +849,8 @@ async def _serialization_failure(url: str) -> BaseException:
         try:
             await a.execute("UPDATE sf SET v = 2 WHERE id = 1")
         except asyncpg.PostgresError as exc:
-            return exc
+            failure: BaseException = exc
+            return failure
         finally:
             await ta.rollback()
     raise AssertionError("no serialization failure")
