@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,27 @@ SQL_BACKENDS = [p for p in BACKENDS if p.id in ("sqlite", "sqlite-core", "postgr
 """The backends on a SQL database."""
 
 
+def in_thread(coro_fn: Any) -> None:
+    """``asyncio.run(coro_fn())`` in a thread of its own (the caller may be inside a
+    running event loop); its exception is raised here."""
+    import asyncio
+    import threading
+
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro_fn())
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 class PgServer:
     """Fresh databases on the test server: each a copy of a template migrated to the
     newest schema once per run (``CREATE DATABASE ... TEMPLATE``, ~60 ms), or empty.
@@ -92,9 +114,6 @@ class PgServer:
         self._prefix = f"coda_t{os.getpid()}_"
 
     def _admin(self, *statements: str) -> None:
-        import asyncio
-        import threading
-
         import asyncpg
 
         args = self.url.translate_connect_args(username="user")
@@ -107,20 +126,7 @@ class PgServer:
             finally:
                 await conn.close()
 
-        failed: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                asyncio.run(run())
-            except BaseException as exc:
-                failed.append(exc)
-
-        # a thread of its own: the caller may be inside a running event loop
-        thread = threading.Thread(target=target)
-        thread.start()
-        thread.join()
-        if failed:
-            raise failed[0]
+        in_thread(run)
 
     def url_of(self, database: str) -> str:
         return self.url.set(database=database).render_as_string(hide_password=False)
@@ -143,12 +149,7 @@ class PgServer:
                 await repo.open()
                 await repo.aclose()
 
-            import asyncio
-            import threading
-
-            thread = threading.Thread(target=lambda: asyncio.run(migrate()))
-            thread.start()
-            thread.join()
+            in_thread(migrate)
             self._template = template
         name = f"{self._prefix}{len(self._made)}_{uuid.uuid4().hex[:8]}"
         self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
@@ -275,6 +276,38 @@ class Store:
 
     def sync_manager(self) -> SessionManager:
         return SessionManager(self.config, self.repository(private_loop=True))
+
+    def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one raw SQL statement on the store's database, outside the library (as
+        another program would), and return its rows. ``?`` placeholders; on PostgreSQL
+        they become ``$1``, ``$2``, ... For the SQL backends only."""
+        if self.database is not None:
+            conn = sqlite3.connect(self.database)
+            try:
+                with conn:
+                    return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+            finally:
+                conn.close()
+        if self.url is None:
+            raise TypeError(f"the {self.backend} backend has no database")
+        pieces = sql.split("?")
+        numbered = pieces[0] + "".join(f"${i}{p}" for i, p in enumerate(pieces[1:], 1))
+        rows: list[tuple[Any, ...]] = []
+        url = self.url
+
+        async def run() -> None:
+            import asyncpg
+            from sqlalchemy.engine import make_url
+
+            args = make_url(url).translate_connect_args(username="user")
+            conn = await asyncpg.connect(**args, timeout=30)
+            try:
+                rows.extend(tuple(r) for r in await conn.fetch(numbered, *params))
+            finally:
+                await conn.close()
+
+        in_thread(run)
+        return rows
 
     @property
     def database(self) -> Path | None:

@@ -819,13 +819,10 @@ async def test_whitespace_named_session_of_an_earlier_version_stays_reachable(
     try:
         await m.open()
         legacy = "   "
-        if store.database is None:
-            pytest.skip("the memory backend holds no session of an earlier version")
+        if store.backend in ("memory", "custom"):
+            pytest.skip(f"the {store.backend} backend holds no session of an earlier version")
         await m.create_session("placeholder")
-        conn = sqlite3.connect(store.database)
-        with conn:
-            conn.execute("UPDATE sessions SET name = ? WHERE name = 'placeholder'", (legacy,))
-        conn.close()
+        store.execute("UPDATE sessions SET name = ? WHERE name = 'placeholder'", legacy)
         with pytest.raises(InvalidMessageError):
             await m.create_session("  \u3000 ")
         loaded = await m.load_session(legacy)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import random
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,9 @@ from typing import Any
 import pytest
 
 from coda_session import SessionError, SessionManager, StorageError
-from tests.support import Store
+from tests.support import BACKENDS, Store
 
 BIG = "a long message that compresses well. " * 100
-
-
-@pytest.fixture
-def sql_store(store: Store) -> Store:
-    if store.database is None:
-        pytest.skip("the memory backend keeps no rows to damage")
-    return store
 
 
 def fill(store: Store) -> dict[str, int]:
@@ -39,24 +31,41 @@ def fill(store: Store) -> dict[str, int]:
         b = m.create_session("b")
         b.add_message({"role": "user", "content": "fine"})
         m.save_session(b)
-    assert store.database is not None
-    conn = sqlite3.connect(store.database)
-    ids = conn.execute(
+    ids = store.execute(
         "SELECT m.id, m.content_zlib IS NOT NULL, m.metadata IS NOT NULL FROM messages m "
         "JOIN sessions s ON s.id = m.session_id WHERE s.name = 'a' ORDER BY m.id"
-    ).fetchall()
-    conn.close()
+    )
     plain, packed, extra = (row[0] for row in ids)
     assert ids[1][1] and ids[2][2]
     return {"plain": plain, "packed": packed, "extra": extra}
 
 
 def corrupt(store: Store, sql: str, *args: Any) -> None:
-    assert store.database is not None
-    conn = sqlite3.connect(store.database)
-    conn.execute(sql, args)
-    conn.commit()
-    conn.close()
+    store.execute(sql, *args)
+
+
+def damage_cases(cases: list[tuple[Any, ...]]) -> list[Any]:
+    """Each case on both SQLite paths, and on PostgreSQL where its types allow the damage
+    at all (its last element: PostgreSQL's statement, or None: a json or timestamptz
+    column refuses such a value, so that damage cannot exist there)."""
+    params: list[Any] = []
+    for backend in BACKENDS:
+        if backend.id not in ("sqlite", "sqlite-core", "postgresql"):
+            continue
+        for case in cases:
+            *rest, sqlite_sql, pg_sql = case
+            sql = pg_sql if backend.id == "postgresql" else sqlite_sql
+            if sql is not None:
+                params.append(
+                    pytest.param(
+                        backend.values[0],
+                        *rest,
+                        sql,
+                        marks=backend.marks,
+                        id=f"{backend.id}-{len(params)}",
+                    )
+                )
+    return params
 
 
 def assert_b_whole(m: SessionManager) -> None:
@@ -67,20 +76,31 @@ def assert_b_whole(m: SessionManager) -> None:
 
 
 @pytest.mark.parametrize(
-    ("which", "sql"),
-    [
-        ("packed", "UPDATE messages SET content_zlib = x'deadbeef' WHERE id = ?"),
-        ("packed", "UPDATE messages SET content_zlib = x'789c4b04' WHERE id = ?"),
-        ("extra", "UPDATE messages SET metadata = '{not json' WHERE id = ?"),
-        ("plain", "UPDATE messages SET metadata = '{not json' WHERE id = ?"),
-        ("plain", "UPDATE messages SET role = NULL WHERE id = ?"),
-        ("plain", "UPDATE messages SET timestamp = NULL WHERE id = ?"),
-        ("plain", "UPDATE messages SET content = x'ff00' WHERE id = ?"),
-    ],
+    ("backend", "which", "sql"),
+    damage_cases(
+        [
+            (
+                "packed",
+                "UPDATE messages SET content_zlib = x'deadbeef' WHERE id = ?",
+                "UPDATE messages SET content_zlib = '\\xdeadbeef'::bytea WHERE id = ?",
+            ),
+            (
+                "packed",
+                "UPDATE messages SET content_zlib = x'789c4b04' WHERE id = ?",
+                "UPDATE messages SET content_zlib = '\\x789c4b04'::bytea WHERE id = ?",
+            ),
+            ("extra", "UPDATE messages SET metadata = '{not json' WHERE id = ?", None),
+            ("plain", "UPDATE messages SET metadata = '{not json' WHERE id = ?", None),
+            ("plain", *["UPDATE messages SET role = NULL WHERE id = ?"] * 2),
+            ("plain", *["UPDATE messages SET timestamp = NULL WHERE id = ?"] * 2),
+            ("plain", "UPDATE messages SET content = x'ff00' WHERE id = ?", None),
+        ]
+    ),
 )
 def test_a_damaged_message_raises_storage_error_naming_it(
-    sql_store: Store, which: str, sql: str, tmp_path: Path
+    backend: str, which: str, sql: str, tmp_path: Path
 ) -> None:
+    sql_store = Store(backend, tmp_path / "sessions")
     ids = fill(sql_store)
     corrupt(sql_store, sql, ids[which])
     with sql_store.sync_manager() as m:
@@ -111,18 +131,28 @@ def test_a_damaged_message_raises_storage_error_naming_it(
 
 
 @pytest.mark.parametrize(
-    ("sql", "field"),
-    [
-        ("UPDATE sessions SET created_at = 'garbage' WHERE name = 'a'", "created_at"),
-        ("UPDATE sessions SET updated_at = x'00ff' WHERE name = 'a'", "updated_at"),
-        ("UPDATE sessions SET created_at = NULL, updated_at = NULL WHERE name = 'a'", "created_at"),
-        ("UPDATE sessions SET metadata = '{not json' WHERE name = 'a'", "metadata"),
-        ("UPDATE sessions SET metadata = x'ffff' WHERE name = 'a'", "metadata"),
-    ],
+    ("backend", "field", "sql"),
+    damage_cases(
+        [
+            ("created_at", "UPDATE sessions SET created_at = 'garbage' WHERE name = 'a'", None),
+            ("updated_at", "UPDATE sessions SET updated_at = x'00ff' WHERE name = 'a'", None),
+            (
+                "created_at",
+                *["UPDATE sessions SET created_at = NULL, updated_at = NULL WHERE name = 'a'"] * 2,
+            ),
+            ("metadata", "UPDATE sessions SET metadata = '{not json' WHERE name = 'a'", None),
+            ("metadata", "UPDATE sessions SET metadata = x'ffff' WHERE name = 'a'", None),
+        ]
+    ),
 )
 def test_a_damaged_session_row_is_listed_with_fallbacks_and_logged(
-    sql_store: Store, sql: str, field: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    backend: str,
+    field: str,
+    sql: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    sql_store = Store(backend, tmp_path / "sessions")
     fill(sql_store)
     corrupt(sql_store, sql)
     caplog.set_level(logging.WARNING, logger="coda_session")

@@ -22,7 +22,7 @@ from coda_session.repository.sql.dialect import Failure, SqliteDialect
 from coda_session.repository.sql.engine import create_engine
 from coda_session.repository.sql.errors import translate
 from coda_session.repository.sql.executors import RawExecutor
-from tests.support import Store
+from tests.support import SQL_BACKENDS, Store
 
 Config = Callable[..., dict[str, Any]]
 
@@ -76,9 +76,8 @@ def test_the_schemas_one_unique_constraint_is_the_session_name(tmp_path: Path) -
     assert unique == [("sessions", ["name"])]
 
 
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
 async def test_a_taken_name_is_session_exists_on_every_sql_path(store: Store) -> None:
-    if store.database is None:
-        pytest.skip("SQL paths only")
     repo = store.repository()
     m = AsyncSessionManager(store.config, repo)
     try:
@@ -99,13 +98,14 @@ def _hold_write_lock(db: Path) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.parametrize("backend", [p for p in SQL_BACKENDS if p.id != "postgresql"])
 async def test_busy_retry_runs_on_every_path(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A transaction still busy after the busy timeout is run again, up to 3 attempts,
-    on the fast path and on the generic SQLAlchemy path alike."""
-    if store.database is None:
-        pytest.skip("SQL paths only")
+    on the fast path and on the generic SQLAlchemy path alike (PostgreSQL's lock timeout:
+    tests/test_postgresql.py)."""
+    assert store.database is not None
     config = store.config.model_copy(update={"busy_timeout": 0.05})
     repo = (
         SqlRepository(config, fast_path=False)
