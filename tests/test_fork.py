@@ -37,11 +37,17 @@ if api == "sync":
     s = m.create_session("parent")
     stop = threading.Event()
     child_running = threading.Event()
+    idle = threading.Event()
     def saver():
         i = 0
         while not stop.is_set():
-            while child_running.is_set():  # the fork has happened mid-save: let the child's
-                time.sleep(0.005)          # own new manager write without racing this one
+            # no fork lands inside a save: SQLite's in-process lock state is copied into the
+            # child, and a write lock the parent held at the fork would stay held there,
+            # locking the child's new manager out of writing (see the README's fork())
+            while child_running.is_set():
+                idle.set()
+                time.sleep(0.005)
+            idle.clear()
             s.add_message({"role": "user", "content": f"m{i}"})
             m.save_session(s)
             i += 1
@@ -52,6 +58,8 @@ if api == "sync":
     results = []
     for attempt in range(3):
         r, w = os.pipe()
+        child_running.set()
+        idle.wait(30)
         pid = os.fork()
         if pid == 0:
             signal.alarm(30)  # a hung child ends itself (and the parent's read returns)
@@ -69,7 +77,6 @@ if api == "sync":
                 fresh.create_session(f"child{attempt}").add_message({"role": "user", "content": "x"})
             os.write(w, str(n).encode())
             os._exit(0)
-        child_running.set()
         os.close(w)
         got = b""
         while chunk := os.read(r, 100):
