@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -954,3 +956,71 @@ async def test_both_paths_on_postgresql_store_and_read_alike(fast_path: bool) ->
             await other.create_session("paths", exist_ok=False)
     finally:
         await other.close()
+
+
+# -- a server that restarts, and one that is down for a while -----------------------------
+
+
+@contextlib.contextmanager
+def own_server(tmp: Path) -> Any:
+    """A PostgreSQL server of this test's own (scripts/pg-test-server, as CI starts one),
+    so it can be restarted and stopped; yields (url, control) where control(cmd) runs the
+    script's start/stop/restart on it."""
+    pg_server()  # skips without a configured server (and so without the binaries)
+    env = {**os.environ, "CODA_PG_DIR": f"/tmp/coda-pg-restart-{uuid.uuid4().hex[:8]}"}
+    script = str(ROOT / "scripts" / "pg-test-server")
+
+    def control(command: str) -> str:
+        run = subprocess.run(
+            [script, command], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    started = control("start")
+    url = started.split("CODA_TEST_POSTGRES_URL='", 1)[1].split("'", 1)[0]
+    try:
+        yield url, control
+    finally:
+        control("stop")
+
+
+def test_the_manager_recovers_by_itself_after_a_restart_and_an_outage(tmp_path: Path) -> None:
+    from coda_session import SessionManager
+
+    with own_server(tmp_path) as (url, control):
+        config = SessionConfig(
+            database_url=url, autosave_interval=0, connect_timeout=2, busy_timeout=1
+        )
+        with SessionManager(config) as m:
+            s = m.create_session("restarts")
+            s.add_message(user("before"))
+            m.save_session(s)
+            control("restart")
+            # the pooled connections died with the old server: at most one call fails,
+            # typed, and the next ones connect again by themselves
+            outcomes = []
+            for i in range(3):
+                s.add_message(user(f"after {i}"))
+                try:
+                    m.save_session(s)
+                    outcomes.append("saved")
+                except StorageError as exc:
+                    assert "connection" in str(exc)
+                    outcomes.append("failed")
+            assert outcomes[-1] == "saved" and outcomes.count("failed") <= 1, outcomes
+            # an outage: calls fail fast and typed, nothing is lost from the object
+            control("pause")
+            s.add_message(user("during"))
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="connect"):
+                m.save_session(s)
+            assert time.monotonic() - started < 15
+            assert s.has_unsaved_changes
+            # the server is back: the same manager and object carry on, nothing twice
+            control("resume")
+            m.save_session(s)
+            assert not s.has_unsaved_changes
+        with SessionManager(config) as fresh:
+            stored = [x["content"] for x in fresh.load_session("restarts").get_messages()]
+        assert stored == ["before", "after 0", "after 1", "after 2", "during"]

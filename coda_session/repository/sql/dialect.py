@@ -185,15 +185,20 @@ class PostgresDialect:
 
 
 def _is_connection_error(err: BaseException) -> bool:
-    """asyncpg's error for an operation on a closed connection (a plain InterfaceError,
-    without SQLSTATE), recognised by type, never by message. asyncpg is looked up, not
+    """asyncpg's errors for an operation on a closed connection (a plain InterfaceError,
+    without SQLSTATE) or on one whose protocol is out of step (InternalClientError, as
+    after a server restart the client had not noticed), recognised by type, never by
+    message. asyncpg is looked up, not
     imported: when it was never imported, no error can be one of its own."""
     asyncpg = sys.modules.get("asyncpg")
     if asyncpg is None:
         return False
     interface = asyncpg.exceptions.InterfaceError
+    internal = asyncpg.exceptions.InternalClientError  # its protocol out of step: unusable
     for candidate in (err, err.__cause__):
-        if candidate is not None and type(candidate) is interface:
+        if candidate is not None and (
+            type(candidate) is interface or isinstance(candidate, internal)
+        ):
             return True
     return False
 

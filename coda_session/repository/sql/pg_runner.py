@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +46,23 @@ Op = Callable[..., T]
 _DRIVER = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
+#: A connection idle longer than this (seconds) gets one pass of the event loop before it
+#: is used: a blocking manager's loop runs only during calls, so a server that closed the
+#: connection meanwhile (a restart) is noticed then, not by the next statement.
+_IDLE_CHECK = 0.2
+
+
+def _unusable(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """Whether a failed connection must be dropped: closed, out of step with its protocol,
+    or told by the server that the session ended (SQLSTATE class 08, 57P0x)."""
+    if conn.is_closed() or isinstance(exc, asyncpg.InternalClientError):
+        return True
+    if type(exc) is asyncpg.InterfaceError:
+        return True
+    code = getattr(exc, "sqlstate", None) or ""
+    return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+
+
 def _call(conn: asyncpg.Connection, fn: Op[T], args: tuple[Any, ...]) -> T:
     return fn(PgExecutor(conn), *args)
 
@@ -62,7 +80,7 @@ class _Pool:
     def __init__(self, connect: Callable[[], Any], size: int) -> None:
         self._connect = connect
         self._size = size
-        self._idle: list[asyncpg.Connection] = []
+        self._idle: list[tuple[asyncpg.Connection, float]] = []  # with when it came back
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sentinel: AsyncGenerator[None, None] | None = None
@@ -83,7 +101,9 @@ class _Pool:
             await self._sentinel.__anext__()
         while True:
             while self._idle:
-                conn = self._idle.pop()
+                conn, since = self._idle.pop()
+                if time.monotonic() - since > _IDLE_CHECK and not conn.is_closed():
+                    await asyncio.sleep(0)  # let the loop read a close the server sent
                 if not conn.is_closed():
                     return conn
                 self._open -= 1
@@ -116,7 +136,7 @@ class _Pool:
                 # the server may have restarted: the idle ones are likely dead too
                 self._drop_idle()
         else:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
         self._wake()
 
     def _wake(self) -> None:
@@ -129,7 +149,7 @@ class _Pool:
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         self._open -= len(idle)
-        for conn in idle:
+        for conn, _ in idle:
             conn.terminate()
 
     def terminate(self) -> None:
@@ -148,7 +168,7 @@ class _Pool:
     async def _close_idle(self) -> None:
         idle, self._idle = self._idle, []
         self._open -= len(idle)
-        for conn in idle:
+        for conn, _ in idle:
             try:
                 await asyncio.wait_for(conn.close(), timeout=5)
             except (OSError, TimeoutError, *_DRIVER):
@@ -216,7 +236,7 @@ class PgRunner:
             broken = False
             return done
         except _DRIVER as exc:
-            broken = conn.is_closed()
+            broken = _unusable(conn, exc)
             raise ServerError(exc) from exc
         except (OSError, TimeoutError):
             raise
