@@ -1024,3 +1024,20 @@ def test_the_manager_recovers_by_itself_after_a_restart_and_an_outage(tmp_path: 
         with SessionManager(config) as fresh:
             stored = [x["content"] for x in fresh.load_session("restarts").get_messages()]
         assert stored == ["before", "after 0", "after 1", "after 2", "during"]
+
+
+async def test_a_call_cancelled_while_taking_an_idle_connection_gives_it_back() -> None:
+    """With one connection, a call cancelled as it takes the idle connection (which gets a
+    loop pass first after a while idle) must not take the pool's only slot with it."""
+    url = pg_server().fresh_database()
+    async with opened(url, connection_pool_size=1) as m:
+        await m.create_session("x")
+        for _ in range(3):
+            await asyncio.sleep(0.3)  # idle past the check
+            call = asyncio.ensure_future(m.get_session_info("x"))
+            await asyncio.sleep(0)  # it runs up to the pool's loop pass
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            info = await asyncio.wait_for(m.get_session_info("x"), 10)
+            assert info is not None and info.name == "x"

@@ -103,7 +103,13 @@ class _Pool:
             while self._idle:
                 conn, since = self._idle.pop()
                 if time.monotonic() - since > _IDLE_CHECK and not conn.is_closed():
-                    await asyncio.sleep(0)  # let the loop read a close the server sent
+                    try:
+                        await asyncio.sleep(0)  # let the loop read a close the server sent
+                    except BaseException:
+                        # cancelled here: the connection goes back, its slot is not lost
+                        self._idle.append((conn, since))
+                        self._wake()
+                        raise
                 if not conn.is_closed():
                     return conn
                 self._open -= 1
