@@ -1041,3 +1041,51 @@ async def test_a_call_cancelled_while_taking_an_idle_connection_gives_it_back() 
                 await call
             info = await asyncio.wait_for(m.get_session_info("x"), 10)
             assert info is not None and info.name == "x"
+
+
+async def test_migration_0007_escapes_and_restores_old_text_on_postgresql() -> None:
+    """A database written before the escaped form, holding the escape character in a
+    content, a message's extra keys and a session's metadata (json columns), is upgraded
+    and reads back unchanged; downgrading restores the stored text exactly."""
+    esc = "\u241b"
+    url = pg_server().empty_database()
+    assert alembic_cli(url, "upgrade", "0006").returncode == 0
+    rows = {
+        "content": f"{esc}0000 literal",
+        "extra": '{"k":"' + esc + 'dc80"}',
+        "meta": '{"' + esc + '":"v' + esc + '"}',
+    }
+    async with connection(url) as conn:
+        await conn.execute(
+            "INSERT INTO sessions (id, name, created_at, updated_at, metadata, message_count) "
+            "VALUES ('s1', 'old', now(), now(), $1::json, 1)",
+            rows["meta"],
+        )
+        await conn.execute(
+            "INSERT INTO messages (session_id, role, content, timestamp, metadata) "
+            "VALUES ('s1', 'user', $1, '2024-01-01T00:00:00', $2::json)",
+            rows["content"],
+            rows["extra"],
+        )
+    done = alembic_cli(url, "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    async with opened(url) as m:
+        s = await m.load_session("old")
+        assert s.metadata == {esc: f"v{esc}"}
+        got = await s.get_messages()
+        assert got == [
+            {
+                "role": "user",
+                "content": f"{esc}0000 literal",
+                "timestamp": "2024-01-01T00:00:00",
+                "k": f"{esc}dc80",
+            }
+        ]
+    done = alembic_cli(url, "downgrade", "0006")
+    assert done.returncode == 0, done.stderr
+    async with connection(url) as conn:
+        back = await conn.fetchrow(
+            "SELECT m.content, m.metadata::text, s.metadata::text FROM messages m "
+            "JOIN sessions s ON s.id = m.session_id"
+        )
+    assert tuple(back) == (rows["content"], rows["extra"], rows["meta"])

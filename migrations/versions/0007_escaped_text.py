@@ -122,12 +122,21 @@ def _candidates(sqlite: bool, upgrading: bool) -> Any:
     return sa.or_(*found)
 
 
+def _as_json(value: Any, sqlite: bool) -> Any:
+    """A JSON text for a ``metadata`` column: a server's ``json`` column takes a text
+    parameter only through a cast (still a bound parameter)."""
+    if sqlite or value is None:
+        return value
+    return sa.cast(sa.literal(value, sa.Text), sa.JSON)
+
+
 def _convert(text: Text, convert: Json, check: Callable[..., None] | None) -> None:
     bind = op.get_bind()
     sqlite = bind.dialect.name == "sqlite"
     m = messages.c
+    # JSON columns read as their text on every database (a server's driver may decode them)
     select = (
-        sa.select(m.id, m.session_id, m.content, m["metadata"], m.content_zlib)
+        sa.select(m.id, m.session_id, m.content, sa.cast(m["metadata"], sa.Text), m.content_zlib)
         .where(_candidates(sqlite, check is None), m.id > sa.bindparam("after"))
         .order_by(m.id)
         .limit(PAGE)
@@ -148,11 +157,13 @@ def _convert(text: Text, convert: Json, check: Callable[..., None] | None) -> No
             if changed:
                 if check is not None:
                     check(f"message {row_id} of session {session_id!r}", content, extra, packed)
+                if "metadata" in changed:
+                    changed["metadata"] = _as_json(changed["metadata"], sqlite)
                 bind.execute(sa.update(messages).where(m.id == row_id).values(**changed))
         after = int(rows[-1][0])
     s = sessions.c
     for session_id, name, meta in bind.execute(
-        sa.select(s.id, s.name, s["metadata"]).where(
+        sa.select(s.id, s.name, sa.cast(s["metadata"], sa.Text)).where(
             sa.or_(_like(s["metadata"], ESCAPE), _like(s["metadata"], "\\u"))
         )
     ).all():
@@ -160,7 +171,11 @@ def _convert(text: Text, convert: Json, check: Callable[..., None] | None) -> No
         if converted != meta:
             if check is not None:
                 check(f"the metadata of session {name!r}", None, meta, None)
-            bind.execute(sa.update(sessions).where(s.id == session_id).values(metadata=converted))
+            bind.execute(
+                sa.update(sessions)
+                .where(s.id == session_id)
+                .values(metadata=_as_json(converted, sqlite))
+            )
 
 
 def _refuse_unstorable(where: str, content: Any, extra: Any, packed: Any) -> None:
