@@ -52,8 +52,9 @@ class SessionConfig(BaseModel):
     """An explicit SQLAlchemy *async* URL (``sqlite+aiosqlite:////abs/path.db``, or
     ``postgresql+asyncpg://user:password@host:5432/dbname``); replaces ``storage_path``."""
     connection_pool_size: int = Field(default=5, ge=1, le=1000)
-    """Connections kept open per manager (SQLite: reader connections; PostgreSQL: the
-    connection pool's size, also the most operations in flight at once)."""
+    """Connections kept open (SQLite: per manager, its reader connections; PostgreSQL:
+    the connection pool's size per event loop, also the most operations in flight at once
+    on that loop)."""
     connect_timeout: float = Field(default=10.0, gt=0, le=3600)
     """Seconds to wait for a database server to accept a connection (PostgreSQL) before
     failing with StorageError; unused by SQLite and memory."""

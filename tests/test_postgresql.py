@@ -1027,15 +1027,15 @@ def test_the_manager_recovers_by_itself_after_a_restart_and_an_outage(tmp_path: 
 
 
 async def test_a_call_cancelled_while_taking_an_idle_connection_gives_it_back() -> None:
-    """With one connection, a call cancelled as it takes the idle connection (which gets a
-    loop pass first after a while idle) must not take the pool's only slot with it."""
+    """With one connection, a call cancelled as it takes the idle connection (which is
+    pinged first after a while idle) must not take the pool's only slot with it."""
     url = pg_server().fresh_database()
     async with opened(url, connection_pool_size=1) as m:
         await m.create_session("x")
         for _ in range(3):
-            await asyncio.sleep(0.3)  # idle past the check
+            await asyncio.sleep(1.2)  # idle past the check
             call = asyncio.ensure_future(m.get_session_info("x"))
-            await asyncio.sleep(0)  # it runs up to the pool's loop pass
+            await asyncio.sleep(0)  # it runs up to the pool's ping
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await call
@@ -1089,3 +1089,36 @@ async def test_migration_0007_escapes_and_restores_old_text_on_postgresql() -> N
             "JOIN sessions s ON s.id = m.session_id"
         )
     assert tuple(back) == (rows["content"], rows["extra"], rows["meta"])
+
+
+def test_event_loops_that_ended_are_not_kept_alive() -> None:
+    """A manager used from many asyncio.run calls (an agent framework's way) keeps no
+    ended loop alive, and the connections each loop opened are closed as it ends."""
+    import gc
+    import weakref
+
+    url = pg_server().fresh_database()
+    m = manager(url)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def call(i: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        s = await m.create_session(f"loop-{i}")
+        s.add_message(user("x"))
+        await m.save_session(s)
+
+    for i in range(10):
+        asyncio.run(call(i))
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 10
+
+    async def connections() -> int:
+        async with connection(url) as conn:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coda_session' "
+                "AND datname = current_database()"
+            )
+            return count
+
+    assert asyncio.run(connections()) == 0
+    asyncio.run(m.close())

@@ -41,16 +41,24 @@ class AlchemyRunner:
         single: bool = False,
     ) -> T:
         async with self._engine.connect() as pooled:
-            conn = await pooled.execution_options(**{WRITE_OPTION: write})
+            conn = await pooled.execution_options(**self._options(write))
             async with conn.begin():
                 done: T = await conn.run_sync(_call, fn, args)
                 return done
+
+    def _options(self, write: bool) -> dict[str, Any]:
+        # a server database reads several statements in one snapshot (REPEATABLE READ, read
+        # only), as the library's own PostgreSQL runner does; SQLite's read transaction is one
+        options: dict[str, Any] = {WRITE_OPTION: write}
+        if not write and self._engine.dialect.name == "postgresql":
+            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        return options
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Callable[..., Any]]:
         """A read transaction held open across calls (one committed state)."""
         async with self._engine.connect() as pooled:
-            conn = await pooled.execution_options(**{WRITE_OPTION: False})
+            conn = await pooled.execution_options(**self._options(False))
             async with conn.begin():
 
                 async def step(fn: Op[T], *args: Any) -> T:

@@ -220,6 +220,7 @@ def postgres_engine_options(config: SessionConfig) -> dict[str, Any]:
     (SQLAlchemy's asyncpg dialect otherwise decodes JSON columns itself)."""
     return {
         "pool_size": config.connection_pool_size,
+        "max_overflow": 0,  # connection_pool_size is the most connections, as documented
         "pool_pre_ping": True,
         "json_serializer": _same_text,
         "json_deserializer": _same_text,

@@ -46,10 +46,11 @@ Op = Callable[..., T]
 _DRIVER = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
-#: A connection idle longer than this (seconds) gets one pass of the event loop before it
-#: is used: a blocking manager's loop runs only during calls, so a server that closed the
-#: connection meanwhile (a restart) is noticed then, not by the next statement.
-_IDLE_CHECK = 0.2
+#: A connection idle longer than this (seconds) is pinged (``SELECT 1``, one round trip)
+#: before it is used: a blocking manager's loop runs only during calls, and even a running
+#: loop needs several passes to notice a close the server sent (a restart), so a dead
+#: connection is found there, not by the caller's statement. Busy connections skip it.
+_IDLE_CHECK = 1.0
 
 
 def _unusable(conn: asyncpg.Connection, exc: BaseException) -> bool:
@@ -77,14 +78,14 @@ class _Pool:
     ``shutdown_asyncgens()`` before the loop closes, and closes them in its ``finally``.
     """
 
-    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+    def __init__(self, connect: Callable[[], Any], size: int, ping_timeout: float) -> None:
         self._connect = connect
         self._size = size
+        self._ping_timeout = ping_timeout
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # with when it came back
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sentinel: AsyncGenerator[None, None] | None = None
-        self.loop = asyncio.get_running_loop()
         self.closed = False
 
     async def _watch(self) -> AsyncGenerator[None, None]:
@@ -104,10 +105,14 @@ class _Pool:
                 conn, since = self._idle.pop()
                 if time.monotonic() - since > _IDLE_CHECK and not conn.is_closed():
                     try:
-                        await asyncio.sleep(0)  # let the loop read a close the server sent
+                        await asyncio.wait_for(conn.execute("SELECT 1"), self._ping_timeout)
+                    except (OSError, TimeoutError, *_DRIVER):
+                        conn.terminate()  # dead or out of step: try the next, or a new one
                     except BaseException:
-                        # cancelled here: the connection goes back, its slot is not lost
-                        self._idle.append((conn, since))
+                        # cancelled mid-ping: the connection's state is unknown, so it
+                        # goes, and its slot with it (not kept by nobody)
+                        self._open -= 1
+                        conn.terminate()
                         self._wake()
                         raise
                 if not conn.is_closed():
@@ -122,7 +127,7 @@ class _Pool:
                     self._wake()
                     raise
                 return made
-            waiter = self.loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
@@ -193,6 +198,7 @@ class PgRunner:
             "server_settings": postgres_server_settings(config),
         }
         self._size = config.connection_pool_size
+        self._ping_timeout = config.connect_timeout
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
         )
@@ -203,7 +209,8 @@ class PgRunner:
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
         if pool is None or pool.closed:
-            pool = self._pools[loop] = _Pool(self._connect, self._size)
+            # (the pool holds no reference to its loop: the loop's entry goes with it)
+            pool = self._pools[loop] = _Pool(self._connect, self._size, self._ping_timeout)
         return pool
 
     async def _connect(self) -> asyncpg.Connection:

@@ -59,5 +59,5 @@ _LOAD = (
     "LIMIT $2::bigint) t ON true WHERE "
 )
 #: A session row with its newest $2 messages (newest first), one snapshot, one trip.
-LOAD_BY_NAME = _LOAD + "s.name = $1::text"
-LOAD_BY_ID = _LOAD + "s.id = $1::text"
+LOAD_BY_NAME = _LOAD + "s.name = $1::text ORDER BY t.id DESC"
+LOAD_BY_ID = _LOAD + "s.id = $1::text ORDER BY t.id DESC"
