@@ -36,6 +36,26 @@ from coda_session.repository.sql import SqlRepository
 ROOT = Path(__file__).resolve().parent.parent
 """The project's root (where alembic.ini is)."""
 
+SPEC_SCHEMA = """
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    created_at TIMESTAMP,
+    updated_at TIMESTAMP,
+    metadata JSON
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT,
+    role TEXT,
+    content TEXT,
+    timestamp TIMESTAMP,
+    metadata JSON,
+    FOREIGN KEY (session_id) REFERENCES sessions(id)
+);
+"""
+"""The specification's "Database Schema" DDL, exactly (SQLite and PostgreSQL run it as is)."""
+
 PG_URL_VARIABLE = "CODA_TEST_POSTGRES_URL"
 """The environment variable with a PostgreSQL server's URL (``postgresql+asyncpg://user:
 password@host:port/dbname``, a role that may create databases): set it, e.g. with

@@ -13,26 +13,7 @@ from typing import Any
 import pytest
 
 from coda_session import SessionError, SessionManager
-
-# the specification's "Database Schema" DDL, as tests/test_migrations.py has it
-SPEC_SCHEMA = """
-CREATE TABLE sessions (
-    id TEXT PRIMARY KEY,
-    name TEXT UNIQUE NOT NULL,
-    created_at TIMESTAMP,
-    updated_at TIMESTAMP,
-    metadata JSON
-);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    session_id TEXT,
-    role TEXT,
-    content TEXT,
-    timestamp TIMESTAMP,
-    metadata JSON,
-    FOREIGN KEY (session_id) REFERENCES sessions(id)
-);
-"""
+from tests.support import SPEC_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 

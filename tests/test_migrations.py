@@ -19,26 +19,7 @@ from alembic.script import ScriptDirectory
 from coda_session import SessionManager
 from coda_session.migrate import BASELINE_REVISION, HEAD_REVISION, alembic_config
 from coda_session.repository.sql.tables import Base
-from tests.support import ROOT, alembic
-
-SPEC_SCHEMA = """
-CREATE TABLE sessions (
-    id TEXT PRIMARY KEY,
-    name TEXT UNIQUE NOT NULL,
-    created_at TIMESTAMP,
-    updated_at TIMESTAMP,
-    metadata JSON
-);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    session_id TEXT,
-    role TEXT,
-    content TEXT,
-    timestamp TIMESTAMP,
-    metadata JSON,
-    FOREIGN KEY (session_id) REFERENCES sessions(id)
-);
-"""
+from tests.support import ROOT, SPEC_SCHEMA, alembic
 
 
 def test_head_constant_is_alembics_single_head() -> None:

@@ -37,7 +37,7 @@ from coda_session import (
 )
 from coda_session.repository.sql import SqlRepository
 from coda_session.repository.sql.schema import HEAD_REVISION
-from tests.support import ROOT, pg_server, strip_ts, user
+from tests.support import ROOT, SPEC_SCHEMA, pg_server, strip_ts, user
 from tests.test_concurrency import check_writers
 
 pytestmark = pytest.mark.postgresql
@@ -629,30 +629,11 @@ async def test_processes_opening_a_new_database_migrate_it_once() -> None:
 
 # -- 7. adopting a spec-schema database ---------------------------------------------------
 
-SPEC_DDL = """
-CREATE TABLE sessions (
-    id TEXT PRIMARY KEY,
-    name TEXT UNIQUE NOT NULL,
-    created_at TIMESTAMP,
-    updated_at TIMESTAMP,
-    metadata JSON
-);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    session_id TEXT,
-    role TEXT,
-    content TEXT,
-    timestamp TIMESTAMP,
-    metadata JSON,
-    FOREIGN KEY (session_id) REFERENCES sessions(id)
-);
-"""
-
 
 async def test_adopting_a_spec_schema_database() -> None:
     url = pg_server().empty_database()
     async with connection(url) as conn:
-        await conn.execute(SPEC_DDL)
+        await conn.execute(SPEC_SCHEMA)
         await conn.execute(
             "INSERT INTO sessions VALUES ('s1', 'old', TIMESTAMP '2024-01-02 03:04:05', "
             "TIMESTAMP '2024-01-02 03:05:00', '{\"topic\": \"x\"}')"

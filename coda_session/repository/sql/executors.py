@@ -57,6 +57,27 @@ _INSERT_ORDER = (
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
 
 
+class _Compiler:
+    """Statements compiled for one dialect with positional parameters: (SQL, parameter
+    names in order, defaults). The registered constants (:func:`.statements.is_constant`)
+    are compiled once per process; anything else per call."""
+
+    def __init__(self, dialect: Any) -> None:
+        self._dialect = dialect
+        self._cache: dict[int, _Compiled] = {}
+
+    def compile(self, stmt: sa.Executable) -> _Compiled:
+        key = id(stmt)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        compiled = stmt.compile(dialect=self._dialect)  # type: ignore[attr-defined]
+        made = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+        if q.is_constant(stmt):  # lives as long as the process: its id is never reused
+            self._cache[key] = made
+        return made
+
+
 class RawExecutor:
     """Runs the statements on a ``sqlite3`` connection (already on its thread).
 
@@ -64,23 +85,14 @@ class RawExecutor:
     once per process; anything else is compiled per call.
     """
 
-    _dialect = SQLiteDialect_pysqlite()
-    _compiled: dict[int, _Compiled] = {}  # noqa: RUF012 - the process-wide cache
+    _compiler = _Compiler(SQLiteDialect_pysqlite())
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     @classmethod
     def _sql(cls, stmt: sa.Executable) -> _Compiled:
-        key = id(stmt)
-        hit = cls._compiled.get(key)
-        if hit is not None:
-            return hit
-        compiled = stmt.compile(dialect=cls._dialect)  # type: ignore[attr-defined]
-        made = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
-        if q.is_constant(stmt):  # lives as long as the process: its id is never reused
-            cls._compiled[key] = made
-        return made
+        return cls._compiler.compile(stmt)
 
     def _params(self, stmt: sa.Executable, params: Params) -> tuple[str, list[Any]]:
         sql, names, defaults = self._sql(stmt)
@@ -159,23 +171,14 @@ class PgExecutor:
     connection); the registered constants once per process, as on SQLite.
     """
 
-    _dialect = PGDialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-    _compiled: dict[int, _Compiled] = {}  # noqa: RUF012 - the process-wide cache
+    _compiler = _Compiler(PGDialect(paramstyle="numeric_dollar"))  # type: ignore[no-untyped-call]
 
     def __init__(self, conn: PgConnection) -> None:
         self._conn = conn
 
     @classmethod
     def _sql(cls, stmt: sa.Executable) -> _Compiled:
-        key = id(stmt)
-        hit = cls._compiled.get(key)
-        if hit is not None:
-            return hit
-        compiled = stmt.compile(dialect=cls._dialect)  # type: ignore[attr-defined]
-        made = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
-        if q.is_constant(stmt):
-            cls._compiled[key] = made
-        return made
+        return cls._compiler.compile(stmt)
 
     def _args(self, stmt: sa.Executable, params: Params) -> tuple[str, list[Any]]:
         sql, names, defaults = self._sql(stmt)
