@@ -14,9 +14,10 @@ from typing import Any
 
 from . import session as session_api
 from . import transfer
-from .codec import check_name
+from .codec import MAX_NAME_LENGTH, check_name
 from .config import SessionConfig
 from .errors import (
+    InvalidMessageError,
     ManagerClosedError,
     SessionError,
     SessionExistsError,
@@ -172,24 +173,41 @@ class AsyncSessionManager:
         branch_from: str | AsyncSession | None = None,
         *,
         exist_ok: bool = True,
+        fork_point: int | None = None,
+        fork_after: int | None = None,
     ) -> AsyncSession:
         """Create a session, or resume the existing one of that name.
 
         Args:
             name: the session's unique name.
             branch_from: the name (or session object) of a session to branch from: the new
-                session starts with a copy of its *saved* messages and metadata and is
-                independent afterwards. A branch is always new: an existing ``name`` raises
+                session starts with its *saved* messages and metadata and is independent
+                afterwards. A branch is always new: an existing ``name`` raises
                 :class:`SessionExistsError`; a missing source :class:`SessionNotFoundError`.
+                A branch copies no message (copy-on-write): it costs the same for a source
+                of ten messages or of a hundred thousand.
             exist_ok: with False, an existing ``name`` raises :class:`SessionExistsError`
                 instead of being resumed.
+            fork_point: with ``branch_from``, branch at a position instead of the end: the
+                branch starts with the source's first ``fork_point`` saved messages (0 to
+                its count; a negative one counts from the end, as in a slice:
+                ``fork_point=-1`` leaves out the last message).
+            fork_after: with ``branch_from``, branch right after the message of that id
+                (from ``get_messages_with_ids()``): the branch starts with the source's
+                messages up to and including it.
 
-        The new session is stored at once (empty), so its name is taken from then on.
+        A position out of range, an id the source does not show, or both keywords raise
+        :class:`InvalidMessageError` before anything is written. The new session is stored
+        at once, so its name is taken from then on.
         """
         name = check_name(name)
-        if branch_from is not None:
+        if branch_from is None:
+            if fork_point is not None or fork_after is not None:
+                raise InvalidMessageError("fork_point and fork_after need branch_from")
+        else:
             source = branch_from.name if isinstance(branch_from, AsyncSession) else branch_from
             source = check_name(source, "branch_from", lookup=True)
+            _check_fork(fork_point, fork_after)
         repo = await self._ready()
         tail = min(RESUME_PREFETCH, self._config.message_cache_size)
         now = utcnow()
@@ -207,7 +225,17 @@ class AsyncSessionManager:
             found = await repo.load_session(name=source)
             if found is None:
                 raise SessionNotFoundError(f"cannot branch from {source!r}: no such session")
-            created = await repo.create_session(record, copy_from=found.id)
+            point = fork_point
+            if point is not None and point < 0:
+                point += found.message_count
+                if point < 0:
+                    raise InvalidMessageError(
+                        f"fork_point {fork_point} is out of range: {source!r} shows "
+                        f"{found.message_count} messages"
+                    )
+            created = await repo.create_session(
+                record, copy_from=found.id, fork_point=point, fork_after=fork_after
+            )
             # read back like a resume, so the new branch's object starts with its newest
             # messages in hand (a branch is rare; one more read is cheap)
             branch = await repo.load_session(session_id=created.id, tail=tail)
@@ -225,6 +253,56 @@ class AsyncSessionManager:
         elif not exist_ok:
             raise SessionExistsError(f"session {name!r} already exists")
         return self._session(existing)
+
+    async def fork_session(
+        self,
+        source: str | AsyncSession,
+        fork_point: int | None = None,
+        *,
+        fork_after: int | None = None,
+        name: str | None = None,
+    ) -> AsyncSession:
+        """Branch ``source`` in one call, for regenerate and edit flows.
+
+        ``fork_session(source, k)`` gives a new session that shows the source's first ``k``
+        saved messages: add the regenerated answer (or the edited message) to it.
+        ``fork_session(source, -1)`` leaves out the last message. Without ``name`` the
+        branch is named ``"<source>~<8 hex digits>"`` (random; the source's name is
+        shortened to fit). Otherwise as ``create_session(name, branch_from=source, ...)``.
+        """
+        source_name = source.name if isinstance(source, AsyncSession) else source
+        if name is None:
+            check_name(source_name, "source", lookup=True)
+            suffix = "~" + uuid.uuid4().hex[:8]
+            name = source_name[: MAX_NAME_LENGTH - len(suffix)] + suffix
+        return await self.create_session(
+            name, branch_from=source, exist_ok=False, fork_point=fork_point, fork_after=fork_after
+        )
+
+    async def list_branches(self, name: str) -> list[SessionInfo]:
+        """The sessions branched directly from ``name``, oldest first (one query after
+        finding it; SessionNotFoundError if there is none)."""
+        found = await self._find(name)
+        repo = await self._ready()
+        return [
+            i for i in await repo.list_tree(found.root_id or found.id) if i.parent_id == found.id
+        ]
+
+    async def get_tree(self, name: str) -> list[SessionInfo]:
+        """Every session of ``name``'s branching tree (the sessions sharing its
+        ``root_id``), oldest first, so parents come before their branches; one query
+        after finding it. SessionNotFoundError if there is none."""
+        found = await self._find(name)
+        repo = await self._ready()
+        return await repo.list_tree(found.root_id or found.id)
+
+    async def _find(self, name: str) -> SessionRecord:
+        name = check_name(name, lookup=True)
+        repo = await self._ready()
+        found = await repo.load_session(name=name)
+        if found is None:
+            raise SessionNotFoundError(f"no session with name {name!r}")
+        return found
 
     async def load_session(
         self, name: str | None = None, *, session_id: str | None = None
@@ -269,7 +347,8 @@ class AsyncSessionManager:
 
     async def delete_session(self, name: str, *, missing_ok: bool = False) -> None:
         """Delete a session and its messages (``SessionNotFoundError`` if missing, unless
-        ``missing_ok``). Branches made from it are independent and stay."""
+        ``missing_ok``); its name is free at once. Branches made from it stay whole: the
+        messages they show are kept for them, the others are deleted."""
         name = check_name(name, lookup=True)
         repo = await self._ready()
         found = await repo.load_session(name=name)
@@ -356,6 +435,14 @@ class AsyncSessionManager:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _check_fork(fork_point: object, fork_after: object) -> None:
+    if fork_point is not None and fork_after is not None:
+        raise InvalidMessageError("give fork_point or fork_after, not both")
+    for what, value in (("fork_point", fork_point), ("fork_after", fork_after)):
+        if value is not None and type(value) is not int:
+            raise InvalidMessageError(f"{what} must be an integer, got {value!r:.40}")
 
 
 def blocking_manager(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from .errors import DamagedDataError
 from .escaping import ESCAPE, unescape, unescape_json
@@ -49,7 +49,10 @@ class SessionInfo(BaseModel):
     ``datetime.now(timezone.utc)``, not with a naive ``datetime.now()`` (Python raises
     ``TypeError`` for that comparison). ``size_bytes`` is the size of the session's
     messages in UTF-8 bytes as ``get_messages()`` returns them, uncompressed (role,
-    content, timestamp and the JSON of the extra keys); ``message_count`` the number of stored messages. Both describe the saved state.
+    content, timestamp and the JSON of the extra keys); ``message_count`` the number of
+    stored messages. Both describe the saved state, and for a branch count everything it
+    shows (what it inherited too). ``root_id``, ``parent_id`` and ``fork_point`` place
+    it in its branching tree.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -61,6 +64,21 @@ class SessionInfo(BaseModel):
     message_count: int
     size_bytes: int
     metadata: dict[str, Any]
+    root_id: str = ""
+    """The id of the first session of the branching tree this one belongs to (its own id
+    when it is no branch; kept when that session is deleted)."""
+    parent_id: str | None = None
+    """The id of the session this one was branched from (which may since have been
+    deleted), or None."""
+    fork_point: int | None = None
+    """How many of the parent's messages the branch started with, or None."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_root(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("root_id") and "id" in values:
+            return {**values, "root_id": values["id"]}
+        return values
 
     @classmethod
     def _trusted(
@@ -72,6 +90,9 @@ class SessionInfo(BaseModel):
         message_count: int,
         size_bytes: int,
         metadata: dict[str, Any],
+        root_id: str = "",
+        parent_id: str | None = None,
+        fork_point: int | None = None,
     ) -> SessionInfo:
         """Build from values the storage already guarantees (no validation).
 
@@ -87,6 +108,9 @@ class SessionInfo(BaseModel):
                 "message_count": message_count,
                 "size_bytes": size_bytes,
                 "metadata": metadata,
+                "root_id": root_id or id,
+                "parent_id": parent_id,
+                "fork_point": fork_point,
             }
         )
 
@@ -268,6 +292,10 @@ class SessionRecord:
     tail: list[MessageRecord] = field(default_factory=list)
     metadata_version: int = 0
     """Changes whenever the stored metadata changes (a save reports it; see SaveResult)."""
+    root_id: str = ""
+    """The branching tree's key (the session's own id when empty)."""
+    parent_id: str | None = None
+    fork_point: int | None = None
 
     def info(self) -> SessionInfo:
         return SessionInfo._trusted(
@@ -278,4 +306,7 @@ class SessionRecord:
             message_count=self.message_count,
             size_bytes=self.size_bytes,
             metadata=self.metadata,
+            root_id=self.root_id,
+            parent_id=self.parent_id,
+            fork_point=self.fork_point,
         )

@@ -22,7 +22,7 @@ from .errors import (
     SessionTooLargeError,
 )
 from .models import MessageRecord, SessionInfo, SessionRecord, as_dicts, naming_session
-from .repository.base import SaveRequest, Truncation
+from .repository.base import SaveRequest, SaveResult, Truncation
 from .repository.protocol import Repository
 from .timeutil import utcnow
 
@@ -54,7 +54,7 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     # a write whose caller was cancelled still fails loudly in its own way (the session
     # keeps its changes); mark its exception as seen so asyncio does not warn about it
     if not future.cancelled():
@@ -98,7 +98,7 @@ class AsyncSession:
         self._pending: list[MessageRecord] = []
         self._pending_bytes = 0
         self._saving = False  # a save of this object is being written now
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[SaveResult] | None = None
         self._generation = 0  # bumps whenever the stored view changes
         # the sync shim touches sessions from other threads; re-entrant because a signal
         # handler may close the manager (and flush this session) while the main thread is
@@ -107,6 +107,9 @@ class AsyncSession:
         self._save_lock: asyncio.Lock | None = None
         self._autosave_error: BaseException | None = None
         self._gone = False  # storage said the session was deleted: nothing left to flush to
+        self._root_id = record.root_id or record.id
+        self._parent_id = record.parent_id
+        self._fork_point = record.fork_point
 
     def _usable(self) -> None:
         self._host.check_open()
@@ -136,6 +139,21 @@ class AsyncSession:
     def created_at(self) -> datetime:
         """When the session was created (aware, UTC)."""
         return self._created_at
+
+    @property
+    def parent_id(self) -> str | None:
+        """The id of the session this one was branched from (None for no branch)."""
+        return self._parent_id
+
+    @property
+    def fork_point(self) -> int | None:
+        """How many of its parent's messages the branch started with (None for no branch)."""
+        return self._fork_point
+
+    @property
+    def root_id(self) -> str:
+        """The key of the session's branching tree: the id of its first session."""
+        return self._root_id
 
     @property
     def updated_at(self) -> datetime:
@@ -171,6 +189,9 @@ class AsyncSession:
                 message_count=self._stored,
                 size_bytes=self._size,
                 metadata=copy.deepcopy(self._metadata),
+                root_id=self._root_id,
+                parent_id=self._parent_id,
+                fork_point=self._fork_point,
             )
 
     # -- changes (no I/O) -------------------------------------------------------------
@@ -287,6 +308,24 @@ class AsyncSession:
         With ``limit``, the newest ``limit`` of them. Reads storage only for saved messages
         that are not in the object's cache (the newest ``message_cache_size``).
         """
+        return as_dicts(await self._records(limit), self._name)
+
+    async def get_messages_with_ids(
+        self, limit: int | None = None
+    ) -> list[tuple[int | None, dict[str, Any]]]:
+        """``get_messages(limit)`` as ``(message_id, message)`` pairs.
+
+        The id is the message's stable address in storage: the same in a session and in
+        every branch that shows the message, never reused, never put inside the message
+        (a key of yours named ``id`` comes back untouched). Pass it as
+        ``fork_after=`` to branch right after that message. A message not saved yet has
+        the id None.
+        """
+        records = await self._records(limit)
+        with naming_session(self._name):
+            return [(r.id, r.to_dict()) for r in records]
+
+    async def _records(self, limit: int | None) -> list[MessageRecord]:
         if limit is not None:
             _count(limit, "limit")
         self._usable()
@@ -299,7 +338,7 @@ class AsyncSession:
                 if generation == self._generation and self._cache_size:
                     self._cache = stored[-self._cache_size :]
             records = stored + pending
-        return as_dicts(records, self._name)
+        return records
 
     async def get_token_count(self) -> int:
         """An estimate of the tokens the messages take in a model's context.
@@ -331,7 +370,23 @@ class AsyncSession:
 
     # -- saving (called by the manager) -------------------------------------------------
 
-    async def _save(self) -> None:
+    async def pop_messages(self, n: int = 1) -> list[dict[str, Any]]:
+        """Remove the newest ``n`` messages the session shows and return them, oldest first.
+
+        Unsaved messages are the newest: they go first, without I/O. The rest is removed
+        from storage at once, in one transaction, together with the session's other unsaved
+        changes: the newest saved messages *in storage now* (another writer's too), so two
+        callers popping at the same time never get the same message. On a branch a pop may
+        reach into what it inherited (its parent keeps them). Fewer than ``n`` come back
+        when the session shows fewer.
+        """
+        n = _count(n, "n")
+        self._usable()
+        records = await self._save(drop=n)
+        with naming_session(self._name):
+            return [r.to_dict() for r in records]
+
+    async def _save(self, drop: int = 0) -> list[MessageRecord]:
         if self._save_lock is None:
             self._save_lock = asyncio.Lock()
         async with self._save_lock:
@@ -343,8 +398,18 @@ class AsyncSession:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(earlier)
             with self._state:
-                if not (self._pending or self._keep is not None or self._meta_patch):
-                    return
+                popped: list[MessageRecord] = []
+                if drop:
+                    take = min(drop, len(self._pending))
+                    if take:
+                        popped = self._pending[len(self._pending) - take :]
+                        del self._pending[len(self._pending) - take :]
+                        self._pending_bytes = sum(r.byte_size() for r in self._pending)
+                    drop -= take
+                    if not drop:
+                        return popped
+                elif not (self._pending or self._keep is not None or self._meta_patch):
+                    return []
                 batch = list(self._pending)
                 cut = None if self._keep is None else Truncation(self._upto, self._keep)
                 patch, self._meta_patch = self._meta_patch, {}
@@ -358,18 +423,25 @@ class AsyncSession:
                     metadata_patch=patch or None,
                     max_bytes=self._limit(),
                     metadata_version=self._meta_version,
+                    drop_newest=drop,
                 )
                 stored_before, upto = self._stored, self._upto
-            write = asyncio.ensure_future(self._write(request, patch, stored_before, upto))
+            write = asyncio.ensure_future(self._write(request, patch, stored_before, upto, popped))
             self._inflight = write
             # the write runs to its end even if this caller is cancelled (the database
             # commits regardless); the session's state follows its real outcome
             write.add_done_callback(_retrieve)
-            await asyncio.shield(write)
+            result = await asyncio.shield(write)
+            return result.dropped + popped
 
     async def _write(
-        self, request: SaveRequest, patch: dict[str, Any], stored_before: int, upto: int
-    ) -> None:
+        self,
+        request: SaveRequest,
+        patch: dict[str, Any],
+        stored_before: int,
+        upto: int,
+        popped: list[MessageRecord],
+    ) -> SaveResult:
         try:
             result = await self._host.repository.save(request)
         except BaseException as exc:
@@ -378,6 +450,9 @@ class AsyncSession:
             with self._state:
                 self._saving = False
                 self._meta_patch = {**patch, **self._meta_patch}
+                # a pop that failed gives its unsaved messages back, before any added since
+                self._pending[:0] = popped
+                self._pending_bytes = sum(r.byte_size() for r in self._pending)
             raise
         batch = request.messages
         with self._state:
@@ -405,6 +480,21 @@ class AsyncSession:
             self._meta_version = result.metadata_version
             if result.metadata is not None:  # another writer changed it: show the stored state
                 self._metadata = {**result.metadata, **copy.deepcopy(self._meta_patch)}
+        return result
+
+    async def get_lineage(self) -> list[SessionInfo]:
+        """The :class:`SessionInfo` of each session from the root of this one's branching
+        tree down to this one, by ``parent_id`` (one query). A deleted ancestor ends the
+        walk: the list then starts below it. SessionNotFoundError once this session is
+        deleted."""
+        self._usable()
+        infos = {i.id: i for i in await self._host.repository.list_tree(self._root_id)}
+        if self._id not in infos:
+            raise SessionNotFoundError(f"session {self._name!r} was deleted")
+        chain = [infos[self._id]]
+        while chain[-1].parent_id in infos and len(chain) <= len(infos):
+            chain.append(infos[chain[-1].parent_id or ""])
+        return chain[::-1]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} messages={self.message_count}>"

@@ -59,6 +59,21 @@ class Session:
         return self._inner.updated_at
 
     @property
+    def parent_id(self) -> str | None:
+        """The id of the session this one was branched from (None for no branch)."""
+        return self._inner.parent_id
+
+    @property
+    def fork_point(self) -> int | None:
+        """How many of its parent's messages the branch started with (None for no branch)."""
+        return self._inner.fork_point
+
+    @property
+    def root_id(self) -> str:
+        """The key of the session's branching tree: the id of its first session."""
+        return self._inner.root_id
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """A copy of the session's metadata, unsaved updates included."""
         return self._inner.metadata
@@ -116,6 +131,22 @@ class Session:
     def get_token_count(self) -> int:
         """An estimate of the tokens the messages take (see :meth:`AsyncSession.get_token_count`)."""
         return self._manager._call(self._inner.get_token_count)
+
+    def get_messages_with_ids(
+        self, limit: int | None = None
+    ) -> list[tuple[int | None, dict[str, Any]]]:
+        """``(message_id, message)`` pairs (see :meth:`AsyncSession.get_messages_with_ids`)."""
+        return self._manager._call(self._inner.get_messages_with_ids, limit)
+
+    def pop_messages(self, n: int = 1) -> list[dict[str, Any]]:
+        """Remove and return the newest ``n`` messages, atomically (see
+        :meth:`AsyncSession.pop_messages`)."""
+        return self._manager._call(self._inner.pop_messages, n)
+
+    def get_lineage(self) -> list[SessionInfo]:
+        """The sessions from the tree's root down to this one (see
+        :meth:`AsyncSession.get_lineage`)."""
+        return self._manager._call(self._inner.get_lineage)
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r} messages={self.message_count}>"
@@ -187,15 +218,53 @@ class SessionManager:
         self._call(self._async.open)
 
     def create_session(
-        self, name: str, branch_from: str | Session | None = None, *, exist_ok: bool = True
+        self,
+        name: str,
+        branch_from: str | Session | None = None,
+        *,
+        exist_ok: bool = True,
+        fork_point: int | None = None,
+        fork_after: int | None = None,
     ) -> Session:
-        """Create a session, or resume the existing one of that name (see
+        """Create a session, or resume the existing one of that name, or branch one (see
         :meth:`AsyncSessionManager.create_session`)."""
         return self._wrap(
             self._call(
-                self._async.create_session, name, self._inner(branch_from), exist_ok=exist_ok
+                self._async.create_session,
+                name,
+                self._inner(branch_from),
+                exist_ok=exist_ok,
+                fork_point=fork_point,
+                fork_after=fork_after,
             )
         )
+
+    def fork_session(
+        self,
+        source: str | Session,
+        fork_point: int | None = None,
+        *,
+        fork_after: int | None = None,
+        name: str | None = None,
+    ) -> Session:
+        """Branch ``source`` in one call (see :meth:`AsyncSessionManager.fork_session`)."""
+        inner = self._inner(source)
+        assert inner is not None
+        return self._wrap(
+            self._call(
+                self._async.fork_session, inner, fork_point, fork_after=fork_after, name=name
+            )
+        )
+
+    def list_branches(self, name: str) -> list[SessionInfo]:
+        """The sessions branched directly from ``name`` (see
+        :meth:`AsyncSessionManager.list_branches`)."""
+        return self._call(self._async.list_branches, name)
+
+    def get_tree(self, name: str) -> list[SessionInfo]:
+        """Every session of ``name``'s branching tree, oldest first (see
+        :meth:`AsyncSessionManager.get_tree`)."""
+        return self._call(self._async.get_tree, name)
 
     def load_session(self, name: str | None = None, *, session_id: str | None = None) -> Session:
         """Resume an existing session by name or id (``SessionNotFoundError`` if missing)."""

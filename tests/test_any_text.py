@@ -459,7 +459,7 @@ def test_downgrade_refuses_what_0006_cannot_store(tmp_path: Path) -> None:
     assert "NUL character or a lone surrogate" in run.stderr
     conn = sqlite3.connect(storage / "sessions.db")
     # one transaction: nothing changed, not even the later revisions' steps down
-    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
     assert conn.execute("SELECT * FROM messages").fetchall() == before
     conn.close()
     with SessionManager({"session": {"storage_path": str(storage)}}) as m:

@@ -77,8 +77,11 @@ def test_sync_sessions_mirror_async_ones() -> None:
         assert _normalized(a[name]) == _normalized(s[name]), name
         assert not inspect.iscoroutinefunction(getattr(Session, name)), name
     assert {n for n in a if inspect.iscoroutinefunction(getattr(AsyncSession, n))} == {
+        "get_lineage",
         "get_messages",
+        "get_messages_with_ids",
         "get_token_count",
+        "pop_messages",
     }
     props = {
         n
@@ -104,6 +107,9 @@ def test_trusted_session_info_equals_a_validated_one() -> None:
         message_count=2,
         size_bytes=9,
         metadata={"k": [1]},
+        root_id="r",
+        parent_id="p",
+        fork_point=1,
     )
     fast = SessionInfo._trusted(**values)  # type: ignore[arg-type]
     slow = SessionInfo(**values)

@@ -7,7 +7,7 @@ imports neither.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +71,10 @@ class SaveRequest:
     metadata_version: int | None = None
     """The ``metadata_version`` of the stored metadata the caller last saw (None: unknown).
     While it is current, the save neither reads nor decodes the stored metadata."""
+    drop_newest: int = 0
+    """Stop showing the newest this many messages the session shows in storage now
+    (after the truncation, before the new messages), in the same transaction; a branch's
+    may reach into what it inherited. The save reports them (``SaveResult.dropped``)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -90,3 +94,5 @@ class SaveResult:
     metadata_version: int = 0
     """The stored metadata's version after the save: pass it as the next save's
     ``SaveRequest.metadata_version``."""
+    dropped: list[MessageRecord] = field(default_factory=list)
+    """What ``SaveRequest.drop_newest`` removed, oldest first."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..codec import encode_message
 from ..errors import (
+    InvalidMessageError,
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
@@ -84,6 +85,12 @@ class SessionData(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     message_ids: list[int] = Field(default_factory=list)
     last_message_id: int = 0
+    root_id: str = ""
+    """The branching tree's key (empty: the session's own id)."""
+    parent_id: str | None = None
+    """The session this one was branched from, if any."""
+    fork_point: int | None = None
+    """How many of the parent's messages the branch started with."""
 
     def __init__(self, name: str | None = None, /, **fields: Any) -> None:
         """``SessionData(name, messages=..., metadata=...)`` (the reference's
@@ -120,6 +127,9 @@ class SessionData(BaseModel):
             message_count=len(records),
             size_bytes=sum(r.byte_size() for r in records),
             metadata=copy.deepcopy(self.metadata),
+            root_id=self.root_id or self.id,
+            parent_id=self.parent_id,
+            fork_point=self.fork_point,
         )
 
 
@@ -141,6 +151,23 @@ def _keys(data: SessionData) -> list[int]:
     return list(ids)
 
 
+def _fork_index(name: str, keys: list[int], point: int | None, after_id: int | None) -> int:
+    """How many of a session's messages (``keys``) a fork starts with."""
+    if after_id is not None:
+        if after_id not in keys:
+            raise InvalidMessageError(
+                f"message {after_id} is not one of the messages the source shows"
+            )
+        return keys.index(after_id) + 1
+    if point is None:
+        return len(keys)
+    if not 0 <= point <= len(keys):
+        raise InvalidMessageError(
+            f"fork_point {point} is out of range: {name!r} shows {len(keys)} messages"
+        )
+    return point
+
+
 def _as_data(loaded: object) -> SessionData:
     """What ``load`` returned, as SessionData (StorageError when it is no session)."""
     if isinstance(loaded, SessionData):
@@ -155,7 +182,16 @@ def _as_data(loaded: object) -> SessionData:
             "object with name, metadata and get_messages() (or messages)"
         )
     fields: dict[str, Any] = {"metadata": metadata, "messages": list(messages)}
-    for key in ("id", "created_at", "updated_at", "message_ids", "last_message_id"):
+    for key in (
+        "id",
+        "created_at",
+        "updated_at",
+        "message_ids",
+        "last_message_id",
+        "root_id",
+        "parent_id",
+        "fork_point",
+    ):
         value = getattr(loaded, key, None)
         if value is not None:
             fields[key] = value
@@ -308,6 +344,9 @@ class StorageAdapter:
             last_message_id=(records[-1].id or 0) if records else 0,
             tail=records[-tail:] if tail > 0 else [],
             metadata_version=_metadata_version(data.metadata),
+            root_id=data.root_id or data.id,
+            parent_id=data.parent_id,
+            fork_point=data.fork_point,
         )
 
     async def open(self) -> None:
@@ -318,8 +357,15 @@ class StorageAdapter:
 
     @_one_writer
     async def create_session(
-        self, record: SessionRecord, *, copy_from: str | None = None
+        self,
+        record: SessionRecord,
+        *,
+        copy_from: str | None = None,
+        fork_point: int | None = None,
+        fork_after: int | None = None,
     ) -> SessionRecord:
+        """A new session; a branch is a copy of the source's messages up to its fork point
+        (a custom storage saves whole sessions), with their ids kept."""
         if await self.get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
         data = SessionData(
@@ -333,10 +379,15 @@ class StorageAdapter:
             source = await self.get(None, copy_from)
             if source is None:
                 raise SessionNotFoundError("the session to branch from no longer exists")
+            keys = _keys(source)
+            k = _fork_index(source.name, keys, fork_point, fork_after)
             data.metadata = copy.deepcopy(source.metadata)
-            data.messages = copy.deepcopy(source.messages)
-            data.message_ids = list(range(1, len(data.messages) + 1))
-            data.last_message_id = len(data.messages)
+            data.messages = copy.deepcopy(source.messages[:k])
+            data.message_ids = keys[:k]
+            data.last_message_id = keys[k - 1] if k else 0
+            data.root_id = source.root_id or source.id
+            data.parent_id = source.id
+            data.fork_point = k
         await self._call(self._storage.save, data)
         self._created[data.name] = data.id
         return self.record_of(data)
@@ -373,20 +424,39 @@ class StorageAdapter:
         batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
+        fork: tuple[str, int] | None = None,
     ) -> SessionRecord:
         if await self.get(record.name, None) is not None:
             raise SessionExistsError(f"session {record.name!r} already exists")
+        inherited: list[dict[str, Any]] = []
+        keys: list[int] = []
+        root, parent, point = record.id, None, None
+        if fork is not None:
+            source = await self.get(None, fork[0])
+            if source is None:
+                raise SessionNotFoundError("the session to branch from no longer exists")
+            source_keys = _keys(source)
+            k = _fork_index(source.name, source_keys, fork[1], None)
+            inherited, keys = copy.deepcopy(source.messages[:k]), source_keys[:k]
+            root, parent, point = source.root_id or source.id, source.id, k
+        base = sum(r.size for r in map(encode_message, inherited))
         # the whole session is saved in one call at the end
-        records, _ = collect_import(record.name, batches, max_bytes)
+        records, _ = collect_import(
+            record.name, batches, None if max_bytes is None else max_bytes - base
+        )
+        first = (keys[-1] if keys else 0) + 1
         data = SessionData(
             id=record.id,
             name=record.name,
             created_at=record.created_at,
             updated_at=record.updated_at,
             metadata=copy.deepcopy(record.metadata),
-            messages=[r.to_dict() for r in records],
-            message_ids=list(range(1, len(records) + 1)),
-            last_message_id=len(records),
+            messages=inherited + [r.to_dict() for r in records],
+            message_ids=keys + list(range(first, first + len(records))),
+            last_message_id=first - 1 + len(records),
+            root_id=root,
+            parent_id=parent,
+            fork_point=point,
         )
         await self._call(self._storage.save, data)
         self._created[data.name] = data.id
@@ -410,15 +480,18 @@ class StorageAdapter:
             # what another writer saved meanwhile (higher keys) stays
             seen = sum(1 for k in keys if k <= cut.upto_id)
             drop = max(0, seen - cut.keep)
+        popped = min(len(keys) - drop, max(0, request.drop_newest))
+        end = len(keys) - popped
+        dropped = records[end:]
         new = [r.to_dict() for r in request.messages]
         before = sum(stored)
-        after = sum(stored[drop:]) + sum(r.size for r in request.messages)
+        after = sum(stored[drop:end]) + sum(r.size for r in request.messages)
         if request.max_bytes is not None and after > before and after > request.max_bytes:
             raise SessionTooLargeError(request.name, after, request.max_bytes)
         first = max(data.last_message_id, previous) + 1
         ids = list(range(first, first + len(new)))
-        messages = data.messages[drop:] + new
-        message_ids = keys[drop:] + ids
+        messages = data.messages[drop:end] + new
+        message_ids = keys[drop:end] + ids
         version = seen_now = _metadata_version(data.metadata)
         metadata = dict(data.metadata)
         if request.metadata_patch:
@@ -443,6 +516,7 @@ class StorageAdapter:
             metadata=None if seen_now == request.metadata_version else copy.deepcopy(metadata),
             previous_last_id=previous,
             metadata_version=version,
+            dropped=dropped,
         )
 
     @_one_writer
@@ -460,6 +534,9 @@ class StorageAdapter:
             for i in await self._call(self._storage.list_all)
         ]
         return sorted(infos, key=lambda i: (i.created_at, i.name))
+
+    async def list_tree(self, root_id: str) -> list[SessionInfo]:
+        return [i for i in await self.list_sessions() if i.root_id == root_id]
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[StorageSnapshot]:

@@ -10,7 +10,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SessionExistsError, SessionNotFoundError, SessionTooLargeError
+from ..errors import (
+    InvalidMessageError,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionTooLargeError,
+)
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import SaveRequest, SaveResult, collect_import
 
@@ -23,6 +28,27 @@ class _Stored:
     messages: list[MessageRecord] = field(default_factory=list)
     size: int = 0
     metadata_version: int = 0  # bumped by every change of record.metadata
+
+
+def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int:
+    """How many of the source's messages a fork at ``point`` or after message
+    ``after_id`` starts with (all when neither)."""
+    messages = source.messages
+    if after_id is not None:
+        at = bisect.bisect_left(messages, after_id, key=lambda m: m.id or 0)
+        if at == len(messages) or messages[at].id != after_id:
+            raise InvalidMessageError(
+                f"message {after_id} is not one of the messages the source shows"
+            )
+        return at + 1
+    if point is None:
+        return len(messages)
+    if not 0 <= point <= len(messages):
+        raise InvalidMessageError(
+            f"fork_point {point} is out of range: {source.record.name!r} shows "
+            f"{len(messages)} messages"
+        )
+    return point
 
 
 def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]:
@@ -61,6 +87,9 @@ class MemoryRepository:
             last_message_id=stored.messages[-1].id or 0 if stored.messages else 0,
             tail=stored.messages[-tail:] if tail > 0 else [],
             metadata_version=stored.metadata_version,
+            root_id=rec.root_id or rec.id,
+            parent_id=rec.parent_id,
+            fork_point=rec.fork_point,
         )
 
     def _append(self, stored: _Stored, messages: list[MessageRecord]) -> list[int]:
@@ -71,15 +100,26 @@ class MemoryRepository:
         return ids
 
     async def create_session(
-        self, record: SessionRecord, *, copy_from: str | None = None
+        self,
+        record: SessionRecord,
+        *,
+        copy_from: str | None = None,
+        fork_point: int | None = None,
+        fork_after: int | None = None,
     ) -> SessionRecord:
+        """A new session, or a branch of ``copy_from`` (see the protocol). The branch's
+        list holds the source's own record objects (they are immutable): a fork copies
+        references, never messages."""
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
         source = None
+        inherited: list[MessageRecord] = []
         if copy_from is not None:
             source = self._by_id.get(copy_from)
             if source is None:
                 raise SessionNotFoundError(f"session to branch from ({copy_from}) no longer exists")
+            inherited = source.messages[: _fork_index(source, fork_point, fork_after)]
+        root = source.record.root_id or source.record.id if source else record.id
         stored = _Stored(
             SessionRecord(
                 id=record.id,
@@ -90,10 +130,13 @@ class MemoryRepository:
                 message_count=0,
                 size_bytes=0,
                 last_message_id=0,
-            )
+                root_id=root,
+                parent_id=copy_from,
+                fork_point=len(inherited) if source is not None else None,
+            ),
+            inherited,
+            sum(m.byte_size() for m in inherited),
         )
-        if source is not None:
-            self._append(stored, source.messages)
         self._by_id[record.id] = stored
         self._by_name[record.name] = record.id
         return self._snapshot(stored, 0)
@@ -135,15 +178,27 @@ class MemoryRepository:
         batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
+        fork: tuple[str, int] | None = None,
     ) -> SessionRecord:
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
+        base = 0
+        if fork is not None:
+            source = self._by_id.get(fork[0])
+            if source is None:
+                raise SessionNotFoundError(f"session to branch from ({fork[0]}) no longer exists")
+            base = sum(m.byte_size() for m in source.messages[: _fork_index(source, fork[1], None)])
 
         # everything is checked before anything is stored
-        messages, _ = collect_import(record.name, batches, max_bytes)
+        messages, _ = collect_import(
+            record.name, batches, None if max_bytes is None else max_bytes - base
+        )
         if record.name in self._by_name:
             raise SessionExistsError(f"session {record.name!r} already exists")
-        created = await self.create_session(record)
+        if fork is None:
+            created = await self.create_session(record)
+        else:
+            created = await self.create_session(record, copy_from=fork[0], fork_point=fork[1])
         stored = self._by_id[created.id]
         stored.record.metadata = copy.deepcopy(record.metadata)
         stored.record.updated_at = record.updated_at
@@ -162,6 +217,10 @@ class MemoryRepository:
         if cut is not None:
             drop = max(0, len(_visible(stored.messages, cut.upto_id)) - cut.keep)
         gone = sum(m.byte_size() for m in stored.messages[:drop])
+        kept = len(stored.messages) - drop
+        popped = min(kept, max(0, request.drop_newest))
+        dropped = stored.messages[len(stored.messages) - popped :] if popped else []
+        gone += sum(m.byte_size() for m in dropped)
         growth = sum(m.byte_size() for m in request.messages) - gone
         if (
             request.max_bytes is not None
@@ -169,8 +228,10 @@ class MemoryRepository:
             and stored.size + growth > request.max_bytes
         ):
             raise SessionTooLargeError(request.name, stored.size + growth, request.max_bytes)
+        stored.size -= gone
+        if popped:
+            del stored.messages[len(stored.messages) - popped :]
         if drop:
-            stored.size -= gone
             del stored.messages[:drop]
         ids = self._append(stored, list(request.messages))
         seen = request.metadata_version
@@ -188,6 +249,7 @@ class MemoryRepository:
             metadata=copy.deepcopy(stored.record.metadata) if told else None,
             previous_last_id=previous,
             metadata_version=stored.metadata_version,
+            dropped=dropped,
         )
 
     async def delete_session(self, session_id: str) -> bool:
@@ -207,6 +269,9 @@ class MemoryRepository:
         finally:
             if collecting:
                 gc.enable()
+
+    async def list_tree(self, root_id: str) -> list[SessionInfo]:
+        return [i for i in await self.list_sessions() if i.root_id == root_id]
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None

@@ -47,12 +47,22 @@ class Repository(Protocol):
         ...
 
     async def create_session(
-        self, record: SessionRecord, *, copy_from: str | None = None
+        self,
+        record: SessionRecord,
+        *,
+        copy_from: str | None = None,
+        fork_point: int | None = None,
+        fork_after: int | None = None,
     ) -> SessionRecord:
         """Insert a new session (SessionExistsError if the name is taken).
 
-        With ``copy_from`` (a session id) the new session starts with a copy of that
-        session's messages and metadata (SessionNotFoundError if it is gone).
+        With ``copy_from`` (a session id) the new session is a branch of that session
+        (SessionNotFoundError if it is gone): it starts with its metadata and shows its
+        first ``fork_point`` messages, or those up to and including the message whose id
+        is ``fork_after``, or all of them (InvalidMessageError for a point out of range or
+        an id the source does not show). Its ``parent_id``, ``fork_point`` (the messages
+        it started with) and ``root_id`` (the source's) are set. Nothing done to either
+        session afterwards changes what the other shows.
         """
         ...
 
@@ -80,8 +90,11 @@ class Repository(Protocol):
         batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
+        fork: tuple[str, int] | None = None,
     ) -> SessionRecord:
-        """Create ``record`` and fill it from ``batches`` in one transaction.
+        """Create ``record`` and fill it from ``batches`` in one transaction; with
+        ``fork`` (a session id and a fork point) as a branch of that session that then
+        gets the batches' messages.
 
         ``batches`` is already validated and re-iterable: each iteration reads it again from
         the start (so a transaction may be retried), synchronously (it reads a local file;
@@ -92,11 +105,18 @@ class Repository(Protocol):
         ...
 
     async def save(self, request: SaveRequest) -> SaveResult:
-        """Apply a delta atomically (SessionNotFoundError if the session was deleted)."""
+        """Apply a delta atomically (SessionNotFoundError if the session was deleted):
+        the truncation, then ``drop_newest``, then the new messages and the metadata."""
         ...
 
     async def delete_session(self, session_id: str) -> bool:
-        """Delete a session and its messages; False if it did not exist."""
+        """Delete a session and its messages; False if it did not exist. Its branches
+        keep showing what they showed."""
+        ...
+
+    async def list_tree(self, root_id: str) -> list[SessionInfo]:
+        """Every session of the branching tree whose ``root_id`` is given, oldest created
+        first, in one query."""
         ...
 
     async def list_sessions(self) -> list[SessionInfo]:

@@ -41,7 +41,9 @@ class Executor(Protocol):
 
     def run(self, stmt: sa.Executable, params: Params) -> int: ...
 
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]: ...
+    def insert_messages(
+        self, session_id: str, root_id: str, records: Sequence[MessageRecord]
+    ) -> list[int]: ...
 
 
 _INSERT_ORDER = (
@@ -53,6 +55,7 @@ _INSERT_ORDER = (
     "content_zlib",
     "size_bytes",
     "char_count",
+    "root_id",
 )
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
 
@@ -108,12 +111,24 @@ class RawExecutor:
     def run(self, stmt: sa.Executable, params: Params) -> int:
         return self._conn.execute(*self._params(stmt, params)).rowcount
 
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
+    def insert_messages(
+        self, session_id: str, root_id: str, records: Sequence[MessageRecord]
+    ) -> list[int]:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
         # rows are built as tuples straight from the records: the hot loop of a bulk save
         assert names == _INSERT_ORDER, names
         rows = [
-            (session_id, r.role, r.content, r.timestamp, r.extra, r.zcontent, r.size, r.chars)
+            (
+                session_id,
+                r.role,
+                r.content,
+                r.timestamp,
+                r.extra,
+                r.zcontent,
+                r.size,
+                r.chars,
+                root_id,
+            )
             for r in records
         ]
         if len(rows) == 1:
@@ -137,7 +152,9 @@ class AlchemyExecutor:
     def run(self, stmt: sa.Executable, params: Params) -> int:
         return self._conn.execute(stmt, dict(params)).rowcount
 
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
+    def insert_messages(
+        self, session_id: str, root_id: str, records: Sequence[MessageRecord]
+    ) -> list[int]:
         params = [
             {
                 "session_id": session_id,
@@ -148,6 +165,7 @@ class AlchemyExecutor:
                 "content_zlib": r.zcontent,
                 "size_bytes": r.size,
                 "char_count": r.chars,
+                "root_id": root_id,
             }
             for r in records
         ]
@@ -199,8 +217,10 @@ class PgExecutor:
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
-    def insert_messages(self, session_id: str, records: Sequence[MessageRecord]) -> list[int]:
-        found = self.fetch(pg_sql.INSERT_MESSAGES, session_id, *message_arrays(records))
+    def insert_messages(
+        self, session_id: str, root_id: str, records: Sequence[MessageRecord]
+    ) -> list[int]:
+        found = self.fetch(pg_sql.INSERT_MESSAGES, session_id, *message_arrays(records), root_id)
         ids = found[0][0] if found else None
         return [int(i) for i in ids or ()]
 

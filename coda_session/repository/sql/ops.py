@@ -15,13 +15,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...codec import decode_metadata, dumps_metadata, read_metadata
-from ...errors import DamagedDataError, SessionNotFoundError, SessionTooLargeError
+from ...errors import (
+    DamagedDataError,
+    InvalidMessageError,
+    SessionNotFoundError,
+    SessionTooLargeError,
+)
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
 from ...timeutil import from_db_timestamp, read_timestamp
 from ..base import SaveRequest, SaveResult, check_import_size
 from . import pg_sql
 from . import statements as q
+from .branching import (
+    BEYOND,
+    Part,
+    cut_oldest,
+    detach,
+    drop_newest,
+    fork_parts,
+    own_part,
+    read_tail,
+    reclaim,
+    segments,
+)
 from .executors import Executor, PgExecutor, message_arrays
+from .rows import message_of
 
 __all__ = [
     "create",
@@ -31,11 +49,15 @@ __all__ = [
     "load",
     "pg_append",
     "pg_load",
+    "pg_read",
+    "pg_read_page",
+    "pg_text_length",
     "read",
     "read_page",
     "save",
     "session_fields",
     "text_length",
+    "tree",
 ]
 
 logger = logging.getLogger("coda_session")
@@ -106,51 +128,17 @@ def _session(row: Sequence[Any], tail: list[MessageRecord]) -> SessionRecord:
         last_message_id=int(row[8]),
         tail=tail,
         metadata_version=int(row[7]),
+        root_id=row[9] or row[0],
+        parent_id=row[10],
+        fork_point=None if row[11] is None else int(row[11]),
     )
 
 
-def _message(row: Sequence[Any]) -> MessageRecord:
-    id_, role, content, ts, extra, packed, size, chars = row
-    if (
-        type(role) is str
-        and role
-        and type(ts) is str
-        and (content is None or type(content) is str)
-        and (extra is None or type(extra) is str)
-        and (packed is None or type(packed) is bytes)
-    ):
-        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
-    return _odd_message(row)
-
-
-def _odd_message(row: Sequence[Any]) -> MessageRecord:
-    """A row of unexpected column types: numbers and byte strings of other drivers are
-    read as before; what cannot be a message becomes a record that raises when read."""
-    id_, role, content, ts, extra, packed, size, chars = row
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        ts = str(ts)  # written by other code; shown as stored
-    if isinstance(packed, bytearray | memoryview):
-        packed = bytes(packed)
-    problems = [
-        what
-        for what, bad in (
-            ("its role is missing or not text", type(role) is not str or not role),
-            ("its timestamp is missing or not text", type(ts) is not str),
-            ("its content is not text", content is not None and type(content) is not str),
-            (
-                "its extra keys (metadata) are not text",
-                extra is not None and type(extra) is not str,
-            ),
-            (
-                "its compressed content is not bytes",
-                packed is not None and type(packed) is not bytes,
-            ),
-        )
-        if bad
-    ]
-    if not problems:
-        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
-    return MessageRecord("", None, "", None, 0, 0, int(id_), None, "; ".join(problems))
+def _view(cx: Executor, session_id: str, upto_id: int) -> list[Part]:
+    """The session's view: its segments, then its own rows up to ``upto_id``."""
+    parts = segments(cx, session_id)
+    parts.append(Part(session_id, 0, upto_id, 1, 0))  # own rows: count unknown, not needed
+    return parts
 
 
 def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> SessionRecord | None:
@@ -163,33 +151,46 @@ def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> S
     row = found[0]
     if tail <= 0:
         return _session(row, [])
-    rows = cx.rows(q.MESSAGES_LATEST, {"session_id": row[0], "upto_id": row[8], "n": tail})
-    return _session(row, [_message(r) for r in reversed(rows)])
+    return _session(row, read(cx, row[0], int(row[8]), tail))
 
 
 def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list[MessageRecord]:
-    if limit is None:
-        rows = cx.rows(q.MESSAGES_ALL, {"session_id": session_id, "upto_id": upto_id})
-        return [_message(r) for r in rows]
-    if limit <= 0:
+    if limit is not None and limit <= 0:
         return []
-    rows = cx.rows(q.MESSAGES_TAIL, {"session_id": session_id, "upto_id": upto_id, "n": limit})
-    return [_message(r) for r in reversed(rows)]
+    own = Part(session_id, 0, upto_id, 1, 0)
+    if limit is None:
+        rows: list[Sequence[Any]] = []
+        for part in _view(cx, session_id, upto_id):
+            rows.extend(cx.rows(q.RANGE_ALL, {"owner": part.owner, "lo": part.lo, "hi": part.hi}))
+        return [message_of(r) for r in rows]
+    rows = list(cx.rows(q.RANGE_DESC, {"owner": session_id, "lo": 0, "hi": upto_id, "n": limit}))
+    if len(rows) < limit:
+        # a branch: the rest comes from what it inherited (a plain session has no segment)
+        rows.extend(read_tail(cx, segments(cx, session_id), limit - len(rows)))
+    del own
+    return [message_of(r) for r in reversed(rows)]
 
 
 def read_page(
     cx: Executor, session_id: str, after_id: int, upto_id: int, limit: int
 ) -> list[MessageRecord]:
-    params = {"session_id": session_id, "after_id": after_id, "upto_id": upto_id, "n": limit}
-    return [_message(r) for r in cx.rows(q.MESSAGES_PAGE, params)]
+    rows: list[Sequence[Any]] = []
+    for part in _view(cx, session_id, upto_id):
+        if len(rows) >= limit:
+            break
+        if part.hi <= after_id:
+            continue
+        params = {"owner": part.owner, "lo": max(part.lo, after_id), "hi": part.hi}
+        rows.extend(cx.rows(q.RANGE_ASC, {**params, "n": limit - len(rows)}))
+    return [message_of(r) for r in rows]
 
 
 def import_begin(cx: Executor, record: SessionRecord) -> None:
     create(cx, record, None)
 
 
-def import_batch(cx: Executor, session_id: str, records: Sequence[MessageRecord]) -> int:
-    cx.insert_messages(session_id, records)
+def import_batch(cx: Executor, record: SessionRecord, records: Sequence[MessageRecord]) -> int:
+    cx.insert_messages(record.id, record.root_id or record.id, records)
     return sum(r.byte_size() for r in records)
 
 
@@ -214,35 +215,99 @@ def import_all(
     record: SessionRecord,
     batches: Iterable[Sequence[MessageRecord]],
     max_bytes: int | None,
+    fork: tuple[str, int] | None = None,
 ) -> SessionRecord:
-    """A whole import in one transaction: the session, every batch, then its totals."""
-    import_begin(cx, record)
-    count = size = 0
+    """A whole import in one transaction: the session (a fork of ``fork``'s (source id,
+    fork point) when given), every batch, then its totals."""
+    if fork is None:
+        import_begin(cx, record)
+        base = record
+    else:
+        base = create(cx, record, fork[0], fork[1])
+    count, size = base.message_count, base.size_bytes
     for batch in batches:
-        size += import_batch(cx, record.id, batch)
+        size += import_batch(cx, base, batch)
         count += len(batch)
         check_import_size(record.name, size, max_bytes)
-    last = import_finish(cx, record, count, size)
-    return dataclasses.replace(record, message_count=count, size_bytes=size, last_message_id=last)
+    if fork is None:
+        last = import_finish(cx, record, count, size)
+    else:
+        last = max(
+            base.last_message_id, int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
+        )
+        cx.run(
+            q.SET_SESSION_TOTALS,
+            {
+                "session_id": record.id,
+                "updated_at": record.updated_at,
+                "metadata": dumps_metadata(record.metadata),
+                "message_count": count,
+                "size_bytes": size,
+                "last_id": last,
+            },
+        )
+    return dataclasses.replace(
+        base,
+        metadata=record.metadata,
+        updated_at=record.updated_at,
+        message_count=count,
+        size_bytes=size,
+        last_message_id=last,
+    )
 
 
 def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
-    params = {"session_id": session_id, "upto_id": upto_id, "n": 2**62 if limit is None else limit}
-    row = cx.rows(q.TEXT_LENGTH, params)[0]
-    return int(row[0]), int(row[1])
+    want = 2**62 if limit is None else limit
+    chars = count = 0
+    for part in reversed(_view(cx, session_id, upto_id)):
+        if count >= want:
+            break
+        row = cx.rows(
+            q.RANGE_TEXT, {"owner": part.owner, "lo": part.lo, "hi": part.hi, "n": want - count}
+        )[0]
+        chars += int(row[0])
+        count += int(row[1])
+    return chars, count
 
 
-def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> SessionRecord:
+def create(
+    cx: Executor,
+    record: SessionRecord,
+    copy_from: str | None,
+    fork_point: int | None = None,
+    fork_after: int | None = None,
+) -> SessionRecord:
+    """A new session, or a branch of ``copy_from`` at ``fork_point`` (its first that many
+    messages) or after message ``fork_after`` (all when neither): the branch's segments
+    are the source's, cut there, and copy no row."""
     # a taken name fails the INSERT on the UNIQUE constraint: the error edge makes that
     # SessionExistsError (one statement, and no race between a check and the insert)
-    metadata, count, size = record.metadata, 0, 0
+    metadata, count, size, last_id = record.metadata, 0, 0, 0
+    root, parent, point = record.id, None, None
+    parts: list[Part] = []
     if copy_from is not None:
-        # held until the copy commits: the counters and the rows copied are one state
-        source = cx.rows(q.SESSION_TO_COPY, {"session_id": copy_from})
-        if not source:
+        # held until the fork commits: the counters and the segments are one state
+        found = cx.rows(q.SESSION_TO_FORK, {"session_id": copy_from})
+        if not found:
             raise SessionNotFoundError("the session to branch from no longer exists")
-        metadata = decode_metadata(source[0][4])
-        count, size = int(source[0][5]), int(source[0][6])
+        source = _session(found[0], [])
+        metadata = source.metadata
+        view = segments(cx, copy_from)
+        view.append(
+            own_part(
+                copy_from, view, source.message_count, source.size_bytes, source.last_message_id
+            )
+        )
+        if fork_point is not None and not 0 <= fork_point <= source.message_count:
+            raise InvalidMessageError(
+                f"fork_point {fork_point} is out of range: {source.name!r} shows "
+                f"{source.message_count} messages"
+            )
+        parts = fork_parts(cx, view, fork_point, fork_after)
+        count = sum(p.count for p in parts)
+        size = sum(p.size for p in parts)
+        last_id = parts[-1].hi if parts else 0
+        root, parent, point = source.root_id, copy_from, count
     cx.run(
         q.INSERT_SESSION,
         {
@@ -253,13 +318,26 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
             "metadata": dumps_metadata(metadata),
             "message_count": count,
             "size_bytes": size,
+            "root_id": root,
+            "parent_id": parent,
+            "fork_point": point,
+            "last_id": last_id,
+            "holder": False,
         },
     )
-    last_id = 0
-    if copy_from is not None and count:
-        cx.run(q.COPY_MESSAGES, {"new_id": record.id, "source_id": copy_from})
-        last_id = cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0]
-        cx.run(q.SET_LAST_MESSAGE_ID, {"session_id": record.id, "last_id": last_id})
+    for part in parts:
+        cx.run(
+            q.INSERT_SEGMENT,
+            {
+                "root_id": root,
+                "session_id": record.id,
+                "owner": part.owner,
+                "lo": part.lo,
+                "hi": part.hi,
+                "message_count": part.count,
+                "size_bytes": part.size,
+            },
+        )
     return SessionRecord(
         id=record.id,
         name=record.name,
@@ -269,6 +347,9 @@ def create(cx: Executor, record: SessionRecord, copy_from: str | None) -> Sessio
         message_count=count,
         size_bytes=size,
         last_message_id=int(last_id),
+        root_id=root,
+        parent_id=parent,
+        fork_point=point,
     )
 
 
@@ -284,22 +365,25 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
         metadata = decode_metadata(found[0][0])
         metadata.update(req.metadata_patch)
         version_before = int(found[0][1])
-    # a truncation holds the row too, without reading or decoding the metadata
-    elif req.truncation is not None and not cx.rows(q.SESSION_LOCK, {"session_id": sid}):
+    # a truncation or a drop holds the row too, without reading or decoding the metadata
+    elif (req.truncation is not None or req.drop_newest) and not cx.rows(
+        q.SESSION_LOCK, {"session_id": sid}
+    ):
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
     count_delta = len(req.messages)
     size_delta = sum(r.size for r in req.messages)
-    cut = req.truncation
-    if cut is not None:
-        boundary = cx.rows(
-            q.TRUNCATE_BOUNDARY, {"session_id": sid, "upto_id": cut.upto_id, "keep": cut.keep}
-        )
-        if boundary:
-            params = {"session_id": sid, "boundary": boundary[0][0]}
-            gone, gone_size = cx.rows(q.TRUNCATE_STATS, params)[0]
-            cx.run(q.DELETE_MESSAGES_UPTO, params)
-            count_delta -= int(gone)
-            size_delta -= int(gone_size)
+    dropped: list[MessageRecord] = []
+    if req.truncation is not None or req.drop_newest:
+        root = str(cx.rows(q.ROOT_OF, {"session_id": sid})[0][0] or sid)
+        cut = req.truncation
+        if cut is not None:
+            gone, gone_size = cut_oldest(cx, sid, root, cut.upto_id, cut.keep, req.updated_at)
+            count_delta -= gone
+            size_delta -= gone_size
+        if req.drop_newest:
+            dropped = drop_newest(cx, sid, root, req.drop_newest, req.updated_at)
+            count_delta -= len(dropped)
+            size_delta -= sum(r.size for r in dropped)
     params = {
         "session_id": sid,
         "updated_at": req.updated_at,
@@ -321,7 +405,8 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     last_id = previous
     ids: list[int] = []
     if req.messages:
-        ids = cx.insert_messages(sid, req.messages)
+        root = str(counters[0][5] or sid)
+        ids = cx.insert_messages(sid, root, req.messages)
         last_id = max(previous, ids[-1])
         cx.run(q.SET_LAST_MESSAGE_ID, {"session_id": sid, "last_id": last_id})
     if metadata is None:
@@ -330,14 +415,26 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
             metadata = decode_metadata(counters[0][3])
     elif version_before == req.metadata_version:
         metadata = None  # what the caller saw plus its own patch: it knows that already
-    return SaveResult(ids, count, size, int(last_id), metadata, previous, version)
+    return SaveResult(ids, count, size, int(last_id), metadata, previous, version, dropped)
 
 
-def delete(cx: Executor, session_id: str) -> bool:
+def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
+    """Delete a session: the rows its branches show stay (moved to a holder), the others
+    go, and so do the rows of holders that only it showed."""
     if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
         return False
-    cx.run(q.DELETE_MESSAGES, {"session_id": session_id})
-    return cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
+    root = str(cx.rows(q.ROOT_OF, {"session_id": session_id})[0][0] or session_id)
+    parts = segments(cx, session_id)
+    cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
+    detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
+    deleted = cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
+    reclaim(cx, (p.owner for p in parts), root)
+    return deleted
+
+
+def tree(cx: Executor, root_id: str) -> list[SessionInfo]:
+    """Every session of the branching tree whose key is ``root_id``, oldest first."""
+    return _infos(cx.rows(q.LIST_TREE, {"root_id": root_id}))
 
 
 def _strict_metadata(text: Any) -> dict[str, Any]:
@@ -348,6 +445,10 @@ def _strict_metadata(text: Any) -> dict[str, Any]:
 
 
 def list_all(cx: Executor) -> list[SessionInfo]:
+    return _infos(cx.rows(q.LIST_SESSIONS, {}))
+
+
+def _infos(rows: Iterable[Sequence[Any]]) -> list[SessionInfo]:
     # The hot loop of list_sessions(): one object per row and nothing else, timestamps
     # parsed inline when they are this library's own UTC text. The cyclic collector is
     # paused meanwhile: the ~30k tracked objects of 10k rows made it walk the growing
@@ -366,7 +467,7 @@ def list_all(cx: Executor) -> list[SessionInfo]:
     collecting = gc.isenabled()
     try:
         gc.disable()
-        for sid, name, created, updated, metadata, count, size in cx.rows(q.LIST_SESSIONS, {}):
+        for sid, name, created, updated, metadata, count, size, root, parent, point in rows:
             try:
                 created = iso(created) if type(created) is str else stamp(created)
                 if created.tzinfo is not UTC:
@@ -391,6 +492,9 @@ def list_all(cx: Executor) -> list[SessionInfo]:
                         "message_count": count,
                         "size_bytes": size,
                         "metadata": metadata,
+                        "root_id": root or sid,
+                        "parent_id": parent,
+                        "fork_point": point,
                     }
                 )
             )
@@ -413,8 +517,36 @@ def pg_load(
         rows = cx.fetch(pg_sql.LOAD_BY_NAME, name, max(tail, 0))
     if not rows:
         return None
-    messages = [_message(r[9:]) for r in reversed(rows) if r[9] is not None]
-    return _session(rows[0][:9], messages)
+    messages = [message_of(r[12:]) for r in reversed(rows) if r[12] is not None]
+    return _session(rows[0][:12], messages)
+
+
+def pg_read(
+    cx: PgExecutor, session_id: str, upto_id: int, limit: int | None
+) -> list[MessageRecord]:
+    """:func:`read` as one statement."""
+    if limit is None:
+        return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, session_id, upto_id)]
+    if limit <= 0:
+        return []
+    rows = cx.fetch(pg_sql.READ_TAIL, session_id, upto_id, limit)
+    return [message_of(r) for r in reversed(rows)]
+
+
+def pg_read_page(
+    cx: PgExecutor, session_id: str, after_id: int, upto_id: int, limit: int
+) -> list[MessageRecord]:
+    """:func:`read_page` as one statement."""
+    rows = cx.fetch(pg_sql.READ_PAGE, session_id, after_id, upto_id, limit)
+    return [message_of(r) for r in rows]
+
+
+def pg_text_length(
+    cx: PgExecutor, session_id: str, upto_id: int, limit: int | None
+) -> tuple[int, int]:
+    """:func:`text_length` as one statement."""
+    row = cx.fetch(pg_sql.TEXT_LENGTH, session_id, upto_id, limit)[0]
+    return int(row[0]), int(row[1])
 
 
 def pg_append(cx: PgExecutor, req: SaveRequest) -> SaveResult:

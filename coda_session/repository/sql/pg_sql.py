@@ -4,10 +4,19 @@ round trips, done in one. Every value is a bound parameter ($1, $2, ...)."""
 # ruff: noqa: S608 - SQL built from constant fragments only; every value is a $n parameter
 from __future__ import annotations
 
-__all__ = ["APPEND", "INSERT_MESSAGES", "LOAD_BY_ID", "LOAD_BY_NAME"]
+__all__ = [
+    "APPEND",
+    "INSERT_MESSAGES",
+    "LOAD_BY_ID",
+    "LOAD_BY_NAME",
+    "READ_ALL",
+    "READ_PAGE",
+    "READ_TAIL",
+    "TEXT_LENGTH",
+]
 
 _MESSAGE_COLUMNS = (
-    "session_id, role, content, timestamp, metadata, content_zlib, size_bytes, char_count"
+    "session_id, role, content, timestamp, metadata, content_zlib, size_bytes, char_count, root_id"
 )
 _UNNEST = (
     "unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[], "
@@ -15,10 +24,12 @@ _UNNEST = (
 )
 
 #: Messages of one session in one statement ($1 the session id, $2..$8 one array per
-#: column), in the order given; ``ids`` ascending (the sequence runs in that order).
+#: column, $9 the tree's key), in the order given; ``ids`` ascending (the sequence runs
+#: in that order).
 INSERT_MESSAGES = (
     f"WITH ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
-    "SELECT $1::text, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars "
+    "SELECT $1::text, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
+    "$9::text "
     f"FROM {_UNNEST} ORDER BY r.ord RETURNING id) "
     "SELECT array_agg(id ORDER BY id) FROM ins"
 )
@@ -30,12 +41,13 @@ INSERT_MESSAGES = (
 #: comes back) or would pass $9 bytes (``fits`` is empty: the row comes back with the
 #: ``upd`` columns NULL). $10 is the metadata version the caller saw.
 APPEND = (
-    "WITH cur AS (SELECT id, message_count, size_bytes, last_message_id FROM sessions "
+    "WITH cur AS (SELECT id, message_count, size_bytes, last_message_id, root_id FROM sessions "
     "WHERE id = $1::text FOR NO KEY UPDATE), "
     "fits AS (SELECT * FROM cur WHERE $9::bigint IS NULL OR $12::bigint <= 0 "
     "OR cur.size_bytes + $12::bigint <= $9::bigint), "
     f"ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
-    "SELECT fits.id, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars "
+    "SELECT fits.id, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
+    "coalesce(fits.root_id, fits.id) "
     f"FROM fits, {_UNNEST} ORDER BY r.ord RETURNING id), "
     "upd AS (UPDATE sessions s SET updated_at = $11::timestamptz, "
     "message_count = fits.message_count + cardinality($2::text[]), "
@@ -50,13 +62,61 @@ APPEND = (
     "upd.metadata_version, upd.metadata, upd.last_message_id FROM cur LEFT JOIN upd ON true"
 )
 
+_COLS = (
+    "m.id, m.role, m.content, m.timestamp, m.metadata::text AS metadata, m.content_zlib, "
+    "m.size_bytes, m.char_count"
+)
+_T_COLS = (
+    "t.id, t.role, t.content, t.timestamp, t.metadata, t.content_zlib, t.size_bytes, t.char_count"
+)
+
+
+def _parts(session: str, upto: str) -> str:
+    """A session's view as (owner_id, lo, hi) runs: its segments, then its own rows."""
+    return (
+        "(SELECT g.owner_id, g.lo, g.hi FROM session_segments g "
+        f"WHERE g.session_id = {session} UNION ALL SELECT {session}, 0::bigint, {upto}) p"
+    )
+
+
+def _tail(session: str, upto: str, n: str) -> str:
+    """The newest ``n`` rows of a session's view (each run read newest first, at most n)."""
+    return (
+        f"SELECT {_T_COLS} FROM {_parts(session, upto)} CROSS JOIN LATERAL "
+        f"(SELECT {_COLS} FROM messages m WHERE m.session_id = p.owner_id AND m.id > p.lo "
+        f"AND m.id <= p.hi ORDER BY m.id DESC LIMIT {n}) t ORDER BY t.id DESC LIMIT {n}"
+    )
+
+
+#: The newest $3 messages (NULL: all) of session $1 with id <= $2 (own rows; what it
+#: inherits is older), newest first, in one statement (one snapshot).
+READ_TAIL = _tail("$1::text", "$2::bigint", "$3::bigint")
+#: Every message of session $1 up to $2, oldest first.
+READ_ALL = (
+    f"SELECT {_T_COLS} FROM {_parts('$1::text', '$2::bigint')} CROSS JOIN LATERAL "
+    f"(SELECT {_COLS} FROM messages m WHERE m.session_id = p.owner_id AND m.id > p.lo "
+    "AND m.id <= p.hi) t ORDER BY t.id"
+)
+#: At most $4 messages of session $1 with $2 < id <= $3, oldest first.
+READ_PAGE = (
+    f"SELECT {_T_COLS} FROM {_parts('$1::text', '$3::bigint')} CROSS JOIN LATERAL "
+    f"(SELECT {_COLS} FROM messages m WHERE m.session_id = p.owner_id "
+    "AND m.id > greatest(p.lo, $2::bigint) AND m.id <= p.hi ORDER BY m.id LIMIT $4::bigint) t "
+    "ORDER BY t.id LIMIT $4::bigint"
+)
+#: (characters, count) of the newest $3 messages of session $1 up to $2.
+TEXT_LENGTH = (
+    "SELECT coalesce(sum(x.char_count), 0), count(*) FROM ("
+    + _tail("$1::text", "$2::bigint", "$3::bigint")
+    + ") x"
+)
+
 _LOAD = (
     "SELECT s.id, s.name, s.created_at, s.updated_at, s.metadata::text, s.message_count, "
-    "s.size_bytes, s.metadata_version, s.last_message_id, "
-    "t.id, t.role, t.content, t.timestamp, t.metadata::text, t.content_zlib, t.size_bytes, "
-    "t.char_count FROM sessions s LEFT JOIN LATERAL (SELECT * FROM messages m "
-    "WHERE m.session_id = s.id AND m.id <= s.last_message_id ORDER BY m.id DESC "
-    "LIMIT $2::bigint) t ON true WHERE "
+    "s.size_bytes, s.metadata_version, s.last_message_id, s.root_id, s.parent_id, "
+    f"s.fork_point, {_T_COLS} FROM sessions s LEFT JOIN LATERAL ("
+    + _tail("s.id", "s.last_message_id", "$2::bigint")
+    + ") t ON true WHERE NOT s.holder AND "
 )
 #: A session row with its newest $2 messages (newest first), one snapshot, one trip.
 LOAD_BY_NAME = _LOAD + "s.name = $1::text ORDER BY t.id DESC"

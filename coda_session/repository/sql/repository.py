@@ -273,7 +273,12 @@ class SqlRepository:
     # -- the protocol ---------------------------------------------------------------------
 
     async def create_session(
-        self, record: SessionRecord, *, copy_from: str | None = None
+        self,
+        record: SessionRecord,
+        *,
+        copy_from: str | None = None,
+        fork_point: int | None = None,
+        fork_after: int | None = None,
     ) -> SessionRecord:
         return await self._run(
             "creating a session",
@@ -281,7 +286,10 @@ class SqlRepository:
             ops.create,
             record,
             copy_from,
-            loop_pages=None if copy_from is not None else 4,
+            fork_point,
+            fork_after,
+            # a fork inside the source counts the rows it cuts: not on the loop
+            loop_pages=4 if copy_from is None else 8 if fork_point is fork_after is None else None,
             name=record.name,
         )
 
@@ -304,10 +312,11 @@ class SqlRepository:
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> list[MessageRecord]:
         small = limit is not None and limit <= LOOP_MAX_ROWS
+        await self._ready()
         return await self._run(
             "reading messages",
             False,
-            ops.read,
+            ops.pg_read if self._one_statement else ops.read,
             session_id,
             upto_id,
             limit,
@@ -318,10 +327,11 @@ class SqlRepository:
     async def read_page(
         self, session_id: str, *, after_id: int, upto_id: int, limit: int
     ) -> list[MessageRecord]:
+        await self._ready()
         return await self._run(
             "reading messages",
             False,
-            ops.read_page,
+            ops.pg_read_page if self._one_statement else ops.read_page,
             session_id,
             after_id,
             upto_id,
@@ -336,6 +346,7 @@ class SqlRepository:
         batches: Iterable[Sequence[MessageRecord]],
         *,
         max_bytes: int | None = None,
+        fork: tuple[str, int] | None = None,
     ) -> SessionRecord:
         return await self._run(
             "importing a session",
@@ -344,6 +355,7 @@ class SqlRepository:
             record,
             batches,
             max_bytes,
+            fork,
             name=record.name,
         )
 
@@ -369,9 +381,19 @@ class SqlRepository:
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None
     ) -> tuple[int, int]:
+        await self._ready()
         return await self._run(
-            "counting tokens", False, ops.text_length, session_id, upto_id, limit, single=True
+            "counting tokens",
+            False,
+            ops.pg_text_length if self._one_statement else ops.text_length,
+            session_id,
+            upto_id,
+            limit,
+            single=True,
         )
+
+    async def list_tree(self, root_id: str) -> list[SessionInfo]:
+        return await self._run("listing a tree", False, ops.tree, root_id, single=True)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[SqlSnapshot]:
@@ -386,8 +408,12 @@ class SqlRepository:
 
 def _save_pages(request: SaveRequest) -> int | None:
     """The WAL pages a save may write if it is small enough for the loop, else None."""
-    if request.truncation is not None or len(request.messages) > LOOP_MAX_MESSAGES:
-        return None  # a truncation deletes any number of rows
+    if (
+        request.truncation is not None
+        or request.drop_newest
+        or len(request.messages) > LOOP_MAX_MESSAGES
+    ):
+        return None  # a truncation or a drop deletes (or moves) any number of rows
     size = sum(r.byte_size() for r in request.messages)
     if request.metadata_patch:
         size += len(str(request.metadata_patch))

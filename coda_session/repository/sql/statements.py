@@ -9,33 +9,54 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .tables import messages as m
+from .tables import segments as g
 from .tables import sessions as s
 
 __all__ = [
-    "COPY_MESSAGES",
+    "BUMP_TOTALS",
+    "DELETE_HOLDER",
     "DELETE_LOCK",
     "DELETE_MESSAGES",
     "DELETE_MESSAGES_UPTO",
+    "DELETE_RANGE",
+    "DELETE_SEGMENT",
+    "DELETE_SEGMENTS_OF",
     "DELETE_SESSION",
+    "HOLDER_TOTALS",
     "INSERT_MESSAGE",
     "INSERT_MESSAGE_RETURNING",
+    "INSERT_SEGMENT",
     "INSERT_SESSION",
     "LAST_MESSAGE_ID",
     "LIST_SESSIONS",
+    "LIST_TREE",
     "MESSAGES_ALL",
     "MESSAGES_LATEST",
     "MESSAGES_PAGE",
     "MESSAGES_TAIL",
+    "MOVE_RANGE",
+    "RANGE_ALL",
+    "RANGE_ASC",
+    "RANGE_DESC",
+    "RANGE_HAS",
+    "RANGE_NTH_ASC",
+    "RANGE_NTH_DESC",
+    "RANGE_STATS",
+    "RANGE_TEXT",
+    "ROOT_OF",
+    "SEGMENTS",
+    "SEGMENTS_ON",
     "SESSION_BY_ID",
     "SESSION_BY_NAME",
     "SESSION_LOCK",
     "SESSION_METADATA",
-    "SESSION_TO_COPY",
+    "SESSION_TO_FORK",
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
     "TEXT_LENGTH",
     "TRUNCATE_BOUNDARY",
     "TRUNCATE_STATS",
+    "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
     "is_constant",
@@ -62,16 +83,29 @@ _MESSAGE_COLS = (
     m.c.char_count,
 )
 
-SESSION_BY_NAME = sa.select(*_SESSION_COLS, s.c.metadata_version, s.c.last_message_id).where(
-    s.c.name == sa.bindparam("name")
+_TREE_COLS = (s.c.root_id, s.c.parent_id, s.c.fork_point)
+_RECORD_COLS = (*_SESSION_COLS, s.c.metadata_version, s.c.last_message_id, *_TREE_COLS)
+SESSION_BY_NAME = sa.select(*_RECORD_COLS).where(
+    s.c.name == sa.bindparam("name"), s.c.holder == sa.false()
 )
-SESSION_BY_ID = sa.select(*_SESSION_COLS, s.c.metadata_version, s.c.last_message_id).where(
-    s.c.id == sa.bindparam("session_id")
+SESSION_BY_ID = sa.select(*_RECORD_COLS).where(
+    s.c.id == sa.bindparam("session_id"), s.c.holder == sa.false()
 )
-# a branch's source: held (shared) while its messages are copied, so no writer moves its
-# counters in between (server databases; SQLite's write lock already does)
-SESSION_TO_COPY = SESSION_BY_ID.with_for_update(read=True)
-LIST_SESSIONS = sa.select(*_SESSION_COLS).order_by(s.c.created_at, s.c.name)
+# a branch's source: held (shared) while the fork reads its segments and counters, so no
+# writer moves them in between (server databases; SQLite's write lock already does)
+SESSION_TO_FORK = SESSION_BY_ID.with_for_update(read=True)
+LIST_SESSIONS = (
+    sa.select(*_SESSION_COLS, *_TREE_COLS)
+    .where(s.c.holder == sa.false())
+    .order_by(s.c.created_at, s.c.name)
+)
+# every session of one tree (the tree's key names the shard)
+LIST_TREE = (
+    sa.select(*_SESSION_COLS, *_TREE_COLS)
+    .where(s.c.root_id == sa.bindparam("root_id"), s.c.holder == sa.false())
+    .order_by(s.c.created_at, s.c.name)
+)
+ROOT_OF = sa.select(s.c.root_id).where(s.c.id == sa.bindparam("session_id"))
 LAST_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0)).where(
     m.c.session_id == sa.bindparam("session_id")
 )
@@ -132,6 +166,11 @@ INSERT_SESSION = sa.insert(s).values(
     metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
     message_count=sa.bindparam("message_count"),
     size_bytes=sa.bindparam("size_bytes"),
+    root_id=sa.bindparam("root_id"),
+    parent_id=sa.bindparam("parent_id"),
+    fork_point=sa.bindparam("fork_point", type_=sa.BigInteger),
+    last_message_id=sa.bindparam("last_id", type_=sa.BigInteger),
+    holder=sa.bindparam("holder", type_=sa.Boolean),
 )
 _bump = {
     "updated_at": sa.bindparam("updated_at", type_=s.c.updated_at.type),
@@ -155,6 +194,7 @@ UPDATE_SESSION = (
             else_=s.c["metadata"],
         ),
         s.c.last_message_id,
+        s.c.root_id,
     )
 )
 UPDATE_SESSION_METADATA = (
@@ -166,7 +206,12 @@ UPDATE_SESSION_METADATA = (
         metadata_version=s.c.metadata_version + 1,
     )
     .returning(
-        s.c.message_count, s.c.size_bytes, s.c.metadata_version, sa.null(), s.c.last_message_id
+        s.c.message_count,
+        s.c.size_bytes,
+        s.c.metadata_version,
+        sa.null(),
+        s.c.last_message_id,
+        s.c.root_id,
     )
 )
 SET_LAST_MESSAGE_ID = (
@@ -192,32 +237,9 @@ INSERT_MESSAGE = sa.insert(m).values(
     content_zlib=sa.bindparam("content_zlib", type_=m.c.content_zlib.type),
     size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
     char_count=sa.bindparam("char_count", type_=sa.BigInteger),
+    root_id=sa.bindparam("root_id"),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
-COPY_MESSAGES = sa.insert(m).from_select(
-    [
-        "session_id",
-        "role",
-        "content",
-        "timestamp",
-        "metadata",
-        "content_zlib",
-        "size_bytes",
-        "char_count",
-    ],
-    sa.select(
-        sa.bindparam("new_id", type_=sa.Text),
-        m.c.role,
-        m.c.content,
-        m.c.timestamp,
-        m.c["metadata"],
-        m.c.content_zlib,
-        m.c.size_bytes,
-        m.c.char_count,
-    )
-    .where(m.c.session_id == sa.bindparam("source_id"))
-    .order_by(m.c.id),
-)
 # the newest message a truncation removes: the (keep+1)-th newest with id <= upto_id
 TRUNCATE_BOUNDARY = (
     sa.select(m.c.id)
@@ -237,6 +259,84 @@ DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
 # a delete holds the session row before it removes the messages: a save that committed
 # messages meanwhile is then seen (READ COMMITTED), not left to fail the foreign key
 DELETE_LOCK = sa.select(s.c.id).where(s.c.id == sa.bindparam("session_id")).with_for_update()
+
+# -- the branching tree (segments: see tables.SegmentRow) ------------------------------
+
+_range = (
+    m.c.session_id == sa.bindparam("owner"),
+    m.c.id > sa.bindparam("lo", type_=sa.BigInteger),
+    m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
+)
+#: a session's segments, oldest first
+SEGMENTS = (
+    sa.select(g.c.owner_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes, g.c.id)
+    .where(g.c.session_id == sa.bindparam("session_id"))
+    .order_by(g.c.lo)
+)
+#: the segments that show rows of ``owner`` (other sessions' views of them)
+SEGMENTS_ON = sa.select(
+    g.c.id, g.c.session_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes
+).where(g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("root_id"))
+INSERT_SEGMENT = sa.insert(g).values(
+    root_id=sa.bindparam("root_id"),
+    session_id=sa.bindparam("session_id"),
+    owner_id=sa.bindparam("owner"),
+    lo=sa.bindparam("lo", type_=sa.BigInteger),
+    hi=sa.bindparam("hi", type_=sa.BigInteger),
+    message_count=sa.bindparam("message_count", type_=sa.BigInteger),
+    size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
+)
+UPDATE_SEGMENT = (
+    sa.update(g)
+    .where(g.c.id == sa.bindparam("segment_id"))
+    .values(
+        owner_id=sa.bindparam("owner"),
+        lo=sa.bindparam("lo", type_=sa.BigInteger),
+        hi=sa.bindparam("hi", type_=sa.BigInteger),
+        message_count=sa.bindparam("message_count", type_=sa.BigInteger),
+        size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
+    )
+)
+DELETE_SEGMENT = sa.delete(g).where(g.c.id == sa.bindparam("segment_id"))
+DELETE_SEGMENTS_OF = sa.delete(g).where(g.c.session_id == sa.bindparam("session_id"))
+#: rows of ``owner`` with lo < id <= hi, newest first / oldest first (at most n)
+RANGE_DESC = (
+    sa.select(*_MESSAGE_COLS).where(*_range).order_by(m.c.id.desc()).limit(sa.bindparam("n"))
+)
+RANGE_ASC = sa.select(*_MESSAGE_COLS).where(*_range).order_by(m.c.id).limit(sa.bindparam("n"))
+RANGE_ALL = sa.select(*_MESSAGE_COLS).where(*_range).order_by(m.c.id)
+#: the id of the row ``k`` rows in from either end of a range (0: the first)
+RANGE_NTH_ASC = sa.select(m.c.id).where(*_range).order_by(m.c.id).limit(1).offset(sa.bindparam("k"))
+RANGE_NTH_DESC = (
+    sa.select(m.c.id).where(*_range).order_by(m.c.id.desc()).limit(1).offset(sa.bindparam("k"))
+)
+#: (count, size, characters) of a range
+RANGE_STATS = sa.select(
+    sa.func.count(),
+    sa.func.coalesce(sa.func.sum(m.c.size_bytes), 0),
+    sa.func.coalesce(sa.func.sum(m.c.char_count), 0),
+).where(*_range)
+_range_tail = (
+    sa.select(m.c.char_count).where(*_range).order_by(m.c.id.desc()).limit(sa.bindparam("n"))
+).subquery()
+#: (characters, count) of the newest n rows of a range
+RANGE_TEXT = sa.select(sa.func.coalesce(sa.func.sum(_range_tail.c.char_count), 0), sa.func.count())
+#: a message of a range, by id
+RANGE_HAS = sa.select(m.c.id).where(*_range, m.c.id == sa.bindparam("message_id"))
+MOVE_RANGE = sa.update(m).where(*_range).values(session_id=sa.bindparam("to", type_=sa.Text))
+DELETE_RANGE = sa.delete(m).where(*_range)
+BUMP_TOTALS = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(
+        message_count=s.c.message_count + sa.bindparam("count_delta", type_=sa.BigInteger),
+        size_bytes=s.c.size_bytes + sa.bindparam("size_delta", type_=sa.BigInteger),
+    )
+)
+HOLDER_TOTALS = sa.select(s.c.message_count, s.c.size_bytes, s.c.holder).where(
+    s.c.id == sa.bindparam("session_id")
+)
+DELETE_HOLDER = sa.delete(s).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 
 # The compile cache of the SQLite fast path holds these and nothing else: they live as
 # long as the process, so their ids are never reused. A statement built per call is not

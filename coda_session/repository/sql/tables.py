@@ -18,6 +18,7 @@ __all__ = [
     "JsonText",
     "MessageRow",
     "RawBytes",
+    "SegmentRow",
     "SessionRow",
     "TextTimestamp",
     "UtcTimestamp",
@@ -134,6 +135,40 @@ class SessionRow(Base):
     # kept on the row that writers lock, so it is read after the lock on every database
     # (see migration 0008)
     last_message_id: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
+    # the branching tree (see migration 0009): the tree's key (its first session's id, the
+    # shard key every row of the tree carries), the session this one was forked from and
+    # how many of its messages it started with
+    root_id: Mapped[str | None] = mapped_column(sa.Text, index=True)
+    parent_id: Mapped[str | None] = mapped_column(sa.Text)
+    fork_point: Mapped[int | None] = mapped_column(BigId)
+    # a row that holds messages only branches show (its session was deleted, or stopped
+    # showing them): never listed, never found by name or id
+    holder: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
+
+
+class SegmentRow(Base):
+    """``session_segments``: what a branch shows of other sessions' rows, oldest first.
+
+    A segment is the rows of ``owner_id`` with ``lo < id <= hi``; a branch shows its
+    segments in order, then its own rows. Segments are flat (a branch of a branch holds
+    its whole inherited view, not a pointer to its parent), so a read never walks a chain,
+    and they only ever shrink. ``message_count`` and ``size_bytes`` are the segment's.
+    """
+
+    __tablename__ = "session_segments"
+    __table_args__ = (
+        sa.Index("ix_session_segments_session_id_lo", "session_id", "lo"),
+        sa.Index("ix_session_segments_owner_id", "owner_id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    root_id: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    session_id: Mapped[str] = mapped_column(sa.Text, sa.ForeignKey("sessions.id"), nullable=False)
+    owner_id: Mapped[str] = mapped_column(sa.Text, sa.ForeignKey("sessions.id"), nullable=False)
+    lo: Mapped[int] = mapped_column(BigId, nullable=False)
+    hi: Mapped[int] = mapped_column(BigId, nullable=False)
+    message_count: Mapped[int] = mapped_column(BigId, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigId, nullable=False)
 
 
 class MessageRow(Base):
@@ -165,6 +200,8 @@ class MessageRow(Base):
     char_count: Mapped[int] = mapped_column(
         sa.BigInteger, nullable=False, server_default=sa.text("0")
     )
+    # the tree's key, as on its session (see migration 0009)
+    root_id: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class AdoptionNote(Base):
@@ -184,3 +221,4 @@ class AdoptionNote(Base):
 
 sessions = cast(sa.Table, SessionRow.__table__)
 messages = cast(sa.Table, MessageRow.__table__)
+segments = cast(sa.Table, SegmentRow.__table__)

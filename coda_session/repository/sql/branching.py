@@ -1,0 +1,398 @@
+"""Copy-on-write branches over SQL: a session's view is its segments, then its own rows.
+
+A session shows, oldest first, the rows of each of its *segments* (the rows of another
+session, its ``owner``, with ``lo < id <= hi``) and then its own rows (``session_id`` is
+its id). Message ids ascend across the whole store, and every row a branch inherits is
+older than the branch, so the view is in id order. A fork copies no row: it writes the
+source's segments, cut at the fork point, plus one segment on the source's own rows.
+
+Every session's own rows are exactly the own rows it shows. When a session stops showing
+some of them (truncate, clear, drop the newest, delete) those that another session's
+segment still shows move to a *holder* (a hidden ``sessions`` row of the same tree) and
+the segments follow them; the others are deleted. A holder's rows that no segment shows
+any more are deleted as soon as a segment stops showing them (:func:`reclaim`), and an
+empty holder with them, so storage never keeps a row nothing shows.
+
+Every function runs inside the caller's transaction, with the session row already held.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ...errors import InvalidMessageError
+from ...models import MessageRecord
+from . import statements as q
+from .executors import Executor
+from .rows import message_of
+
+__all__ = [
+    "BEYOND",
+    "Part",
+    "cut_oldest",
+    "detach",
+    "drop_newest",
+    "fork_parts",
+    "new_holder",
+    "own_part",
+    "read_tail",
+    "reclaim",
+    "segments",
+]
+
+#: an upper bound above every message id
+BEYOND = 2**62
+
+
+@dataclass(slots=True)
+class Part:
+    """One run of a session's view: ``owner``'s rows with ``lo < id <= hi``."""
+
+    owner: str
+    lo: int
+    hi: int
+    count: int
+    size: int
+    segment_id: int | None = None
+    """The ``session_segments`` row, or None for the session's own rows."""
+
+
+def segments(cx: Executor, session_id: str) -> list[Part]:
+    """The session's segments, oldest first."""
+    return [
+        Part(str(owner), int(lo), int(hi), int(count), int(size), int(seg))
+        for owner, lo, hi, count, size, seg in cx.rows(q.SEGMENTS, {"session_id": session_id})
+    ]
+
+
+def own_part(session_id: str, parts: Sequence[Part], count: int, size: int, hi: int) -> Part:
+    """The session's own rows as a part, from its totals (``count``, ``size``) and its
+    segments (``parts``)."""
+    return Part(
+        session_id,
+        0,
+        hi,
+        count - sum(p.count for p in parts),
+        size - sum(p.size for p in parts),
+    )
+
+
+def _range(part: Part, lo: int | None = None, hi: int | None = None) -> dict[str, Any]:
+    return {
+        "owner": part.owner,
+        "lo": part.lo if lo is None else lo,
+        "hi": part.hi if hi is None else hi,
+    }
+
+
+def _stats(cx: Executor, owner: str, lo: int, hi: int) -> tuple[int, int]:
+    count, size, _ = cx.rows(q.RANGE_STATS, {"owner": owner, "lo": lo, "hi": hi})[0]
+    return int(count), int(size)
+
+
+def _nth(cx: Executor, part: Part, k: int) -> int:
+    """The id of the part's ``k``-th row (1-based, 1 <= k <= count), read from the nearer
+    end (an OFFSET costs what it skips)."""
+    if k <= part.count - k + 1:
+        found = cx.rows(q.RANGE_NTH_ASC, {**_range(part), "k": k - 1})
+    else:
+        found = cx.rows(q.RANGE_NTH_DESC, {**_range(part), "k": part.count - k})
+    return int(found[0][0])
+
+
+def _head(cx: Executor, part: Part, boundary: int, count: int) -> Part:
+    """The part's rows up to ``boundary`` (``count`` of them), sized from the nearer end."""
+    if count <= part.count - count:
+        size = _stats(cx, part.owner, part.lo, boundary)[1]
+    else:
+        size = part.size - _stats(cx, part.owner, boundary, part.hi)[1]
+    return Part(part.owner, part.lo, boundary, count, size)
+
+
+def read_tail(cx: Executor, parts: Sequence[Part], limit: int) -> list[Sequence[Any]]:
+    """The newest ``limit`` rows of the parts, newest first."""
+    out: list[Sequence[Any]] = []
+    for part in reversed(parts):
+        if len(out) >= limit:
+            break
+        if part.count <= 0 and part.segment_id is not None:
+            continue
+        out.extend(cx.rows(q.RANGE_DESC, {**_range(part), "n": limit - len(out)}))
+    return out
+
+
+def fork_parts(
+    cx: Executor, parts: Sequence[Part], point: int | None, after_id: int | None
+) -> list[Part]:
+    """The parts a fork of a view made of ``parts`` starts with: its first ``point``
+    messages, or those up to and including message ``after_id``, or all of them."""
+    total = sum(p.count for p in parts)
+    if after_id is not None:
+        point = None
+        seen = 0
+        for part in parts:
+            if part.lo < after_id <= part.hi and cx.rows(
+                q.RANGE_HAS, {**_range(part), "message_id": after_id}
+            ):
+                count, _ = _stats(cx, part.owner, part.lo, after_id)
+                point = seen + count
+                break
+            seen += part.count
+        if point is None:
+            raise InvalidMessageError(
+                f"message {after_id} is not one of the messages the source shows"
+            )
+    if point is None:
+        point = total
+    out: list[Part] = []
+    seen = 0
+    for part in parts:
+        if seen >= point:
+            break
+        if part.count <= 0:
+            continue
+        if seen + part.count <= point:
+            out.append(Part(part.owner, part.lo, part.hi, part.count, part.size))
+        else:
+            k = point - seen
+            out.append(_head(cx, part, _nth(cx, part, k), k))
+        seen += out[-1].count
+    return out
+
+
+def new_holder(cx: Executor, root_id: str, when: datetime) -> str:
+    """A hidden session row of the tree, to hold rows only other sessions show."""
+    holder = str(uuid.uuid4())
+    cx.run(
+        q.INSERT_SESSION,
+        {
+            "id": holder,
+            # names never hold control characters (codec.check_name): this one is
+            # unique and can never be looked up
+            "name": "\x01held:" + holder,
+            "created_at": when,
+            "updated_at": when,
+            "metadata": "{}",
+            "message_count": 0,
+            "size_bytes": 0,
+            "root_id": root_id,
+            "parent_id": None,
+            "fork_point": None,
+            "last_id": 0,
+            "holder": True,
+        },
+    )
+    return holder
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _gaps(within: tuple[int, int], kept: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    gaps, at = [], within[0]
+    for lo, hi in kept:
+        if lo > at:
+            gaps.append((at, lo))
+        at = max(at, hi)
+    if at < within[1]:
+        gaps.append((at, within[1]))
+    return gaps
+
+
+def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: datetime) -> None:
+    """``session_id`` stops showing its own rows with ``lo < id <= hi``: those another
+    session's segment shows move to a new holder (and the segments with them), the
+    others are deleted. The session's totals are the caller's to adjust."""
+    refs = [
+        r
+        for r in cx.rows(q.SEGMENTS_ON, {"owner": session_id, "root_id": root_id})
+        if int(r[2]) < hi and int(r[3]) > lo
+    ]
+    if not refs:
+        cx.run(q.DELETE_RANGE, {"owner": session_id, "lo": lo, "hi": hi})
+        return
+    shown = _merge((max(int(r[2]), lo), min(int(r[3]), hi)) for r in refs)
+    holder = new_holder(cx, root_id, when)
+    moved_count = moved_size = 0
+    for a, b in shown:
+        count, size = _stats(cx, session_id, a, b)
+        cx.run(q.MOVE_RANGE, {"owner": session_id, "lo": a, "hi": b, "to": holder})
+        moved_count += count
+        moved_size += size
+    for a, b in _gaps((lo, hi), shown):
+        cx.run(q.DELETE_RANGE, {"owner": session_id, "lo": a, "hi": b})
+    cx.run(
+        q.BUMP_TOTALS,
+        {"session_id": holder, "count_delta": moved_count, "size_delta": moved_size},
+    )
+    for seg_id, viewer, s_lo, s_hi, s_count, s_size in refs:
+        s_lo, s_hi, s_count, s_size = int(s_lo), int(s_hi), int(s_count), int(s_size)
+        a, b = max(s_lo, lo), min(s_hi, hi)
+        mid_count, mid_size = _stats(cx, holder, a, b)
+        cx.run(
+            q.UPDATE_SEGMENT,
+            {
+                "segment_id": seg_id,
+                "owner": holder,
+                "lo": a,
+                "hi": b,
+                "message_count": mid_count,
+                "size_bytes": mid_size,
+            },
+        )
+        rest_count, rest_size = s_count - mid_count, s_size - mid_size
+        if s_lo < a and s_hi > b:
+            left = _stats(cx, session_id, s_lo, a)
+            pieces = [(s_lo, a, *left), (b, s_hi, rest_count - left[0], rest_size - left[1])]
+        elif s_lo < a:
+            pieces = [(s_lo, a, rest_count, rest_size)]
+        elif s_hi > b:
+            pieces = [(b, s_hi, rest_count, rest_size)]
+        else:
+            pieces = []
+        for p_lo, p_hi, p_count, p_size in pieces:
+            cx.run(
+                q.INSERT_SEGMENT,
+                {
+                    "root_id": root_id,
+                    "session_id": viewer,
+                    "owner": session_id,
+                    "lo": p_lo,
+                    "hi": p_hi,
+                    "message_count": p_count,
+                    "size_bytes": p_size,
+                },
+            )
+
+
+def reclaim(cx: Executor, owners: Iterable[str], root_id: str) -> None:
+    """Delete the rows of the holders among ``owners`` that no segment shows any more
+    (and a holder left with none)."""
+    for owner in set(owners):
+        found = cx.rows(q.HOLDER_TOTALS, {"session_id": owner})
+        if not found or not found[0][2]:
+            continue  # a session's own rows: it shows them
+        refs = cx.rows(q.SEGMENTS_ON, {"owner": owner, "root_id": root_id})
+        if not refs:
+            cx.run(q.DELETE_RANGE, {"owner": owner, "lo": -1, "hi": BEYOND})
+            cx.run(q.DELETE_HOLDER, {"session_id": owner})
+            continue
+        shown = _merge((int(r[2]), int(r[3])) for r in refs)
+        gone_count = gone_size = 0
+        for a, b in _gaps((-1, BEYOND), shown):
+            count, size = _stats(cx, owner, a, b)
+            if count:
+                cx.run(q.DELETE_RANGE, {"owner": owner, "lo": a, "hi": b})
+                gone_count += count
+                gone_size += size
+        if gone_count:
+            cx.run(
+                q.BUMP_TOTALS,
+                {"session_id": owner, "count_delta": -gone_count, "size_delta": -gone_size},
+            )
+
+
+def _drop_segment(cx: Executor, part: Part) -> None:
+    cx.run(q.DELETE_SEGMENT, {"segment_id": part.segment_id})
+
+
+def _set_segment(cx: Executor, part: Part) -> None:
+    cx.run(
+        q.UPDATE_SEGMENT,
+        {
+            "segment_id": part.segment_id,
+            "owner": part.owner,
+            "lo": part.lo,
+            "hi": part.hi,
+            "message_count": part.count,
+            "size_bytes": part.size,
+        },
+    )
+
+
+def cut_oldest(
+    cx: Executor,
+    session_id: str,
+    root_id: str,
+    upto_id: int,
+    keep: int,
+    when: datetime,
+) -> tuple[int, int]:
+    """Of the rows the session shows with ``id <= upto_id``, keep the newest ``keep``
+    (a truncation). Returns the (count, size) it stopped showing."""
+    gone_count = gone_size = 0
+    parts = segments(cx, session_id)
+    boundary = cx.rows(q.RANGE_NTH_DESC, {"owner": session_id, "lo": 0, "hi": upto_id, "k": keep})
+    owners: list[str] = []
+    if boundary:
+        # the cut falls in the session's own rows: every segment goes too
+        cut = int(boundary[0][0])
+        count, size = _stats(cx, session_id, 0, cut)
+        detach(cx, session_id, root_id, 0, cut, when)
+        gone_count, gone_size = count, size
+        for part in parts:
+            _drop_segment(cx, part)
+            owners.append(part.owner)
+            gone_count += part.count
+            gone_size += part.size
+    else:
+        left = keep - _stats(cx, session_id, 0, upto_id)[0]
+        for part in reversed(parts):
+            if left >= part.count:
+                left -= part.count
+                continue
+            if left > 0:
+                cut = _nth(cx, part, part.count - left)
+                size = _stats(cx, part.owner, cut, part.hi)[1]
+                gone_count += part.count - left
+                gone_size += part.size - size
+                part.lo, part.count, part.size = cut, left, size
+                _set_segment(cx, part)
+                left = 0
+            else:
+                _drop_segment(cx, part)
+                gone_count += part.count
+                gone_size += part.size
+            owners.append(part.owner)
+    reclaim(cx, owners, root_id)
+    return gone_count, gone_size
+
+
+def drop_newest(
+    cx: Executor, session_id: str, root_id: str, n: int, when: datetime
+) -> list[MessageRecord]:
+    """Stop showing the newest ``n`` rows of the session (fewer if it shows fewer);
+    returns them, oldest first. The caller adjusts the totals by their count and size."""
+    rows = list(cx.rows(q.RANGE_DESC, {"owner": session_id, "lo": 0, "hi": BEYOND, "n": n}))
+    own = len(rows)
+    owners: list[str] = []
+    if own < n:
+        for part in reversed(segments(cx, session_id)):
+            want = n - len(rows)
+            if want <= 0:
+                break
+            taken = list(cx.rows(q.RANGE_DESC, {**_range(part), "n": want}))
+            rows.extend(taken)
+            if len(taken) >= part.count:
+                _drop_segment(cx, part)
+            else:
+                part.hi = int(taken[-1][0]) - 1
+                part.count -= len(taken)
+                part.size -= sum(int(r[6]) for r in taken)
+                _set_segment(cx, part)
+            owners.append(part.owner)
+    if own:
+        detach(cx, session_id, root_id, int(rows[own - 1][0]) - 1, BEYOND, when)
+    reclaim(cx, owners, root_id)
+    return [message_of(r) for r in reversed(rows)]

@@ -1,0 +1,150 @@
+"""Copy-on-write branches: a fork shares its source's rows instead of copying them.
+
+* ``sessions.root_id``: the key of the session's tree (the id of the tree's first
+  session), carried by every row of the tree and named by every hot query, so that a
+  distributed PostgreSQL can keep a tree on one shard; filled with each session's own id.
+* ``sessions.parent_id`` and ``sessions.fork_point``: the session a branch was forked
+  from and how many of its messages it started with (NULL for a session that is no
+  branch: every existing one, since earlier branches were copies).
+* ``sessions.holder``: true for a row that holds messages only branches show (its session
+  was deleted or stopped showing them); never listed, never found by name or id.
+* ``messages.root_id``: the tree's key on every message, filled from its session.
+* ``session_segments``: what a branch shows of other sessions' rows (the rows of
+  ``owner_id`` with ``lo < id <= hi``), oldest first, with their count and size.
+
+Downgrading turns every branch back into a copy (its inherited messages are written as
+its own, in order, with new ids), drops the rows only branches showed, then the columns
+and the table.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-02
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_COLUMNS = "role, content, timestamp, metadata, content_zlib, size_bytes, char_count"
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    big = sa.BigInteger() if bind.dialect.name == "postgresql" else sa.Integer()
+    # plain ALTER TABLE ADD COLUMN, in place (batch mode would lose AUTOINCREMENT, 0004)
+    op.add_column("sessions", sa.Column("root_id", sa.Text(), nullable=True))
+    op.add_column("sessions", sa.Column("parent_id", sa.Text(), nullable=True))
+    op.add_column("sessions", sa.Column("fork_point", big, nullable=True))
+    op.add_column(
+        "sessions",
+        sa.Column("holder", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("messages", sa.Column("root_id", sa.Text(), nullable=True))
+    op.execute("UPDATE sessions SET root_id = id")
+    op.execute("UPDATE messages SET root_id = session_id")
+    op.create_index("ix_sessions_root_id", "sessions", ["root_id"])
+    op.create_table(
+        "session_segments",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("root_id", sa.Text(), nullable=False),
+        sa.Column("session_id", sa.Text(), nullable=False),
+        sa.Column("owner_id", sa.Text(), nullable=False),
+        sa.Column("lo", big, nullable=False),
+        sa.Column("hi", big, nullable=False),
+        sa.Column("message_count", big, nullable=False),
+        sa.Column("size_bytes", big, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["session_id"], ["sessions.id"], name="fk_session_segments_session_id_sessions"
+        ),
+        sa.ForeignKeyConstraint(
+            ["owner_id"], ["sessions.id"], name="fk_session_segments_owner_id_sessions"
+        ),
+    )
+    op.create_index("ix_session_segments_session_id_lo", "session_segments", ["session_id", "lo"])
+    op.create_index("ix_session_segments_owner_id", "session_segments", ["owner_id"])
+
+
+def _materialize(bind: sa.Connection) -> None:
+    """Every branch's inherited messages become its own (copies, in order). The newest
+    branches first: a branch of a branch reads its parent's rows before they move."""
+    branches = bind.execute(
+        sa.text(
+            "SELECT DISTINCT g.session_id, s.created_at FROM session_segments g "
+            "JOIN sessions s ON s.id = g.session_id ORDER BY s.created_at DESC"
+        )
+    ).all()
+    for branch, _ in branches:
+        # the whole view again, oldest first: inherited rows, then the branch's own
+        bind.execute(
+            sa.text(
+                f"INSERT INTO messages (session_id, {_COLUMNS}) "  # noqa: S608
+                f"SELECT :branch, {_COLUMNS} FROM ("
+                f"SELECT m.id AS id, {', '.join('m.' + c for c in _COLUMNS.split(', '))} "
+                "FROM session_segments g JOIN messages m ON m.session_id = g.owner_id "
+                "AND m.id > g.lo AND m.id <= g.hi WHERE g.session_id = :branch "
+                f"UNION ALL SELECT id, {_COLUMNS} FROM messages WHERE session_id = :branch"
+                ") v ORDER BY v.id"
+            ),
+            {"branch": branch},
+        )
+        # the old own rows are the lower ids of the branch now: drop them
+        own = bind.execute(
+            sa.text(
+                "SELECT count(*) FROM session_segments g JOIN messages m "
+                "ON m.session_id = g.owner_id AND m.id > g.lo AND m.id <= g.hi "
+                "WHERE g.session_id = :branch"
+            ),
+            {"branch": branch},
+        ).scalar_one()
+        total = bind.execute(
+            sa.text("SELECT count(*) FROM messages WHERE session_id = :branch"),
+            {"branch": branch},
+        ).scalar_one()
+        keep = (total - int(own)) // 2 + int(own)  # the copies: every visible message
+        bind.execute(
+            sa.text(
+                "DELETE FROM messages WHERE session_id = :branch AND id NOT IN ("
+                "SELECT id FROM messages WHERE session_id = :branch ORDER BY id DESC "
+                "LIMIT :keep)"
+            ),
+            {"branch": branch, "keep": keep},
+        )
+        bind.execute(
+            sa.text("DELETE FROM session_segments WHERE session_id = :branch"),
+            {"branch": branch},
+        )
+        bind.execute(
+            sa.text(
+                "UPDATE sessions SET last_message_id = (SELECT coalesce(max(id), 0) "
+                "FROM messages WHERE session_id = :branch) WHERE id = :branch"
+            ),
+            {"branch": branch},
+        )
+    bind.execute(
+        sa.text("DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE holder)")
+    )
+    bind.execute(sa.text("DELETE FROM sessions WHERE holder"))
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    sqlite = bind.dialect.name == "sqlite"
+    _materialize(bind)
+    op.drop_table("session_segments")
+    op.drop_index("ix_sessions_root_id", table_name="sessions")
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("holder")
+        batch.drop_column("fork_point")
+        batch.drop_column("parent_id")
+        batch.drop_column("root_id")
+    # on SQLite dropping a column rebuilds the table: keep its AUTOINCREMENT (0004)
+    with op.batch_alter_table(
+        "messages", table_kwargs={"sqlite_autoincrement": True} if sqlite else {}
+    ) as batch:
+        batch.drop_column("root_id")
