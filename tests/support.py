@@ -228,6 +228,9 @@ class JsonDirStorage(SessionStorage):
             "messages": session.get_messages(),
             "message_ids": session.message_ids,
             "last_message_id": session.last_message_id,
+            "root_id": session.root_id,
+            "parent_id": session.parent_id,
+            "fork_point": session.fork_point,
         }
         text = json.dumps(document, ensure_ascii=False)
         fd, temp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")

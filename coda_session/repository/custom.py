@@ -438,7 +438,8 @@ class StorageAdapter:
             source_keys = _keys(source)
             k = _fork_index(source.name, source_keys, fork[1], None)
             inherited, keys = copy.deepcopy(source.messages[:k]), source_keys[:k]
-            root, parent, point = source.root_id or source.id, source.id, k
+            root, parent = source.root_id or source.id, source.id
+            point = record.fork_point if record.fork_point is not None else k
         base = sum(r.size for r in map(encode_message, inherited))
         # the whole session is saved in one call at the end
         records, _ = collect_import(

@@ -132,7 +132,13 @@ class MemoryRepository:
                 last_message_id=0,
                 root_id=root,
                 parent_id=copy_from,
-                fork_point=len(inherited) if source is not None else None,
+                fork_point=(
+                    None
+                    if source is None
+                    else record.fork_point
+                    if record.fork_point is not None
+                    else len(inherited)
+                ),
             ),
             inherited,
             sum(m.byte_size() for m in inherited),

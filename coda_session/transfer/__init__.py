@@ -6,7 +6,8 @@ format, :mod:`.files` the files; this module moves sessions between them and sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -14,7 +15,7 @@ import anyio
 from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionNotFoundError
-from ..models import MessageRecord, SessionRecord, as_dicts
+from ..models import MessageRecord, SessionInfo, SessionRecord, as_dicts
 from ..repository.base import check_import_size
 from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
@@ -30,8 +31,14 @@ __all__ = [
 ]
 
 
-async def _pages(repo: Snapshot, record: SessionRecord) -> AsyncIterator[list[str]]:
-    after = 0
+#: A written session's messages as (message id, hash of its line), in order: what a branch
+#: later in the same store stream compares its first messages with.
+Written = list[tuple[int, int]]
+
+
+async def _pages(
+    repo: Snapshot, record: SessionRecord, after: int = 0, seen: Written | None = None
+) -> AsyncGenerator[list[str], None]:
     while True:
         page = await repo.read_page(
             record.id, after_id=after, upto_id=record.last_message_id, limit=PAGE
@@ -39,14 +46,40 @@ async def _pages(repo: Snapshot, record: SessionRecord) -> AsyncIterator[list[st
         if not page:
             return
         after = page[-1].id or after
-        yield [fmt_.dumps(d) for d in as_dicts(page, record.name)]
+        lines = [fmt_.dumps(d) for d in as_dicts(page, record.name)]
+        if seen is not None:
+            seen.extend((r.id or 0, hash(line)) for r, line in zip(page, lines, strict=True))
+        yield lines
 
 
-async def _write_session(repo: Snapshot, record: SessionRecord, sink: Sink, fmt: str) -> int:
+async def _shared(repo: Snapshot, record: SessionRecord, parent: Written) -> tuple[int, int]:
+    """(how many of the branch's first messages are its parent's first ones, the last
+    such message's id): the same message id with the same content, in the same place."""
+    shared = last = 0
+    mine: Written = []
+    async with aclosing(_pages(repo, record, seen=mine)) as pages:
+        async for _ in pages:
+            while shared < len(mine):
+                if shared >= len(parent) or parent[shared] != mine[shared]:
+                    return shared, last
+                last = mine[shared][0]
+                shared += 1
+    return shared, last
+
+
+async def _write_session(
+    repo: Snapshot,
+    record: SessionRecord,
+    sink: Sink,
+    fmt: str,
+    shares: int | None = None,
+    after: int = 0,
+    seen: Written | None = None,
+) -> int:
     count = 0
     if fmt == "jsonl":
-        await sink.write(fmt_.dumps(fmt_.header(record)) + "\n")
-        async for lines in _pages(repo, record):
+        await sink.write(fmt_.dumps(fmt_.header(record, shares)) + "\n")
+        async for lines in _pages(repo, record, after, seen):
             count += len(lines)
             await sink.write("\n".join(lines) + "\n")
         await sink.write(fmt_.dumps(fmt_.end_line(count)) + "\n")
@@ -81,18 +114,47 @@ async def export_session(repo: Repository, name: str, target: Target, fmt: str =
         await sink.finish(ok)
 
 
+def _parents_first(infos: list[SessionInfo]) -> list[SessionInfo]:
+    """``infos`` (oldest first) with every parent before its branches."""
+    by_id = {i.id: i for i in infos}
+    out: list[SessionInfo] = []
+    placed: set[str] = set()
+    for info in infos:
+        chain = []
+        at: SessionInfo | None = info
+        while at is not None and at.id not in placed and at not in chain:
+            chain.append(at)
+            at = by_id.get(at.parent_id or "")
+        for item in reversed(chain):
+            placed.add(item.id)
+            out.append(item)
+    return out
+
+
 async def export_store(repo: Repository, target: Target) -> int:
-    """Write every session to one JSON Lines stream; returns how many."""
+    """Write every session to one JSON Lines stream, parents before their branches; a
+    branch shares the messages it shows of its parent's block (format version 2). Returns
+    how many sessions were written."""
     sink = Sink(target)
     ok = False
     try:
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
         async with repo.snapshot() as snap:  # the whole store as of one moment
-            infos = await snap.list_sessions()
+            infos = _parents_first(await snap.list_sessions())
+            parents = {i.parent_id for i in infos if i.parent_id is not None}
+            written: dict[str, Written] = {}
             for info in infos:
                 record = await snap.load_session(session_id=info.id)
-                if record is not None:
-                    await _write_session(snap, record, sink, "jsonl")
+                if record is None:
+                    continue
+                shares, after, seen = None, 0, None
+                parent = written.get(record.parent_id or "")
+                if parent is not None:
+                    shares, after = await _shared(snap, record, parent)
+                if info.id in parents:
+                    seen = list(parent[:shares]) if parent is not None and shares else []
+                    written[info.id] = seen
+                await _write_session(snap, record, sink, "jsonl", shares, after, seen)
         ok = True
         return len(infos)
     finally:
@@ -151,10 +213,13 @@ async def _store(
     record: SessionRecord,
     spool: Spool,
     check_open: Callable[[], None],
+    fork: tuple[str, int] | None = None,
 ) -> SessionRecord:
     try:
         check_open()  # a manager closed while the source was read writes nothing
-        return await repo.import_session(record, spool, max_bytes=config.max_session_bytes)
+        return await repo.import_session(
+            record, spool, max_bytes=config.max_session_bytes, fork=fork
+        )
     finally:
         spool.close()
 
@@ -187,6 +252,12 @@ async def import_session(
         first = await puller.next()
         if first is None or first[0] != "session":
             raise FileFormatError(f"{where}: no session in the file")
+        if fmt_.tree_keys(first[1], where, first[2])[0] is not None:
+            raise FileFormatError(
+                f"{where}: line {first[2]}: this session shares the first messages of its "
+                f"parent's block in a store export ({fmt_.SHARES_KEY!r}): import the whole "
+                "stream with import_store"
+            )
         record, spool = await _stage(config, puller, first[1], first[2], name, where, check_open)
         try:
             rest = await puller.next()
@@ -214,15 +285,28 @@ async def import_store(
     """
     fh, where, close = open_source(source)
     done: list[str] = []
+    new_ids: dict[str, str] = {}  # a session's id in the stream -> its id here
     try:
         puller = Puller(fmt_.guarded(fmt_.jsonl_events(fh, where), where))
         while (event := await puller.next()) is not None:
             if event[0] != "session":
                 raise FileFormatError(f"{where}: line {event[2]}: expected a session header")
+            parent, shares = fmt_.tree_keys(event[1], where, event[2])
+            fork = None
+            if parent is not None and shares is not None:
+                if parent not in new_ids:
+                    raise FileFormatError(
+                        f"{where}: line {event[2]}: the session shares messages of session "
+                        f"{parent!r}, which is not earlier in the stream"
+                    )
+                fork = (new_ids[parent], shares)
             record, spool = await _stage(
                 config, puller, event[1], event[2], None, where, check_open
             )
-            done.append((await _store(repo, config, record, spool, check_open)).name)
+            stored = await _store(repo, config, record, spool, check_open, fork)
+            if isinstance(event[1].get("id"), str):
+                new_ids[event[1]["id"]] = stored.id
+            done.append(stored.name)
     except Exception as exc:
         if done:
             exc.add_note(f"imported before the failure: {', '.join(done)}")

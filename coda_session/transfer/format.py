@@ -1,18 +1,26 @@
 """The export format: its lines and headers, and a streaming reader for it (no I/O of its own).
 
-Format (version 1). JSON Lines, one session::
+Format (version 2). JSON Lines, one session::
 
-    {"coda_session": 1, "kind": "session", "escaped_strings": true, "id": ..., "name": ...,
+    {"coda_session": 2, "kind": "session", "escaped_strings": true, "id": ..., "name": ...,
      "created_at": ..., "updated_at": ..., "metadata": {...}}
     {"role": "user", "content": "Hello!", "timestamp": "...", ...}     one line per message
-    {"coda_session": 1, "kind": "end", "message_count": 2}
+    {"coda_session": 2, "kind": "end", "message_count": 2}
 
-A whole store is one JSON Lines stream: ``{"coda_session": 1, "kind": "store"}`` and then
-one such block per session. JSON, one session: the same header fields and the messages in
-one object, ``{"coda_session": 1, "kind": "session", ..., "messages": [...],
-"message_count": 2}`` (one message per line, so it streams too). Any JSON object with a
-``"messages"`` list (and optional ``"metadata"``) imports as well, e.g. the spec's
-hand-written export, given a ``name``.
+A branch's header also names its parent and fork point (``"parent_id"``, ``"fork_point"``,
+as in :class:`~coda_session.SessionInfo`). A whole store is one JSON Lines stream:
+``{"coda_session": 2, "kind": "store"}`` and then one such block per session, every parent
+before its branches. There, a branch whose parent's block came earlier has ``"shares": k``
+in its header: it shows the parent's first ``k`` messages (as that block lists them)
+followed by the block's own lines, which hold only the rest. Importing the stream rebuilds
+the tree, the shared messages stored once. A branch exported alone (or whose parent is not
+in the stream) has no ``"shares"`` and holds everything it shows.
+
+JSON, one session: the same header fields and the messages in one object,
+``{"coda_session": 2, "kind": "session", ..., "messages": [...], "message_count": 2}``
+(one message per line, so it streams too). Any JSON object with a ``"messages"`` list (and
+optional ``"metadata"``) imports as well, e.g. the spec's hand-written export, given a
+``name``. Version 1 files (no tree keys) import as before.
 
 With ``"escaped_strings": true`` in its header, a session's strings are in the codec's
 stored form: the few holding NUL, a lone surrogate or ``␛`` have those written as ``␛`` +
@@ -43,6 +51,8 @@ from ..timeutil import from_db_timestamp, utcnow
 __all__ = [
     "FORMAT_VERSION",
     "MAX_LINE_CHARS",
+    "READABLE_VERSIONS",
+    "SHARES_KEY",
     "Event",
     "check_end",
     "dumps",
@@ -53,9 +63,12 @@ __all__ = [
     "jsonl_events",
     "message",
     "session_record",
+    "tree_keys",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the versions an import reads (1: before branches were kept as a tree)
+READABLE_VERSIONS = (1, 2)
 
 #: The longest line of a JSON Lines file, and the longest value of a JSON file, an import
 #: reads (in characters): a longer one raises FileFormatError instead of exhausting memory
@@ -71,6 +84,9 @@ Event = tuple[str, Any, int]  # ("session" | "message" | "end", payload, line)
 #: digits stands for a NUL, a lone surrogate or ``␛``. Files without it (older exports,
 #: hand-written ones) are read as plain JSON.
 ESCAPED_KEY = "escaped_strings"
+#: The header key of a branch that shows the first n messages of its parent's block,
+#: earlier in the same store stream (its own block then holds only the rest).
+SHARES_KEY = "shares"
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -102,8 +118,10 @@ def _read_back(value: Any, escaped: bool) -> Any:
 # -- writing -------------------------------------------------------------------------------
 
 
-def header(record: SessionRecord) -> dict[str, Any]:
-    return {
+def header(record: SessionRecord, shares: int | None = None) -> dict[str, Any]:
+    """A session's header line; ``shares``: how many of its first messages are its
+    parent's block's (the parent came earlier in the same stream)."""
+    head: dict[str, Any] = {
         "coda_session": FORMAT_VERSION,
         "kind": "session",
         ESCAPED_KEY: True,
@@ -113,6 +131,12 @@ def header(record: SessionRecord) -> dict[str, Any]:
         "updated_at": record.updated_at.isoformat(),
         "metadata": record.metadata,
     }
+    if record.parent_id is not None:
+        head["parent_id"] = record.parent_id
+        head["fork_point"] = record.fork_point
+    if shares is not None:
+        head[SHARES_KEY] = shares
+    return head
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -153,10 +177,10 @@ def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
             raise FileFormatError(f"{where}: line {number}: expected a JSON object")
         # a message may carry any extra keys, "kind" included: control lines have no role
         kind = item.get("kind") if "coda_session" in item and "role" not in item else None
-        if kind is not None and item.get("coda_session") != FORMAT_VERSION:
+        if kind is not None and item.get("coda_session") not in READABLE_VERSIONS:
             raise FileFormatError(
                 f"{where}: line {number}: format version {item.get('coda_session')!r} "
-                f"is not one this library reads ({FORMAT_VERSION})"
+                f"is not one this library reads ({', '.join(map(str, READABLE_VERSIONS))})"
             )
         if kind == "store" and not in_session:
             continue
@@ -343,6 +367,20 @@ def parse_when(value: Any, field: str, where: str, line: int) -> datetime:
         ) from None
 
 
+def tree_keys(header: dict[str, Any], where: str, line: int) -> tuple[str | None, int | None]:
+    """(the parent's id in the source store, how many of its messages the block shares)
+    of a session header; (None, None) for a session that shares nothing."""
+    shares = header.get(SHARES_KEY)
+    if shares is None:
+        return None, None
+    parent = header.get("parent_id")
+    if type(shares) is not int or shares < 0 or not isinstance(parent, str):
+        raise FileFormatError(
+            f"{where}: line {line}: {SHARES_KEY!r} must be a non-negative integer with a parent_id"
+        )
+    return parent, shares
+
+
 def session_record(
     header: dict[str, Any], name: str | None, where: str, line: int
 ) -> SessionRecord:
@@ -366,7 +404,12 @@ def session_record(
         message_count=0,
         size_bytes=0,
         last_message_id=0,
+        fork_point=_fork_point(header.get("fork_point")),
     )
+
+
+def _fork_point(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
 
 
 def message(payload: Any, *, compress: bool, where: str, line: int, number: int) -> MessageRecord:

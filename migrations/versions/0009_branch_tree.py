@@ -66,7 +66,7 @@ def upgrade() -> None:
             ["owner_id"], ["sessions.id"], name="fk_session_segments_owner_id_sessions"
         ),
     )
-    op.create_index("ix_session_segments_session_id_lo", "session_segments", ["session_id", "lo"])
+    op.create_index("ix_session_segments_session_id_hi", "session_segments", ["session_id", "hi"])
     op.create_index("ix_session_segments_owner_id", "session_segments", ["owner_id"])
 
 

@@ -307,7 +307,9 @@ def create(
         count = sum(p.count for p in parts)
         size = sum(p.size for p in parts)
         last_id = parts[-1].hi if parts else 0
-        root, parent, point = source.root_id, copy_from, count
+        # an import keeps the fork point its file recorded (what it shares may be less)
+        point = record.fork_point if record.fork_point is not None else count
+        root, parent = source.root_id, copy_from
     cx.run(
         q.INSERT_SESSION,
         {

@@ -267,11 +267,12 @@ _range = (
     m.c.id > sa.bindparam("lo", type_=sa.BigInteger),
     m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
 )
-#: a session's segments, oldest first
+#: a session's segments, oldest first: by ``hi`` (a view's runs ascend in id, and their
+#: ``hi`` strictly; ``lo`` may be 0 for several, a run of a session's own rows starts there)
 SEGMENTS = (
     sa.select(g.c.owner_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes, g.c.id)
     .where(g.c.session_id == sa.bindparam("session_id"))
-    .order_by(g.c.lo)
+    .order_by(g.c.hi)
 )
 #: the segments that show rows of ``owner`` (other sessions' views of them)
 SEGMENTS_ON = sa.select(

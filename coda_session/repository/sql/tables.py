@@ -150,14 +150,14 @@ class SegmentRow(Base):
     """``session_segments``: what a branch shows of other sessions' rows, oldest first.
 
     A segment is the rows of ``owner_id`` with ``lo < id <= hi``; a branch shows its
-    segments in order, then its own rows. Segments are flat (a branch of a branch holds
+    segments in order of ``hi``, then its own rows. Segments are flat (a branch of a branch holds
     its whole inherited view, not a pointer to its parent), so a read never walks a chain,
     and they only ever shrink. ``message_count`` and ``size_bytes`` are the segment's.
     """
 
     __tablename__ = "session_segments"
     __table_args__ = (
-        sa.Index("ix_session_segments_session_id_lo", "session_id", "lo"),
+        sa.Index("ix_session_segments_session_id_hi", "session_id", "hi"),
         sa.Index("ix_session_segments_owner_id", "owner_id"),
     )
 
