@@ -51,9 +51,12 @@ def soak(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: figures and ratios against raw sqlite3 (and, with a server configured
     in CODA_BENCH_POSTGRES_URL or CODA_TEST_POSTGRES_URL, raw asyncpg) measured in the
-    same run."""
+    same run; branching's ratios are between sizes and depths of the same run."""
     session.install("-e", ".[postgresql]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
     session.run("python", "benchmarks/transfer.py", *session.posargs)
     # prints one line and exits 0 when no PostgreSQL server is configured
     session.run("python", "benchmarks/postgres.py", *session.posargs)
+    # copy-on-write branching (fork cost, deep-branch reads, storage of forks): SQLite, and
+    # PostgreSQL when a server is configured (as above)
+    session.run("python", "benchmarks/branching.py", *session.posargs)

@@ -574,6 +574,7 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
                 "SELECT sum(size_bytes) FROM messages WHERE session_id=$1", sid
             )
             info = await am.get_session_info("big")
+            assert info is not None
             assert info.size_bytes == size, (info.size_bytes, size)
             tail = await back.get_messages(limit=TAIL)
             want = [message(i % TEXTS) for i in range(big - TAIL, big)]
