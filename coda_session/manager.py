@@ -225,16 +225,11 @@ class AsyncSessionManager:
             found = await repo.load_session(name=source)
             if found is None:
                 raise SessionNotFoundError(f"cannot branch from {source!r}: no such session")
-            point = fork_point
-            if point is not None and point < 0:
-                point += found.message_count
-                if point < 0:
-                    raise InvalidMessageError(
-                        f"fork_point {fork_point} is out of range: {source!r} shows "
-                        f"{found.message_count} messages"
-                    )
+            record.root_id = found.root_id  # the branch joins its source's tree
+            # a negative fork_point is resolved by the storage, against the count it holds
+            # the source at (another writer may change it meanwhile)
             created = await repo.create_session(
-                record, copy_from=found.id, fork_point=point, fork_after=fork_after
+                record, copy_from=found.id, fork_point=fork_point, fork_after=fork_after
             )
             # read back like a resume, so the new branch's object starts with its newest
             # messages in hand (a branch is rare; one more read is cheap)

@@ -333,7 +333,9 @@ class AsyncSession:
             records, want, generation, pending = self._plan(limit)
             upto = self._upto
         if records is None:
-            stored = await self._host.repository.read_messages(self._id, upto_id=upto, limit=want)
+            stored = await self._host.repository.read_messages(
+                self._id, upto_id=upto, limit=want, root_id=self._root_id
+            )
             with self._state:
                 if generation == self._generation and self._cache_size:
                     self._cache = stored[-self._cache_size :]
@@ -362,7 +364,7 @@ class AsyncSession:
                 chars, count = sum(r.text_length() for r in cached), len(cached)
             elif stored:
                 chars, count = await self._host.repository.text_length(
-                    self._id, upto_id=upto, limit=stored
+                    self._id, upto_id=upto, limit=stored, root_id=self._root_id
                 )
         chars += sum(r.text_length() for r in pending)
         count += len(pending)
@@ -423,6 +425,7 @@ class AsyncSession:
                     metadata_patch=patch or None,
                     max_bytes=self._limit(),
                     metadata_version=self._meta_version,
+                    root_id=self._root_id,
                     drop_newest=drop,
                 )
                 stored_before, upto = self._stored, self._upto

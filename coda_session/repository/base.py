@@ -71,6 +71,9 @@ class SaveRequest:
     metadata_version: int | None = None
     """The ``metadata_version`` of the stored metadata the caller last saw (None: unknown).
     While it is current, the save neither reads nor decodes the stored metadata."""
+    root_id: str | None = None
+    """The session's tree key (``SessionRecord.root_id``), named by every statement so a
+    distributed database finds the tree's shard; looked up when None."""
     drop_newest: int = 0
     """Stop showing the newest this many messages the session shows in storage now
     (after the truncation, before the new messages), in the same transaction; a branch's

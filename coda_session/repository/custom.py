@@ -161,6 +161,8 @@ def _fork_index(name: str, keys: list[int], point: int | None, after_id: int | N
         return keys.index(after_id) + 1
     if point is None:
         return len(keys)
+    if point < 0:
+        point += len(keys)  # from the end, as in a slice
     if not 0 <= point <= len(keys):
         raise InvalidMessageError(
             f"fork_point {point} is out of range: {name!r} shows {len(keys)} messages"
@@ -366,8 +368,6 @@ class StorageAdapter:
     ) -> SessionRecord:
         """A new session; a branch is a copy of the source's messages up to its fork point
         (a custom storage saves whole sessions), with their ids kept."""
-        if await self.get(record.name, None) is not None:
-            raise SessionExistsError(f"session {record.name!r} already exists")
         data = SessionData(
             id=record.id,
             name=record.name,
@@ -388,6 +388,9 @@ class StorageAdapter:
             data.root_id = source.root_id or source.id
             data.parent_id = source.id
             data.fork_point = k
+        # in the SQL backends' order: the source, the fork point, then the name
+        if await self.get(record.name, None) is not None:
+            raise SessionExistsError(f"session {record.name!r} already exists")
         await self._call(self._storage.save, data)
         self._created[data.name] = data.id
         return self.record_of(data)
@@ -399,7 +402,7 @@ class StorageAdapter:
         return None if data is None else self.record_of(data, tail)
 
     async def read_messages(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         data = await self.get(None, session_id)
         if data is None:
@@ -410,7 +413,13 @@ class StorageAdapter:
         return records[-limit:] if limit > 0 else []
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         data = await self.get(None, session_id)
         if data is None:
@@ -546,7 +555,7 @@ class StorageAdapter:
         yield StorageSnapshot(self)
 
     async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> tuple[int, int]:
         rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
         return sum(r.text_length() for r in rows), len(rows)
@@ -579,7 +588,13 @@ class StorageSnapshot:
         return None if data is None else self._adapter.record_of(data, tail)
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         data = await self._data(None, session_id)
         if data is None:

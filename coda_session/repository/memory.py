@@ -43,6 +43,8 @@ def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int
         return at + 1
     if point is None:
         return len(messages)
+    if point < 0:
+        point += len(messages)  # from the end, as in a slice
     if not 0 <= point <= len(messages):
         raise InvalidMessageError(
             f"fork_point {point} is out of range: {source.record.name!r} shows "
@@ -110,15 +112,16 @@ class MemoryRepository:
         """A new session, or a branch of ``copy_from`` (see the protocol). The branch's
         list holds the source's own record objects (they are immutable): a fork copies
         references, never messages."""
-        if record.name in self._by_name:
-            raise SessionExistsError(f"session {record.name!r} already exists")
         source = None
         inherited: list[MessageRecord] = []
+        # in the SQL backends' order: the source, the fork point, then the name
         if copy_from is not None:
             source = self._by_id.get(copy_from)
             if source is None:
                 raise SessionNotFoundError(f"session to branch from ({copy_from}) no longer exists")
             inherited = source.messages[: _fork_index(source, fork_point, fork_after)]
+        if record.name in self._by_name:
+            raise SessionExistsError(f"session {record.name!r} already exists")
         root = source.record.root_id or source.record.id if source else record.id
         stored = _Stored(
             SessionRecord(
@@ -156,7 +159,7 @@ class MemoryRepository:
         return None if stored is None else self._snapshot(stored, tail)
 
     async def read_messages(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         stored = self._by_id.get(session_id)
         if stored is None:
@@ -167,7 +170,13 @@ class MemoryRepository:
         return visible[-limit:] if limit > 0 else []
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         stored = self._by_id.get(session_id)
         if stored is None:
@@ -280,7 +289,7 @@ class MemoryRepository:
         return [i for i in await self.list_sessions() if i.root_id == root_id]
 
     async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> tuple[int, int]:
         rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
         chars = sum(m.text_length() for m in rows)
@@ -314,7 +323,13 @@ class MemorySnapshot:
         return await self._view.load_session(name=name, session_id=session_id, tail=tail)
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         return await self._view.read_page(
             session_id, after_id=after_id, upto_id=upto_id, limit=limit

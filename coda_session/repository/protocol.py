@@ -26,7 +26,13 @@ class Snapshot(Protocol):
     ) -> SessionRecord | None: ...
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]: ...
 
 
@@ -58,7 +64,8 @@ class Repository(Protocol):
 
         With ``copy_from`` (a session id) the new session is a branch of that session
         (SessionNotFoundError if it is gone): it starts with its metadata and shows its
-        first ``fork_point`` messages, or those up to and including the message whose id
+        first ``fork_point`` messages (a negative one counts from the end, against the
+        count the source has in the same transaction), or those up to and including the message whose id
         is ``fork_after``, or all of them (InvalidMessageError for a point out of range or
         an id the source does not show). Its ``parent_id``, ``fork_point`` (the messages
         it started with) and ``root_id`` (the source's) are set. Nothing done to either
@@ -73,13 +80,19 @@ class Repository(Protocol):
         ...
 
     async def read_messages(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         """The newest ``limit`` (all when None) messages with ``id <= upto_id``, oldest first."""
         ...
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         """At most ``limit`` messages with ``after_id < id <= upto_id``, oldest first."""
         ...
@@ -130,7 +143,7 @@ class Repository(Protocol):
         ...
 
     async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> tuple[int, int]:
         """(characters of role + content + extra keys, message count) of the newest
         ``limit`` messages with ``id <= upto_id``, summed by the storage."""

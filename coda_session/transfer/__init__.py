@@ -41,7 +41,11 @@ async def _pages(
 ) -> AsyncGenerator[list[str], None]:
     while True:
         page = await repo.read_page(
-            record.id, after_id=after, upto_id=record.last_message_id, limit=PAGE
+            record.id,
+            after_id=after,
+            upto_id=record.last_message_id,
+            limit=PAGE,
+            root_id=record.root_id or None,
         )
         if not page:
             return

@@ -9,6 +9,8 @@
 * ``sessions.holder``: true for a row that holds messages only branches show (its session
   was deleted or stopped showing them); never listed, never found by name or id.
 * ``messages.root_id``: the tree's key on every message, filled from its session.
+  Triggers fill both keys for rows another program inserts without them (a new session
+  is its own tree; a message takes its session's key), as the spec's schema knows none.
 * ``session_segments``: what a branch shows of other sessions' rows (the rows of
   ``owner_id`` with ``lo < id <= hi``), oldest first, with their count and size.
 
@@ -68,6 +70,51 @@ def upgrade() -> None:
     )
     op.create_index("ix_session_segments_session_id_hi", "session_segments", ["session_id", "hi"])
     op.create_index("ix_session_segments_owner_id", "session_segments", ["owner_id"])
+    _fill_keys(bind)
+
+
+_PG_FILL = """
+CREATE FUNCTION coda_fill_root_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'sessions' THEN
+        NEW.root_id := NEW.id;
+    ELSE
+        NEW.root_id := (SELECT s.root_id FROM sessions s WHERE s.id = NEW.session_id);
+    END IF;
+    RETURN NEW;
+END $$
+"""
+
+
+def _fill_keys(bind: sa.Connection) -> None:
+    """Triggers giving a row inserted without a tree key its key."""
+    if bind.dialect.name == "postgresql":
+        op.execute(_PG_FILL)
+        for table in ("sessions", "messages"):
+            op.execute(
+                f"CREATE TRIGGER coda_{table}_root_id BEFORE INSERT ON {table} FOR EACH ROW "
+                "WHEN (NEW.root_id IS NULL) EXECUTE FUNCTION coda_fill_root_id()"
+            )
+        return
+    op.execute(
+        "CREATE TRIGGER coda_sessions_root_id AFTER INSERT ON sessions FOR EACH ROW "
+        "WHEN NEW.root_id IS NULL BEGIN "
+        "UPDATE sessions SET root_id = NEW.id WHERE id = NEW.id; END"
+    )
+    op.execute(
+        "CREATE TRIGGER coda_messages_root_id AFTER INSERT ON messages FOR EACH ROW "
+        "WHEN NEW.root_id IS NULL BEGIN UPDATE messages SET root_id = "
+        "(SELECT s.root_id FROM sessions s WHERE s.id = NEW.session_id) "
+        "WHERE id = NEW.id; END"
+    )
+
+
+def _drop_fill_keys(bind: sa.Connection) -> None:
+    for table in ("sessions", "messages"):
+        on = f" ON {table}" if bind.dialect.name == "postgresql" else ""
+        op.execute(f"DROP TRIGGER IF EXISTS coda_{table}_root_id{on}")
+    if bind.dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS coda_fill_root_id()")
 
 
 def _materialize(bind: sa.Connection) -> None:
@@ -135,6 +182,7 @@ def _materialize(bind: sa.Connection) -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     sqlite = bind.dialect.name == "sqlite"
+    _drop_fill_keys(bind)
     _materialize(bind)
     op.drop_table("session_segments")
     op.drop_index("ix_sessions_root_id", table_name="sessions")

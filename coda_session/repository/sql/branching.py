@@ -61,11 +61,12 @@ class Part:
     """The ``session_segments`` row, or None for the session's own rows."""
 
 
-def segments(cx: Executor, session_id: str) -> list[Part]:
+def segments(cx: Executor, root: str, session_id: str) -> list[Part]:
     """The session's segments, oldest first."""
+    params = {"session_id": session_id, "tree": root}
     return [
         Part(str(owner), int(lo), int(hi), int(count), int(size), int(seg))
-        for owner, lo, hi, count, size, seg in cx.rows(q.SEGMENTS, {"session_id": session_id})
+        for owner, lo, hi, count, size, seg in cx.rows(q.SEGMENTS, params)
     ]
 
 
@@ -81,39 +82,41 @@ def own_part(session_id: str, parts: Sequence[Part], count: int, size: int, hi: 
     )
 
 
-def _range(part: Part, lo: int | None = None, hi: int | None = None) -> dict[str, Any]:
+def _range(part: Part, root: str, lo: int | None = None, hi: int | None = None) -> dict[str, Any]:
     return {
         "owner": part.owner,
+        "tree": root,
         "lo": part.lo if lo is None else lo,
         "hi": part.hi if hi is None else hi,
     }
 
 
-def _stats(cx: Executor, owner: str, lo: int, hi: int) -> tuple[int, int]:
-    count, size, _ = cx.rows(q.RANGE_STATS, {"owner": owner, "lo": lo, "hi": hi})[0]
+def _stats(cx: Executor, root: str, owner: str, lo: int, hi: int) -> tuple[int, int]:
+    params = {"owner": owner, "tree": root, "lo": lo, "hi": hi}
+    count, size, _ = cx.rows(q.RANGE_STATS, params)[0]
     return int(count), int(size)
 
 
-def _nth(cx: Executor, part: Part, k: int) -> int:
+def _nth(cx: Executor, root: str, part: Part, k: int) -> int:
     """The id of the part's ``k``-th row (1-based, 1 <= k <= count), read from the nearer
     end (an OFFSET costs what it skips)."""
     if k <= part.count - k + 1:
-        found = cx.rows(q.RANGE_NTH_ASC, {**_range(part), "k": k - 1})
+        found = cx.rows(q.RANGE_NTH_ASC, {**_range(part, root), "k": k - 1})
     else:
-        found = cx.rows(q.RANGE_NTH_DESC, {**_range(part), "k": part.count - k})
+        found = cx.rows(q.RANGE_NTH_DESC, {**_range(part, root), "k": part.count - k})
     return int(found[0][0])
 
 
-def _head(cx: Executor, part: Part, boundary: int, count: int) -> Part:
+def _head(cx: Executor, root: str, part: Part, boundary: int, count: int) -> Part:
     """The part's rows up to ``boundary`` (``count`` of them), sized from the nearer end."""
     if count <= part.count - count:
-        size = _stats(cx, part.owner, part.lo, boundary)[1]
+        size = _stats(cx, root, part.owner, part.lo, boundary)[1]
     else:
-        size = part.size - _stats(cx, part.owner, boundary, part.hi)[1]
+        size = part.size - _stats(cx, root, part.owner, boundary, part.hi)[1]
     return Part(part.owner, part.lo, boundary, count, size)
 
 
-def read_tail(cx: Executor, parts: Sequence[Part], limit: int) -> list[Sequence[Any]]:
+def read_tail(cx: Executor, root: str, parts: Sequence[Part], limit: int) -> list[Sequence[Any]]:
     """The newest ``limit`` rows of the parts, newest first."""
     out: list[Sequence[Any]] = []
     for part in reversed(parts):
@@ -121,12 +124,12 @@ def read_tail(cx: Executor, parts: Sequence[Part], limit: int) -> list[Sequence[
             break
         if part.count <= 0 and part.segment_id is not None:
             continue
-        out.extend(cx.rows(q.RANGE_DESC, {**_range(part), "n": limit - len(out)}))
+        out.extend(cx.rows(q.RANGE_DESC, {**_range(part, root), "n": limit - len(out)}))
     return out
 
 
 def fork_parts(
-    cx: Executor, parts: Sequence[Part], point: int | None, after_id: int | None
+    cx: Executor, root: str, parts: Sequence[Part], point: int | None, after_id: int | None
 ) -> list[Part]:
     """The parts a fork of a view made of ``parts`` starts with: its first ``point``
     messages, or those up to and including message ``after_id``, or all of them."""
@@ -136,9 +139,9 @@ def fork_parts(
         seen = 0
         for part in parts:
             if part.lo < after_id <= part.hi and cx.rows(
-                q.RANGE_HAS, {**_range(part), "message_id": after_id}
+                q.RANGE_HAS, {**_range(part, root), "message_id": after_id}
             ):
-                count, _ = _stats(cx, part.owner, part.lo, after_id)
+                count, _ = _stats(cx, root, part.owner, part.lo, after_id)
                 point = seen + count
                 break
             seen += part.count
@@ -159,7 +162,7 @@ def fork_parts(
             out.append(Part(part.owner, part.lo, part.hi, part.count, part.size))
         else:
             k = point - seen
-            out.append(_head(cx, part, _nth(cx, part, k), k))
+            out.append(_head(cx, root, part, _nth(cx, root, part, k), k))
         seen += out[-1].count
     return out
 
@@ -214,24 +217,25 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
     """``session_id`` stops showing its own rows with ``lo < id <= hi``: those another
     session's segment shows move to a new holder (and the segments with them), the
     others are deleted. The session's totals are the caller's to adjust."""
+    root = root_id
     refs = [
         r
-        for r in cx.rows(q.SEGMENTS_ON, {"owner": session_id, "root_id": root_id})
+        for r in cx.rows(q.SEGMENTS_ON, {"owner": session_id, "tree": root})
         if int(r[2]) < hi and int(r[3]) > lo
     ]
     if not refs:
-        cx.run(q.DELETE_RANGE, {"owner": session_id, "lo": lo, "hi": hi})
+        cx.run(q.DELETE_RANGE, {"owner": session_id, "tree": root_id, "lo": lo, "hi": hi})
         return
     shown = _merge((max(int(r[2]), lo), min(int(r[3]), hi)) for r in refs)
     holder = new_holder(cx, root_id, when)
     moved_count = moved_size = 0
     for a, b in shown:
-        count, size = _stats(cx, session_id, a, b)
-        cx.run(q.MOVE_RANGE, {"owner": session_id, "lo": a, "hi": b, "to": holder})
+        count, size = _stats(cx, root, session_id, a, b)
+        cx.run(q.MOVE_RANGE, {"owner": session_id, "tree": root_id, "lo": a, "hi": b, "to": holder})
         moved_count += count
         moved_size += size
     for a, b in _gaps((lo, hi), shown):
-        cx.run(q.DELETE_RANGE, {"owner": session_id, "lo": a, "hi": b})
+        cx.run(q.DELETE_RANGE, {"owner": session_id, "tree": root_id, "lo": a, "hi": b})
     cx.run(
         q.BUMP_TOTALS,
         {"session_id": holder, "count_delta": moved_count, "size_delta": moved_size},
@@ -239,7 +243,7 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
     for seg_id, viewer, s_lo, s_hi, s_count, s_size in refs:
         s_lo, s_hi, s_count, s_size = int(s_lo), int(s_hi), int(s_count), int(s_size)
         a, b = max(s_lo, lo), min(s_hi, hi)
-        mid_count, mid_size = _stats(cx, holder, a, b)
+        mid_count, mid_size = _stats(cx, root, holder, a, b)
         cx.run(
             q.UPDATE_SEGMENT,
             {
@@ -253,7 +257,7 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
         )
         rest_count, rest_size = s_count - mid_count, s_size - mid_size
         if s_lo < a and s_hi > b:
-            left = _stats(cx, session_id, s_lo, a)
+            left = _stats(cx, root, session_id, s_lo, a)
             pieces = [(s_lo, a, *left), (b, s_hi, rest_count - left[0], rest_size - left[1])]
         elif s_lo < a:
             pieces = [(s_lo, a, rest_count, rest_size)]
@@ -279,21 +283,22 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
 def reclaim(cx: Executor, owners: Iterable[str], root_id: str) -> None:
     """Delete the rows of the holders among ``owners`` that no segment shows any more
     (and a holder left with none)."""
+    root = root_id
     for owner in set(owners):
         found = cx.rows(q.HOLDER_TOTALS, {"session_id": owner})
         if not found or not found[0][2]:
             continue  # a session's own rows: it shows them
-        refs = cx.rows(q.SEGMENTS_ON, {"owner": owner, "root_id": root_id})
+        refs = cx.rows(q.SEGMENTS_ON, {"owner": owner, "tree": root_id})
         if not refs:
-            cx.run(q.DELETE_RANGE, {"owner": owner, "lo": -1, "hi": BEYOND})
+            cx.run(q.DELETE_RANGE, {"owner": owner, "tree": root_id, "lo": -1, "hi": BEYOND})
             cx.run(q.DELETE_HOLDER, {"session_id": owner})
             continue
         shown = _merge((int(r[2]), int(r[3])) for r in refs)
         gone_count = gone_size = 0
         for a, b in _gaps((-1, BEYOND), shown):
-            count, size = _stats(cx, owner, a, b)
+            count, size = _stats(cx, root, owner, a, b)
             if count:
-                cx.run(q.DELETE_RANGE, {"owner": owner, "lo": a, "hi": b})
+                cx.run(q.DELETE_RANGE, {"owner": owner, "tree": root_id, "lo": a, "hi": b})
                 gone_count += count
                 gone_size += size
         if gone_count:
@@ -331,14 +336,18 @@ def cut_oldest(
 ) -> tuple[int, int]:
     """Of the rows the session shows with ``id <= upto_id``, keep the newest ``keep``
     (a truncation). Returns the (count, size) it stopped showing."""
+    root = root_id
     gone_count = gone_size = 0
-    parts = segments(cx, session_id)
-    boundary = cx.rows(q.RANGE_NTH_DESC, {"owner": session_id, "lo": 0, "hi": upto_id, "k": keep})
+    parts = segments(cx, root_id, session_id)
+    boundary = cx.rows(
+        q.RANGE_NTH_DESC,
+        {"owner": session_id, "tree": root_id, "lo": 0, "hi": upto_id, "k": keep},
+    )
     owners: list[str] = []
     if boundary:
         # the cut falls in the session's own rows: every segment goes too
         cut = int(boundary[0][0])
-        count, size = _stats(cx, session_id, 0, cut)
+        count, size = _stats(cx, root, session_id, 0, cut)
         detach(cx, session_id, root_id, 0, cut, when)
         gone_count, gone_size = count, size
         for part in parts:
@@ -347,14 +356,14 @@ def cut_oldest(
             gone_count += part.count
             gone_size += part.size
     else:
-        left = keep - _stats(cx, session_id, 0, upto_id)[0]
+        left = keep - _stats(cx, root, session_id, 0, upto_id)[0]
         for part in reversed(parts):
             if left >= part.count:
                 left -= part.count
                 continue
             if left > 0:
-                cut = _nth(cx, part, part.count - left)
-                size = _stats(cx, part.owner, cut, part.hi)[1]
+                cut = _nth(cx, root, part, part.count - left)
+                size = _stats(cx, root, part.owner, cut, part.hi)[1]
                 gone_count += part.count - left
                 gone_size += part.size - size
                 part.lo, part.count, part.size = cut, left, size
@@ -374,15 +383,18 @@ def drop_newest(
 ) -> list[MessageRecord]:
     """Stop showing the newest ``n`` rows of the session (fewer if it shows fewer);
     returns them, oldest first. The caller adjusts the totals by their count and size."""
-    rows = list(cx.rows(q.RANGE_DESC, {"owner": session_id, "lo": 0, "hi": BEYOND, "n": n}))
+    root = root_id
+    rows = list(
+        cx.rows(q.RANGE_DESC, {"owner": session_id, "tree": root_id, "lo": 0, "hi": BEYOND, "n": n})
+    )
     own = len(rows)
     owners: list[str] = []
     if own < n:
-        for part in reversed(segments(cx, session_id)):
+        for part in reversed(segments(cx, root_id, session_id)):
             want = n - len(rows)
             if want <= 0:
                 break
-            taken = list(cx.rows(q.RANGE_DESC, {**_range(part), "n": want}))
+            taken = list(cx.rows(q.RANGE_DESC, {**_range(part, root), "n": want}))
             rows.extend(taken)
             if len(taken) >= part.count:
                 _drop_segment(cx, part)

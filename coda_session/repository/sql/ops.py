@@ -134,9 +134,17 @@ def _session(row: Sequence[Any], tail: list[MessageRecord]) -> SessionRecord:
     )
 
 
-def _view(cx: Executor, session_id: str, upto_id: int) -> list[Part]:
+def _root(cx: Executor, session_id: str, root_id: str | None) -> str:
+    """The session's tree key: ``root_id`` when the caller knows it, else read."""
+    if root_id:
+        return root_id
+    found = cx.rows(q.ROOT_OF, {"session_id": session_id})
+    return str(found[0][0] or session_id) if found else session_id
+
+
+def _view(cx: Executor, root: str, session_id: str, upto_id: int) -> list[Part]:
     """The session's view: its segments, then its own rows up to ``upto_id``."""
-    parts = segments(cx, session_id)
+    parts = segments(cx, root, session_id)
     parts.append(Part(session_id, 0, upto_id, 1, 0))  # own rows: count unknown, not needed
     return parts
 
@@ -151,37 +159,46 @@ def load(cx: Executor, name: str | None, session_id: str | None, tail: int) -> S
     row = found[0]
     if tail <= 0:
         return _session(row, [])
-    return _session(row, read(cx, row[0], int(row[8]), tail))
+    return _session(row, read(cx, row[0], int(row[8]), tail, row[9]))
 
 
-def read(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> list[MessageRecord]:
+def read(
+    cx: Executor, session_id: str, upto_id: int, limit: int | None, root_id: str | None = None
+) -> list[MessageRecord]:
     if limit is not None and limit <= 0:
         return []
-    own = Part(session_id, 0, upto_id, 1, 0)
+    root = _root(cx, session_id, root_id)
     if limit is None:
         rows: list[Sequence[Any]] = []
-        for part in _view(cx, session_id, upto_id):
-            rows.extend(cx.rows(q.RANGE_ALL, {"owner": part.owner, "lo": part.lo, "hi": part.hi}))
+        for part in _view(cx, root, session_id, upto_id):
+            params = {"owner": part.owner, "tree": root, "lo": part.lo, "hi": part.hi}
+            rows.extend(cx.rows(q.RANGE_ALL, params))
         return [message_of(r) for r in rows]
-    rows = list(cx.rows(q.RANGE_DESC, {"owner": session_id, "lo": 0, "hi": upto_id, "n": limit}))
+    params = {"owner": session_id, "tree": root, "lo": 0, "hi": upto_id, "n": limit}
+    rows = list(cx.rows(q.RANGE_DESC, params))
     if len(rows) < limit:
         # a branch: the rest comes from what it inherited (a plain session has no segment)
-        rows.extend(read_tail(cx, segments(cx, session_id), limit - len(rows)))
-    del own
+        rows.extend(read_tail(cx, root, segments(cx, root, session_id), limit - len(rows)))
     return [message_of(r) for r in reversed(rows)]
 
 
 def read_page(
-    cx: Executor, session_id: str, after_id: int, upto_id: int, limit: int
+    cx: Executor,
+    session_id: str,
+    after_id: int,
+    upto_id: int,
+    limit: int,
+    root_id: str | None = None,
 ) -> list[MessageRecord]:
+    root = _root(cx, session_id, root_id)
     rows: list[Sequence[Any]] = []
-    for part in _view(cx, session_id, upto_id):
+    for part in _view(cx, root, session_id, upto_id):
         if len(rows) >= limit:
             break
         if part.hi <= after_id:
             continue
-        params = {"owner": part.owner, "lo": max(part.lo, after_id), "hi": part.hi}
-        rows.extend(cx.rows(q.RANGE_ASC, {**params, "n": limit - len(rows)}))
+        params = {"owner": part.owner, "tree": root, "lo": max(part.lo, after_id)}
+        rows.extend(cx.rows(q.RANGE_ASC, {**params, "hi": part.hi, "n": limit - len(rows)}))
     return [message_of(r) for r in rows]
 
 
@@ -256,18 +273,35 @@ def import_all(
     )
 
 
-def text_length(cx: Executor, session_id: str, upto_id: int, limit: int | None) -> tuple[int, int]:
+def text_length(
+    cx: Executor, session_id: str, upto_id: int, limit: int | None, root_id: str | None = None
+) -> tuple[int, int]:
     want = 2**62 if limit is None else limit
+    root = _root(cx, session_id, root_id)
     chars = count = 0
-    for part in reversed(_view(cx, session_id, upto_id)):
+    for part in reversed(_view(cx, root, session_id, upto_id)):
         if count >= want:
             break
-        row = cx.rows(
-            q.RANGE_TEXT, {"owner": part.owner, "lo": part.lo, "hi": part.hi, "n": want - count}
-        )[0]
+        params = {"owner": part.owner, "tree": root, "lo": part.lo, "hi": part.hi}
+        row = cx.rows(q.RANGE_TEXT, {**params, "n": want - count})[0]
         chars += int(row[0])
         count += int(row[1])
     return chars, count
+
+
+def _held_view(cx: Executor, root: str, session_id: str) -> list[Part]:
+    """The session's segments, with every owner's row held shared: a writer moving or
+    deleting an owner's rows (it holds the owner's row) is waited for, and the segments
+    read after it (a holder may own some now, whose row is then held too)."""
+    held: set[str] = set()
+    while True:
+        view = segments(cx, root, session_id)
+        new = sorted({p.owner for p in view} - held)
+        if not new:
+            return view
+        for owner in new:
+            cx.rows(q.OWNER_SHARED, {"session_id": owner})
+            held.add(owner)
 
 
 def create(
@@ -286,24 +320,28 @@ def create(
     root, parent, point = record.id, None, None
     parts: list[Part] = []
     if copy_from is not None:
-        # held until the fork commits: the counters and the segments are one state
-        found = cx.rows(q.SESSION_TO_FORK, {"session_id": copy_from})
+        # held until the fork commits: the counters and the segments are one state (the
+        # caller names the source's tree in record.root_id; the new branch joins it)
+        source_root = _root(cx, copy_from, record.root_id)
+        found = cx.rows(q.SESSION_TO_FORK, {"session_id": copy_from, "tree": source_root})
         if not found:
             raise SessionNotFoundError("the session to branch from no longer exists")
         source = _session(found[0], [])
         metadata = source.metadata
-        view = segments(cx, copy_from)
+        view = _held_view(cx, source_root, copy_from)
         view.append(
             own_part(
                 copy_from, view, source.message_count, source.size_bytes, source.last_message_id
             )
         )
+        if fork_point is not None and fork_point < 0:
+            fork_point += source.message_count  # from the end, as in a slice
         if fork_point is not None and not 0 <= fork_point <= source.message_count:
             raise InvalidMessageError(
                 f"fork_point {fork_point} is out of range: {source.name!r} shows "
                 f"{source.message_count} messages"
             )
-        parts = fork_parts(cx, view, fork_point, fork_after)
+        parts = fork_parts(cx, source_root, view, fork_point, fork_after)
         count = sum(p.count for p in parts)
         size = sum(p.size for p in parts)
         last_id = parts[-1].hi if parts else 0
@@ -357,26 +395,25 @@ def create(
 
 def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
+    root = _root(cx, sid, req.root_id)
+    key = {"session_id": sid, "tree": root}
     metadata: dict[str, Any] | None = None
     version_before = -1
     if req.metadata_patch:
         # read-modify-write below: hold the session row first
-        found = cx.rows(q.SESSION_METADATA, {"session_id": sid})
+        found = cx.rows(q.SESSION_METADATA, key)
         if not found:
             raise SessionNotFoundError(f"session {req.name!r} was deleted")
         metadata = decode_metadata(found[0][0])
         metadata.update(req.metadata_patch)
         version_before = int(found[0][1])
     # a truncation or a drop holds the row too, without reading or decoding the metadata
-    elif (req.truncation is not None or req.drop_newest) and not cx.rows(
-        q.SESSION_LOCK, {"session_id": sid}
-    ):
+    elif (req.truncation is not None or req.drop_newest) and not cx.rows(q.SESSION_LOCK, key):
         raise SessionNotFoundError(f"session {req.name!r} was deleted")
     count_delta = len(req.messages)
     size_delta = sum(r.size for r in req.messages)
     dropped: list[MessageRecord] = []
     if req.truncation is not None or req.drop_newest:
-        root = str(cx.rows(q.ROOT_OF, {"session_id": sid})[0][0] or sid)
         cut = req.truncation
         if cut is not None:
             gone, gone_size = cut_oldest(cx, sid, root, cut.upto_id, cut.keep, req.updated_at)
@@ -387,7 +424,7 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
             count_delta -= len(dropped)
             size_delta -= sum(r.size for r in dropped)
     params = {
-        "session_id": sid,
+        **key,
         "updated_at": req.updated_at,
         "count_delta": count_delta,
         "size_delta": size_delta,
@@ -407,10 +444,9 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     last_id = previous
     ids: list[int] = []
     if req.messages:
-        root = str(counters[0][5] or sid)
         ids = cx.insert_messages(sid, root, req.messages)
         last_id = max(previous, ids[-1])
-        cx.run(q.SET_LAST_MESSAGE_ID, {"session_id": sid, "last_id": last_id})
+        cx.run(q.SET_LAST_MESSAGE_ID, {**key, "last_id": last_id})
     if metadata is None:
         # unchanged by this save; sent back (and decoded) only if another writer changed it
         if version != req.metadata_version:
@@ -425,8 +461,8 @@ def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
     go, and so do the rows of holders that only it showed."""
     if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
         return False
-    root = str(cx.rows(q.ROOT_OF, {"session_id": session_id})[0][0] or session_id)
-    parts = segments(cx, session_id)
+    root = _root(cx, session_id, None)
+    parts = segments(cx, root, session_id)
     cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
     detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
     deleted = cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
@@ -436,7 +472,7 @@ def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
 
 def tree(cx: Executor, root_id: str) -> list[SessionInfo]:
     """Every session of the branching tree whose key is ``root_id``, oldest first."""
-    return _infos(cx.rows(q.LIST_TREE, {"root_id": root_id}))
+    return _infos(cx.rows(q.LIST_TREE, {"tree": root_id}))
 
 
 def _strict_metadata(text: Any) -> dict[str, Any]:
@@ -524,30 +560,35 @@ def pg_load(
 
 
 def pg_read(
-    cx: PgExecutor, session_id: str, upto_id: int, limit: int | None
+    cx: PgExecutor, session_id: str, upto_id: int, limit: int | None, root_id: str | None = None
 ) -> list[MessageRecord]:
     """:func:`read` as one statement."""
     if limit is None:
-        return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, session_id, upto_id)]
+        return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, session_id, upto_id, root_id)]
     if limit <= 0:
         return []
-    rows = cx.fetch(pg_sql.READ_TAIL, session_id, upto_id, limit)
+    rows = cx.fetch(pg_sql.READ_TAIL, session_id, upto_id, limit, root_id)
     return [message_of(r) for r in reversed(rows)]
 
 
 def pg_read_page(
-    cx: PgExecutor, session_id: str, after_id: int, upto_id: int, limit: int
+    cx: PgExecutor,
+    session_id: str,
+    after_id: int,
+    upto_id: int,
+    limit: int,
+    root_id: str | None = None,
 ) -> list[MessageRecord]:
     """:func:`read_page` as one statement."""
-    rows = cx.fetch(pg_sql.READ_PAGE, session_id, after_id, upto_id, limit)
+    rows = cx.fetch(pg_sql.READ_PAGE, session_id, after_id, upto_id, limit, root_id)
     return [message_of(r) for r in rows]
 
 
 def pg_text_length(
-    cx: PgExecutor, session_id: str, upto_id: int, limit: int | None
+    cx: PgExecutor, session_id: str, upto_id: int, limit: int | None, root_id: str | None = None
 ) -> tuple[int, int]:
     """:func:`text_length` as one statement."""
-    row = cx.fetch(pg_sql.TEXT_LENGTH, session_id, upto_id, limit)[0]
+    row = cx.fetch(pg_sql.TEXT_LENGTH, session_id, upto_id, limit, root_id)[0]
     return int(row[0]), int(row[1])
 
 
@@ -563,6 +604,7 @@ def pg_append(cx: PgExecutor, req: SaveRequest) -> SaveResult:
         req.metadata_version,
         req.updated_at,
         size_delta,
+        req.root_id,
     )
     if not found:
         raise SessionNotFoundError(f"session {req.name!r} was deleted")

@@ -39,10 +39,11 @@ INSERT_MESSAGES = (
 #: the lock, READ COMMITTED gives the row's newest committed version, so its counters and
 #: newest message id are current. Nothing is written when the session is gone (no row
 #: comes back) or would pass $9 bytes (``fits`` is empty: the row comes back with the
-#: ``upd`` columns NULL). $10 is the metadata version the caller saw.
+#: ``upd`` columns NULL). $10 is the metadata version the caller saw, $13 the tree's key
+#: (the shard key: see the README; NULL when the caller does not know it).
 APPEND = (
     "WITH cur AS (SELECT id, message_count, size_bytes, last_message_id, root_id FROM sessions "
-    "WHERE id = $1::text FOR NO KEY UPDATE), "
+    "WHERE id = $1::text AND root_id = coalesce($13::text, root_id) FOR NO KEY UPDATE), "
     "fits AS (SELECT * FROM cur WHERE $9::bigint IS NULL OR $12::bigint <= 0 "
     "OR cur.size_bytes + $12::bigint <= $9::bigint), "
     f"ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
@@ -71,43 +72,63 @@ _T_COLS = (
 )
 
 
-def _parts(session: str, upto: str) -> str:
+def _parts(session: str, upto: str, root: str) -> str:
     """A session's view as (owner_id, lo, hi) runs: its segments, then its own rows."""
     return (
         "(SELECT g.owner_id, g.lo, g.hi FROM session_segments g "
-        f"WHERE g.session_id = {session} UNION ALL SELECT {session}, 0::bigint, {upto}) p"
+        f"WHERE g.root_id = {root} AND g.session_id = {session} "
+        f"UNION ALL SELECT {session}, 0::bigint, {upto}) p"
     )
 
 
-def _tail(session: str, upto: str, n: str) -> str:
-    """The newest ``n`` rows of a session's view (each run read newest first, at most n)."""
+def _rows(root: str) -> str:
+    """The rows of one run ``p`` (every statement names the tree's key, the shard key)."""
     return (
-        f"SELECT {_T_COLS} FROM {_parts(session, upto)} CROSS JOIN LATERAL "
-        f"(SELECT {_COLS} FROM messages m WHERE m.session_id = p.owner_id AND m.id > p.lo "
-        f"AND m.id <= p.hi ORDER BY m.id DESC LIMIT {n}) t ORDER BY t.id DESC LIMIT {n}"
+        f"SELECT {_COLS} FROM messages m WHERE m.root_id = {root} "
+        "AND m.session_id = p.owner_id AND m.id > p.lo AND m.id <= p.hi"
     )
+
+
+def _tail(session: str, upto: str, n: str, root: str) -> str:
+    """The newest ``n`` rows of a session's view (NULL: all), newest first. Its own rows are
+    its newest: the segments are read only when they are fewer than ``n``, each run newest
+    first, at most ``n``. Ordered by (session_id, id), the order of the index they read."""
+    own = (
+        f"SELECT {_COLS} FROM messages m WHERE m.root_id = {root} AND m.session_id = {session} "
+        f"AND m.id <= {upto} ORDER BY m.session_id DESC, m.id DESC LIMIT {n}"
+    )
+    return (
+        f"WITH own AS ({own}) SELECT * FROM own UNION ALL SELECT {_T_COLS} FROM "
+        f"session_segments p CROSS JOIN LATERAL ({_rows(root)} "
+        f"ORDER BY m.session_id DESC, m.id DESC LIMIT {n}) t WHERE p.root_id = {root} "
+        f"AND p.session_id = {session} AND (SELECT count(*) FROM own) < "
+        f"coalesce({n}, 9223372036854775807) ORDER BY id DESC LIMIT {n}"
+    )
+
+
+def _key(n: int) -> str:
+    """Parameter $n, the tree's key, or the session's (parameter $1) when it is NULL."""
+    return f"coalesce(${n}::text, (SELECT r.root_id FROM sessions r WHERE r.id = $1::text))"
 
 
 #: The newest $3 messages (NULL: all) of session $1 with id <= $2 (own rows; what it
-#: inherits is older), newest first, in one statement (one snapshot).
-READ_TAIL = _tail("$1::text", "$2::bigint", "$3::bigint")
-#: Every message of session $1 up to $2, oldest first.
+#: inherits is older), newest first, in one statement (one snapshot); $4 the tree's key.
+READ_TAIL = _tail("$1::text", "$2::bigint", "$3::bigint", _key(4))
+#: Every message of session $1 up to $2, oldest first; $3 the tree's key.
 READ_ALL = (
-    f"SELECT {_T_COLS} FROM {_parts('$1::text', '$2::bigint')} CROSS JOIN LATERAL "
-    f"(SELECT {_COLS} FROM messages m WHERE m.session_id = p.owner_id AND m.id > p.lo "
-    "AND m.id <= p.hi) t ORDER BY t.id"
+    f"SELECT {_T_COLS} FROM {_parts('$1::text', '$2::bigint', _key(3))} CROSS JOIN LATERAL "
+    f"({_rows(_key(3))}) t ORDER BY t.id"
 )
-#: At most $4 messages of session $1 with $2 < id <= $3, oldest first.
+#: At most $4 messages of session $1 with $2 < id <= $3, oldest first; $5 the tree's key.
 READ_PAGE = (
-    f"SELECT {_T_COLS} FROM {_parts('$1::text', '$3::bigint')} CROSS JOIN LATERAL "
-    f"(SELECT {_COLS} FROM messages m WHERE m.session_id = p.owner_id "
-    "AND m.id > greatest(p.lo, $2::bigint) AND m.id <= p.hi ORDER BY m.id LIMIT $4::bigint) t "
+    f"SELECT {_T_COLS} FROM {_parts('$1::text', '$3::bigint', _key(5))} CROSS JOIN LATERAL "
+    f"({_rows(_key(5))} AND m.id > $2::bigint ORDER BY m.id LIMIT $4::bigint) t "
     "ORDER BY t.id LIMIT $4::bigint"
 )
-#: (characters, count) of the newest $3 messages of session $1 up to $2.
+#: (characters, count) of the newest $3 messages of session $1 up to $2; $4 the tree's key.
 TEXT_LENGTH = (
     "SELECT coalesce(sum(x.char_count), 0), count(*) FROM ("
-    + _tail("$1::text", "$2::bigint", "$3::bigint")
+    + _tail("$1::text", "$2::bigint", "$3::bigint", _key(4))
     + ") x"
 )
 
@@ -115,7 +136,7 @@ _LOAD = (
     "SELECT s.id, s.name, s.created_at, s.updated_at, s.metadata::text, s.message_count, "
     "s.size_bytes, s.metadata_version, s.last_message_id, s.root_id, s.parent_id, "
     f"s.fork_point, {_T_COLS} FROM sessions s LEFT JOIN LATERAL ("
-    + _tail("s.id", "s.last_message_id", "$2::bigint")
+    + _tail("s.id", "s.last_message_id", "$2::bigint", "s.root_id")
     + ") t ON true WHERE NOT s.holder AND "
 )
 #: A session row with its newest $2 messages (newest first), one snapshot, one trip.

@@ -76,10 +76,23 @@ class SqlSnapshot:
         return done
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         done: list[MessageRecord] = await self._edge(
-            "reading messages", self._step, ops.read_page, session_id, after_id, upto_id, limit
+            "reading messages",
+            self._step,
+            ops.read_page,
+            session_id,
+            after_id,
+            upto_id,
+            limit,
+            root_id,
         )
         return done
 
@@ -309,7 +322,7 @@ class SqlRepository:
         )
 
     async def read_messages(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         small = limit is not None and limit <= LOOP_MAX_ROWS
         await self._ready()
@@ -320,12 +333,19 @@ class SqlRepository:
             session_id,
             upto_id,
             limit,
+            root_id,
             loop_pages=0 if small else None,
             single=True,
         )
 
     async def read_page(
-        self, session_id: str, *, after_id: int, upto_id: int, limit: int
+        self,
+        session_id: str,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        root_id: str | None = None,
     ) -> list[MessageRecord]:
         await self._ready()
         return await self._run(
@@ -336,6 +356,7 @@ class SqlRepository:
             after_id,
             upto_id,
             limit,
+            root_id,
             loop_pages=0 if limit <= LOOP_MAX_ROWS else None,
             single=True,
         )
@@ -366,6 +387,7 @@ class SqlRepository:
             and request.messages
             and request.truncation is None
             and not request.metadata_patch
+            and not request.drop_newest
         ):
             return await self._run("saving a session", True, ops.pg_append, request, single=True)
         return await self._run(
@@ -379,7 +401,7 @@ class SqlRepository:
         return await self._run("listing sessions", False, ops.list_all, single=True)
 
     async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None
+        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> tuple[int, int]:
         await self._ready()
         return await self._run(
@@ -389,6 +411,7 @@ class SqlRepository:
             session_id,
             upto_id,
             limit,
+            root_id,
             single=True,
         )
 

@@ -318,6 +318,7 @@ def _orphans(r: _Repair) -> dict[Any, str]:
         "ON s.id = m.session_id WHERE s.id IS NULL GROUP BY m.session_id"
     ).all()
     names = {row[0] for row in conn.exec_driver_sql("SELECT name FROM sessions")}
+    tree_keys = any(c["name"] == "root_id" for c in sa.inspect(conn).get_columns("messages"))
     created: dict[Any, str] = {}
     for sid, count in missing:
         keeps_id = type(sid) is str and sid != ""
@@ -346,6 +347,11 @@ def _orphans(r: _Repair) -> dict[Any, str]:
                 sa.text(f"UPDATE messages SET session_id = :new WHERE {where}"),  # noqa: S608
                 {"new": new_id, "old": sid},
             )
+            if tree_keys:  # a message that had no session had no tree key either (0009)
+                conn.execute(
+                    sa.text("UPDATE messages SET root_id = :new WHERE session_id = :new"),
+                    {"new": new_id},
+                )
         r.touched.add(new_id)
         created[sid] = new_id
         r.note(

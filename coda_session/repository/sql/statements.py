@@ -16,8 +16,6 @@ __all__ = [
     "BUMP_TOTALS",
     "DELETE_HOLDER",
     "DELETE_LOCK",
-    "DELETE_MESSAGES",
-    "DELETE_MESSAGES_UPTO",
     "DELETE_RANGE",
     "DELETE_SEGMENT",
     "DELETE_SEGMENTS_OF",
@@ -30,11 +28,8 @@ __all__ = [
     "LAST_MESSAGE_ID",
     "LIST_SESSIONS",
     "LIST_TREE",
-    "MESSAGES_ALL",
-    "MESSAGES_LATEST",
-    "MESSAGES_PAGE",
-    "MESSAGES_TAIL",
     "MOVE_RANGE",
+    "OWNER_SHARED",
     "RANGE_ALL",
     "RANGE_ASC",
     "RANGE_DESC",
@@ -53,9 +48,6 @@ __all__ = [
     "SESSION_TO_FORK",
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
-    "TEXT_LENGTH",
-    "TRUNCATE_BOUNDARY",
-    "TRUNCATE_STATS",
     "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
@@ -93,7 +85,9 @@ SESSION_BY_ID = sa.select(*_RECORD_COLS).where(
 )
 # a branch's source: held (shared) while the fork reads its segments and counters, so no
 # writer moves them in between (server databases; SQLite's write lock already does)
-SESSION_TO_FORK = SESSION_BY_ID.with_for_update(read=True)
+SESSION_TO_FORK = SESSION_BY_ID.where(s.c.root_id == sa.bindparam("tree")).with_for_update(
+    read=True
+)
 LIST_SESSIONS = (
     sa.select(*_SESSION_COLS, *_TREE_COLS)
     .where(s.c.holder == sa.false())
@@ -102,36 +96,12 @@ LIST_SESSIONS = (
 # every session of one tree (the tree's key names the shard)
 LIST_TREE = (
     sa.select(*_SESSION_COLS, *_TREE_COLS)
-    .where(s.c.root_id == sa.bindparam("root_id"), s.c.holder == sa.false())
+    .where(s.c.root_id == sa.bindparam("tree"), s.c.holder == sa.false())
     .order_by(s.c.created_at, s.c.name)
 )
 ROOT_OF = sa.select(s.c.root_id).where(s.c.id == sa.bindparam("session_id"))
 LAST_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0)).where(
     m.c.session_id == sa.bindparam("session_id")
-)
-# the newest messages of a session up to the newest id its row knows (a message committed
-# after the row was read is not shown with the row's older counters)
-MESSAGES_LATEST = (
-    sa.select(*_MESSAGE_COLS)
-    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
-    .order_by(m.c.id.desc())
-    .limit(sa.bindparam("n"))
-)
-MESSAGES_TAIL = (
-    sa.select(*_MESSAGE_COLS)
-    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
-    .order_by(m.c.id.desc())
-    .limit(sa.bindparam("n"))
-)
-MESSAGES_PAGE = (
-    sa.select(*_MESSAGE_COLS)
-    .where(
-        m.c.session_id == sa.bindparam("session_id"),
-        m.c.id > sa.bindparam("after_id"),
-        m.c.id <= sa.bindparam("upto_id"),
-    )
-    .order_by(m.c.id)
-    .limit(sa.bindparam("n"))
 )
 SET_SESSION_TOTALS = (
     sa.update(s)
@@ -144,20 +114,6 @@ SET_SESSION_TOTALS = (
         last_message_id=sa.bindparam("last_id"),
     )
 )
-MESSAGES_ALL = (
-    sa.select(*_MESSAGE_COLS)
-    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
-    .order_by(m.c.id)
-)
-_tail = (
-    sa.select(m.c.char_count)
-    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
-    .order_by(m.c.id.desc())
-    .limit(sa.bindparam("n"))
-    .subquery()
-)
-# the characters of the newest n messages (each row carries its own count)
-TEXT_LENGTH = sa.select(sa.func.coalesce(sa.func.sum(_tail.c.char_count), 0), sa.func.count())
 INSERT_SESSION = sa.insert(s).values(
     id=sa.bindparam("id"),
     name=sa.bindparam("name"),
@@ -183,7 +139,7 @@ _bump = {
 # The metadata comes back only when its version is not the one the caller saw.
 UPDATE_SESSION = (
     sa.update(s)
-    .where(s.c.id == sa.bindparam("session_id"))
+    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
     .values(**_bump)
     .returning(
         s.c.message_count,
@@ -194,12 +150,11 @@ UPDATE_SESSION = (
             else_=s.c["metadata"],
         ),
         s.c.last_message_id,
-        s.c.root_id,
     )
 )
 UPDATE_SESSION_METADATA = (
     sa.update(s)
-    .where(s.c.id == sa.bindparam("session_id"))
+    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
     .values(
         **_bump,
         metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
@@ -211,22 +166,23 @@ UPDATE_SESSION_METADATA = (
         s.c.metadata_version,
         sa.null(),
         s.c.last_message_id,
-        s.c.root_id,
     )
 )
 SET_LAST_MESSAGE_ID = (
     sa.update(s)
-    .where(s.c.id == sa.bindparam("session_id"))
+    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
     .values(last_message_id=sa.bindparam("last_id", type_=sa.BigInteger))
 )
 # lock the session row first on server databases (SQLite's write lock already does)
 SESSION_METADATA = (
     sa.select(s.c["metadata"], s.c.metadata_version)
-    .where(s.c.id == sa.bindparam("session_id"))
+    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
     .with_for_update()
 )
 SESSION_LOCK = (
-    sa.select(s.c.metadata_version).where(s.c.id == sa.bindparam("session_id")).with_for_update()
+    sa.select(s.c.metadata_version)
+    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
+    .with_for_update()
 )
 INSERT_MESSAGE = sa.insert(m).values(
     session_id=sa.bindparam("session_id"),
@@ -240,21 +196,6 @@ INSERT_MESSAGE = sa.insert(m).values(
     root_id=sa.bindparam("root_id"),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
-# the newest message a truncation removes: the (keep+1)-th newest with id <= upto_id
-TRUNCATE_BOUNDARY = (
-    sa.select(m.c.id)
-    .where(m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("upto_id"))
-    .order_by(m.c.id.desc())
-    .limit(1)
-    .offset(sa.bindparam("keep"))
-)
-TRUNCATE_STATS = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(m.c.size_bytes), 0)).where(
-    m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary")
-)
-DELETE_MESSAGES_UPTO = sa.delete(m).where(
-    m.c.session_id == sa.bindparam("session_id"), m.c.id <= sa.bindparam("boundary")
-)
-DELETE_MESSAGES = sa.delete(m).where(m.c.session_id == sa.bindparam("session_id"))
 DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
 # a delete holds the session row before it removes the messages: a save that committed
 # messages meanwhile is then seen (READ COMMITTED), not left to fail the foreign key
@@ -262,7 +203,9 @@ DELETE_LOCK = sa.select(s.c.id).where(s.c.id == sa.bindparam("session_id")).with
 
 # -- the branching tree (segments: see tables.SegmentRow) ------------------------------
 
+# every statement of a branch's rows names the tree's key (the shard key, see the README)
 _range = (
+    m.c.root_id == sa.bindparam("tree"),
     m.c.session_id == sa.bindparam("owner"),
     m.c.id > sa.bindparam("lo", type_=sa.BigInteger),
     m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
@@ -271,13 +214,13 @@ _range = (
 #: ``hi`` strictly; ``lo`` may be 0 for several, a run of a session's own rows starts there)
 SEGMENTS = (
     sa.select(g.c.owner_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes, g.c.id)
-    .where(g.c.session_id == sa.bindparam("session_id"))
+    .where(g.c.root_id == sa.bindparam("tree"), g.c.session_id == sa.bindparam("session_id"))
     .order_by(g.c.hi)
 )
 #: the segments that show rows of ``owner`` (other sessions' views of them)
 SEGMENTS_ON = sa.select(
     g.c.id, g.c.session_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes
-).where(g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("root_id"))
+).where(g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree"))
 INSERT_SEGMENT = sa.insert(g).values(
     root_id=sa.bindparam("root_id"),
     session_id=sa.bindparam("session_id"),
@@ -334,8 +277,19 @@ BUMP_TOTALS = (
         size_bytes=s.c.size_bytes + sa.bindparam("size_delta", type_=sa.BigInteger),
     )
 )
-HOLDER_TOTALS = sa.select(s.c.message_count, s.c.size_bytes, s.c.holder).where(
-    s.c.id == sa.bindparam("session_id")
+# a holder's row is held while its rows are reclaimed: a fork that copies segments on it
+# holds it shared (OWNER_SHARED), so no segment appears unseen meanwhile
+HOLDER_TOTALS = (
+    sa.select(s.c.message_count, s.c.size_bytes, s.c.holder)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .with_for_update()
+)
+# a fork holds the owners of the segments it copies (key share: appends go on; the
+# writers that move or delete an owner's rows hold its row for update)
+OWNER_SHARED = (
+    sa.select(s.c.id)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .with_for_update(read=True, key_share=True)
 )
 DELETE_HOLDER = sa.delete(s).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 
