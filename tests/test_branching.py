@@ -10,25 +10,18 @@ Alembic CLI).
 Most tests take the ``store`` fixture, so they run on every backend. Everything a test
 asserts about storage is read back through a separate manager with no message cache
 (``reader``) or, on SQL backends, with raw SQL outside the library (``Store.execute``).
-
-The ``custom`` backend here is :class:`TreeJsonDirStorage`: tests/support.py's
-``JsonDirStorage`` that also stores the tree fields ``SessionData`` gained with branching
-(``root_id``, ``parent_id``, ``fork_point``); the original predates them and drops them,
-so every branch it loads looks like a root.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,15 +31,12 @@ from coda_session import (
     AsyncSession,
     AsyncSessionManager,
     InvalidMessageError,
-    SessionData,
     SessionExistsError,
     SessionInfo,
     SessionNotFoundError,
-    SessionStorage,
 )
 from coda_session.migrate import upgrade_async
-from coda_session.repository import Repository
-from tests.support import BACKENDS, ROOT, SQL_BACKENDS, JsonDirStorage, Store
+from tests.support import BACKENDS, ROOT, SQL_BACKENDS, Store
 
 TS = "2025-01-01T00:00:00"
 """Every test message's timestamp: equal messages then have equal sizes."""
@@ -55,36 +45,6 @@ SQLITE_BACKENDS = [p for p in BACKENDS if p.id in ("sqlite", "sqlite-core")]
 SQLITE_AND_POSTGRESQL = [p for p in BACKENDS if p.id in ("sqlite", "postgresql")]
 SHARED_STORE_BACKENDS = [p for p in BACKENDS if p.id != "custom"]
 """Backends where several managers write one store (not the custom one: CROSS_WRITER)."""
-
-
-# -- the store -----------------------------------------------------------------------
-
-
-class TreeJsonDirStorage(JsonDirStorage):
-    """``JsonDirStorage`` that stores the tree fields too, as a user's storage should."""
-
-    def save(self, session: SessionData) -> None:
-        super().save(session)
-        path = self._file(session.name)
-        document = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
-        document.update(
-            root_id=session.root_id, parent_id=session.parent_id, fork_point=session.fork_point
-        )
-        temp = path.with_name(path.name + ".tree.tmp")
-        temp.write_text(json.dumps(document), encoding="utf-8", errors="surrogatepass")
-        os.replace(temp, path)
-
-
-class TreeStore(Store):
-    def repository(self, *, private_loop: bool = False) -> Repository | SessionStorage:
-        if self.backend == "custom":
-            return TreeJsonDirStorage(self.path)
-        return super().repository(private_loop=private_loop)
-
-
-@pytest.fixture
-def store(backend: str, tmp_path: Path) -> Store:
-    return TreeStore(backend, tmp_path / "sessions")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -1047,13 +1007,6 @@ def _state(i: int) -> list[str]:
     return words(f"s{i}.", 2 if i % 2 == 0 else 5)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG (reported to the lead): a negative fork_point is resolved in "
-    "AsyncSessionManager.create_session against the message count of an earlier read "
-    "(load_session), not inside the fork's transaction: beside a writer the fork raises "
-    "InvalidMessageError for a valid -1, or silently forks at the wrong position",
-)
 @pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
 async def test_negative_fork_points_beside_a_writer_replacing_the_messages(
     store: Store,

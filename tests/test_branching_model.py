@@ -27,18 +27,14 @@ After every step the observable state must agree with the model:
   left empty, no segment belongs to a holder or a missing session, and a fork (valid or
   not) changes no row of ``messages``.
 
-Errors must agree too: the same exception type from the backend and from the model (one
-case is left open, see ``PRECEDENCE_SETTLED``). On the custom backend the storage is
-``TreeJsonDirStorage``: tests/support.py's JsonDirStorage does not keep a session's
-``root_id``/``parent_id``/``fork_point``, so its branches lose their place in the tree.
+Errors must agree too: the same exception type from the backend and from the model (a
+fork checks its source, then its position or message id, then the new name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
-import os
 import shutil
 import tempfile
 import threading
@@ -63,7 +59,6 @@ from hypothesis.stateful import (
 from coda_session import (
     InvalidMessageError,
     Session,
-    SessionData,
     SessionExistsError,
     SessionInfo,
     SessionManager,
@@ -71,7 +66,7 @@ from coda_session import (
     SessionStorage,
 )
 from coda_session.repository import Repository
-from tests.support import BACKENDS, JsonDirStorage, Store
+from tests.support import BACKENDS, Store
 
 NAMES = ["a", "b", "c", "d"]
 ROLES = ["user", "assistant", "tool"]
@@ -222,7 +217,7 @@ class Model:
         the checks in the library's order (``name`` None: a generated, free name).
 
         ``exists_first``: when the new name is taken *and* the position or id is invalid,
-        whether SessionExistsError wins (see ``PRECEDENCE_SETTLED``)."""
+        whether SessionExistsError wins (the library: it does not)."""
         if point is not None and after is not None:
             raise InvalidMessageError("both")
         for value in (point, after):
@@ -319,13 +314,6 @@ class Model:
 
 Outcome = tuple[str, Any]  # ("ok", value) or ("error", exception type)
 
-# When a fork's new name is taken and its position or message id is invalid as well, the
-# backends disagree on which error wins (memory and custom: SessionExistsError, the SQL
-# backends: InvalidMessageError; a negative position out of range is InvalidMessageError
-# everywhere). Reported to the lead; until it is settled either is accepted in exactly
-# that case. Set to True (and pick the order in Model.fork) once the library settles it.
-PRECEDENCE_SETTLED = False
-
 
 def _outcome(fn: Callable[[], Any]) -> Outcome:
     try:
@@ -359,25 +347,6 @@ UNION ALL
 SELECT 'g', g.id, NULL, 0 FROM session_segments g
 WHERE NOT EXISTS (SELECT 1 FROM sessions v WHERE v.id = g.session_id AND NOT v.holder)
 """
-
-
-class TreeJsonDirStorage(JsonDirStorage):
-    """tests/support.py's JsonDirStorage, keeping the branching fields of SessionData too
-    (``root_id``, ``parent_id``, ``fork_point``): JsonDirStorage writes only the fields it
-    knew before branching, so its sessions lose their place in the tree (reported)."""
-
-    def save(self, session: SessionData) -> None:
-        super().save(session)
-        path = self._file(session.name)
-        document = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
-        document.update(
-            root_id=session.root_id, parent_id=session.parent_id, fork_point=session.fork_point
-        )
-        temp = path.with_suffix(".tree.tmp")
-        temp.write_text(
-            json.dumps(document, ensure_ascii=False), encoding="utf-8", errors="surrogatepass"
-        )
-        os.replace(temp, path)
 
 
 class PgConnection:
@@ -447,8 +416,6 @@ class BranchingMachine(RuleBasedStateMachine):
         self.since_open = 0  # steps since the manager was opened
 
     def _storage(self) -> Repository | SessionStorage:
-        if self.backend == "custom":
-            return TreeJsonDirStorage(self.store.path)
         return self.store.repository(private_loop=True)
 
     @property
@@ -678,13 +645,9 @@ class BranchingMachine(RuleBasedStateMachine):
                 )
             )
 
-        expected = model(True)
+        # every backend checks the source, then the fork point or id, then the new name
+        expected = model(False)
         allowed = [expected]
-        if not PRECEDENCE_SETTLED and expected == ("error", SessionExistsError):
-            # the ambiguous case (see PRECEDENCE_SETTLED): either error will do
-            other = model(False)
-            if other[0] == "error":
-                allowed.append(other)
         actual = _outcome(real)
         assert actual[0] == expected[0] and (
             actual[0] == "ok" or any(actual[1] is a[1] for a in allowed)
