@@ -118,16 +118,20 @@ def _drop_fill_keys(bind: sa.Connection) -> None:
 
 
 def _materialize(bind: sa.Connection) -> None:
-    """Every branch's inherited messages become its own (copies, in order). The newest
-    branches first: a branch of a branch reads its parent's rows before they move."""
-    branches = bind.execute(
-        sa.text(
-            "SELECT DISTINCT g.session_id, s.created_at FROM session_segments g "
-            "JOIN sessions s ON s.id = g.session_id ORDER BY s.created_at DESC"
+    """Every branch's inherited messages become its own (copies, in order): each branch
+    gets a copy of its whole view, read from the rows as they were (every copy's id is
+    above them, so no view sees another branch's copies), then the old rows go."""
+    newest = bind.execute(sa.text("SELECT coalesce(max(id), 0) FROM messages")).scalar_one()
+    branches = [
+        row[0]
+        for row in bind.execute(
+            sa.text(
+                "SELECT DISTINCT g.session_id FROM session_segments g "
+                "JOIN sessions s ON s.id = g.session_id WHERE NOT s.holder"
+            )
         )
-    ).all()
-    for branch, _ in branches:
-        # the whole view again, oldest first: inherited rows, then the branch's own
+    ]
+    for branch in branches:
         bind.execute(
             sa.text(
                 f"INSERT INTO messages (session_id, {_COLUMNS}) "  # noqa: S608
@@ -135,36 +139,15 @@ def _materialize(bind: sa.Connection) -> None:
                 f"SELECT m.id AS id, {', '.join('m.' + c for c in _COLUMNS.split(', '))} "
                 "FROM session_segments g JOIN messages m ON m.session_id = g.owner_id "
                 "AND m.id > g.lo AND m.id <= g.hi WHERE g.session_id = :branch "
-                f"UNION ALL SELECT id, {_COLUMNS} FROM messages WHERE session_id = :branch"
-                ") v ORDER BY v.id"
+                f"UNION ALL SELECT id, {_COLUMNS} FROM messages WHERE session_id = :branch "
+                "AND id <= :newest) v ORDER BY v.id"
             ),
-            {"branch": branch},
+            {"branch": branch, "newest": newest},
         )
-        # the old own rows are the lower ids of the branch now: drop them
-        own = bind.execute(
-            sa.text(
-                "SELECT count(*) FROM session_segments g JOIN messages m "
-                "ON m.session_id = g.owner_id AND m.id > g.lo AND m.id <= g.hi "
-                "WHERE g.session_id = :branch"
-            ),
-            {"branch": branch},
-        ).scalar_one()
-        total = bind.execute(
-            sa.text("SELECT count(*) FROM messages WHERE session_id = :branch"),
-            {"branch": branch},
-        ).scalar_one()
-        keep = (total - int(own)) // 2 + int(own)  # the copies: every visible message
+    for branch in branches:
         bind.execute(
-            sa.text(
-                "DELETE FROM messages WHERE session_id = :branch AND id NOT IN ("
-                "SELECT id FROM messages WHERE session_id = :branch ORDER BY id DESC "
-                "LIMIT :keep)"
-            ),
-            {"branch": branch, "keep": keep},
-        )
-        bind.execute(
-            sa.text("DELETE FROM session_segments WHERE session_id = :branch"),
-            {"branch": branch},
+            sa.text("DELETE FROM messages WHERE session_id = :branch AND id <= :newest"),
+            {"branch": branch, "newest": newest},
         )
         bind.execute(
             sa.text(
@@ -173,6 +156,7 @@ def _materialize(bind: sa.Connection) -> None:
             ),
             {"branch": branch},
         )
+    bind.execute(sa.text("DELETE FROM session_segments"))
     bind.execute(
         sa.text("DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE holder)")
     )

@@ -244,50 +244,54 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
         s_lo, s_hi, s_count, s_size = int(s_lo), int(s_hi), int(s_count), int(s_size)
         a, b = max(s_lo, lo), min(s_hi, hi)
         mid_count, mid_size = _stats(cx, root, holder, a, b)
-        cx.run(
-            q.UPDATE_SEGMENT,
-            {
-                "segment_id": seg_id,
-                "owner": holder,
-                "lo": a,
-                "hi": b,
-                "message_count": mid_count,
-                "size_bytes": mid_size,
-            },
-        )
         rest_count, rest_size = s_count - mid_count, s_size - mid_size
+        left = (0, 0)
         if s_lo < a and s_hi > b:
             left = _stats(cx, root, session_id, s_lo, a)
-            pieces = [(s_lo, a, *left), (b, s_hi, rest_count - left[0], rest_size - left[1])]
         elif s_lo < a:
-            pieces = [(s_lo, a, rest_count, rest_size)]
-        elif s_hi > b:
-            pieces = [(b, s_hi, rest_count, rest_size)]
-        else:
-            pieces = []
-        for p_lo, p_hi, p_count, p_size in pieces:
-            cx.run(
-                q.INSERT_SEGMENT,
-                {
-                    "root_id": root_id,
-                    "session_id": viewer,
-                    "owner": session_id,
-                    "lo": p_lo,
-                    "hi": p_hi,
-                    "message_count": p_count,
-                    "size_bytes": p_size,
-                },
+            left = (rest_count, rest_size)
+        right = (rest_count - left[0], rest_size - left[1])
+        # the pieces the segment becomes, oldest first, none empty (an empty one would
+        # keep an owner, or later a holder, that shows nothing)
+        pieces = [
+            (owner, p_lo, p_hi, count, size)
+            for owner, p_lo, p_hi, (count, size) in (
+                (session_id, s_lo, a, left),
+                (holder, a, b, (mid_count, mid_size)),
+                (session_id, b, s_hi, right),
             )
+            if count > 0
+        ]
+        if not pieces:
+            cx.run(q.DELETE_SEGMENT, {"segment_id": seg_id})
+        for i, (owner, p_lo, p_hi, count, size) in enumerate(pieces):
+            values = {
+                "owner": owner,
+                "lo": p_lo,
+                "hi": p_hi,
+                "message_count": count,
+                "size_bytes": size,
+            }
+            if i == 0:
+                cx.run(q.UPDATE_SEGMENT, {"segment_id": seg_id, **values})
+            else:
+                cx.run(q.INSERT_SEGMENT, {"root_id": root_id, "session_id": viewer, **values})
+    if not moved_count:  # the segments showed none of the rows: nothing to hold
+        cx.run(q.DELETE_HOLDER, {"session_id": holder})
 
 
 def reclaim(cx: Executor, owners: Iterable[str], root_id: str) -> None:
     """Delete the rows of the holders among ``owners`` that no segment shows any more
     (and a holder left with none)."""
     root = root_id
-    for owner in set(owners):
+    for owner in sorted(set(owners)):
+        # a session's own rows it shows itself; only a holder's row is held (locking a
+        # session's here would deadlock with its own truncation rewriting this segment)
+        if not cx.rows(q.IS_HOLDER, {"session_id": owner}):
+            continue
         found = cx.rows(q.HOLDER_TOTALS, {"session_id": owner})
-        if not found or not found[0][2]:
-            continue  # a session's own rows: it shows them
+        if not found:
+            continue
         refs = cx.rows(q.SEGMENTS_ON, {"owner": owner, "tree": root_id})
         if not refs:
             cx.run(q.DELETE_RANGE, {"owner": owner, "tree": root_id, "lo": -1, "hi": BEYOND})

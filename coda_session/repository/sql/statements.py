@@ -25,6 +25,7 @@ __all__ = [
     "INSERT_MESSAGE_RETURNING",
     "INSERT_SEGMENT",
     "INSERT_SESSION",
+    "IS_HOLDER",
     "LAST_MESSAGE_ID",
     "LIST_SESSIONS",
     "LIST_TREE",
@@ -284,6 +285,7 @@ HOLDER_TOTALS = (
     .where(s.c.id == sa.bindparam("session_id"))
     .with_for_update()
 )
+IS_HOLDER = sa.select(s.c.id).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 # a fork holds the owners of the segments it copies (key share: appends go on; the
 # writers that move or delete an owner's rows hold its row for update)
 OWNER_SHARED = (
