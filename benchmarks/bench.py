@@ -233,7 +233,9 @@ def library_ddl(workdir: Path) -> list[str]:
     conn = sqlite3.connect(where / "sessions.db")
     try:
         rows = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+            # not the triggers that give rows of other programs a tree key (0009): the
+            # baseline's inserts, like another program's, carry none and would fire them
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND type != 'trigger' "
             "AND name NOT LIKE 'alembic%' AND name NOT LIKE 'sqlite%' "
             "ORDER BY type DESC, name DESC"
         ).fetchall()

@@ -254,6 +254,7 @@ async def raw_append_rows(
         version,
         datetime.now(UTC),
         size,
+        sid,  # the tree's key: a session that is no branch is its own root
     )
     if not found or found[0][3] is None:
         raise RuntimeError("raw append: session gone or full")
@@ -265,7 +266,8 @@ NAIVE_LOCK = (
 )
 NAIVE_INSERT = (
     "INSERT INTO messages (session_id, role, content, timestamp, metadata, content_zlib, "
-    "size_bytes, char_count) VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6) RETURNING id"
+    "size_bytes, char_count, root_id) VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $1) "
+    "RETURNING id"
 )
 NAIVE_UPDATE = (
     "UPDATE sessions SET updated_at = $2, message_count = message_count + 1, "
@@ -530,14 +532,16 @@ def raw_tail(rows: list[Any]) -> list[dict[str, Any]]:
     """LOAD_BY_NAME's rows (newest first) as the message dicts, oldest first."""
     out = []
     for r in reversed(rows):
-        if r[9] is None:
+        # the session's columns, then the message's (id, role, content, timestamp, ...)
+        m = r[12:]
+        if m[0] is None:
             continue
-        text = r[11]
-        if text is None and r[14] is not None:
-            text = zlib.decompress(r[14])[1:].decode()
-        msg: dict[str, Any] = {"role": r[10], "content": text, "timestamp": r[12]}
-        if r[13] is not None:
-            msg.update(json.loads(r[13]))
+        text = m[2]
+        if text is None and m[5] is not None:
+            text = zlib.decompress(m[5])[1:].decode()
+        msg: dict[str, Any] = {"role": m[1], "content": text, "timestamp": m[3]}
+        if m[4] is not None:
+            msg.update(json.loads(m[4]))
         out.append(msg)
     return out
 
