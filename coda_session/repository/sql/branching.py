@@ -38,6 +38,7 @@ __all__ = [
     "drop_newest",
     "fork_parts",
     "new_holder",
+    "own_lo",
     "own_part",
     "read_tail",
     "reclaim",
@@ -70,12 +71,19 @@ def segments(cx: Executor, root: str, session_id: str) -> list[Part]:
     ]
 
 
+def own_lo(parts: Sequence[Part]) -> int:
+    """An id below every own row of a session whose segments are ``parts``: the newest it
+    inherits (its own rows are younger than the fork). A range from there, not from 0,
+    keeps a server's scan of the id index short for a branch with few rows of its own."""
+    return max((p.hi for p in parts), default=0)
+
+
 def own_part(session_id: str, parts: Sequence[Part], count: int, size: int, hi: int) -> Part:
     """The session's own rows as a part, from its totals (``count``, ``size``) and its
     segments (``parts``)."""
     return Part(
         session_id,
-        0,
+        own_lo(parts),
         hi,
         count - sum(p.count for p in parts),
         size - sum(p.size for p in parts),
@@ -343,16 +351,17 @@ def cut_oldest(
     root = root_id
     gone_count = gone_size = 0
     parts = segments(cx, root_id, session_id)
+    lo = own_lo(parts)
     boundary = cx.rows(
         q.RANGE_NTH_DESC,
-        {"owner": session_id, "tree": root_id, "lo": 0, "hi": upto_id, "k": keep},
+        {"owner": session_id, "tree": root_id, "lo": lo, "hi": upto_id, "k": keep},
     )
     owners: list[str] = []
     if boundary:
         # the cut falls in the session's own rows: every segment goes too
         cut = int(boundary[0][0])
-        count, size = _stats(cx, root, session_id, 0, cut)
-        detach(cx, session_id, root_id, 0, cut, when)
+        count, size = _stats(cx, root, session_id, lo, cut)
+        detach(cx, session_id, root_id, lo, cut, when)
         gone_count, gone_size = count, size
         for part in parts:
             _drop_segment(cx, part)
@@ -360,7 +369,7 @@ def cut_oldest(
             gone_count += part.count
             gone_size += part.size
     else:
-        left = keep - _stats(cx, root, session_id, 0, upto_id)[0]
+        left = keep - _stats(cx, root, session_id, lo, upto_id)[0]
         for part in reversed(parts):
             if left >= part.count:
                 left -= part.count
@@ -388,13 +397,17 @@ def drop_newest(
     """Stop showing the newest ``n`` rows of the session (fewer if it shows fewer);
     returns them, oldest first. The caller adjusts the totals by their count and size."""
     root = root_id
+    parts = segments(cx, root_id, session_id)
     rows = list(
-        cx.rows(q.RANGE_DESC, {"owner": session_id, "tree": root_id, "lo": 0, "hi": BEYOND, "n": n})
+        cx.rows(
+            q.RANGE_DESC,
+            {"owner": session_id, "tree": root_id, "lo": own_lo(parts), "hi": BEYOND, "n": n},
+        )
     )
     own = len(rows)
     owners: list[str] = []
     if own < n:
-        for part in reversed(segments(cx, root_id, session_id)):
+        for part in reversed(parts):
             want = n - len(rows)
             if want <= 0:
                 break

@@ -72,12 +72,22 @@ _T_COLS = (
 )
 
 
+def _own_lo(session: str, root: str) -> str:
+    """Below every own row of the session: the newest id it inherits (0 for no branch).
+    Bounding the own rows' id range there keeps a scan of the id index short for a branch
+    with few rows of its own (the planner may prefer that index to the session's)."""
+    return (
+        "(SELECT coalesce(max(o.hi), 0) FROM session_segments o "
+        f"WHERE o.root_id = {root} AND o.session_id = {session})"
+    )
+
+
 def _parts(session: str, upto: str, root: str) -> str:
     """A session's view as (owner_id, lo, hi) runs: its segments, then its own rows."""
     return (
         "(SELECT g.owner_id, g.lo, g.hi FROM session_segments g "
         f"WHERE g.root_id = {root} AND g.session_id = {session} "
-        f"UNION ALL SELECT {session}, 0::bigint, {upto}) p"
+        f"UNION ALL SELECT {session}, {_own_lo(session, root)}, {upto}) p"
     )
 
 
@@ -95,7 +105,8 @@ def _tail(session: str, upto: str, n: str, root: str) -> str:
     first, at most ``n``. Ordered by (session_id, id), the order of the index they read."""
     own = (
         f"SELECT {_COLS} FROM messages m WHERE m.root_id = {root} AND m.session_id = {session} "
-        f"AND m.id <= {upto} ORDER BY m.session_id DESC, m.id DESC LIMIT {n}"
+        f"AND m.id > {_own_lo(session, root)} AND m.id <= {upto} "
+        f"ORDER BY m.session_id DESC, m.id DESC LIMIT {n}"
     )
     return (
         f"WITH own AS ({own}) SELECT * FROM own UNION ALL SELECT {_T_COLS} FROM "
