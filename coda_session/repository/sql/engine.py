@@ -204,9 +204,20 @@ async def _connect_aiosqlite(
 def postgres_server_settings(config: SessionConfig) -> dict[str, str]:
     """The session settings of every PostgreSQL connection: ``busy_timeout`` bounds lock
     waits (``lock_timeout``, milliseconds; 0 there means "wait forever", so a zero
-    busy_timeout is 1 ms), and the time zone is UTC."""
+    busy_timeout is 1 ms), and the time zone is UTC.
+
+    Bitmap scans are off: every read of messages wants a range of an index in order, most
+    of them only its newest rows; a bitmap scan reads the whole range and sorts it. Where
+    the statistics are stale (a table that just grew by 100k rows, before autovacuum
+    analyzed it) the planner picked one for a 50-message tail of a fresh branch, and read
+    all 100k rows of its source (116 ms instead of 0.4 ms)."""
     lock_ms = max(1, int(config.busy_timeout * 1000))
-    return {"lock_timeout": str(lock_ms), "TimeZone": "UTC", "application_name": "coda_session"}
+    return {
+        "lock_timeout": str(lock_ms),
+        "TimeZone": "UTC",
+        "application_name": "coda_session",
+        "enable_bitmapscan": "off",
+    }
 
 
 def _same_text(value: Any) -> Any:
