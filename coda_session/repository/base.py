@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..errors import SessionTooLargeError
+from ..errors import InvalidMessageError, SessionTooLargeError
 from ..models import MessageRecord
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "Truncation",
     "check_import_size",
     "collect_import",
+    "fork_count",
+    "not_shown",
 ]
 
 
@@ -41,6 +43,25 @@ def collect_import(
         size += sum(m.byte_size() for m in batch)
         check_import_size(name, size, max_bytes)
     return messages, size
+
+
+def fork_count(name: str, count: int, point: int | None) -> int:
+    """How many of the ``count`` messages source ``name`` shows a fork at ``point`` starts
+    with: all when None, counted from the end when negative (as in a slice);
+    InvalidMessageError out of range. Every backend resolves it here, inside the fork."""
+    if point is None:
+        return count
+    kept = point + count if point < 0 else point
+    if not 0 <= kept <= count:
+        raise InvalidMessageError(
+            f"fork_point {point} is out of range: {name!r} shows {count} messages"
+        )
+    return kept
+
+
+def not_shown(message_id: int) -> InvalidMessageError:
+    """The error of a fork after a message the source does not show."""
+    return InvalidMessageError(f"message {message_id} is not one of the messages the source shows")
 
 
 @dataclass(slots=True, frozen=True)

@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..codec import encode_message
 from ..errors import (
-    InvalidMessageError,
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
@@ -28,7 +27,7 @@ from ..errors import (
     StorageError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .base import SaveRequest, SaveResult, collect_import
+from .base import SaveRequest, SaveResult, collect_import, fork_count, not_shown
 
 __all__ = [
     "SessionData",
@@ -155,19 +154,9 @@ def _fork_index(name: str, keys: list[int], point: int | None, after_id: int | N
     """How many of a session's messages (``keys``) a fork starts with."""
     if after_id is not None:
         if after_id not in keys:
-            raise InvalidMessageError(
-                f"message {after_id} is not one of the messages the source shows"
-            )
+            raise not_shown(after_id)
         return keys.index(after_id) + 1
-    if point is None:
-        return len(keys)
-    if point < 0:
-        point += len(keys)  # from the end, as in a slice
-    if not 0 <= point <= len(keys):
-        raise InvalidMessageError(
-            f"fork_point {point} is out of range: {name!r} shows {len(keys)} messages"
-        )
-    return point
+    return fork_count(name, len(keys), point)
 
 
 def _as_data(loaded: object) -> SessionData:

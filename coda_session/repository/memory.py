@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import (
-    InvalidMessageError,
     SessionExistsError,
     SessionNotFoundError,
     SessionTooLargeError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .base import SaveRequest, SaveResult, collect_import
+from .base import SaveRequest, SaveResult, collect_import, fork_count, not_shown
 
 __all__ = ["MemoryRepository", "MemorySnapshot"]
 
@@ -37,20 +36,9 @@ def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int
     if after_id is not None:
         at = bisect.bisect_left(messages, after_id, key=lambda m: m.id or 0)
         if at == len(messages) or messages[at].id != after_id:
-            raise InvalidMessageError(
-                f"message {after_id} is not one of the messages the source shows"
-            )
+            raise not_shown(after_id)
         return at + 1
-    if point is None:
-        return len(messages)
-    if point < 0:
-        point += len(messages)  # from the end, as in a slice
-    if not 0 <= point <= len(messages):
-        raise InvalidMessageError(
-            f"fork_point {point} is out of range: {source.record.name!r} shows "
-            f"{len(messages)} messages"
-        )
-    return point
+    return fork_count(source.record.name, len(messages), point)
 
 
 def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]:

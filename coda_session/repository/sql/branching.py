@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ...errors import InvalidMessageError
 from ...models import MessageRecord
+from ..base import not_shown
 from . import statements as q
 from .executors import Executor
 from .rows import message_of
@@ -154,9 +154,7 @@ def fork_parts(
                 break
             seen += part.count
         if point is None:
-            raise InvalidMessageError(
-                f"message {after_id} is not one of the messages the source shows"
-            )
+            raise not_shown(after_id)
     if point is None:
         point = total
     out: list[Part] = []
@@ -295,10 +293,7 @@ def reclaim(cx: Executor, owners: Iterable[str], root_id: str) -> None:
     for owner in sorted(set(owners)):
         # a session's own rows it shows itself; only a holder's row is held (locking a
         # session's here would deadlock with its own truncation rewriting this segment)
-        if not cx.rows(q.IS_HOLDER, {"session_id": owner}):
-            continue
-        found = cx.rows(q.HOLDER_TOTALS, {"session_id": owner})
-        if not found:
+        if not cx.rows(q.HOLDER_LOCK, {"session_id": owner}):
             continue
         refs = cx.rows(q.SEGMENTS_ON, {"owner": owner, "tree": root_id})
         if not refs:

@@ -17,13 +17,12 @@ from typing import Any
 from ...codec import decode_metadata, dumps_metadata, read_metadata
 from ...errors import (
     DamagedDataError,
-    InvalidMessageError,
     SessionNotFoundError,
     SessionTooLargeError,
 )
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
 from ...timeutil import from_db_timestamp, read_timestamp
-from ..base import SaveRequest, SaveResult, check_import_size
+from ..base import SaveRequest, SaveResult, check_import_size, fork_count
 from . import pg_sql
 from . import statements as q
 from .branching import (
@@ -334,13 +333,8 @@ def create(
                 copy_from, view, source.message_count, source.size_bytes, source.last_message_id
             )
         )
-        if fork_point is not None and fork_point < 0:
-            fork_point += source.message_count  # from the end, as in a slice
-        if fork_point is not None and not 0 <= fork_point <= source.message_count:
-            raise InvalidMessageError(
-                f"fork_point {fork_point} is out of range: {source.name!r} shows "
-                f"{source.message_count} messages"
-            )
+        if fork_point is not None:
+            fork_point = fork_count(source.name, source.message_count, fork_point)
         parts = fork_parts(cx, source_root, view, fork_point, fork_after)
         count = sum(p.count for p in parts)
         size = sum(p.size for p in parts)

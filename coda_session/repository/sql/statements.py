@@ -20,12 +20,11 @@ __all__ = [
     "DELETE_SEGMENT",
     "DELETE_SEGMENTS_OF",
     "DELETE_SESSION",
-    "HOLDER_TOTALS",
+    "HOLDER_LOCK",
     "INSERT_MESSAGE",
     "INSERT_MESSAGE_RETURNING",
     "INSERT_SEGMENT",
     "INSERT_SESSION",
-    "IS_HOLDER",
     "LAST_MESSAGE_ID",
     "LIST_SESSIONS",
     "LIST_TREE",
@@ -279,13 +278,13 @@ BUMP_TOTALS = (
     )
 )
 # a holder's row is held while its rows are reclaimed: a fork that copies segments on it
-# holds it shared (OWNER_SHARED), so no segment appears unseen meanwhile
-HOLDER_TOTALS = (
-    sa.select(s.c.message_count, s.c.size_bytes, s.c.holder)
-    .where(s.c.id == sa.bindparam("session_id"))
+# holds it shared (OWNER_SHARED), so no segment appears unseen meanwhile. Only a holder's:
+# a session's row is not locked here (that deadlocked with its own truncation)
+HOLDER_LOCK = (
+    sa.select(s.c.id)
+    .where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
     .with_for_update()
 )
-IS_HOLDER = sa.select(s.c.id).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 # a fork holds the owners of the segments it copies (key share: appends go on; the
 # writers that move or delete an owner's rows hold its row for update)
 OWNER_SHARED = (
