@@ -225,9 +225,10 @@ async def _store(
     record: SessionRecord,
     spool: Spool,
     check_open: Callable[[], None],
+    fork: tuple[str, int] | None = None,
+    *,
     where: str,
     if_exists: str,
-    fork: tuple[str, int] | None = None,
 ) -> SessionRecord:
     """Write one staged session; ``if_exists``: what to do when its name is taken."""
     try:
@@ -242,6 +243,16 @@ async def _store(
         ) from exc
     finally:
         spool.close()
+
+
+#: What to do about a name that exists already, for import_session and import_store.
+_RENAME_OR_REPLACE = (
+    "pass name= to import it under another name, or delete the existing session first to replace it"
+)
+_KEPT_NAMES = (
+    "import_store keeps the stream's names: delete the existing session first to replace "
+    "it, or import the stream into another store"
+)
 
 
 def _still_open() -> None:
@@ -291,14 +302,7 @@ async def import_session(
     finally:
         close()
     return await _store(
-        repo,
-        config,
-        record,
-        spool,
-        check_open,
-        where,
-        "pass name= to import it under another name, or delete the existing session first "
-        "to replace it",
+        repo, config, record, spool, check_open, where=where, if_exists=_RENAME_OR_REPLACE
     )
 
 
@@ -342,15 +346,7 @@ async def import_store(
                 config, puller, event[1], event[2], None, where, check_open
             )
             stored = await _store(
-                repo,
-                config,
-                record,
-                spool,
-                check_open,
-                where,
-                "import_store keeps the stream's names: delete the existing session first "
-                "to replace it, or import the stream into another store",
-                fork,
+                repo, config, record, spool, check_open, fork, where=where, if_exists=_KEPT_NAMES
             )
             if isinstance(event[1].get("id"), str):
                 new_ids[event[1]["id"]] = stored.id

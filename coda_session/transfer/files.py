@@ -109,8 +109,12 @@ def _cannot_write(path: Path, exc: OSError) -> StorageError:
             f"cannot export to {path}: the directory {parent} does not exist; create it "
             "first (or name a file in an existing directory)"
         )
-    reason = exc.strerror or str(exc)
-    return StorageError(f"cannot export to {path}: {reason} (in {parent})")
+    if isinstance(exc, PermissionError):
+        return StorageError(
+            f"cannot export to {path}: this user may not write in {parent}; choose another "
+            "directory or change its permissions"
+        )
+    return StorageError(f"cannot export to {path}: {exc.strerror or exc}")
 
 
 def _exists(path: Path) -> ExportFileExistsError:
@@ -174,7 +178,8 @@ class Sink:
                 raise _exists(path) from None
             os.replace(tmp, path)
             return
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):  # exported; a temp left is tidied later
+            os.unlink(tmp)
 
     async def finish(self, ok: bool) -> None:
         if self._path is None:
