@@ -3,7 +3,9 @@
 from .config import SessionConfig
 from .errors import (
     DamagedDataError,
+    ExportFileExistsError,
     FileFormatError,
+    ImportFileNotFoundError,
     InvalidConfigError,
     InvalidMessageError,
     ManagerClosedError,
@@ -26,7 +28,9 @@ __all__ = [
     "AsyncSession",
     "AsyncSessionManager",
     "DamagedDataError",
+    "ExportFileExistsError",
     "FileFormatError",
+    "ImportFileNotFoundError",
     "InvalidConfigError",
     "InvalidMessageError",
     "ManagerClosedError",

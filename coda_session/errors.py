@@ -9,6 +9,8 @@
     ├── InvalidConfigError            (also ValueError) a configuration key rejected
     ├── SessionTooLargeError          a save or add would take a session past max_session_size
     ├── FileFormatError               (also ValueError) an import file is malformed or truncated
+    ├── ImportFileNotFoundError       (also FileNotFoundError) no file to import at that path
+    ├── ExportFileExistsError         (also FileExistsError) an export would replace a file
     ├── ManagerClosedError            the manager was closed
     └── StorageError                  the storage failed (I/O, locking, corruption)
         ├── SchemaVersionError        the database schema is unknown or newer than this library
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 __all__ = [
     "DamagedDataError",
+    "ExportFileExistsError",
     "FileFormatError",
+    "ImportFileNotFoundError",
     "InvalidConfigError",
     "InvalidMessageError",
     "ManagerClosedError",
@@ -74,6 +78,23 @@ class SessionTooLargeError(SessionError):
 class FileFormatError(SessionError, ValueError):
     """An import file is malformed, truncated or of an unknown format version; the message
     names the file and line. Nothing was written."""
+
+
+class _FileError(SessionError, OSError):
+    """An OSError of the library: built as ``OSError(errno, message, path)`` (so ``errno``
+    and ``filename`` are set, and it pickles), shown as its message alone."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ImportFileNotFoundError(_FileError, FileNotFoundError):
+    """The file to import does not exist; ``filename`` is its path. Nothing was written."""
+
+
+class ExportFileExistsError(_FileError, FileExistsError):
+    """An export's target file exists already (pass ``overwrite=True`` to replace it);
+    ``filename`` is its path. Nothing was written."""
 
 
 class ManagerClosedError(SessionError):

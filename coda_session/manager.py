@@ -351,15 +351,19 @@ class AsyncSessionManager:
         if not deleted and not missing_ok:
             raise SessionNotFoundError(f"no session with name {name!r}")
 
-    async def export_session(self, name: str, target: Target, *, format: str = "jsonl") -> int:
+    async def export_session(
+        self, name: str, target: Target, *, format: str | None = None, overwrite: bool = False
+    ) -> int:
         """Write a session (its saved state) to a path or text file, streamed.
 
-        ``format`` is ``"jsonl"`` (default) or ``"json"``; both are described in the README
-        and carry a format version. A path is written to a private (0600) temporary file and
-        renamed into place when complete. Returns the number of messages written.
+        ``format`` is ``"jsonl"`` or ``"json"`` (both described in the README, with a format
+        version); None (default): ``"json"`` for a path ending in ``.json``, else
+        ``"jsonl"``. A path is written to a private (0600) temporary file and renamed into
+        place when complete; an existing file raises :class:`ExportFileExistsError` unless
+        ``overwrite``. Returns the number of messages written.
         """
         repo = await self._ready()
-        return await transfer.export_session(repo, name, target, format)
+        return await transfer.export_session(repo, name, target, format, overwrite)
 
     async def import_session(
         self, source: Source, *, name: str | None = None, format: str | None = None
@@ -368,8 +372,9 @@ class AsyncSessionManager:
         ``"messages"`` list) under its own name or ``name``, in one transaction, streamed.
 
         A malformed or truncated file raises :class:`FileFormatError` naming the line and
-        writes nothing; an existing name raises :class:`SessionExistsError`. The format is
-        detected when ``format`` is None.
+        writes nothing; a missing one, :class:`ImportFileNotFoundError`; an existing name,
+        :class:`SessionExistsError`. The format (``"jsonl"`` or ``"json"``) is detected
+        from the content when ``format`` is None.
         """
         repo = await self._ready()
         return self._session(
@@ -378,10 +383,11 @@ class AsyncSessionManager:
             )
         )
 
-    async def export_store(self, target: Target) -> int:
-        """Write every session to one JSON Lines stream; returns how many."""
+    async def export_store(self, target: Target, *, overwrite: bool = False) -> int:
+        """Write every session to one JSON Lines stream; returns how many. An existing
+        file raises :class:`ExportFileExistsError` unless ``overwrite``."""
         repo = await self._ready()
-        return await transfer.export_store(repo, target)
+        return await transfer.export_store(repo, target, overwrite)
 
     async def import_store(self, source: Source) -> list[str]:
         """Import every session of a stream written by :meth:`export_store`, each in its own

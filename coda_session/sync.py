@@ -288,9 +288,13 @@ class SessionManager:
         """Delete a session and its messages."""
         self._call(self._async.delete_session, name, missing_ok=missing_ok)
 
-    def export_session(self, name: str, target: Target, *, format: str = "jsonl") -> int:
+    def export_session(
+        self, name: str, target: Target, *, format: str | None = None, overwrite: bool = False
+    ) -> int:
         """Write a session to a path or text file, streamed (see the async twin)."""
-        return self._call(self._async.export_session, name, target, format=format)
+        return self._call(
+            self._async.export_session, name, target, format=format, overwrite=overwrite
+        )
 
     def import_session(
         self, source: Source, *, name: str | None = None, format: str | None = None
@@ -298,9 +302,10 @@ class SessionManager:
         """Read an exported session in one transaction, streamed (see the async twin)."""
         return self._wrap(self._call(self._async.import_session, source, name=name, format=format))
 
-    def export_store(self, target: Target) -> int:
-        """Write every session to one JSON Lines stream; returns how many."""
-        return self._call(self._async.export_store, target)
+    def export_store(self, target: Target, *, overwrite: bool = False) -> int:
+        """Write every session to one JSON Lines stream; returns how many (see the async
+        twin)."""
+        return self._call(self._async.export_store, target, overwrite=overwrite)
 
     def import_store(self, source: Source) -> list[str]:
         """Import every session of an :meth:`export_store` stream; returns their names."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -65,15 +66,142 @@ PG_REQUIRED_VARIABLE = "CODA_TEST_REQUIRE_POSTGRES"
 PG_THROWAWAY_VARIABLE = "CODA_TEST_POSTGRES_THROWAWAY"
 """Set (to 1) when the server is thrown away after the run (scripts/pg-test-server's is):
 the databases the tests made are then left to go with it instead of dropped one by one."""
-PG_SKIP_REASON = (
-    f"no PostgreSQL server configured: set {PG_URL_VARIABLE} (scripts/pg-test-server start "
-    "starts one the way CI does)"
+PG_AUTOSTART_VARIABLE = "CODA_TEST_PG_AUTOSTART"
+"""Set by the test run itself (tests/conftest.py) when no server is configured but the
+server binaries are installed: the directory of the run's throwaway server, which the first
+test needing it starts (scripts/pg-test-server) and the run stops and removes at its end.
+pytest-xdist's workers inherit it, so they share one server."""
+PG_SCRIPT = ROOT / "scripts" / "pg-test-server"
+PG_HOW_TO_GET = (
+    "install PostgreSQL's server (apt-get install postgresql) and the run starts a "
+    f'throwaway one itself, or set {PG_URL_VARIABLE} (eval "$(scripts/pg-test-server '
+    'start)")'
 )
+PG_SKIP_REASON = f"no PostgreSQL server configured nor installed: {PG_HOW_TO_GET}"
+
+
+def pg_bindir() -> str | None:
+    """Where PostgreSQL's server binaries are, as scripts/pg-test-server finds them (None:
+    not installed, or no script: an sdist)."""
+    if not PG_SCRIPT.is_file():
+        return None
+    found = subprocess.run(
+        [str(PG_SCRIPT), "bindir"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+def pg_autostart() -> bool:
+    """Whether this run starts a throwaway server of its own (none is configured, the
+    binaries are installed)."""
+    return not os.environ.get(PG_URL_VARIABLE) and pg_bindir() is not None
+
+
+def _autostarted_url() -> str:
+    """The URL of the run's throwaway server, started by the first process asking (under a
+    lock in its directory: xdist's workers ask at the same time)."""
+    import fcntl
+
+    run = Path(os.environ[PG_AUTOSTART_VARIABLE])
+    with open(run / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        failed, url_file = run / "failed", run / "url"
+        if failed.exists():
+            pytest.fail(failed.read_text(), pytrace=False)
+        if not url_file.exists():
+            started = subprocess.run(
+                [str(PG_SCRIPT), "start"],
+                env={**os.environ, "CODA_PG_DIR": str(run / "server")},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if started.returncode != 0:
+                failed.write_text(
+                    f"scripts/pg-test-server could not start a throwaway server in {run}: "
+                    f"{started.stderr.strip()}"
+                )
+                pytest.fail(failed.read_text(), pytrace=False)
+            url_file.write_text(started.stdout.split(f"{PG_URL_VARIABLE}='", 1)[1].split("'")[0])
+            with open(run / "starts", "a") as starts:
+                starts.write(f"{os.getpid()}\n")
+        with open(run / "users", "a") as users:
+            users.write(f"{os.getpid()}\n")
+        url = url_file.read_text()
+    # this process's later tests, and the programs they start, use it as a configured one
+    os.environ[PG_URL_VARIABLE] = url
+    os.environ[PG_THROWAWAY_VARIABLE] = "1"
+    return url
+
+
+_PG_RUN_PREFIX = "coda-test-pg-"
+
+
+def _stop_orphans() -> None:
+    """Stop the servers of earlier runs that were killed before they could (their
+    controller process is gone)."""
+    for run in Path(tempfile.gettempdir()).glob(f"{_PG_RUN_PREFIX}*"):
+        try:
+            if run.is_symlink() or run.stat().st_uid != os.getuid():
+                continue
+            os.kill(int((run / "controller").read_text()), 0)
+        except ProcessLookupError:
+            stop_pg_autostart(run)
+        except (OSError, ValueError):
+            continue  # alive, someone else's, or not one of ours: left alone
+
+
+def prepare_pg_autostart() -> Path:
+    """The directory of this run's throwaway server (not started yet: the first test
+    needing it starts it), named in the environment for the processes the run starts."""
+    _stop_orphans()
+    run = Path(tempfile.mkdtemp(prefix=_PG_RUN_PREFIX))
+    run.chmod(0o711)  # as root, the server runs as `postgres`, which must reach its data
+    (run / "controller").write_text(str(os.getpid()))
+    os.environ[PG_AUTOSTART_VARIABLE] = str(run)
+    return run
+
+
+def stop_pg_autostart(run: Path) -> str:
+    """Stop the run's throwaway server (if it was started) and remove its directory;
+    returns what happened, in a line."""
+    starts = (run / "starts").read_text().split() if (run / "starts").exists() else []
+    users = set((run / "users").read_text().split()) if (run / "users").exists() else set()
+    said = ""
+    if (run / "server").exists():  # started, or its start was cut short
+        stopped = subprocess.run(
+            [str(PG_SCRIPT), "stop"],
+            env={**os.environ, "CODA_PG_DIR": str(run / "server")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if stopped.returncode != 0:
+            return f"could not stop the throwaway server in {run}: {stopped.stderr.strip()}"
+        said = f"started {len(starts)} time(s), used by {len(users)} process(es), stopped"
+    shutil.rmtree(run, ignore_errors=True)
+    return (
+        f"postgresql: the run's throwaway server in {run}: {said}; directory removed"
+        if said
+        else ""
+    )
 
 
 def postgres_url() -> str | None:
-    """The test server's URL, or None when none is configured."""
-    return os.environ.get(PG_URL_VARIABLE) or None
+    """The test server's URL, or None when none is configured (nor started by the run)."""
+    url = os.environ.get(PG_URL_VARIABLE)
+    if url:
+        return url
+    if os.environ.get(PG_AUTOSTART_VARIABLE):
+        return _autostarted_url()
+    return None
+
+
+def postgres_available() -> bool:
+    """Whether the postgresql backend runs: a server is configured, or this run starts one."""
+    return bool(os.environ.get(PG_URL_VARIABLE)) or pg_autostart()
 
 
 BACKEND_NAMES = ["memory", "sqlite", "sqlite-core", "custom", "postgresql"]
@@ -88,7 +216,7 @@ BACKENDS = [
         "postgresql",
         marks=[
             pytest.mark.postgresql,
-            pytest.mark.skipif(postgres_url() is None, reason=PG_SKIP_REASON),
+            pytest.mark.skipif(not postgres_available(), reason=PG_SKIP_REASON),
         ],
         id="postgresql",
     ),

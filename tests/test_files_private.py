@@ -93,7 +93,7 @@ async def test_export_into_a_missing_directory_raises_storage_error(
     s = await amanager.create_session("s")
     s.add_message({"role": "user", "content": "x"})
     await amanager.save_session(s)
-    with pytest.raises(StorageError, match="cannot write the export"):
+    with pytest.raises(StorageError, match="does not exist; create it first"):
         await amanager.export_session("s", tmp_path / "missing" / "s.jsonl")
     assert not (tmp_path / "missing").exists()
 

@@ -244,10 +244,10 @@ async def test_other_work_waits_for_an_import_and_succeeds(
 
 
 async def test_file_problems_are_typed(amanager: AsyncSessionManager, tmp_path: Path) -> None:
-    from coda_session import StorageError
+    from coda_session import ImportFileNotFoundError, StorageError
 
     await _seed(amanager)
-    with pytest.raises(StorageError, match="cannot write"):
+    with pytest.raises(StorageError, match="cannot export"):
         await amanager.export_session("orig", tmp_path / "no-such-dir" / "x.jsonl")
     latin = tmp_path / "latin1.jsonl"
     latin.write_bytes(
@@ -257,7 +257,7 @@ async def test_file_problems_are_typed(amanager: AsyncSessionManager, tmp_path: 
     )
     with pytest.raises(FileFormatError, match="UTF-8"):
         await amanager.import_session(latin)
-    with pytest.raises(FileFormatError, match="cannot read"):
+    with pytest.raises(ImportFileNotFoundError, match="no such file"):
         await amanager.import_session(tmp_path / "missing.jsonl")
 
 

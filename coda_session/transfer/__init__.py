@@ -14,12 +14,12 @@ import anyio
 
 from ..codec import check_name
 from ..config import SessionConfig
-from ..errors import FileFormatError, SessionNotFoundError
+from ..errors import FileFormatError, SessionExistsError, SessionNotFoundError
 from ..models import MessageRecord, SessionInfo, SessionRecord, as_dicts
 from ..repository.base import check_import_size
 from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
-from .files import PAGE, Puller, Sink, Source, Spool, Target, open_source
+from .files import PAGE, Puller, Sink, Source, Spool, Target, export_format, open_source
 
 __all__ = [
     "Source",
@@ -97,14 +97,22 @@ async def _write_session(
     return count
 
 
-async def export_session(repo: Repository, name: str, target: Target, fmt: str = "jsonl") -> int:
-    """Write one session's saved state to ``target``; returns the messages written."""
+async def export_session(
+    repo: Repository,
+    name: str,
+    target: Target,
+    fmt: str | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Write one session's saved state to ``target``; returns the messages written.
+    ``fmt`` None: the target's extension says (:func:`.files.export_format`)."""
+    fmt = export_format(target, fmt)
     if fmt not in ("jsonl", "json"):
         raise FileFormatError(f"unknown export format {fmt!r} (use 'jsonl' or 'json')")
     name = check_name(name, lookup=True)
     # one read transaction for the whole export: a writer rewriting the session meanwhile
     # never shows up in it half-done
-    sink = Sink(target)  # first: a target that cannot be written fails before any read
+    sink = Sink(target, overwrite)  # first: a target that cannot be written fails before any read
     ok = False
     try:
         async with repo.snapshot() as snap:
@@ -135,11 +143,11 @@ def _parents_first(infos: list[SessionInfo]) -> list[SessionInfo]:
     return out
 
 
-async def export_store(repo: Repository, target: Target) -> int:
+async def export_store(repo: Repository, target: Target, overwrite: bool = False) -> int:
     """Write every session to one JSON Lines stream, parents before their branches; a
     branch shares the messages it shows of its parent's block (format version 2). Returns
     how many sessions were written."""
-    sink = Sink(target)
+    sink = Sink(target, overwrite)
     ok = False
     try:
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
@@ -218,14 +226,33 @@ async def _store(
     spool: Spool,
     check_open: Callable[[], None],
     fork: tuple[str, int] | None = None,
+    *,
+    where: str,
+    if_exists: str,
 ) -> SessionRecord:
+    """Write one staged session; ``if_exists``: what to do when its name is taken."""
     try:
         check_open()  # a manager closed while the source was read writes nothing
         return await repo.import_session(
             record, spool, max_bytes=config.max_session_bytes, fork=fork
         )
+    except SessionExistsError as exc:
+        raise SessionExistsError(
+            f"{where}: cannot import session {record.name!r}: a session of that name exists "
+            f"already; {if_exists}"
+        ) from exc
     finally:
         spool.close()
+
+
+#: What to do about a name that exists already, for import_session and import_store.
+_RENAME_OR_REPLACE = (
+    "pass name= to import it under another name, or delete the existing session first to replace it"
+)
+_KEPT_NAMES = (
+    "import_store keeps the stream's names: delete the existing session first to replace "
+    "it, or import the stream into another store"
+)
 
 
 def _still_open() -> None:
@@ -274,7 +301,9 @@ async def import_session(
             raise
     finally:
         close()
-    return await _store(repo, config, record, spool, check_open)
+    return await _store(
+        repo, config, record, spool, check_open, where=where, if_exists=_RENAME_OR_REPLACE
+    )
 
 
 async def import_store(
@@ -290,6 +319,7 @@ async def import_store(
     fh, where, close = open_source(source)
     done: list[str] = []
     new_ids: dict[str, str] = {}  # a session's id in the stream -> its id here
+    shown: dict[str, tuple[int, str]] = {}  # ... -> (the messages it shows, its name)
     try:
         puller = Puller(fmt_.guarded(fmt_.jsonl_events(fh, where), where))
         while (event := await puller.next()) is not None:
@@ -304,12 +334,23 @@ async def import_store(
                         f"{parent!r}, which is not earlier in the stream"
                     )
                 fork = (new_ids[parent], shares)
+                if shares > shown[parent][0]:
+                    count, parent_name = shown[parent]
+                    raise FileFormatError(
+                        f"{where}: line {event[2]}: {fmt_.SHARES_KEY!r} is {shares} but its "
+                        f"parent, {parent_name!r} (earlier in the stream), shows {count} "
+                        "messages: the file was damaged or edited; export the store again "
+                        "from its source"
+                    )
             record, spool = await _stage(
                 config, puller, event[1], event[2], None, where, check_open
             )
-            stored = await _store(repo, config, record, spool, check_open, fork)
+            stored = await _store(
+                repo, config, record, spool, check_open, fork, where=where, if_exists=_KEPT_NAMES
+            )
             if isinstance(event[1].get("id"), str):
                 new_ids[event[1]["id"]] = stored.id
+                shown[event[1]["id"]] = (stored.message_count, stored.name)
             done.append(stored.name)
     except Exception as exc:
         if done:

@@ -3,6 +3,8 @@ source opened as UTF-8 text, and a reader pulled a page at a time from a worker 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import stat
@@ -15,7 +17,7 @@ from typing import IO
 
 import anyio
 
-from ..errors import FileFormatError, StorageError
+from ..errors import ExportFileExistsError, FileFormatError, ImportFileNotFoundError, StorageError
 from ..models import MessageRecord
 from .format import Event
 
@@ -26,6 +28,7 @@ __all__ = [
     "Source",
     "Spool",
     "Target",
+    "export_format",
     "open_source",
     "remove_stale_temps",
 ]
@@ -87,23 +90,68 @@ def remove_stale_temps(directory: Path) -> None:
             continue
 
 
+def export_format(target: Target, fmt: str | None) -> str:
+    """The format an export writes: ``fmt`` when given, else the one a path's extension
+    names (``.json``: JSON; anything else, ``.jsonl`` included, and a stream: JSON Lines)."""
+    if fmt is not None:
+        return fmt
+    if isinstance(target, str | os.PathLike) and Path(target).suffix.lower() == ".json":
+        return "json"
+    return "jsonl"
+
+
+def _cannot_write(path: Path, exc: OSError) -> StorageError:
+    """The error of an export whose target cannot be written: names the target (never the
+    temporary file beside it) and what to do."""
+    parent = path.parent
+    if not parent.is_dir():
+        return StorageError(
+            f"cannot export to {path}: the directory {parent} does not exist; create it "
+            "first (or name a file in an existing directory)"
+        )
+    if isinstance(exc, PermissionError):
+        return StorageError(
+            f"cannot export to {path}: this user may not write in {parent}; choose another "
+            "directory or change its permissions"
+        )
+    return StorageError(f"cannot export to {path}: {exc.strerror or exc}")
+
+
+def _exists(path: Path) -> ExportFileExistsError:
+    return ExportFileExistsError(
+        errno.EEXIST,
+        f"cannot export to {path}: the file exists; pass overwrite=True to replace it, or "
+        "name another file",
+        str(path),
+    )
+
+
 class Sink:
     """A text target; a path is written to a private temp file renamed into place at the
     end, so a failed export never leaves a partial file behind (and one a killed exporter
-    left is removed by the next export to that directory: :func:`remove_stale_temps`)."""
+    left is removed by the next export to that directory: :func:`remove_stale_temps`).
 
-    def __init__(self, target: Target) -> None:
+    An existing file is replaced only with ``overwrite``; without it, one that appears
+    while the export runs is kept too (the temp file is linked into place, which fails
+    if the name is taken)."""
+
+    def __init__(self, target: Target, overwrite: bool = False) -> None:
         self._path: Path | None = None
         self._tmp: str | None = None
+        self._overwrite = overwrite
         if isinstance(target, str | os.PathLike):
             self._path = Path(target).expanduser()
+            if self._path.is_dir():
+                raise StorageError(f"cannot export to {self._path}: it is a directory; name a file")
+            if not overwrite and os.path.lexists(self._path):
+                raise _exists(self._path)
             remove_stale_temps(self._path.parent)
             try:
                 fd, self._tmp = tempfile.mkstemp(
                     prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=self._path.parent
                 )
             except OSError as exc:
-                raise StorageError(f"cannot write the export {self._path}: {exc}") from exc
+                raise _cannot_write(self._path, exc) from exc
             self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")  # mkstemp: mode 0600
         else:
             self.fh = target
@@ -112,7 +160,26 @@ class Sink:
         try:
             await anyio.to_thread.run_sync(self.fh.write, text)
         except OSError as exc:
-            raise StorageError(f"writing the export failed: {exc}") from exc
+            where = f" to {self._path}" if self._path is not None else ""
+            raise StorageError(f"writing the export{where} failed: {exc}") from exc
+
+    def _place(self, tmp: str, path: Path) -> None:
+        if self._overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # fails if the name was taken meanwhile: never replaces
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError:
+            # a file system without hard links: check, then rename (a file created in
+            # between would be replaced: the narrow window the link above closes)
+            if os.path.lexists(path):
+                raise _exists(path) from None
+            os.replace(tmp, path)
+            return
+        with contextlib.suppress(OSError):  # exported; a temp left is tidied later
+            os.unlink(tmp)
 
     async def finish(self, ok: bool) -> None:
         if self._path is None:
@@ -122,10 +189,13 @@ class Sink:
         await anyio.to_thread.run_sync(self.fh.close)
         if ok:
             try:
-                os.replace(self._tmp, self._path)
+                self._place(self._tmp, self._path)
             except OSError as exc:
-                os.unlink(self._tmp)
-                raise StorageError(f"cannot write the export {self._path}: {exc}") from exc
+                with contextlib.suppress(OSError):
+                    os.unlink(self._tmp)
+                if isinstance(exc, ExportFileExistsError):
+                    raise
+                raise _cannot_write(self._path, exc) from exc
         else:
             os.unlink(self._tmp)
 
@@ -136,8 +206,19 @@ def open_source(source: Source) -> tuple[IO[str], str, Callable[[], None]]:
         path = Path(source).expanduser()
         try:
             fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+            raise ImportFileNotFoundError(
+                errno.ENOENT,
+                f"cannot import {path}: no such file{where}; check the path",
+                str(path),
+            ) from None
+        except IsADirectoryError:
+            raise FileFormatError(
+                f"cannot import {path}: it is a directory; name an exported file"
+            ) from None
         except OSError as exc:
-            raise FileFormatError(f"cannot read {path}: {exc}") from exc
+            raise FileFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return fh, str(path), fh.close
     return source, getattr(source, "name", "<stream>"), lambda: None
 

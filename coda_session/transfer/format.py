@@ -55,6 +55,7 @@ __all__ = [
     "SHARES_KEY",
     "Event",
     "check_end",
+    "detect",
     "dumps",
     "end_line",
     "events",
@@ -174,7 +175,8 @@ def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
         except json.JSONDecodeError as exc:
             raise FileFormatError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(item, dict):
-            raise FileFormatError(f"{where}: line {number}: expected a JSON object")
+            hint = _LIST_HINT if isinstance(item, list) else ""
+            raise FileFormatError(f"{where}: line {number}: expected a JSON object{hint}")
         # a message may carry any extra keys, "kind" included: control lines have no role
         kind = item.get("kind") if "coda_session" in item and "role" not in item else None
         if kind is not None and item.get("coda_session") not in READABLE_VERSIONS:
@@ -185,6 +187,12 @@ def jsonl_events(fh: IO[str], where: str) -> Iterator[Event]:
         if kind == "store" and not in_session:
             continue
         if kind == "session" and not in_session:
+            if "messages" in item:
+                raise FileFormatError(
+                    f"{where}: line {number}: a JSON export (one object holding its "
+                    "'messages'), not JSON Lines: import it with import_session, its format "
+                    "detected (or format='json')"
+                )
             in_session, escaped = True, item.get(ESCAPED_KEY) is True
             yield ("session", _read_back(item, escaped), number)
         elif kind == "end" and in_session:
@@ -271,8 +279,17 @@ class JsonStream:
             self.more(max(self.CHUNK, held))
 
 
+#: What an import expects, for the error of a file holding something else (a JSON list).
+_LIST_HINT = (
+    ": an import reads an export of this library, or one JSON object with a 'messages' "
+    'list; wrap a bare list of messages as {"messages": [...]} and pass name='
+)
+
+
 def json_events(fh: IO[str], where: str) -> Iterator[Event]:
     stream = JsonStream(fh, where)
+    if stream.peek() == "[":
+        raise stream.error(f"a JSON list{_LIST_HINT}")
     stream.take("{")
     header: dict[str, Any] = {}
     seen_messages = escaped = False
@@ -318,28 +335,44 @@ def json_events(fh: IO[str], where: str) -> Iterator[Event]:
     yield ("end", _read_back(header, escaped), stream.line())
 
 
+def detect(fh: IO[str], where: str) -> str:
+    """The format of ``fh`` from its first line that is not blank (then rewound): JSON
+    Lines when that line is a whole session or store header, JSON otherwise. A JSON
+    export's first line is ``{``, or its header up to ``"messages":[``, or (re-saved on
+    one line, as ``jq -c`` writes it) the whole object, which holds its ``"messages"``:
+    a JSON Lines header never does."""
+    first, number = "", 0
+    while not first.strip():
+        first = fh.readline(MAX_LINE_CHARS + 1)
+        number += 1
+        if len(first) > MAX_LINE_CHARS:
+            raise _too_long(where, number)
+        if not first:
+            break
+    found = "json"
+    try:
+        head = json.loads(first)
+        if (
+            isinstance(head, dict)
+            and head.get("kind") in ("session", "store")
+            and "coda_session" in head
+            and "messages" not in head
+        ):
+            found = "jsonl"
+    except json.JSONDecodeError:
+        pass
+    try:
+        fh.seek(0)
+    except (OSError, ValueError) as exc:
+        raise FileFormatError(
+            f"{where}: cannot detect the format of a stream that cannot seek: pass format="
+        ) from exc
+    return found
+
+
 def events(fh: IO[str], where: str, fmt: str | None) -> Iterator[Event]:
     if fmt is None:
-        first = fh.readline(MAX_LINE_CHARS + 1)
-        if len(first) > MAX_LINE_CHARS:
-            raise _too_long(where, 1)
-        fmt = "json"
-        try:
-            head = json.loads(first)
-            if (
-                isinstance(head, dict)
-                and head.get("kind") in ("session", "store")
-                and ("coda_session" in head)
-            ):
-                fmt = "jsonl"
-        except json.JSONDecodeError:
-            pass
-        try:
-            fh.seek(0)
-        except (OSError, ValueError) as exc:
-            raise FileFormatError(
-                f"{where}: cannot detect the format of a stream that cannot seek: pass format="
-            ) from exc
+        fmt = detect(fh, where)
     if fmt == "jsonl":
         return jsonl_events(fh, where)
     if fmt == "json":
