@@ -78,7 +78,7 @@ def test_json_storage_sees_what_another_instance_saved(tmp_path: Path) -> None:
 class ReferenceStyleStorage(SessionStorage):
     """Written as the reference describes a custom storage: ``save(session)`` reads the
     session's name, ``get_messages()`` and ``metadata``; ``load`` returns
-    ``Session(name, messages=..., metadata=...)`` (here: SessionData under that name)."""
+    ``Session(name, messages=..., metadata=...)``, with ``coda_session.Session``."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
@@ -90,8 +90,6 @@ class ReferenceStyleStorage(SessionStorage):
         }
 
     def load(self, name: str) -> SessionData | None:
-        from coda_session import SessionData as Session
-
         row = self.rows.get(name)
         if row is None:
             return None
