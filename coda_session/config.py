@@ -230,7 +230,14 @@ class SessionConfig(BaseModel):
                     "database_url cannot be combined with backend 'memory': leave out "
                     "database_url for memory, or backend for the database it names"
                 )
-            named = make_url(self.database_url).get_backend_name()
+            url = make_url(self.database_url)
+            named = url.get_backend_name()
+            if named == "sqlite" and _is_a_directory(url.database):
+                raise ValueError(
+                    f"database_url names the directory {url.database}, not a database file: "
+                    f"give a file in it (sqlite+aiosqlite:///{url.database}/sessions.db), or "
+                    f"storage_path = {url.database!r} instead of database_url"
+                )
             if named != self.backend:
                 raise ValueError(
                     f"backend {self.backend!r} does not match the database_url, which is a "
@@ -449,6 +456,16 @@ def _not_a_directory(path: Path) -> str:
     if stat.S_ISDIR(mode):
         return ""  # also a directory named x.db that an earlier version created
     return "is a file" if stat.S_ISREG(mode) else "exists and is not a directory"
+
+
+def _is_a_directory(database: str | None) -> bool:
+    """Whether a SQLite URL's database is an existing directory (one ``stat``, as above)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return False
+    try:
+        return stat.S_ISDIR(os.stat(database).st_mode)
+    except OSError:
+        return False  # missing (created on open) or cannot look: opening says why
 
 
 def _is_known_dialect(url: Any) -> bool:

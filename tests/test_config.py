@@ -314,6 +314,17 @@ def test_storage_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
     assert path.read_bytes() == b""
 
 
+def test_a_database_url_naming_a_directory_is_rejected(tmp_path: Path) -> None:
+    """A directory given where the database file belongs is refused when the config is
+    built (SQLite said "unable to open database file" on first use), naming both fixes."""
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig(database_url=f"sqlite+aiosqlite:///{tmp_path}")
+    message = str(info.value)
+    assert f"database_url names the directory {tmp_path}, not a database file" in message
+    assert f"storage_path = {str(tmp_path)!r}" in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_storage_path_directories_are_fine(tmp_path: Path) -> None:
     (tmp_path / "existing").mkdir()
     (tmp_path / "old.db").mkdir()  # a directory an earlier version created stays usable
