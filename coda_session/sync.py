@@ -53,7 +53,13 @@ class Session:
         if args and isinstance(args[0], str):
             return SessionData(*args, **fields)
         self = super().__new__(cls)
-        self._manager, self._inner = args
+        if args or fields:  # none: copy.copy() and pickle, which set the state next
+            if len(args) != 2 or fields:
+                raise TypeError(
+                    "a SessionManager makes its Session objects; Session(name, messages=..., "
+                    "metadata=...) builds a SessionData for a custom storage's load"
+                )
+            self._manager, self._inner = args
         return self
 
     @property
