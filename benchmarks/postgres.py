@@ -879,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         import asyncpg  # noqa: F401
     except ImportError:
         print(
-            "PostgreSQL rows skipped: asyncpg is not installed (pip install coda-session[postgresql])"
+            "PostgreSQL rows skipped: asyncpg is not installed "
+            '(pip install "asyncpg>=0.29,<0.33", or pip install -e ".[postgresql]" here)'
         )
         return 0
     for i in range(TEXTS):

@@ -13,13 +13,13 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
 from .manager import autosave_once, blocking_manager, repository_of
 from .models import SessionInfo
-from .repository.custom import SessionStorage, running_storage
+from .repository.custom import SessionData, SessionStorage, running_storage
 from .repository.protocol import Repository
 from .runtime import CANCEL_WAIT, CLOSE_WAIT, LoopRunner, close_at_exit, forget_at_exit
 from .session import AsyncSession, cached_messages
@@ -32,11 +32,35 @@ T = TypeVar("T")
 
 class Session:
     """A conversation, as returned by :class:`SessionManager`: the same names and signatures
-    as :class:`AsyncSession`, none of them awaitable. Thread-safe."""
+    as :class:`AsyncSession`, none of them awaitable. Thread-safe.
 
-    def __init__(self, manager: SessionManager, inner: AsyncSession) -> None:
-        self._manager = manager
-        self._inner = inner
+    ``Session(name, messages=..., metadata=...)``, the form the API reference's custom
+    storage returns from ``load``, builds a :class:`SessionData` (what ``save`` receives),
+    not a session of a manager: a manager's sessions come from its methods.
+    """
+
+    _manager: SessionManager
+    _inner: AsyncSession
+
+    # __new__ rather than __init__, so that type checkers see the second form's result too
+    @overload
+    def __new__(cls, manager: SessionManager, inner: AsyncSession, /) -> Session: ...
+
+    @overload
+    def __new__(cls, name: str, /, **fields: Any) -> SessionData: ...  # type: ignore[misc]
+
+    def __new__(cls, *args: Any, **fields: Any) -> Any:  # type: ignore[misc]
+        if args and isinstance(args[0], str):
+            return SessionData(*args, **fields)
+        self = super().__new__(cls)
+        if args or fields:  # none: copy.copy() and pickle, which set the state next
+            if len(args) != 2 or fields:
+                raise TypeError(
+                    "a SessionManager makes its Session objects; Session(name, messages=..., "
+                    "metadata=...) builds a SessionData for a custom storage's load"
+                )
+            self._manager, self._inner = args
+        return self
 
     @property
     def id(self) -> str:

@@ -26,7 +26,10 @@ pytest-alembic), as any of:
 * another connectable whose ``connect()`` yields a ``Connection`` (pytest-alembic's).
 
 For autogenerate and ``alembic check`` the models' ``MetaData`` is ``target_metadata`` here
-and ``config.attributes["target_metadata"]`` (unless the caller put its own there).
+and ``config.attributes["target_metadata"]`` (unless the caller put its own there). It is
+``coda_session.repository.sql.metadata``: pytest-alembic's
+``all_models_register_on_metadata`` finds that package by the reference and checks that
+importing everything below it registers no table env.py did not see.
 """
 
 from __future__ import annotations
@@ -45,17 +48,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coda_session.config import SessionConfig
 from coda_session.errors import StorageError
+from coda_session.repository.sql import metadata
 from coda_session.repository.sql.engine import create_engine, database_url, sqlite_path
 from coda_session.repository.sql.schema import (
     adopt_unversioned,
     hold_migration_lock,
     repair_adopted,
 )
-from coda_session.repository.sql.tables import Base
 
 config = context.config
 if config.attributes.get("target_metadata") is None:
-    config.attributes["target_metadata"] = Base.metadata
+    config.attributes["target_metadata"] = metadata
 target_metadata = config.attributes["target_metadata"]
 
 # what each command does to a database, for the message when there is none

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from coda_session import InvalidConfigError, SessionConfig
+from coda_session import AsyncSessionManager, InvalidConfigError, SessionConfig, SessionManager
+from coda_session.config import DRIVER_REQUIREMENTS, MAX_AUTOSAVE_INTERVAL, MAX_SESSION_SIZE_MB
+from tests.support import ROOT
 
 
 def test_defaults_are_the_specs() -> None:
@@ -148,7 +152,7 @@ def test_toml_settings_outside_the_session_table(tmp_path: Path) -> None:
 
 
 def test_direct_construction_raises_invalid_config_error() -> None:
-    expected = "session.bogus: Extra inputs are not permitted (got 1)"
+    expected = "session.bogus: unknown key (got 1)"
     builds: tuple[Callable[[], object], ...] = (
         lambda: SessionConfig(bogus=1),  # type: ignore[call-arg]
         lambda: SessionConfig.model_validate({"bogus": 1}),
@@ -191,7 +195,17 @@ def test_postgresql_without_asyncpg_names_the_extra() -> None:
     )
     assert "session.database_url" in run.stdout
     assert "no module 'asyncpg'" in run.stdout
-    assert 'pip install "coda-session[postgresql]"' in run.stdout
+    # what works outside a checkout (coda-session is not on PyPI), and inside one
+    assert f'pip install "{DRIVER_REQUIREMENTS["postgresql"]}"' in run.stdout
+    assert 'pip install -e ".[postgresql]"' in run.stdout
+    assert "coda-session[" not in run.stdout
+
+
+def test_the_driver_requirement_named_is_the_extras() -> None:
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        extras = tomllib.load(fh)["project"]["optional-dependencies"]
+    for backend, requirement in DRIVER_REQUIREMENTS.items():
+        assert extras[backend] == [requirement]
 
 
 @pytest.mark.parametrize(
@@ -285,17 +299,30 @@ def test_storage_path_named_like_a_database_file_is_rejected(tmp_path: Path, nam
     with pytest.raises(InvalidConfigError) as info:
         SessionConfig.from_mapping({"session": {"storage_path": str(path)}})
     message = str(info.value)
-    assert f"storage_path is a directory (the database is {path}/sessions.db)" in message
-    assert f"use database_url = 'sqlite+aiosqlite:///{path}' for a file" in message
+    assert f"storage_path is the directory that holds sessions.db, but {path} is named" in message
+    assert f"give a directory (the database is then {path}/sessions.db)" in message
+    assert f"database_url = 'sqlite+aiosqlite:///{path}'" in message
+    assert message.count("invalid configuration") == 1
     assert not path.exists()
 
 
 def test_storage_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "chats"
     path.write_bytes(b"")
-    with pytest.raises(InvalidConfigError, match="storage_path is a directory"):
+    with pytest.raises(InvalidConfigError, match=f"but {path} is a file: give a directory"):
         SessionConfig(storage_path=path)
     assert path.read_bytes() == b""
+
+
+def test_a_database_url_naming_a_directory_is_rejected(tmp_path: Path) -> None:
+    """A directory given where the database file belongs is refused when the config is
+    built (SQLite said "unable to open database file" on first use), naming both fixes."""
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig(database_url=f"sqlite+aiosqlite:///{tmp_path}")
+    message = str(info.value)
+    assert f"database_url names the directory {tmp_path}, not a database file" in message
+    assert f"storage_path = {str(tmp_path)!r}" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_storage_path_directories_are_fine(tmp_path: Path) -> None:
@@ -335,3 +362,234 @@ def test_storage_path_and_database_url_together_are_still_rejected(tmp_path: Pat
                 }
             }
         )
+
+
+# -- processes starting together on a new storage_path -------------------------------------
+
+STARTER = r"""
+import os, sys, time
+from pathlib import Path
+from coda_session import SessionConfig, SessionManager
+
+opener, base, rounds, others = sys.argv[1] == "opener", Path(sys.argv[2]), *map(int, sys.argv[3:])
+me, errors, looks = os.getpid(), [], 0
+for i in range(rounds):
+    path = base / f"store{i}"
+    config = {"session": {"storage_path": str(path), "autosave_interval": 0}}
+    if opener:  # starts once the others are all checking the path it is about to create
+        while len(list(base.glob(f"ready{i}-*"))) < others:
+            time.sleep(0.0005)
+    else:  # checks the path as a starting manager does, over and over while it appears
+        (base / f"ready{i}-{me}").touch()
+        while not path.is_dir():
+            try:
+                SessionConfig.from_mapping(config)
+                looks += 1
+            except Exception as exc:
+                errors.append(f"round {i}: {type(exc).__name__}: {exc}")
+                break
+    try:
+        with SessionManager(config) as manager:
+            session = manager.create_session(f"from-{me}")
+            session.add_message({"role": "user", "content": "hello"})
+            manager.save_session(session)
+    except Exception as exc:
+        errors.append(f"round {i}: {type(exc).__name__}: {exc}")
+print(looks, *errors, sep="\n")
+"""
+
+
+def test_processes_starting_together_on_a_new_storage_path(tmp_path: Path) -> None:
+    """One process creates each new store while two others check its storage_path again
+    and again, as managers starting at that moment do: no check mistakes the directory
+    being created for a file, and every process then stores its session there, in a
+    0700 directory and a 0600 file. (The check looked for a directory, then for any file:
+    a directory made between the two looks was refused as "storage_path is a directory".)
+    """
+    rounds, others = 40, 2
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, role, str(tmp_path), str(rounds), str(others)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in ["opener"] + ["checker"] * others
+    ]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    looked = 0
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        looks, *errors = out.splitlines()
+        assert errors == []
+        looked += int(looks)
+    assert looked >= rounds  # the checkers did look while the stores were being created
+    for i in range(rounds):
+        store = tmp_path / f"store{i}"
+        assert os.stat(store).st_mode & 0o777 == 0o700
+        assert os.stat(store / "sessions.db").st_mode & 0o777 == 0o600
+        names = {p.pid for p in procs}
+        with SessionManager({"session": {"storage_path": str(store)}}) as m:
+            assert {info.name for info in m.list_sessions()} == {f"from-{pid}" for pid in names}
+
+
+# -- every rejection: typed, one prefix, says what to give -----------------------------------
+
+# each invalid setting the config checks, and what its message tells the user to do
+REMEDIES: list[tuple[dict[str, object], str]] = [
+    ({"backend": "mysql"}, "give one of 'sqlite', 'postgresql', 'memory'"),
+    ({"storage_path": ""}, "must be a non-empty path"),
+    ({"storage_path": 5}, "must be a string (got 5); give a directory path"),
+    ({"storage_path": "~coda-no-such-user-4f1c/x"}, "give an absolute path"),
+    ({"database_url": "nope"}, "write it as 'postgresql+asyncpg://"),
+    ({"database_url": "foo://u@h/db"}, "use sqlite+aiosqlite:// or postgresql+asyncpg://"),
+    ({"database_url": "mysql+aiomysql://u@h/db"}, "runs on SQLite (sqlite+aiosqlite://)"),
+    ({"database_url": "sqlite:////tmp/x.db"}, "use sqlite+aiosqlite://"),
+    ({"database_url": "postgresql://u@h/db"}, "use postgresql+asyncpg://"),
+    ({"database_url": "postgresql+asyncpg://u@h:99999/db"}, "give the server's port"),
+    ({"database_url": "postgresql+asyncpg://u@h:0/db"}, "give the server's port"),
+    ({"database_url": "postgresql+asyncpg://u@h:abc/db"}, "write it as 'postgresql+asyncpg://"),
+    ({"backend": "memory", "database_url": "sqlite+aiosqlite:////tmp/x.db"}, "leave out"),
+    ({"backend": "postgresql", "database_url": "sqlite+aiosqlite:////x"}, "set backend = 'sqlite'"),
+    ({"backend": "postgresql"}, "needs a database_url, e.g. 'postgresql+asyncpg://"),
+    ({"storage_path": "/tmp/a", "database_url": "sqlite+aiosqlite:////x"}, "not both"),
+    ({"connection_pool_size": 0}, "give a whole number from 1 to 1000"),
+    ({"connection_pool_size": 1.5}, "give a whole number from 1 to 1000"),
+    ({"connect_timeout": 0}, "give seconds, more than 0 and at most 3600"),
+    ({"connect_timeout": float("nan")}, "give seconds, more than 0 and at most 3600"),
+    ({"autosave_interval": -1}, "give seconds from 0 (autosave off) to 31,536,000"),
+    ({"autosave_interval": 1e300}, "give seconds from 0 (autosave off) to 31,536,000"),
+    ({"autosave_interval": float("inf")}, "give seconds from 0 (autosave off)"),
+    ({"autosave_interval": 10**400}, "give seconds from 0 (autosave off)"),
+    ({"autosave_interval": True}, "not a boolean; give seconds"),
+    ({"max_session_size": 0}, "give MB, more than 0 and at most 1,000,000,000"),
+    ({"max_session_size": float("inf")}, "give MB, more than 0"),
+    ({"max_session_size": float("nan")}, "give MB, more than 0"),
+    ({"max_session_size": 10**400}, "give MB, more than 0"),
+    ({"max_session_size": 1e400}, "give MB, more than 0"),
+    ({"compress_messages": "yes"}, "give true or false"),
+    ({"message_cache_size": -1}, "give a whole number of messages, 0 or more"),
+    ({"busy_timeout": float("nan")}, "give seconds from 0 to 3600"),
+    ({"busy_timeout": 10**6}, "give seconds from 0 to 3600"),
+    ({"bakend": "sqlite"}, "unknown key (got 'sqlite'); did you mean 'backend'?"),
+]
+
+
+@pytest.mark.parametrize(("section", "remedy"), REMEDIES, ids=lambda v: repr(v)[:40])
+def test_every_rejection_is_typed_and_says_what_to_give(
+    section: dict[str, object], remedy: str
+) -> None:
+    """Every way in (the spec's dict, the model's own constructors) raises
+    InvalidConfigError, prefixed once (model_validate runs __init__, whose error pydantic
+    wrapped again: "invalid configuration: session: invalid configuration: ...")."""
+    builds: list[Callable[[], object]] = [
+        lambda: SessionConfig.from_mapping({"session": section}),
+        lambda: SessionConfig.model_validate(section),
+        lambda: SessionConfig(**section),  # type: ignore[arg-type]
+    ]
+    for build in builds:
+        with pytest.raises(InvalidConfigError) as info:
+            build()
+        message = str(info.value)
+        assert remedy in message
+        assert message.startswith("invalid configuration: session")
+        assert message.count("invalid configuration") == 1
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"max_session_size": float("inf")},
+        {"max_session_size": 10**400},
+        {"autosave_interval": 1e300},
+        {"autosave_interval": float("inf")},
+        {"database_url": "postgresql+asyncpg://u@127.0.0.1:99999/db"},
+        {"storage_path": "~coda-no-such-user-4f1c/x"},
+    ],
+    ids=lambda v: repr(v)[:40],
+)
+def test_bad_settings_fail_when_the_manager_is_built_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: dict[str, object]
+) -> None:
+    """These used to get through: an OverflowError (infinity, 10**400 MB), a RuntimeError
+    (~user), a port taken modulo 65536 (99999 connected to 34463), and an autosave thread
+    that died at its first wait (1e300 s overflows the timer)."""
+    monkeypatch.chdir(tmp_path)  # where ~nosuchuser/x would have been taken literally
+    storage = (
+        {}
+        if "database_url" in section or "storage_path" in section
+        else {"storage_path": str(tmp_path / "s")}
+    )
+    config = {"session": {**storage, **section}}
+    with pytest.raises(InvalidConfigError):
+        SessionManager(config)
+    with pytest.raises(InvalidConfigError):
+        AsyncSessionManager(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_user_home_paths_expand_as_expanduser_does() -> None:
+    home_of_root = os.path.expanduser("~root")
+    if home_of_root == "~root":
+        pytest.skip("this system has no user root")
+    config = SessionConfig.from_mapping({"session": {"storage_path": "~root/chats"}})
+    assert config.storage_path == Path(home_of_root) / "chats"
+    with pytest.raises(InvalidConfigError, match="there is no user 'coda-no-such-user-4f1c'"):
+        SessionConfig.from_mapping({"session": {"storage_path": "~coda-no-such-user-4f1c"}})
+
+
+def test_the_longest_intervals_and_sizes_allowed_work(tmp_path: Path) -> None:
+    """The upper bounds are usable values: the autosave timer waits a year, the limit is
+    1 PB, and the manager saves as usual."""
+    config = {
+        "session": {
+            "storage_path": str(tmp_path),
+            "autosave_interval": MAX_AUTOSAVE_INTERVAL,
+            "max_session_size": MAX_SESSION_SIZE_MB,
+        }
+    }
+    with SessionManager(config) as m:
+        s = m.create_session("chat")
+        s.add_message({"role": "user", "content": "hi"})
+        m.save_session(s)
+    with SessionManager(config) as m:
+        assert m.load_session("chat").get_messages()[0]["content"] == "hi"
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("lock_timeout", "busy_timeout"),  # difflib said connect_timeout
+        ("timeout", "busy_timeout"),
+        ("url", "database_url"),
+        ("path", "storage_path"),
+        ("pool_size", "connection_pool_size"),
+        ("compression", "compress_messages"),
+        ("Backend", "backend"),
+        ("stroage_path", "storage_path"),
+    ],
+)
+def test_a_misspelt_key_suggests_the_key_meant(key: str, meant: str) -> None:
+    with pytest.raises(InvalidConfigError, match=f"did you mean {meant!r}"):
+        SessionConfig.from_mapping({"session": {key: 1}})
+
+
+def test_a_key_like_no_setting_suggests_none() -> None:
+    # max_messages is no setting; difflib's nearest was compress_messages
+    with pytest.raises(InvalidConfigError) as info:
+        SessionConfig.from_mapping({"session": {"max_messages": 50}})
+    assert "did you mean" not in str(info.value)
+    assert "valid keys: backend, storage_path" in str(info.value)
+
+
+def test_each_memory_manager_is_a_store_of_its_own() -> None:
+    """README: the memory backend keeps sessions per manager (it said "in the process",
+    but two managers in one process never shared anything)."""
+    config = {"session": {"backend": "memory", "autosave_interval": 0}}
+    with SessionManager(config) as first, SessionManager(config) as second:
+        s = first.create_session("chat")
+        s.add_message({"role": "user", "content": "hi"})
+        first.save_session(s)
+        assert first.get_session_info("chat") is not None
+        assert second.get_session_info("chat") is None
+        assert second.list_sessions() == []

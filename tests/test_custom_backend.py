@@ -4,12 +4,14 @@ a session built from name, messages and metadata)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coda_session import (
+    AsyncSessionManager,
     Session,
     SessionData,
     SessionInfo,
@@ -78,7 +80,7 @@ def test_json_storage_sees_what_another_instance_saved(tmp_path: Path) -> None:
 class ReferenceStyleStorage(SessionStorage):
     """Written as the reference describes a custom storage: ``save(session)`` reads the
     session's name, ``get_messages()`` and ``metadata``; ``load`` returns
-    ``Session(name, messages=..., metadata=...)`` (here: SessionData under that name)."""
+    ``Session(name, messages=..., metadata=...)``, with ``coda_session.Session``."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
@@ -90,8 +92,6 @@ class ReferenceStyleStorage(SessionStorage):
         }
 
     def load(self, name: str) -> SessionData | None:
-        from coda_session import SessionData as Session
-
         row = self.rows.get(name)
         if row is None:
             return None
@@ -122,6 +122,22 @@ def test_reference_shaped_storage_runs() -> None:
         m.delete_session("chat")
         assert m.get_session_info("chat") is None
     assert storage.rows["branch"]["metadata"] == {"topic": "python"}
+
+
+def test_reference_shaped_storage_runs_under_the_async_manager() -> None:
+    storage = ReferenceStyleStorage()
+
+    async def use() -> None:
+        async with AsyncSessionManager({"session": {"autosave_interval": 0}}, storage) as m:
+            s = await m.create_session("chat")
+            s.add_message(user("hi"))
+            await m.save_session(s)
+            loaded = await m.load_session("chat")
+            assert [x["content"] for x in await loaded.get_messages()] == ["hi"]
+
+    asyncio.run(use())
+    built = Session("chat", messages=[user("hi")], metadata={"k": 1})
+    assert isinstance(built, SessionData) and built.metadata == {"k": 1}
 
 
 def test_load_may_return_a_session_of_another_manager(tmp_path: Path) -> None:

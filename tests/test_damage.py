@@ -3,10 +3,12 @@ message, and the rest of the store stays readable."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,48 @@ def test_a_damaged_session_row_is_listed_with_fallbacks_and_logged(
     logged = [r.getMessage() for r in caplog.records if r.name == "coda_session"]
     assert any(field in text and "unreadable" in text for text in logged), logged
     assert not any("not json" in text for text in logged)  # ids and fields, never content
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(b.values[0], marks=b.marks, id=b.id)
+        for b in BACKENDS
+        if b.id in ("sqlite", "sqlite-core")
+    ],
+)
+def test_damaged_schema_text_that_is_not_utf8_raises_storage_error(
+    backend: str, tmp_path: Path
+) -> None:
+    """Found flipping bits (one database in a few hundred): SQLite quotes a damaged schema's
+    text in its error ("malformed database schema ... near ..."), sqlite3 cannot decode
+    that message and raised UnicodeDecodeError in place of its error, past the edge."""
+    sql_store = Store(backend, tmp_path / "sessions")
+    fill(sql_store)
+    assert sql_store.database is not None
+    conn = sqlite3.connect(sql_store.database)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = CAST(? AS TEXT) WHERE name = 'adoption_notes'",
+        (b"CREATE TABLE adoption_notes (id) \xf3\xa0",),  # a bit flipped in the schema
+    )
+    conn.commit()
+    conn.close()
+    with sql_store.sync_manager() as m:
+        with pytest.raises(StorageError, match="corrupt or not a database") as caught:
+            m.list_sessions()
+        assert "restore it from a backup" in str(caught.value)
+        assert isinstance(caught.value.__cause__, UnicodeDecodeError)
+
+    async def use_async() -> None:
+        am = sql_store.async_manager()
+        try:
+            with pytest.raises(StorageError, match="corrupt or not a database"):
+                await am.load_session("a")
+        finally:
+            await am.close()
+
+    asyncio.run(use_async())
 
 
 def walk_all(storage: Path, scratch: Path) -> None:

@@ -209,7 +209,8 @@ class SessionStorage(ABC):
     def load(self, name: str) -> SessionData | StoredSession | None:
         """The stored session of that name, or None: a :class:`SessionData` as ``save``
         received it, or any object with ``name``, ``metadata`` and ``get_messages()`` (or
-        ``messages``), such as ``SessionData(name, messages=..., metadata=...)``."""
+        ``messages``), such as ``Session(name, messages=..., metadata=...)`` (the reference's
+        form, which builds a SessionData)."""
 
     @abstractmethod
     def delete(self, name: str) -> None:

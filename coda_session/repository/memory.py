@@ -1,4 +1,5 @@
-"""The memory backend: the repository protocol over Python dicts (lost at exit)."""
+"""The memory backend: the repository protocol over Python dicts, one store per manager
+(two managers share nothing; lost when the manager closes or the process exits)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,10 @@ class Failure(enum.Enum):
     UNIQUE_NAME = "a session of that name exists already"
     FULL = "the database or disk is full"
     READ_ONLY = "the database is read-only"
-    CORRUPT = "the database file is corrupt or not a database"
+    CORRUPT = (
+        "the database file is corrupt or not a database: restore it from a backup (or an "
+        "export), or check that the configuration names the right file"
+    )
     CANT_OPEN = (
         "cannot open the database file: it is missing or its directory is read-only "
         "or not accessible"
@@ -103,6 +106,9 @@ class SqliteDialect:
 
     def classify(self, exc: BaseException) -> Failure:
         err = driver_error(exc)
+        if isinstance(err, UnicodeDecodeError):
+            # sqlite3's, in place of an error whose message quotes the damaged file
+            return Failure.CORRUPT
         if not isinstance(err, sqlite3.Error):
             return Failure.OTHER
         code = getattr(err, "sqlite_errorcode", None)

@@ -19,12 +19,16 @@ from .dialect import Dialect, Failure, ServerError, driver_error
 __all__ = ["DRIVER_ERRORS", "translate", "translated"]
 
 #: What the runners may raise that the edge translates (anything else is a bug and is
-#: raised as it is).
+#: raised as it is). UnicodeDecodeError is sqlite3's: when SQLite's error message quotes
+#: bytes of a damaged file that are not UTF-8 ("malformed database schema ... near ..."),
+#: sqlite3 cannot make the message into its error and raises UnicodeDecodeError instead
+#: (rows the library decodes itself raise DamagedDataError before they get here).
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     sqlite3.Error,
     sa_exc.SQLAlchemyError,
     ServerError,
     OSError,
+    UnicodeDecodeError,
 )
 
 
@@ -48,7 +52,10 @@ def translate(
     if failure is Failure.UNIQUE_NAME:
         shown = f"session {name!r}" if name is not None else "a session of that name"
         return SessionExistsError(f"{shown} already exists")
-    text = _first_line(driver_error(exc))
+    err = driver_error(exc)
+    text = _first_line(err)
+    if isinstance(err, UnicodeDecodeError):
+        text = f"its error message holds bytes of the file that are not text: {text}"
     if failure is Failure.OTHER:
         return StorageError(f"{action} failed: {text}")
     return StorageError(f"{action} failed: {failure.value} ({text})")
