@@ -449,6 +449,43 @@ async def test_interleaved_writes_where_the_server_defaults_to_repeatable_read(
     await interleave(tree, held, other, caplog)
 
 
+@pytest.mark.parametrize("backend", POSTGRESQL_PATHS)
+async def test_appends_where_the_server_defaults_to_repeatable_read(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two appends to one session wait for its row (held by another program); each then
+    writes on the newest committed row, without a serialization failure to run again:
+    a plain append is one statement outside any explicit transaction, so the library's
+    connections set READ COMMITTED as their default too."""
+    caplog.set_level(logging.DEBUG, logger="coda_session")
+    tree = Tree(backend, tmp_path / "sessions")
+    assert tree.store.url is not None
+    database = make_url(tree.store.url).database
+    tree.execute(
+        f"ALTER DATABASE \"{database}\" SET default_transaction_isolation = 'repeatable read'"
+    )
+    async with managers(tree, 3) as (setup, m1, m2):
+        views = await setup_tree(setup)
+        hold = Hold(tree)
+        await hold.start("SELECT id FROM sessions WHERE name = $1", "a")
+        try:
+            appends = [
+                asyncio.ensure_future(_append(m, name)) for m, name in ((m1, "a"), (m2, "a"))
+            ]
+            await hold.until_waiting(2)
+        finally:
+            await hold.release()
+        await asyncio.wait_for(asyncio.gather(*appends), HANG)
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert not retried, retried
+    async with managers(tree, 1) as (reader,):
+        got = await view(reader, "a")
+    assert got[:-2] == views["a"]
+    assert [c for _, c in got[-2:]] == ["a-later", "a-later"]
+    problems = await check_tree(tree, {**views, "a": got})
+    assert not problems, problems
+
+
 # -- at random, across processes --------------------------------------------------------------
 
 PROCESSES = 4
