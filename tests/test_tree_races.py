@@ -8,8 +8,10 @@ about to write, after it has read the segments; on SQLite the write lock, which 
 before it starts), the second runs (or waits) meanwhile, then the hold is released. After
 each: every session shows what it must (contents and ids), its counters equal its view,
 storage keeps exactly the rows some session shows, no operation failed, and deleting every
-session leaves no row. The outcome of each pair does not depend on the order they end up
-in, so the same expectations hold on every backend.
+session leaves no row, and neither operation needed a second attempt. The outcome of
+each pair does not depend on the order they end up in, so the same expectations hold on
+every backend. A few interleavings, and appends waiting for a row, run again on a
+PostgreSQL database whose default isolation is REPEATABLE READ.
 
 A randomized test runs a few real processes doing forks, pops, truncations, clears,
 deletes and appends on one tree, with the same checks at the end.
