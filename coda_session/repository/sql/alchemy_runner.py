@@ -50,8 +50,13 @@ class AlchemyRunner:
         # a server database reads several statements in one snapshot (REPEATABLE READ, read
         # only), as the library's own PostgreSQL runner does; SQLite's read transaction is one
         options: dict[str, Any] = {WRITE_OPTION: write}
-        if not write and self._engine.dialect.name == "postgresql":
-            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        if self._engine.dialect.name == "postgresql":
+            if write:
+                # whatever the server's default: a write that waited for a lock (a tree's,
+                # a row's) then reads what the holder committed, as on the own runner
+                options.update(isolation_level="READ COMMITTED")
+            else:
+                options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         return options
 
     @asynccontextmanager

@@ -14,10 +14,24 @@ any more are deleted as soon as a segment stops showing them (:func:`reclaim`), 
 empty holder with them, so storage never keeps a row nothing shows.
 
 Every function runs inside the caller's transaction, with the session row already held.
+
+Locking: an operation that rewrites what another session of the tree shows, or reads
+what another one may rewrite (a fork, a truncation, clear or replacement, a pop, a
+delete, an import as a branch), calls :func:`lock_tree` first, before it reads anything
+it will rewrite, and holds the tree until it commits: a source's truncation and a
+branch's pop rewrite the same segments and holders from what they read, and READ
+COMMITTED alone lets each overwrite the other's effects. Appends that only add a
+session's own rows take no tree lock: their ids are above every segment's ``hi``, and
+the only other writers of a session's own rows (its own truncation, pop, delete, and a
+fork that shows them) hold its row, which the append holds too. The key is the tree's
+``root_id``, written once when a session is made and never changed (a root's branches
+keep it after the root is deleted), so every operation on the tree agrees on it, even
+one that read it before taking the lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +51,7 @@ __all__ = [
     "detach",
     "drop_newest",
     "fork_parts",
+    "lock_tree",
     "new_holder",
     "own_lo",
     "own_part",
@@ -47,6 +62,19 @@ __all__ = [
 
 #: an upper bound above every message id
 BEYOND = 2**62
+
+
+def lock_tree(cx: Executor, root_id: str) -> None:
+    """Hold the tree whose key is ``root_id`` until the transaction ends: every other
+    operation that takes it waits until then, and (at READ COMMITTED, which the write
+    transactions use) then reads what this one committed. Take it before reading
+    anything the operation will rewrite. On PostgreSQL an advisory lock (bounded by
+    ``busy_timeout`` like any lock wait); on SQLite nothing, its write lock already
+    serialises every write transaction."""
+    digest = hashlib.blake2b(
+        root_id.encode("utf-8", "surrogatepass"), digest_size=8, person=b"coda-tree"
+    ).digest()
+    cx.rows(q.TREE_LOCK, {"key": int.from_bytes(digest, "big", signed=True)})
 
 
 @dataclass(slots=True)

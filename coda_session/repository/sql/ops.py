@@ -32,6 +32,7 @@ from .branching import (
     detach,
     drop_newest,
     fork_parts,
+    lock_tree,
     own_part,
     read_tail,
     reclaim,
@@ -322,6 +323,7 @@ def create(
         # held until the fork commits: the counters and the segments are one state (the
         # caller names the source's tree in record.root_id; the new branch joins it)
         source_root = _root(cx, copy_from, record.root_id)
+        lock_tree(cx, source_root)
         found = cx.rows(q.SESSION_TO_FORK, {"session_id": copy_from, "tree": source_root})
         if not found:
             raise SessionNotFoundError("the session to branch from no longer exists")
@@ -391,6 +393,10 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
     sid = req.session_id
     root = _root(cx, sid, req.root_id)
     key = {"session_id": sid, "tree": root}
+    if req.truncation is not None or req.drop_newest:
+        # rewrites segments and holders other sessions' operations rewrite too; a plain
+        # append or metadata patch changes the session's own row and rows only
+        lock_tree(cx, root)
     metadata: dict[str, Any] | None = None
     version_before = -1
     if req.metadata_patch:
@@ -453,9 +459,10 @@ def save(cx: Executor, req: SaveRequest) -> SaveResult:
 def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
     """Delete a session: the rows its branches show stay (moved to a holder), the others
     go, and so do the rows of holders that only it showed."""
+    root = _root(cx, session_id, None)  # never changes: safe to read before the lock
+    lock_tree(cx, root)
     if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
         return False
-    root = _root(cx, session_id, None)
     parts = segments(cx, root, session_id)
     cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
     detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))

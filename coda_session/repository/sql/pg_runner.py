@@ -5,9 +5,9 @@ SQLAlchemy's pooled async engine costs several hundred microseconds per operatio
 keeps a small pool of plain asyncpg connections and runs each operation, written once in
 :mod:`.ops`, through the greenlet bridge (:mod:`.bridge`). An operation marked
 ``single`` is one statement and runs as its own transaction (one round trip); any other
-runs in a transaction: READ COMMITTED for writes (each lock-taking statement then sees
-the newest committed rows), REPEATABLE READ READ ONLY for reads of several statements
-(one snapshot).
+runs in a transaction: READ COMMITTED for writes, whatever the server's default (each
+statement after a lock wait, a tree's included, then sees the newest committed rows),
+REPEATABLE READ READ ONLY for reads of several statements (one snapshot).
 
 Connections are made with ``connect_timeout`` and the session settings of
 :func:`.engine.postgres_server_settings` (``lock_timeout`` from ``busy_timeout``). One
@@ -241,7 +241,10 @@ class PgRunner:
             if single:
                 done: T = await run_bridged(_call, conn, fn, args)
             elif write:
-                async with conn.transaction():
+                # READ COMMITTED whatever the server's default: a write that waited for a
+                # lock (a tree's, a row's) then reads what the holder committed; at
+                # REPEATABLE READ its snapshot would predate the wait
+                async with conn.transaction(isolation="read_committed"):
                     done = await run_bridged(_call, conn, fn, args)
             else:
                 async with conn.transaction(isolation="repeatable_read", readonly=True):

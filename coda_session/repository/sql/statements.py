@@ -6,7 +6,11 @@ both executors (the one-trip SQLite path and the generic SQLAlchemy path) share 
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from .tables import messages as m
 from .tables import segments as g
@@ -48,6 +52,7 @@ __all__ = [
     "SESSION_TO_FORK",
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
+    "TREE_LOCK",
     "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
@@ -293,6 +298,31 @@ OWNER_SHARED = (
     .with_for_update(read=True, key_share=True)
 )
 DELETE_HOLDER = sa.delete(s).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
+
+
+class _TreeLock(sa.sql.functions.FunctionElement[Any]):
+    """A transaction's lock on one branching tree, by its key (an integer): on
+    PostgreSQL an advisory lock held until the transaction ends; elsewhere nothing,
+    because SQLite's write transactions (BEGIN IMMEDIATE) already run one at a time."""
+
+    name = "tree_lock"
+    inherit_cache = True
+
+
+@compiles(_TreeLock)
+def _no_tree_lock(element: _TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
+    return "NULL"
+
+
+@compiles(_TreeLock, "postgresql")
+def _advisory_tree_lock(element: _TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"pg_advisory_xact_lock({compiler.process(element.clauses, **kw)})"
+
+
+#: the tree whose key is ``key`` held by this transaction until it ends (see
+#: :func:`.branching.lock_tree`)
+TREE_LOCK = sa.select(_TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
+
 
 # The compile cache of the SQLite fast path holds these and nothing else: they live as
 # long as the process, so their ids are never reused. A statement built per call is not
