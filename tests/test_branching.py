@@ -35,7 +35,7 @@ from coda_session import (
     SessionInfo,
     SessionNotFoundError,
 )
-from coda_session.migrate import upgrade_async
+from coda_session.migrate import HEAD_REVISION, upgrade_async
 from tests.support import BACKENDS, ROOT, SQL_BACKENDS, Store
 
 TS = "2025-01-01T00:00:00"
@@ -1203,8 +1203,8 @@ async def test_migration_0009_downgrade_turns_branches_into_copies(store: Store)
     if store.url is None:
         alembic_on(store, "upgrade", "head")
     else:
-        assert await upgrade_async(store.config) == "0009"
-    assert store.execute("SELECT version_num FROM alembic_version") == [("0009",)]
+        assert await upgrade_async(store.config) == HEAD_REVISION
+    assert store.execute("SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
     rows = store.execute("SELECT id, root_id, parent_id, fork_point, holder FROM sessions")
     assert len(rows) == len(expected)
     for sid, root, parent, point, holder in rows:

@@ -3,15 +3,48 @@
 A session shows, oldest first, the rows of each of its *segments* (the rows of another
 session, its ``owner``, with ``lo < id <= hi``) and then its own rows (``session_id`` is
 its id). Message ids ascend across the whole store, and every row a branch inherits is
-older than the branch, so the view is in id order. A fork copies no row: it writes the
-source's segments, cut at the fork point, plus one segment on the source's own rows.
+older than the branch, so the view is in id order.
+
+**Inherited segment lists.** A session's segments are those of its *list* (the
+``session_segments`` rows with its ``session_id``) after those it *inherits*: with
+``sessions.inherit_id`` set, the segments of that session with ``hi <= inherit_upto``,
+resolved the same way down that session's own link (each link's bound the smaller of its
+own and the bounds above it). A fork writes no copy of its source's segments: it
+inherits them, up to the last one it shows whole, and lists at most two of its own (the
+piece of a segment the fork point cuts, and the source's own rows it shows). So a chain
+of forks (an agent regenerating at every turn) stores one segment and one link per fork,
+where copies of every ancestor's segments stored a number growing with the square of the
+depth (1,000 forks: 500,500 segment rows); a fork of the deepest costs what a fork of the
+root does (it reads the source's row and writes two); a read of the newest messages
+follows the links only as far as those messages go, in one statement (``TAIL_PARTS``),
+and a whole read resolves the chain in one (``RESOLVED``) then reads each run.
+
+Why this holds: a segment row is shown alike by its list's session and by every session
+inheriting it, and every change to a segment row keeps what each of them shows:
+
+* moving an owner's rows to a holder (:func:`detach`) splits the segments on them into
+  pieces of the same rows, in the same list, none reaching past the original ``hi``;
+  an inheritance bound never falls inside a segment (it is always some segment's
+  ``hi`` or ``lo``), so each inheriting session takes all the pieces or none;
+* a session that changes its own list or link (a truncation, a pop into what it
+  inherits, a delete) first *releases* the sessions inheriting from it
+  (:func:`release`): each gets copies of the segments it took from that list and
+  inherits what that list inherited, so what it shows does not change. Only these
+  writers copy segments, and only the ones they must: what the changed session's own
+  list held (a truncation keeping inherited segments copies those it keeps).
 
 Every session's own rows are exactly the own rows it shows. When a session stops showing
 some of them (truncate, clear, drop the newest, delete) those that another session's
 segment still shows move to a *holder* (a hidden ``sessions`` row of the same tree) and
 the segments follow them; the others are deleted. A holder's rows that no segment shows
 any more are deleted as soon as a segment stops showing them (:func:`reclaim`), and an
-empty holder with them, so storage never keeps a row nothing shows.
+empty holder with them, so storage never keeps a row nothing shows. A holder that takes
+the oldest rows of a session which already handed rows to a holder the same segments
+continue from is that holder again (a sliding window kept turn after turn under branches
+adds no holder and no segment per turn).
+
+Damaged tree rows (a link cycle, segments out of order, ``lo > hi``, negative counters)
+raise :class:`~coda_session.errors.DamagedDataError` naming the session.
 
 Every function runs inside the caller's transaction, with the session row already held.
 """
@@ -24,6 +57,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ...errors import DamagedDataError
 from ...models import MessageRecord
 from ..base import not_shown
 from . import statements as q
@@ -32,21 +66,29 @@ from .rows import message_of
 
 __all__ = [
     "BEYOND",
+    "Link",
     "Part",
+    "check_parts",
     "cut_oldest",
     "detach",
     "drop_newest",
     "fork_parts",
+    "link_of",
     "new_holder",
     "own_lo",
     "own_part",
     "read_tail",
     "reclaim",
+    "release",
     "segments",
+    "tail_parts",
 ]
 
 #: an upper bound above every message id
 BEYOND = 2**62
+#: the deepest chain of inheritance links a tail read follows (a damaged link cycle
+#: whose counts never add up stops there)
+MAX_DEPTH = 1_000_000
 
 
 @dataclass(slots=True)
@@ -60,15 +102,115 @@ class Part:
     size: int
     segment_id: int | None = None
     """The ``session_segments`` row, or None for the session's own rows."""
+    listed_by: str | None = None
+    """The session whose list holds the segment row (the session itself, or one it
+    inherits from)."""
+
+
+@dataclass(slots=True)
+class Link:
+    """A session's inheritance link (the session, the bound, the count and size of what
+    it shows through it) and its own list (the newest ``hi``, count and size)."""
+
+    inherit_id: str | None
+    upto: int | None
+    count: int
+    size: int
+    own_max: int | None
+    list_count: int
+    list_size: int
+
+    @property
+    def segmented(self) -> bool:
+        """Whether the session shows any segment (else only its own rows)."""
+        return bool(self.inherit_id or self.own_max)
+
+    @property
+    def inherited(self) -> tuple[int, int]:
+        """(count, size) of everything its segments show."""
+        return self.count + self.list_count, self.size + self.list_size
+
+    @property
+    def own_lo(self) -> int:
+        """An id below every own row: the newest the session inherits."""
+        return max(self.own_max or 0, self.upto or 0 if self.inherit_id else 0)
+
+
+def _damaged(session_id: str, what: str) -> DamagedDataError:
+    return DamagedDataError(
+        f"session {session_id}: its branch rows are damaged ({what}); export the other "
+        "sessions of its tree and delete it, or restore the database from a backup "
+        "(see the README, 'Damaged rows')"
+    )
+
+
+def check_parts(session_id: str, rows: Sequence[Sequence[Any]]) -> list[Part]:
+    """Segment rows (``RESOLVED``'s columns), checked: ``hi`` strictly ascending,
+    ``lo < hi``, counters not negative, no row twice (a link cycle repeats them)."""
+    out: list[Part] = []
+    seen: set[int] = set()
+    for owner, lo, hi, count, size, seg, listed_by in rows:
+        try:
+            part = Part(str(owner), int(lo), int(hi), int(count), int(size), int(seg))
+        except (TypeError, ValueError):
+            raise _damaged(session_id, f"segment {seg}: a value is not a number") from None
+        part.listed_by = None if listed_by is None else str(listed_by)
+        if owner is None:
+            raise _damaged(session_id, f"segment {seg} names no owner")
+        if int(seg) in seen:
+            raise _damaged(session_id, "its inheritance links form a cycle")
+        seen.add(int(seg))
+        if part.lo >= part.hi:
+            raise _damaged(session_id, f"segment {seg} has lo {part.lo} >= hi {part.hi}")
+        if part.count < 0 or part.size < 0:
+            raise _damaged(session_id, f"segment {seg} has a negative count or size")
+        if out and part.hi <= out[-1].hi:
+            raise _damaged(session_id, f"segment {seg} overlaps the one before it")
+        out.append(part)
+    return out
 
 
 def segments(cx: Executor, root: str, session_id: str) -> list[Part]:
-    """The session's segments, oldest first."""
-    params = {"session_id": session_id, "tree": root}
-    return [
-        Part(str(owner), int(lo), int(hi), int(count), int(size), int(seg))
-        for owner, lo, hi, count, size, seg in cx.rows(q.SEGMENTS, params)
-    ]
+    """The session's segments, inherited and its own, oldest first."""
+    params = {"session_id": session_id, "tree": root, "beyond": BEYOND}
+    return check_parts(session_id, cx.rows(q.RESOLVED, params))
+
+
+def tail_parts(cx: Executor, root: str, session_id: str, need: int) -> list[Part]:
+    """The session's newest segments, oldest first: at least those of its ``need``
+    newest inherited messages (more when one list holds more)."""
+    params = {
+        "session_id": session_id,
+        "tree": root,
+        "beyond": BEYOND,
+        "need": need,
+        "depth": MAX_DEPTH,
+    }
+    return check_parts(session_id, cx.rows(q.TAIL_PARTS, params))
+
+
+def link_of(cx: Executor, root: str, session_id: str) -> Link:
+    found = cx.rows(q.INHERIT_OF, {"session_id": session_id, "tree": root})
+    if not found:
+        return Link(None, None, 0, 0, None, 0, 0)
+    inherit, upto, count, size, own_max, list_count, list_size = found[0]
+    try:
+        link = Link(
+            None if inherit is None else str(inherit),
+            None if upto is None else int(upto),
+            int(count or 0),
+            int(size or 0),
+            None if own_max is None else int(own_max),
+            int(list_count),
+            int(list_size),
+        )
+    except (TypeError, ValueError):
+        raise _damaged(session_id, "its inheritance link is not a number") from None
+    if link.inherit_id is not None and link.upto is None:
+        raise _damaged(session_id, "its inheritance link has no bound")
+    if min(link.count, link.size, link.list_count, link.list_size) < 0:
+        raise _damaged(session_id, "a count or size of its segments is negative")
+    return link
 
 
 def own_lo(parts: Sequence[Part]) -> int:
@@ -87,6 +229,68 @@ def own_part(session_id: str, parts: Sequence[Part], count: int, size: int, hi: 
         hi,
         count - sum(p.count for p in parts),
         size - sum(p.size for p in parts),
+    )
+
+
+def release(cx: Executor, root: str, session_id: str) -> None:
+    """Before ``session_id`` changes its own segment list or its link: every session
+    inheriting from it gets copies of the segments it takes from that list and inherits
+    what the list inherits (so what each shows does not change)."""
+    referers = cx.rows(q.REFERERS, {"session_id": session_id})
+    if not referers:
+        return
+    link = link_of(cx, root, session_id)
+    for referer, upto in referers:
+        try:
+            upto = int(upto)
+        except (TypeError, ValueError):
+            raise _damaged(str(referer), "its inheritance bound is not a number") from None
+        cx.run(q.COPY_SEGMENTS, {"session_id": session_id, "to": referer, "upto": upto})
+        copied = cx.rows(q.LIST_STATS, {"session_id": session_id, "upto": upto})[0]
+        mine = link_of(cx, root, str(referer))
+        inherit = link.inherit_id
+        bound = None if inherit is None else min(upto, link.upto or 0)
+        _link(
+            cx,
+            str(referer),
+            inherit,
+            bound,
+            mine.count - int(copied[0]) if inherit else 0,
+            mine.size - int(copied[1]) if inherit else 0,
+        )
+
+
+def _link(
+    cx: Executor, session_id: str, inherit: str | None, upto: int | None, count: int, size: int
+) -> None:
+    cx.run(
+        q.SET_INHERIT,
+        {
+            "session_id": session_id,
+            "inherit_id": inherit,
+            "inherit_upto": upto,
+            "inherit_count": count,
+            "inherit_size": size,
+        },
+    )
+
+
+def _unlink(cx: Executor, session_id: str) -> None:
+    _link(cx, session_id, None, None, 0, 0)
+
+
+def _insert_segment(cx: Executor, root: str, session_id: str, part: Part) -> None:
+    cx.run(
+        q.INSERT_SEGMENT,
+        {
+            "root_id": root,
+            "session_id": session_id,
+            "owner": part.owner,
+            "lo": part.lo,
+            "hi": part.hi,
+            "message_count": part.count,
+            "size_bytes": part.size,
+        },
     )
 
 
@@ -112,6 +316,8 @@ def _nth(cx: Executor, root: str, part: Part, k: int) -> int:
         found = cx.rows(q.RANGE_NTH_ASC, {**_range(part, root), "k": k - 1})
     else:
         found = cx.rows(q.RANGE_NTH_DESC, {**_range(part, root), "k": part.count - k})
+    if not found:
+        raise _damaged(part.owner, f"a segment's count ({part.count}) is more than its rows")
     return int(found[0][0])
 
 
@@ -140,7 +346,8 @@ def fork_parts(
     cx: Executor, root: str, parts: Sequence[Part], point: int | None, after_id: int | None
 ) -> list[Part]:
     """The parts a fork of a view made of ``parts`` starts with: its first ``point``
-    messages, or those up to and including message ``after_id``, or all of them."""
+    messages, or those up to and including message ``after_id``, or all of them. A part
+    taken whole is the same object as in ``parts``; a cut one is new."""
     total = sum(p.count for p in parts)
     if after_id is not None:
         point = None
@@ -165,7 +372,7 @@ def fork_parts(
         if part.count <= 0:
             continue
         if seen + part.count <= point:
-            out.append(Part(part.owner, part.lo, part.hi, part.count, part.size))
+            out.append(part)
         else:
             k = point - seen
             out.append(_head(cx, root, part, _nth(cx, root, part, k), k))
@@ -193,6 +400,10 @@ def new_holder(cx: Executor, root_id: str, when: datetime) -> str:
             "fork_point": None,
             "last_id": 0,
             "holder": True,
+            "inherit_id": None,
+            "inherit_upto": None,
+            "inherit_count": 0,
+            "inherit_size": 0,
         },
     )
     return holder
@@ -344,45 +555,71 @@ def cut_oldest(
     """Of the rows the session shows with ``id <= upto_id``, keep the newest ``keep``
     (a truncation). Returns the (count, size) it stopped showing."""
     root = root_id
-    gone_count = gone_size = 0
-    parts = segments(cx, root_id, session_id)
-    lo = own_lo(parts)
+    link = link_of(cx, root, session_id)
+    lo = link.own_lo
     boundary = cx.rows(
         q.RANGE_NTH_DESC,
         {"owner": session_id, "tree": root_id, "lo": lo, "hi": upto_id, "k": keep},
     )
-    owners: list[str] = []
     if boundary:
         # the cut falls in the session's own rows: every segment goes too
-        cut = int(boundary[0][0])
-        count, size = _stats(cx, root, session_id, lo, cut)
-        detach(cx, session_id, root_id, lo, cut, when)
-        gone_count, gone_size = count, size
-        for part in parts:
+        cut_id = int(boundary[0][0])
+        count, size = _stats(cx, root, session_id, lo, cut_id)
+        parts = segments(cx, root, session_id) if link.segmented else []
+        release(cx, root, session_id)
+        detach(cx, session_id, root_id, lo, cut_id, when)
+        listed = [p for p in parts if p.listed_by == session_id]
+        for part in listed:
             _drop_segment(cx, part)
-            owners.append(part.owner)
+        if link.inherit_id:
+            _unlink(cx, session_id)
+        reclaim(cx, (p.owner for p in listed), root_id)
+        return count + sum(p.count for p in parts), size + sum(p.size for p in parts)
+    left = keep - _stats(cx, root, session_id, lo, upto_id)[0]
+    if not link.segmented:
+        return 0, 0
+    parts = segments(cx, root, session_id)
+    copies: list[Part] = []  # inherited parts it keeps: copied into its own list
+    cut: Part | None = None  # the part it keeps the newest rows of
+    gone_count = gone_size = 0
+    touched: list[Part] = []  # parts of its own list dropped or cut
+    for part in reversed(parts):
+        mine = part.listed_by == session_id
+        if left >= part.count:
+            left -= part.count
+            if not mine:
+                copies.append(part)
+            continue
+        if left > 0:
+            boundary_id = _nth(cx, root, part, part.count - left)
+            size = _stats(cx, root, part.owner, boundary_id, part.hi)[1]
+            gone_count += part.count - left
+            gone_size += part.size - size
+            cut = Part(
+                part.owner, boundary_id, part.hi, left, size, part.segment_id, part.listed_by
+            )
+            left = 0
+        else:
             gone_count += part.count
             gone_size += part.size
-    else:
-        left = keep - _stats(cx, root, session_id, lo, upto_id)[0]
-        for part in reversed(parts):
-            if left >= part.count:
-                left -= part.count
-                continue
-            if left > 0:
-                cut = _nth(cx, root, part, part.count - left)
-                size = _stats(cx, root, part.owner, cut, part.hi)[1]
-                gone_count += part.count - left
-                gone_size += part.size - size
-                part.lo, part.count, part.size = cut, left, size
-                _set_segment(cx, part)
-                left = 0
-            else:
-                _drop_segment(cx, part)
-                gone_count += part.count
-                gone_size += part.size
-            owners.append(part.owner)
-    reclaim(cx, owners, root_id)
+        if mine:
+            touched.append(part)
+    if not gone_count and not touched:
+        return 0, 0
+    release(cx, root, session_id)
+    for part in touched:
+        if cut is None or part.segment_id != cut.segment_id:
+            _drop_segment(cx, part)
+    if cut is not None:
+        if cut.listed_by == session_id:
+            _set_segment(cx, cut)
+        else:
+            _insert_segment(cx, root, session_id, cut)
+    for part in copies:
+        _insert_segment(cx, root, session_id, part)
+    if link.inherit_id:
+        _unlink(cx, session_id)
+    reclaim(cx, (p.owner for p in touched), root_id)
     return gone_count, gone_size
 
 
@@ -392,31 +629,65 @@ def drop_newest(
     """Stop showing the newest ``n`` rows of the session (fewer if it shows fewer);
     returns them, oldest first. The caller adjusts the totals by their count and size."""
     root = root_id
-    parts = segments(cx, root_id, session_id)
+    link = link_of(cx, root, session_id)
     rows = list(
         cx.rows(
             q.RANGE_DESC,
-            {"owner": session_id, "tree": root_id, "lo": own_lo(parts), "hi": BEYOND, "n": n},
+            {"owner": session_id, "tree": root_id, "lo": link.own_lo, "hi": BEYOND, "n": n},
         )
     )
     own = len(rows)
-    owners: list[str] = []
-    if own < n:
+    touched: list[Part] = []
+    if own < n and link.segmented:
+        parts = tail_parts(cx, root, session_id, n - own)
+        oldest: Part | None = None
+        partial: Part | None = None
         for part in reversed(parts):
             want = n - len(rows)
             if want <= 0:
                 break
+            if part.count <= 0:
+                continue
             taken = list(cx.rows(q.RANGE_DESC, {**_range(part, root), "n": want}))
             rows.extend(taken)
-            if len(taken) >= part.count:
-                _drop_segment(cx, part)
+            oldest = part
+            if len(taken) < part.count:
+                partial = Part(
+                    part.owner,
+                    part.lo,
+                    int(taken[-1][0]) - 1,
+                    part.count - len(taken),
+                    part.size - sum(int(r[6]) for r in taken),
+                    part.segment_id,
+                    part.listed_by,
+                )
+            if part.listed_by == session_id:
+                touched.append(part)
+        if oldest is not None:
+            release(cx, root, session_id)
+            if oldest.listed_by == session_id:
+                # only its own list changes
+                for part in touched:
+                    if partial is not None and part.segment_id == partial.segment_id:
+                        _set_segment(cx, partial)
+                    else:
+                        _drop_segment(cx, part)
             else:
-                part.hi = int(taken[-1][0]) - 1
-                part.count -= len(taken)
-                part.size -= sum(int(r[6]) for r in taken)
-                _set_segment(cx, part)
-            owners.append(part.owner)
+                # into what it inherits: its own list goes, the link stops before the
+                # oldest part it no longer shows whole (no segment reaches across a lo)
+                cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
+                gone = [p for p in parts if p.hi >= oldest.hi and p.listed_by != session_id]
+                _link(
+                    cx,
+                    session_id,
+                    link.inherit_id,
+                    min(link.upto or 0, oldest.lo),
+                    link.count - sum(p.count for p in gone),
+                    link.size - sum(p.size for p in gone),
+                )
+                if partial is not None:
+                    _insert_segment(cx, root, session_id, partial)
     if own:
         detach(cx, session_id, root_id, int(rows[own - 1][0]) - 1, BEYOND, when)
-    reclaim(cx, owners, root_id)
+    reclaim(cx, (p.owner for p in touched), root_id)
     return [message_of(r) for r in reversed(rows)]

@@ -14,6 +14,7 @@ from .tables import sessions as s
 
 __all__ = [
     "BUMP_TOTALS",
+    "COPY_SEGMENTS",
     "DELETE_HOLDER",
     "DELETE_LOCK",
     "DELETE_RANGE",
@@ -21,12 +22,14 @@ __all__ = [
     "DELETE_SEGMENTS_OF",
     "DELETE_SESSION",
     "HOLDER_LOCK",
+    "INHERIT_OF",
     "INSERT_MESSAGE",
     "INSERT_MESSAGE_RETURNING",
     "INSERT_SEGMENT",
     "INSERT_SESSION",
     "LAST_MESSAGE_ID",
     "LIST_SESSIONS",
+    "LIST_STATS",
     "LIST_TREE",
     "MOVE_RANGE",
     "OWNER_SHARED",
@@ -38,6 +41,8 @@ __all__ = [
     "RANGE_NTH_DESC",
     "RANGE_STATS",
     "RANGE_TEXT",
+    "REFERERS",
+    "RESOLVED",
     "ROOT_OF",
     "SEGMENTS",
     "SEGMENTS_ON",
@@ -46,8 +51,10 @@ __all__ = [
     "SESSION_LOCK",
     "SESSION_METADATA",
     "SESSION_TO_FORK",
+    "SET_INHERIT",
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
+    "TAIL_PARTS",
     "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
@@ -127,6 +134,10 @@ INSERT_SESSION = sa.insert(s).values(
     fork_point=sa.bindparam("fork_point", type_=sa.BigInteger),
     last_message_id=sa.bindparam("last_id", type_=sa.BigInteger),
     holder=sa.bindparam("holder", type_=sa.Boolean),
+    inherit_id=sa.bindparam("inherit_id", type_=sa.Text),
+    inherit_upto=sa.bindparam("inherit_upto", type_=sa.BigInteger),
+    inherit_count=sa.bindparam("inherit_count", type_=sa.BigInteger),
+    inherit_size=sa.bindparam("inherit_size", type_=sa.BigInteger),
 )
 _bump = {
     "updated_at": sa.bindparam("updated_at", type_=s.c.updated_at.type),
@@ -240,6 +251,99 @@ UPDATE_SEGMENT = (
         message_count=sa.bindparam("message_count", type_=sa.BigInteger),
         size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
     )
+)
+_own_list = sa.select(
+    sa.func.max(g.c.hi).label("hi"),
+    sa.func.coalesce(sa.func.sum(g.c.message_count), 0).label("count"),
+    sa.func.coalesce(sa.func.sum(g.c.size_bytes), 0).label("size"),
+).where(g.c.session_id == sa.bindparam("session_id"), g.c.root_id == sa.bindparam("tree"))
+_own = _own_list.subquery()
+#: a session's inheritance link (the session, the bound, what it shows through it), and
+#: the newest ``hi`` and the totals of its own segments
+INHERIT_OF = (
+    sa.select(
+        s.c.inherit_id,
+        s.c.inherit_upto,
+        s.c.inherit_count,
+        s.c.inherit_size,
+        _own.c.hi,
+        _own.c.count,
+        _own.c.size,
+    )
+    .select_from(s.join(_own, sa.true()))
+    .where(s.c.id == sa.bindparam("session_id"))
+)
+#: (count, size) of ``session_id``'s own segments with ``hi <= upto``
+LIST_STATS = sa.select(
+    sa.func.coalesce(sa.func.sum(g.c.message_count), 0),
+    sa.func.coalesce(sa.func.sum(g.c.size_bytes), 0),
+).where(
+    g.c.session_id == sa.bindparam("session_id"),
+    g.c.hi <= sa.bindparam("upto", type_=sa.BigInteger),
+)
+#: the sessions whose views start with ``session_id``'s segments, and up to where
+REFERERS = (
+    sa.select(s.c.id, s.c.inherit_upto)
+    .where(s.c.inherit_id == sa.bindparam("session_id"))
+    .order_by(s.c.id)
+)
+SET_INHERIT = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(
+        inherit_id=sa.bindparam("inherit_id", type_=sa.Text),
+        inherit_upto=sa.bindparam("inherit_upto", type_=sa.BigInteger),
+        inherit_count=sa.bindparam("inherit_count", type_=sa.BigInteger),
+        inherit_size=sa.bindparam("inherit_size", type_=sa.BigInteger),
+    )
+)
+#: copies of ``session_id``'s own segments with ``hi <= upto`` into the list of ``to``
+COPY_SEGMENTS = sa.insert(g).from_select(
+    ["root_id", "session_id", "owner_id", "lo", "hi", "message_count", "size_bytes"],
+    sa.select(
+        g.c.root_id,
+        sa.bindparam("to", type_=sa.Text),
+        g.c.owner_id,
+        g.c.lo,
+        g.c.hi,
+        g.c.message_count,
+        g.c.size_bytes,
+    ).where(
+        g.c.session_id == sa.bindparam("session_id"),
+        g.c.hi <= sa.bindparam("upto", type_=sa.BigInteger),
+    ),
+)
+# The chain of inheritance links, walked by the database in one statement: (sid, cut) is
+# one list and the bound its segments are taken up to. UNION, not UNION ALL: a cycle (a
+# damaged link) repeats a pair and ends the walk; its segments then repeat, which the
+# caller reports as damage. Every parameter is cast: PostgreSQL infers no type there.
+_CHAIN = (
+    "chain(sid, cut) AS (SELECT CAST(:session_id AS TEXT), CAST(:beyond AS BIGINT) "
+    "UNION SELECT s.inherit_id, CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto "
+    "ELSE c.cut END FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL)"
+)
+_PARTS = (
+    "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "
+    "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut ORDER BY g.hi"
+)
+#: a session's view's segments, inherited and its own, oldest first, with the session
+#: whose list holds each (``session_id``)
+RESOLVED = sa.text(f"WITH RECURSIVE {_CHAIN} {_PARTS}")
+#: the same, only down the chain until the lists passed show ``need`` messages (one more
+#: list than that at most): the segments of a view's newest ``need`` messages among them.
+#: ``depth`` bounds a walk whose damaged counts never reach ``need``.
+TAIL_PARTS = sa.text(
+    "WITH RECURSIVE chain(sid, cut, acc, depth) AS (SELECT CAST(:session_id AS TEXT), "  # noqa: S608
+    "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
+    "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END, c.acc + CAST(("
+    "SELECT coalesce(sum(x.message_count), 0) FROM session_segments x "
+    "WHERE x.session_id = c.sid AND x.root_id = CAST(:tree AS TEXT) AND x.hi <= c.cut) "
+    "AS BIGINT), "
+    "c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
+    f"AND c.depth < CAST(:depth AS INTEGER)) {_PARTS}"
 )
 DELETE_SEGMENT = sa.delete(g).where(g.c.id == sa.bindparam("segment_id"))
 DELETE_SEGMENTS_OF = sa.delete(g).where(g.c.session_id == sa.bindparam("session_id"))
