@@ -897,6 +897,111 @@ async def test_deleting_every_session_of_a_tree_leaves_nothing(store: Store) -> 
             assert table_counts(store) == (0, 0, 0), order
 
 
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+async def test_a_chain_of_forks_stores_rows_linear_in_its_length(store: Store) -> None:
+    """An agent regenerating at every turn: each session a fork of the one before with
+    one message of its own. 1,000 forks store one segment each (copies of every
+    ancestor's segments stored 500,500), and every level shows its whole conversation."""
+    depth = 1_000
+    async with opened(store) as m:
+        await seed(m, "c0", ["m0"])
+        for k in range(1, depth + 1):
+            s = await m.create_session(f"c{k}", branch_from=f"c{k - 1}")
+            s.add_message(msg(f"m{k}"))
+            await m.save_session(s)
+        sessions, rows, segments = table_counts(store)
+        assert (sessions, rows) == (depth + 1, depth + 1)
+        assert segments == depth, "a fork copied its source's segments"
+        async with reading(store) as reader:
+            for k in (1, 2, 500, depth):
+                assert await shown(reader, f"c{k}") == words("m", k + 1), k
+            deepest = await reader.load_session(f"c{depth}")
+            assert texts(await deepest.get_messages(50)) == words("m", depth + 1)[-50:]
+        # the deepest fork, at the end and in its middle, adds at most two segments
+        await m.create_session("f-end", branch_from=f"c{depth}")
+        await m.create_session("f-mid", branch_from=f"c{depth}", fork_point=depth // 2)
+        assert table_counts(store)[2] <= depth + 2
+        async with reading(store) as reader:
+            assert await shown(reader, "f-mid") == words("m", depth // 2)
+        # changes in the middle of the chain reach none of the others
+        middle = await m.load_session("c500")
+        middle.truncate_messages(3)
+        await m.save_session(middle)
+        await m.delete_session("c501")
+        async with reading(store) as reader:
+            assert await shown(reader, "c500") == ["m498", "m499", "m500"]
+            assert await shown(reader, "c502") == words("m", 503)
+            assert await shown(reader, f"c{depth}") == words("m", depth + 1)
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+async def test_a_sliding_window_under_branches_keeps_storage_flat(store: Store) -> None:
+    """A session kept to its newest messages turn after turn under branches: its old rows
+    join one holder the branches' segments continue from, so neither holders nor
+    segments pile up, and every branch keeps what it showed."""
+    async with opened(store) as m, reading(store) as reader:
+        w = await seed(m, "w", words("w", 10))
+        await m.create_session("b-end", branch_from="w")
+        await m.create_session("b-mid", branch_from="w", fork_point=5)
+        b = await m.create_session("b-own", branch_from="w")
+        b.add_message(msg("own"))
+        await m.save_session(b)
+        await m.create_session("bb", branch_from="b-own", fork_point=8)
+        views = {name: await shown(reader, name) for name in ("b-end", "b-mid", "b-own", "bb")}
+        for turn in range(30):
+            w.add_message(msg(f"t{turn}"))
+            w.truncate_messages(10)
+            await m.save_session(w)
+            for name, want in views.items():
+                assert await shown(reader, name) == want, (turn, name)
+            assert await shown(reader, "w") == [*words("w", 10), *words("t", turn + 1)][-10:]
+            sessions, _, segments = table_counts(store)
+            assert sessions <= 5 + 1, f"turn {turn}: {sessions - 5} holders"
+            assert segments <= 8, f"turn {turn}: {segments} segments"
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
+async def test_session_view_shows_what_each_session_shows(store: Store) -> None:
+    """The ``session_view`` database view (for sqlite3, Datasette, psql): per session,
+    the messages get_messages returns, in order, with their positions and ids."""
+    async with opened(store) as m:
+        r = await seed(m, "r", words("r", 6))
+        a = await m.create_session("a", branch_from="r", fork_point=4)
+        await _add(m, a)
+        await m.create_session("b", branch_from="a", fork_point=3)
+        await m.create_session("c", branch_from="a")
+        await m.create_session("empty", branch_from="r", fork_point=0)
+        await _truncate_with_add(m, r)  # r0..r3 held for the branches
+        await m.delete_session("a")  # a's "later" held for c
+        packed = await m.create_session("packed")
+        packed.add_message(msg("x" * 5000))
+        await m.save_session(packed)
+    async with reading(store) as reader:
+        for info in await reader.list_sessions():
+            s = await reader.load_session(info.name)
+            want = await s.get_messages_with_ids()
+            got = store.execute(
+                "SELECT position, message_id, role, content, session_name FROM session_view "
+                "WHERE session_id = ? ORDER BY position",
+                info.id,
+            )
+            assert [g[0] for g in got] == list(range(1, len(want) + 1)), info.name
+            assert [g[1] for g in got] == [i for i, _ in want], info.name
+            assert all(g[4] == info.name for g in got), info.name
+            if info.name != "packed":  # a compressed content is NULL there (see README)
+                assert [(g[2], g[3]) for g in got] == [
+                    (d["role"], d["content"]) for _, d in want
+                ], info.name
+        names = {row[0] for row in store.execute("SELECT DISTINCT session_name FROM session_view")}
+        assert names == {"r", "b", "c", "packed"}  # no holder, no empty session
+
+
 # -- forks beside writers ----------------------------------------------------------------
 
 CONCURRENT_BACKENDS = SQL_BACKENDS

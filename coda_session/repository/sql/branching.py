@@ -430,10 +430,42 @@ def _gaps(within: tuple[int, int], kept: list[tuple[int, int]]) -> list[tuple[in
     return gaps
 
 
+def _continued_holder(
+    cx: Executor, root: str, refs: Sequence[Sequence[Any]], lo: int
+) -> tuple[str, dict[int, Sequence[Any]]] | None:
+    """The holder the detached rows can join instead of a new one, with the segment
+    each ref continues (by the ref's segment id); None unless every ref starts where a
+    segment of its own list on that one holder ends (a session truncated again under
+    the same branches: a sliding window), no segment on the holder reaches past there,
+    and no session inheriting a ref's list takes one of the two and not the other."""
+    holder: str | None = None
+    before: dict[int, Sequence[Any]] = {}
+    for seg_id, viewer, s_lo, s_hi, _, _ in refs:
+        if int(s_lo) < lo:  # a piece of the session's own rows stays before it
+            return None
+        found = cx.rows(q.PREVIOUS_SEGMENT, {"session_id": viewer, "hi": s_lo})
+        if not found or int(found[0][2]) != int(s_lo):
+            return None
+        if holder is None:
+            holder = str(found[0][1])
+        elif str(found[0][1]) != holder:
+            return None
+        if cx.rows(q.LINKED_WITHIN, {"session_id": viewer, "lo": s_lo, "hi": s_hi}):
+            return None
+        before[int(seg_id)] = found[0]
+    if holder is None or not cx.rows(q.HOLDER_LOCK, {"session_id": holder}):
+        return None
+    top = cx.rows(q.OWNER_MAX_HI, {"owner": holder, "tree": root})[0][0]
+    if top is not None and int(top) > min(int(r[2]) for r in refs):
+        return None
+    return holder, before
+
+
 def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: datetime) -> None:
     """``session_id`` stops showing its own rows with ``lo < id <= hi``: those another
-    session's segment shows move to a new holder (and the segments with them), the
-    others are deleted. The session's totals are the caller's to adjust."""
+    session's segment shows move to a holder (and the segments with them), the others
+    are deleted. The holder is a new one, or the one the same segments continue from
+    (:func:`_continued_holder`). The session's totals are the caller's to adjust."""
     root = root_id
     refs = [
         r
@@ -444,7 +476,8 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
         cx.run(q.DELETE_RANGE, {"owner": session_id, "tree": root_id, "lo": lo, "hi": hi})
         return
     shown = _merge((max(int(r[2]), lo), min(int(r[3]), hi)) for r in refs)
-    holder = new_holder(cx, root_id, when)
+    continued = _continued_holder(cx, root, refs, lo)
+    holder = continued[0] if continued else new_holder(cx, root_id, when)
     moved_count = moved_size = 0
     for a, b in shown:
         count, size = _stats(cx, root, session_id, a, b)
@@ -468,6 +501,35 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
         elif s_lo < a:
             left = (rest_count, rest_size)
         right = (rest_count - left[0], rest_size - left[1])
+        if continued is not None:
+            # the segment before it, on the same holder, takes the moved rows
+            prev_id, _, _, prev_count, prev_size, prev_lo = continued[1][int(seg_id)]
+            cx.run(
+                q.UPDATE_SEGMENT,
+                {
+                    "segment_id": prev_id,
+                    "owner": holder,
+                    "lo": int(prev_lo),
+                    "hi": b,
+                    "message_count": int(prev_count) + mid_count,
+                    "size_bytes": int(prev_size) + mid_size,
+                },
+            )
+            if right[0] > 0:
+                cx.run(
+                    q.UPDATE_SEGMENT,
+                    {
+                        "segment_id": seg_id,
+                        "owner": session_id,
+                        "lo": b,
+                        "hi": s_hi,
+                        "message_count": right[0],
+                        "size_bytes": right[1],
+                    },
+                )
+            else:
+                cx.run(q.DELETE_SEGMENT, {"segment_id": seg_id})
+            continue
         # the pieces the segment becomes, oldest first, none empty (an empty one would
         # keep an owner, or later a holder, that shows nothing)
         pieces = [
@@ -493,7 +555,7 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
                 cx.run(q.UPDATE_SEGMENT, {"segment_id": seg_id, **values})
             else:
                 cx.run(q.INSERT_SEGMENT, {"root_id": root_id, "session_id": viewer, **values})
-    if not moved_count:  # the segments showed none of the rows: nothing to hold
+    if not moved_count and continued is None:  # nothing to hold
         cx.run(q.DELETE_HOLDER, {"session_id": holder})
 
 

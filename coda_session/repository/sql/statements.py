@@ -28,11 +28,14 @@ __all__ = [
     "INSERT_SEGMENT",
     "INSERT_SESSION",
     "LAST_MESSAGE_ID",
+    "LINKED_WITHIN",
     "LIST_SESSIONS",
     "LIST_STATS",
     "LIST_TREE",
     "MOVE_RANGE",
+    "OWNER_MAX_HI",
     "OWNER_SHARED",
+    "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
     "RANGE_DESC",
@@ -344,6 +347,30 @@ TAIL_PARTS = sa.text(
     "c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
     "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
     f"AND c.depth < CAST(:depth AS INTEGER)) {_PARTS}"
+)
+#: the newest segment of ``session_id``'s own list with ``hi <= hi``
+PREVIOUS_SEGMENT = (
+    sa.select(g.c.id, g.c.owner_id, g.c.hi, g.c.message_count, g.c.size_bytes, g.c.lo)
+    .where(
+        g.c.session_id == sa.bindparam("session_id"),
+        g.c.hi <= sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .order_by(g.c.hi.desc())
+    .limit(1)
+)
+#: a session inheriting ``session_id``'s list up to a bound with ``lo <= bound < hi``
+LINKED_WITHIN = (
+    sa.select(s.c.id)
+    .where(
+        s.c.inherit_id == sa.bindparam("session_id"),
+        s.c.inherit_upto >= sa.bindparam("lo", type_=sa.BigInteger),
+        s.c.inherit_upto < sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .limit(1)
+)
+#: the newest ``hi`` of the segments on ``owner``'s rows
+OWNER_MAX_HI = sa.select(sa.func.max(g.c.hi)).where(
+    g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree")
 )
 DELETE_SEGMENT = sa.delete(g).where(g.c.id == sa.bindparam("segment_id"))
 DELETE_SEGMENTS_OF = sa.delete(g).where(g.c.session_id == sa.bindparam("session_id"))
