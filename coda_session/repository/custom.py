@@ -554,6 +554,9 @@ class StorageSnapshot:
     """Reads for one export: every session is loaded once, and its pages are cut from
     that copy."""
 
+    # a custom storage numbers each session's messages itself
+    global_ids = False
+
     def __init__(self, adapter: StorageAdapter) -> None:
         self._adapter = adapter
         self._loaded: dict[str, SessionData | None] = {}

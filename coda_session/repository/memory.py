@@ -293,6 +293,8 @@ class MemorySnapshot:
     """A frozen view of a :class:`MemoryRepository` (records are immutable; the lists
     holding them and the session rows are copied when the snapshot is taken)."""
 
+    global_ids = True
+
     def __init__(self, repo: MemoryRepository) -> None:
         self._by_name = dict(repo._by_name)
         self._by_id = {

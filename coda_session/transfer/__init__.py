@@ -6,6 +6,7 @@ format, :mod:`.files` the files; this module moves sessions between them and sto
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -59,6 +60,8 @@ async def _pages(
 async def _shared(repo: Snapshot, record: SessionRecord, parent: Written) -> tuple[int, int]:
     """(how many of the branch's first messages are its parent's first ones, the last
     such message's id): the same message id with the same content, in the same place."""
+    if repo.global_ids:
+        return await _shared_ids(repo, record, parent)
     shared = last = 0
     mine: Written = []
     async with aclosing(_pages(repo, record, seen=mine)) as pages:
@@ -69,6 +72,57 @@ async def _shared(repo: Snapshot, record: SessionRecord, parent: Written) -> tup
                 last = mine[shared][0]
                 shared += 1
     return shared, last
+
+
+async def _shared_ids(repo: Snapshot, record: SessionRecord, parent: Written) -> tuple[int, int]:
+    """:func:`_shared` where an id names one message in the store, by bisection: a few
+    one-message reads, not a read of everything the branch shares (an export of a chain
+    of forks read each level's whole conversation again).
+
+    A view that shows message ``x`` shows, below ``x``, the newest of the messages its
+    writer showed below ``x`` when it stored ``x`` (rows below a kept one only ever go
+    from the oldest end; a fork takes a prefix). So two views that both start with the
+    parent's first message and both show its ``k``-th show the same ``k`` first
+    messages: "the parent's ``k``-th is the branch's" holds up to the answer, not
+    beyond, and is bisected."""
+
+    async def shows(message_id: int) -> bool:
+        page = await repo.read_page(
+            record.id,
+            after_id=message_id - 1,
+            upto_id=record.last_message_id,
+            limit=1,
+            root_id=record.root_id or None,
+        )
+        return bool(page) and page[0].id == message_id
+
+    if not parent:
+        return 0, 0
+    first = await repo.read_page(
+        record.id,
+        after_id=0,
+        upto_id=record.last_message_id,
+        limit=1,
+        root_id=record.root_id or None,
+    )
+    if not first or first[0].id != parent[0][0]:
+        return 0, 0
+    low, high = 1, len(parent)  # the parent's first `low` are the branch's; `high` bounds
+    # first where the branch was forked (what it shares unless either was cut since)
+    guess = min(max(record.fork_point or 0, 1), high)
+    if await shows(parent[guess - 1][0]):
+        low = guess
+        if guess < high and not await shows(parent[guess][0]):
+            high = guess
+    else:
+        high = guess - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if await shows(parent[mid - 1][0]):
+            low = mid
+        else:
+            high = mid - 1
+    return low, parent[low - 1][0]
 
 
 async def _write_session(
@@ -145,7 +199,9 @@ async def export_store(repo: Repository, target: Target) -> int:
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
         async with repo.snapshot() as snap:  # the whole store as of one moment
             infos = _parents_first(await snap.list_sessions())
-            parents = {i.parent_id for i in infos if i.parent_id is not None}
+            # branches still to write, per parent: a parent's messages are kept until
+            # its last branch is written (a chain of forks keeps one level, not all)
+            waiting = Counter(i.parent_id for i in infos if i.parent_id is not None)
             written: dict[str, Written] = {}
             for info in infos:
                 record = await snap.load_session(session_id=info.id)
@@ -155,9 +211,14 @@ async def export_store(repo: Repository, target: Target) -> int:
                 parent = written.get(record.parent_id or "")
                 if parent is not None:
                     shares, after = await _shared(snap, record, parent)
-                if info.id in parents:
+                if waiting[info.id]:
                     seen = list(parent[:shares]) if parent is not None and shares else []
                     written[info.id] = seen
+                up = record.parent_id
+                if up is not None and waiting[up]:
+                    waiting[up] -= 1
+                    if not waiting[up]:
+                        written.pop(up, None)
                 await _write_session(snap, record, sink, "jsonl", shares, after, seen)
         ok = True
         return len(infos)
