@@ -27,7 +27,14 @@ from ..errors import (
     StorageError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .base import SaveRequest, SaveResult, collect_import, fork_count, not_shown
+from .base import (
+    SaveRequest,
+    SaveResult,
+    collect_import,
+    fork_count,
+    not_shown,
+    parents_first,
+)
 
 __all__ = [
     "SessionData",
@@ -535,7 +542,7 @@ class StorageAdapter:
         return sorted(infos, key=lambda i: (i.created_at, i.name))
 
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return [i for i in await self.list_sessions() if i.root_id == root_id]
+        return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[StorageSnapshot]:

@@ -16,7 +16,14 @@ from ..errors import (
     SessionTooLargeError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .base import SaveRequest, SaveResult, collect_import, fork_count, not_shown
+from .base import (
+    SaveRequest,
+    SaveResult,
+    collect_import,
+    fork_count,
+    not_shown,
+    parents_first,
+)
 
 __all__ = ["MemoryRepository", "MemorySnapshot"]
 
@@ -274,7 +281,7 @@ class MemoryRepository:
                 gc.enable()
 
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return [i for i in await self.list_sessions() if i.root_id == root_id]
+        return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None

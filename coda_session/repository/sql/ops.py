@@ -22,7 +22,7 @@ from ...errors import (
 )
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
 from ...timeutil import from_db_timestamp, read_timestamp
-from ..base import SaveRequest, SaveResult, check_import_size, fork_count
+from ..base import SaveRequest, SaveResult, check_import_size, fork_count, parents_first
 from . import pg_sql
 from . import statements as q
 from .branching import (
@@ -567,8 +567,9 @@ def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
 
 
 def tree(cx: Executor, root_id: str) -> list[SessionInfo]:
-    """Every session of the branching tree whose key is ``root_id``, oldest first."""
-    return _infos(cx.rows(q.LIST_TREE, {"tree": root_id}))
+    """Every session of the branching tree whose key is ``root_id``, oldest first, each
+    after the one it was forked from."""
+    return parents_first(_infos(cx.rows(q.LIST_TREE, {"tree": root_id})))
 
 
 def _strict_metadata(text: Any) -> dict[str, Any]:
