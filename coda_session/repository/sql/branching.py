@@ -70,6 +70,7 @@ __all__ = [
     "Part",
     "check_parts",
     "cut_oldest",
+    "damaged",
     "detach",
     "drop_newest",
     "fork_parts",
@@ -136,11 +137,12 @@ class Link:
         return max(self.own_max or 0, self.upto or 0 if self.inherit_id else 0)
 
 
-def _damaged(session_id: str, what: str) -> DamagedDataError:
+def damaged(session_id: str, what: str) -> DamagedDataError:
+    """The error for damaged branch rows of a session (its id or name), saying what to do."""
     return DamagedDataError(
-        f"session {session_id}: its branch rows are damaged ({what}); export the other "
-        "sessions of its tree and delete it, or restore the database from a backup "
-        "(see the README, 'Damaged rows')"
+        f"session {session_id}: its branch rows are damaged ({what}); restore the database "
+        "from a backup, or export the sessions of its tree that still read "
+        "(export_session) and import them into a new store (see the README, 'Damaged rows')"
     )
 
 
@@ -153,19 +155,19 @@ def check_parts(session_id: str, rows: Sequence[Sequence[Any]]) -> list[Part]:
         try:
             part = Part(str(owner), int(lo), int(hi), int(count), int(size), int(seg))
         except (TypeError, ValueError):
-            raise _damaged(session_id, f"segment {seg}: a value is not a number") from None
+            raise damaged(session_id, f"segment {seg}: a value is not a number") from None
         part.listed_by = None if listed_by is None else str(listed_by)
         if owner is None:
-            raise _damaged(session_id, f"segment {seg} names no owner")
+            raise damaged(session_id, f"segment {seg} names no owner")
         if int(seg) in seen:
-            raise _damaged(session_id, "its inheritance links form a cycle")
+            raise damaged(session_id, "its inheritance links form a cycle")
         seen.add(int(seg))
         if part.lo >= part.hi:
-            raise _damaged(session_id, f"segment {seg} has lo {part.lo} >= hi {part.hi}")
+            raise damaged(session_id, f"segment {seg} has lo {part.lo} >= hi {part.hi}")
         if part.count < 0 or part.size < 0:
-            raise _damaged(session_id, f"segment {seg} has a negative count or size")
+            raise damaged(session_id, f"segment {seg} has a negative count or size")
         if out and part.hi <= out[-1].hi:
-            raise _damaged(session_id, f"segment {seg} overlaps the one before it")
+            raise damaged(session_id, f"segment {seg} overlaps the one before it")
         out.append(part)
     return out
 
@@ -205,11 +207,11 @@ def link_of(cx: Executor, root: str, session_id: str) -> Link:
             int(list_size),
         )
     except (TypeError, ValueError):
-        raise _damaged(session_id, "its inheritance link is not a number") from None
+        raise damaged(session_id, "its inheritance link is not a number") from None
     if link.inherit_id is not None and link.upto is None:
-        raise _damaged(session_id, "its inheritance link has no bound")
+        raise damaged(session_id, "its inheritance link has no bound")
     if min(link.count, link.size, link.list_count, link.list_size) < 0:
-        raise _damaged(session_id, "a count or size of its segments is negative")
+        raise damaged(session_id, "a count or size of its segments is negative")
     return link
 
 
@@ -244,7 +246,7 @@ def release(cx: Executor, root: str, session_id: str) -> None:
         try:
             upto = int(upto)
         except (TypeError, ValueError):
-            raise _damaged(str(referer), "its inheritance bound is not a number") from None
+            raise damaged(str(referer), "its inheritance bound is not a number") from None
         cx.run(q.COPY_SEGMENTS, {"session_id": session_id, "to": referer, "upto": upto})
         copied = cx.rows(q.LIST_STATS, {"session_id": session_id, "upto": upto})[0]
         mine = link_of(cx, root, str(referer))
@@ -317,7 +319,7 @@ def _nth(cx: Executor, root: str, part: Part, k: int) -> int:
     else:
         found = cx.rows(q.RANGE_NTH_DESC, {**_range(part, root), "k": part.count - k})
     if not found:
-        raise _damaged(part.owner, f"a segment's count ({part.count}) is more than its rows")
+        raise damaged(part.owner, f"a segment's count ({part.count}) is more than its rows")
     return int(found[0][0])
 
 
@@ -711,6 +713,8 @@ def drop_newest(
             if part.count <= 0:
                 continue
             taken = list(cx.rows(q.RANGE_DESC, {**_range(part, root), "n": want}))
+            if len(taken) < min(want, part.count):
+                raise damaged(session_id, f"a segment's count ({part.count}) is more than its rows")
             rows.extend(taken)
             oldest = part
             if len(taken) < part.count:

@@ -29,6 +29,7 @@ from .branching import (
     BEYOND,
     Part,
     cut_oldest,
+    damaged,
     detach,
     drop_newest,
     fork_parts,
@@ -344,10 +345,7 @@ def _fork_plan(
         leave = total - point  # the newest messages it leaves out
         own_count, own_size = total - in_count, size - in_size
         if own_count < 0 or own_size < 0:
-            raise DamagedDataError(
-                f"session {source.name!r}: its counters are less than its segments show; "
-                "export it and import it again, or restore the database from a backup"
-            )
+            raise damaged(repr(source.name), "its counters are less than its segments show")
         if leave == 0:
             own = Part(sid, lo, source.last_message_id, own_count, own_size)
             return _Plan(upto, in_count, in_size, [own], total, size)
@@ -364,19 +362,13 @@ def _fork_plan(
                 if int(out[0]) == leave:
                     own = Part(sid, lo, boundary, own_count - leave, own_size - int(out[1]))
                     return _Plan(upto, in_count, in_size, [own], point, size - int(out[1]))
-            raise DamagedDataError(
-                f"session {source.name!r}: its message count does not match its rows; "
-                "export it and import it again, or restore the database from a backup"
-            )
+            raise damaged(repr(source.name), "its message count does not match its rows")
     held: set[str] = set()
     while True:
         parts = segments(cx, root, sid)
         own = own_part(sid, parts, total, size, source.last_message_id)
         if own.count < 0 or own.size < 0:
-            raise DamagedDataError(
-                f"session {source.name!r}: its counters are less than its segments show; "
-                "export it and import it again, or restore the database from a backup"
-            )
+            raise damaged(repr(source.name), "its counters are less than its segments show")
         taken = fork_parts(cx, root, [*parts, own], fork_point, fork_after)
         whole = 0  # the leading parts it takes as they are: inherited
         while whole < len(taken) and whole < len(parts) and taken[whole] is parts[whole]:
