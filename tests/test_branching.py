@@ -1334,3 +1334,69 @@ async def test_migration_0009_downgrade_turns_branches_into_copies(store: Store)
         assert fork.parent_id == b2.id
         assert [i.name for i in await m.get_tree("b")] == ["b", "b-again"]
         assert await m.list_branches("r") == []
+
+
+# -- migration 0010 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
+async def test_migration_0010_down_writes_links_out_as_segments_and_up_again(
+    store: Store,
+) -> None:
+    """Down to 0009 every inheritance link becomes copies of the segments it inherits
+    (what 0009 stored: each session's flat list), with nothing lost and every view the
+    same; up again, the flat lists are read as they are and forks link again."""
+    async with opened(store) as m:
+        await seed(m, "c0", ["m0", "m1"])
+        for k in range(1, 6):
+            s = await m.create_session(f"c{k}", branch_from=f"c{k - 1}")
+            s.add_message(msg(f"m{k + 1}"))
+            await m.save_session(s)
+        await m.create_session("mid", branch_from="c5", fork_point=3)
+        popped = await m.load_session("c2")
+        await popped.pop_messages(1)  # c3 takes copies of what it inherited from c2
+        await m.delete_session("c4")  # c5 too, from c4
+    async with reading(store) as reader:
+        expected = {i.name: await shown(reader, i.name) for i in await reader.list_sessions()}
+        ids = {
+            name: [i for i, _ in await (await reader.load_session(name)).get_messages_with_ids()]
+            for name in expected
+        }
+    assert expected["c5"] == words("m", 7)
+    assert expected["mid"] == words("m", 3)
+    assert store.execute("SELECT count(*) FROM sessions WHERE inherit_id IS NOT NULL") != [(0,)]
+
+    alembic_on(store, "downgrade", "0009")
+    assert store.execute("SELECT version_num FROM alembic_version") == [("0009",)]
+    assert not {"inherit_id", "inherit_upto", "inherit_count", "inherit_size"} & columns(
+        store, "sessions"
+    )
+    # each session's view from 0009's flat lists, by raw SQL: its segments, then its rows
+    for name, want in expected.items():
+        rows = store.execute(
+            "SELECT m.id, m.content FROM sessions s JOIN session_segments g "
+            "ON g.session_id = s.id JOIN messages m ON m.session_id = g.owner_id "
+            "AND m.id > g.lo AND m.id <= g.hi WHERE s.name = ? "
+            "UNION ALL SELECT m.id, m.content FROM sessions s JOIN messages m "
+            "ON m.session_id = s.id WHERE s.name = ? ORDER BY 1",
+            name,
+            name,
+        )
+        assert [r[1] for r in rows] == want, name
+        assert [r[0] for r in rows] == ids[name], name
+
+    if store.url is None:
+        alembic_on(store, "upgrade", "head")
+    else:
+        assert await upgrade_async(store.config) == HEAD_REVISION
+    assert store.execute("SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+    async with opened(store) as m, reading(store) as reader:
+        for name, want in expected.items():
+            assert await shown(reader, name) == want, name
+        rows = table_counts(store)[1]
+        await m.create_session("again", branch_from="c5")
+        assert table_counts(store)[1] == rows
+        assert await shown(reader, "again") == expected["c5"]
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)
