@@ -1002,6 +1002,51 @@ async def test_session_view_shows_what_each_session_shows(store: Store) -> None:
         assert names == {"r", "b", "c", "packed"}  # no holder, no empty session
 
 
+@pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
+async def test_forks_inside_a_session_find_the_cut_by_place_also_for_rows_of_other_programs(
+    store: Store,
+) -> None:
+    """A fork inside a session finds its cut and the size before it from each row's place
+    and running size (``messages.ord``, ``cum_size``); rows another program inserts get
+    theirs from a trigger, so forks and truncations there stay exact."""
+    async with opened(store) as m, reading(store) as reader:
+        s = await seed(m, "p", words("p", 40))
+        sid = s.id
+        for i in range(3):  # as another program would, without ord or cum_size
+            store.execute(
+                "INSERT INTO messages (session_id, role, content, timestamp, size_bytes, "
+                "char_count, root_id) VALUES (?, 'user', ?, ?, 10, 2, ?)",
+                sid,
+                f"x{i}",
+                TS,
+                sid,
+            )
+        store.execute(
+            "UPDATE sessions SET message_count = message_count + 3, size_bytes = size_bytes "
+            "+ 30, last_message_id = (SELECT max(id) FROM messages) WHERE id = ?",
+            sid,
+        )
+        rows = store.execute(
+            "SELECT ord, cum_size, size_bytes FROM messages WHERE session_id = ? ORDER BY id",
+            sid,
+        )
+        assert [r[0] for r in rows] == list(range(1, 44))
+        assert [r[1] for r in rows] == [sum(x[2] for x in rows[: i + 1]) for i in range(43)]
+        everything = [*words("p", 40), "x0", "x1", "x2"]
+        for k, point in enumerate((1, 20, 39, 41, -1, -30)):
+            b = await m.create_session(f"b{k}", branch_from="p", fork_point=point)
+            want = everything[:point]
+            assert await shown(reader, f"b{k}") == want, point
+            info = await reader.get_session_info(f"b{k}")
+            assert info is not None and b.message_count == len(want)
+            assert info.size_bytes == sum(r[2] for r in rows[: len(want)]), point
+        p = await m.load_session("p")
+        p.truncate_messages(5)
+        await m.save_session(p)
+        assert await shown(reader, "p") == everything[-5:]
+        assert await shown(reader, "b2") == everything[:39]
+
+
 # -- forks beside writers ----------------------------------------------------------------
 
 CONCURRENT_BACKENDS = SQL_BACKENDS
@@ -1393,9 +1438,9 @@ async def test_migration_0010_down_writes_links_out_as_segments_and_up_again(
     async with opened(store) as m, reading(store) as reader:
         for name, want in expected.items():
             assert await shown(reader, name) == want, name
-        rows = table_counts(store)[1]
+        stored = table_counts(store)[1]
         await m.create_session("again", branch_from="c5")
-        assert table_counts(store)[1] == rows
+        assert table_counts(store)[1] == stored
         assert await shown(reader, "again") == expected["c5"]
         for info in await m.list_sessions():
             await m.delete_session(info.name)

@@ -43,6 +43,17 @@ the oldest rows of a session which already handed rows to a holder the same segm
 continue from is that holder again (a sliding window kept turn after turn under branches
 adds no holder and no segment per turn).
 
+**Places.** Every message row carries its place among its session's rows and the running
+size up to it (``messages.ord``, ``cum_size``, continued by every insert). The rows of a
+range a session shows whole are consecutive among their owner's (a session's own rows
+only ever lose their oldest or newest; a segment covers rows moved together), so the
+count and size of such a range, and its k-th row, come from its two ends by index
+(:func:`_span`, :func:`_at`) instead of an OFFSET scan or a sum over the rows: a fork
+in the middle of a 100k-message session, and a truncation keeping the newest 5,000,
+cost what they cost at the end. Ranges about to be moved or deleted are read whole
+(that costs as much anyway), and rows without places (another program's, before the
+trigger existed) fall back to reading.
+
 Damaged tree rows (a link cycle, segments out of order, ``lo > hi``, negative counters)
 raise :class:`~coda_session.errors.DamagedDataError` naming the session.
 
@@ -76,12 +87,14 @@ __all__ = [
     "fork_parts",
     "link_of",
     "new_holder",
+    "nth_from_end",
     "own_lo",
     "own_part",
     "read_tail",
     "reclaim",
     "release",
     "segments",
+    "span",
     "tail_parts",
 ]
 
@@ -306,30 +319,69 @@ def _range(part: Part, root: str, lo: int | None = None, hi: int | None = None) 
 
 
 def _stats(cx: Executor, root: str, owner: str, lo: int, hi: int) -> tuple[int, int]:
+    """(count, size) of a range by reading it: for ranges about to be moved or deleted
+    (which costs that much anyway), where rows may be missing between its ends."""
     params = {"owner": owner, "tree": root, "lo": lo, "hi": hi}
     count, size, _ = cx.rows(q.RANGE_STATS, params)[0]
     return int(count), int(size)
 
 
+def _ends(cx: Executor, root: str, owner: str, lo: int, hi: int) -> tuple[int, ...] | None:
+    """A range's (first id, ord, cum_size, size, last id, ord, cum_size); None when it is
+    empty or a row has no place (another program's, unnumbered)."""
+    found = cx.rows(q.RANGE_ENDS, {"owner": owner, "tree": root, "lo": lo, "hi": hi})
+    if not found or any(v is None for v in found[0]):
+        return None
+    return tuple(int(v) for v in found[0])
+
+
+def _span(cx: Executor, root: str, owner: str, lo: int, hi: int) -> tuple[int, int]:
+    """(count, size) of a range a session shows whole, from its two ends: the rows of
+    such a range are consecutive among its owner's (a session's own rows lose only
+    their oldest or newest; a segment covers rows moved together), so their places and
+    running sizes tell both without reading what lies between."""
+    ends = _ends(cx, root, owner, lo, hi)
+    if ends is None:
+        return _stats(cx, root, owner, lo, hi)
+    _, first_ord, first_cum, first_size, _, last_ord, last_cum = ends
+    count, size = last_ord - first_ord + 1, last_cum - first_cum + first_size
+    if count <= 0 or size < 0:
+        return _stats(cx, root, owner, lo, hi)
+    return count, size
+
+
+def _at(
+    cx: Executor, root: str, owner: str, lo: int, hi: int, k: int, from_end: bool
+) -> int | None:
+    """The id of the range's ``k``-th row (0-based) from its oldest or newest end, or
+    None past its end: found by its place, or by an OFFSET (rows without places)."""
+    ends = _ends(cx, root, owner, lo, hi)
+    params = {"owner": owner, "tree": root, "lo": lo, "hi": hi}
+    if ends is not None:
+        target = ends[5] - k if from_end else ends[1] + k
+        if target < ends[1] or target > ends[5]:
+            return None
+        found = cx.rows(q.RANGE_BY_ORD, {**params, "ord": target})
+        if found:
+            return int(found[0][0])
+    stmt = q.RANGE_NTH_DESC if from_end else q.RANGE_NTH_ASC
+    found = cx.rows(stmt, {**params, "k": k})
+    return int(found[0][0]) if found else None
+
+
 def _nth(cx: Executor, root: str, part: Part, k: int) -> int:
-    """The id of the part's ``k``-th row (1-based, 1 <= k <= count), read from the nearer
-    end (an OFFSET costs what it skips)."""
-    if k <= part.count - k + 1:
-        found = cx.rows(q.RANGE_NTH_ASC, {**_range(part, root), "k": k - 1})
-    else:
-        found = cx.rows(q.RANGE_NTH_DESC, {**_range(part, root), "k": part.count - k})
-    if not found:
+    """The id of the part's ``k``-th row (1-based, 1 <= k <= count)."""
+    found = _at(cx, root, part.owner, part.lo, part.hi, k - 1, False)
+    if found is None:
         raise damaged(part.owner, f"a segment's count ({part.count}) is more than its rows")
-    return int(found[0][0])
+    return found
 
 
 def _head(cx: Executor, root: str, part: Part, boundary: int, count: int) -> Part:
-    """The part's rows up to ``boundary`` (``count`` of them), sized from the nearer end."""
-    if count <= part.count - count:
-        size = _stats(cx, root, part.owner, part.lo, boundary)[1]
-    else:
-        size = part.size - _stats(cx, root, part.owner, boundary, part.hi)[1]
-    return Part(part.owner, part.lo, boundary, count, size)
+    """The part's rows up to ``boundary`` (``count`` of them)."""
+    return Part(
+        part.owner, part.lo, boundary, count, _span(cx, root, part.owner, part.lo, boundary)[1]
+    )
 
 
 def read_tail(cx: Executor, root: str, parts: Sequence[Part], limit: int) -> list[Sequence[Any]]:
@@ -358,7 +410,7 @@ def fork_parts(
             if part.lo < after_id <= part.hi and cx.rows(
                 q.RANGE_HAS, {**_range(part, root), "message_id": after_id}
             ):
-                count, _ = _stats(cx, root, part.owner, part.lo, after_id)
+                count, _ = _span(cx, root, part.owner, part.lo, after_id)
                 point = seen + count
                 break
             seen += part.count
@@ -621,14 +673,11 @@ def cut_oldest(
     root = root_id
     link = link_of(cx, root, session_id)
     lo = link.own_lo
-    boundary = cx.rows(
-        q.RANGE_NTH_DESC,
-        {"owner": session_id, "tree": root_id, "lo": lo, "hi": upto_id, "k": keep},
-    )
-    if boundary:
+    boundary = _at(cx, root, session_id, lo, upto_id, keep, True)
+    if boundary is not None:
         # the cut falls in the session's own rows: every segment goes too
-        cut_id = int(boundary[0][0])
-        count, size = _stats(cx, root, session_id, lo, cut_id)
+        cut_id = boundary
+        count, size = _span(cx, root, session_id, lo, cut_id)
         parts = segments(cx, root, session_id) if link.segmented else []
         release(cx, root, session_id)
         detach(cx, session_id, root_id, lo, cut_id, when)
@@ -639,7 +688,7 @@ def cut_oldest(
             _unlink(cx, session_id)
         reclaim(cx, (p.owner for p in listed), root_id)
         return count + sum(p.count for p in parts), size + sum(p.size for p in parts)
-    left = keep - _stats(cx, root, session_id, lo, upto_id)[0]
+    left = keep - _span(cx, root, session_id, lo, upto_id)[0]
     if not link.segmented:
         return 0, 0
     parts = segments(cx, root, session_id)
@@ -656,7 +705,7 @@ def cut_oldest(
             continue
         if left > 0:
             boundary_id = _nth(cx, root, part, part.count - left)
-            size = _stats(cx, root, part.owner, boundary_id, part.hi)[1]
+            size = _span(cx, root, part.owner, boundary_id, part.hi)[1]
             gone_count += part.count - left
             gone_size += part.size - size
             cut = Part(
@@ -757,3 +806,13 @@ def drop_newest(
         detach(cx, session_id, root_id, int(rows[own - 1][0]) - 1, BEYOND, when)
     reclaim(cx, (p.owner for p in touched), root_id)
     return [message_of(r) for r in reversed(rows)]
+
+
+def span(cx: Executor, root: str, owner: str, lo: int, hi: int) -> tuple[int, int]:
+    """(count, size) of a range of rows a session shows whole (see :func:`_span`)."""
+    return _span(cx, root, owner, lo, hi)
+
+
+def nth_from_end(cx: Executor, root: str, owner: str, lo: int, hi: int, k: int) -> int | None:
+    """The id of the range's ``k``-th row from its newest (0: the newest), or None."""
+    return _at(cx, root, owner, lo, hi, k, True)

@@ -34,11 +34,13 @@ from .branching import (
     drop_newest,
     fork_parts,
     link_of,
+    nth_from_end,
     own_part,
     read_tail,
     reclaim,
     release,
     segments,
+    span,
     tail_parts,
 )
 from .executors import Executor, PgExecutor, message_arrays
@@ -350,18 +352,12 @@ def _fork_plan(
             own = Part(sid, lo, source.last_message_id, own_count, own_size)
             return _Plan(upto, in_count, in_size, [own], total, size)
         if leave < own_count:
-            found = cx.rows(
-                q.RANGE_NTH_DESC,
-                {"owner": sid, "tree": root, "lo": lo, "hi": BEYOND, "k": leave},
-            )
-            if found:
-                boundary = int(found[0][0])
-                out = cx.rows(
-                    q.RANGE_STATS, {"owner": sid, "tree": root, "lo": boundary, "hi": BEYOND}
-                )[0]
-                if int(out[0]) == leave:
-                    own = Part(sid, lo, boundary, own_count - leave, own_size - int(out[1]))
-                    return _Plan(upto, in_count, in_size, [own], point, size - int(out[1]))
+            boundary = nth_from_end(cx, root, sid, lo, BEYOND, leave)
+            if boundary is not None:
+                out_count, out_size = span(cx, root, sid, boundary, BEYOND)
+                if out_count == leave:
+                    own = Part(sid, lo, boundary, own_count - leave, own_size - out_size)
+                    return _Plan(upto, in_count, in_size, [own], point, size - out_size)
             raise damaged(repr(source.name), "its message count does not match its rows")
     held: set[str] = set()
     while True:

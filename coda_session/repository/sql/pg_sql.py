@@ -16,8 +16,31 @@ __all__ = [
 ]
 
 _MESSAGE_COLUMNS = (
-    "session_id, role, content, timestamp, metadata, content_zlib, size_bytes, char_count, root_id"
+    "session_id, role, content, timestamp, metadata, content_zlib, size_bytes, char_count, "
+    "root_id, ord, cum_size"
 )
+
+
+#: (ord, cum_size) of session ``s``'s newest row (its next rows continue from there; NULL
+#: after a row another program inserted unnumbered), as a one-row relation ``lo``
+def _last(session: str) -> str:
+    return (
+        "(SELECT (SELECT x.ord FROM messages x WHERE x.session_id = "
+        f"{session} ORDER BY x.id DESC LIMIT 1) AS ord, (SELECT x.cum_size FROM messages x "
+        f"WHERE x.session_id = {session} ORDER BY x.id DESC LIMIT 1) AS cum, "
+        f"EXISTS (SELECT 1 FROM messages x WHERE x.session_id = {session}) AS any) lo"
+    )
+
+
+def _places(size: str) -> str:
+    """A new row's ord and cum_size (after ``lo``, in the order ``r.ord``)."""
+    return (
+        "CASE WHEN lo.any AND lo.ord IS NULL THEN NULL ELSE coalesce(lo.ord, 0) + r.ord END, "
+        "CASE WHEN lo.any AND lo.cum IS NULL THEN NULL ELSE coalesce(lo.cum, 0) + "
+        f"sum({size}) OVER (ORDER BY r.ord) END"
+    )
+
+
 _UNNEST = (
     "unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[], "
     "$8::bigint[]) WITH ORDINALITY AS r(role, content, ts, extra, packed, size, chars, ord)"
@@ -29,8 +52,8 @@ _UNNEST = (
 INSERT_MESSAGES = (
     f"WITH ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
     "SELECT $1::text, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
-    "$9::text "
-    f"FROM {_UNNEST} ORDER BY r.ord RETURNING id) "
+    f"$9::text, {_places('r.size')} "
+    f"FROM {_last('$1::text')}, {_UNNEST} ORDER BY r.ord RETURNING id) "
     "SELECT array_agg(id ORDER BY id) FROM ins"
 )
 
@@ -48,8 +71,8 @@ APPEND = (
     "OR cur.size_bytes + $12::bigint <= $9::bigint), "
     f"ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
     "SELECT fits.id, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
-    "coalesce(fits.root_id, fits.id) "
-    f"FROM fits, {_UNNEST} ORDER BY r.ord RETURNING id), "
+    f"coalesce(fits.root_id, fits.id), {_places('r.size')} "
+    f"FROM fits CROSS JOIN LATERAL {_last('fits.id')}, {_UNNEST} ORDER BY r.ord RETURNING id), "
     "upd AS (UPDATE sessions s SET updated_at = $11::timestamptz, "
     "message_count = fits.message_count + cardinality($2::text[]), "
     "size_bytes = fits.size_bytes + $12::bigint, "

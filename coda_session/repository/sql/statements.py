@@ -28,6 +28,7 @@ __all__ = [
     "INSERT_SEGMENT",
     "INSERT_SESSION",
     "LAST_MESSAGE_ID",
+    "LAST_ORD",
     "LINKED_WITHIN",
     "LIST_SESSIONS",
     "LIST_STATS",
@@ -38,7 +39,9 @@ __all__ = [
     "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
+    "RANGE_BY_ORD",
     "RANGE_DESC",
+    "RANGE_ENDS",
     "RANGE_HAS",
     "RANGE_NTH_ASC",
     "RANGE_NTH_DESC",
@@ -208,6 +211,8 @@ INSERT_MESSAGE = sa.insert(m).values(
     size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
     char_count=sa.bindparam("char_count", type_=sa.BigInteger),
     root_id=sa.bindparam("root_id"),
+    ord=sa.bindparam("ord", type_=sa.BigInteger),
+    cum_size=sa.bindparam("cum_size", type_=sa.BigInteger),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
 DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
@@ -371,6 +376,38 @@ LINKED_WITHIN = (
 #: the newest ``hi`` of the segments on ``owner``'s rows
 OWNER_MAX_HI = sa.select(sa.func.max(g.c.hi)).where(
     g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree")
+)
+#: the place and running size of a session's newest row (where its next rows continue)
+LAST_ORD = (
+    sa.select(m.c.ord, m.c.cum_size)
+    .where(m.c.session_id == sa.bindparam("session_id"))
+    .order_by(m.c.id.desc())
+    .limit(1)
+)
+_first = (
+    sa.select(m.c.id, m.c.ord, m.c.cum_size, m.c.size_bytes)
+    .where(*_range)
+    .order_by(m.c.id)
+    .limit(1)
+    .subquery()
+)
+_last = (
+    sa.select(m.c.id, m.c.ord, m.c.cum_size).where(*_range).order_by(m.c.id.desc()).limit(1)
+).subquery()
+#: a range's first and last rows (id, ord, cum_size; the first's size too): no row when
+#: the range is empty
+RANGE_ENDS = sa.select(
+    _first.c.id,
+    _first.c.ord,
+    _first.c.cum_size,
+    _first.c.size_bytes,
+    _last.c.id,
+    _last.c.ord,
+    _last.c.cum_size,
+).select_from(_first.join(_last, sa.true()))
+#: the id and running size of the range's row at place ``ord``
+RANGE_BY_ORD = sa.select(m.c.id, m.c.cum_size).where(
+    *_range, m.c.ord == sa.bindparam("ord", type_=sa.BigInteger)
 )
 DELETE_SEGMENT = sa.delete(g).where(g.c.id == sa.bindparam("segment_id"))
 DELETE_SEGMENTS_OF = sa.delete(g).where(g.c.session_id == sa.bindparam("session_id"))

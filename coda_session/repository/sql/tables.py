@@ -187,6 +187,7 @@ class MessageRow(Base):
     __tablename__ = "messages"
     __table_args__ = (
         sa.Index("ix_messages_session_id_id", "session_id", "id"),
+        sa.Index("ix_messages_session_id_ord", "session_id", "ord"),
         # ids are never handed out twice (see migration 0004)
         {"sqlite_autoincrement": True},
     )
@@ -211,6 +212,11 @@ class MessageRow(Base):
     )
     # the tree's key, as on its session (see migration 0009)
     root_id: Mapped[str | None] = mapped_column(sa.Text)
+    # the row's place among its session's rows (1, 2, ... in id order) and the sum of
+    # size_bytes up to and including it: a range's count and size, and its k-th row, from
+    # its two ends, without reading what lies between (see migration 0010)
+    ord: Mapped[int | None] = mapped_column(sa.BigInteger)
+    cum_size: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class AdoptionNote(Base):
