@@ -77,6 +77,7 @@ from .rows import message_of
 
 __all__ = [
     "BEYOND",
+    "MAX_DEPTH",
     "Link",
     "Part",
     "check_parts",

@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from ...codec import decode_metadata, dumps_metadata, read_metadata
@@ -27,6 +28,7 @@ from . import pg_sql
 from . import statements as q
 from .branching import (
     BEYOND,
+    MAX_DEPTH,
     Part,
     cut_oldest,
     damaged,
@@ -36,7 +38,6 @@ from .branching import (
     link_of,
     nth_from_end,
     own_part,
-    read_tail,
     reclaim,
     release,
     segments,
@@ -174,10 +175,9 @@ def read(
         return []
     root = _root(cx, session_id, root_id)
     if limit is None:
-        rows: list[Sequence[Any]] = []
-        for part in _view(cx, root, session_id, upto_id):
-            params = {"owner": part.owner, "tree": root, "lo": part.lo, "hi": part.hi}
-            rows.extend(cx.rows(q.RANGE_ALL, params))
+        params = {"session_id": session_id, "tree": root, "beyond": BEYOND, "upto": upto_id}
+        rows: list[Sequence[Any]] = list(cx.rows(q.VIEW_ROWS, params))
+        _ascending(session_id, rows, 1)
         return [message_of(r) for r in rows]
     params = {"owner": session_id, "tree": root, "lo": 0, "hi": upto_id, "n": limit}
     rows = list(cx.rows(q.RANGE_DESC, params))
@@ -185,8 +185,24 @@ def read(
         # a branch: the rest comes from what it inherited (a plain session has no segment),
         # down its links only as far as the newest ``limit`` messages go
         want = limit - len(rows)
-        rows.extend(read_tail(cx, root, tail_parts(cx, root, session_id, want), want))
+        tail = {
+            "session_id": session_id,
+            "tree": root,
+            "beyond": BEYOND,
+            "need": want,
+            "depth": MAX_DEPTH,
+        }
+        rows.extend(cx.rows(q.TAIL_ROWS, tail))
+        _ascending(session_id, rows, -1)
     return [message_of(r) for r in reversed(rows)]
+
+
+def _ascending(session_id: str, rows: Sequence[Sequence[Any]], way: int) -> None:
+    """A view's rows come in id order (``way`` 1: ascending, -1: descending), each once:
+    anything else is damaged branch rows (a link cycle, overlapping segments)."""
+    for before, after in pairwise(rows):
+        if (int(after[0]) - int(before[0])) * way <= 0:
+            raise damaged(session_id, "its segments show a message twice or out of order")
 
 
 def read_page(

@@ -61,9 +61,11 @@ __all__ = [
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
     "TAIL_PARTS",
+    "TAIL_ROWS",
     "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
+    "VIEW_ROWS",
     "is_constant",
 ]
 
@@ -408,6 +410,46 @@ RANGE_ENDS = sa.select(
 #: the id and running size of the range's row at place ``ord``
 RANGE_BY_ORD = sa.select(m.c.id, m.c.cum_size).where(
     *_range, m.c.ord == sa.bindparam("ord", type_=sa.BigInteger)
+)
+_ROW_COLS = (
+    "m.id, m.role, m.content, m.timestamp, m.metadata, m.content_zlib, m.size_bytes, m.char_count"
+)
+#: every message of a session's view up to ``upto``, oldest first, in one statement: its
+#: segments resolved down its links, then its own rows
+VIEW_ROWS = sa.text(
+    f"WITH RECURSIVE {_CHAIN}, parts(owner_id, lo, hi) AS (SELECT g.owner_id, g.lo, g.hi "  # noqa: S608
+    "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut UNION ALL "
+    "SELECT CAST(:session_id AS TEXT), CAST(-1 AS BIGINT), CAST(:upto AS BIGINT)) "
+    f"SELECT {_ROW_COLS} FROM parts p JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
+    "AND m.session_id = p.owner_id AND m.id > p.lo AND m.id <= p.hi ORDER BY m.id"
+)
+#: the newest ``need`` messages a session shows through its segments, newest first, in
+#: one statement: down its links only as far as they go (``TAIL_PARTS``), and of each
+#: segment only its newest rows still wanted (``newer``: what the newer ones show), the
+#: first of them found by its place (``ord``) so no segment is read past them
+TAIL_ROWS = sa.text(
+    "WITH RECURSIVE chain(sid, cut, acc, depth) AS (SELECT CAST(:session_id AS TEXT), "  # noqa: S608
+    "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
+    "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END, c.acc + CAST(("
+    "SELECT coalesce(sum(x.message_count), 0) FROM session_segments x "
+    "WHERE x.session_id = c.sid AND x.root_id = CAST(:tree AS TEXT) AND x.hi <= c.cut) "
+    "AS BIGINT), c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
+    "AND c.depth < CAST(:depth AS INTEGER)), "
+    "parts(owner_id, lo, hi, newer) AS (SELECT g.owner_id, g.lo, g.hi, coalesce(sum("
+    "g.message_count) OVER (ORDER BY g.hi DESC ROWS BETWEEN UNBOUNDED PRECEDING AND "
+    "1 PRECEDING), 0) FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut), "
+    "wanted(owner_id, lo, hi, floor) AS (SELECT p.owner_id, p.lo, p.hi, coalesce(("
+    "SELECT x.id FROM messages x WHERE x.session_id = p.owner_id AND x.id > p.lo "
+    "AND x.id <= p.hi AND x.ord = (SELECT y.ord FROM messages y WHERE y.session_id = "
+    "p.owner_id AND y.id > p.lo AND y.id <= p.hi ORDER BY y.id DESC LIMIT 1) "
+    "- (CAST(:need AS BIGINT) - p.newer) + 1), p.lo) FROM parts p "
+    "WHERE p.newer < CAST(:need AS BIGINT)) "
+    f"SELECT {_ROW_COLS} FROM wanted w JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
+    "AND m.session_id = w.owner_id AND m.id >= w.floor AND m.id > w.lo AND m.id <= w.hi "
+    "ORDER BY m.id DESC LIMIT CAST(:need AS BIGINT)"
 )
 DELETE_SEGMENT = sa.delete(g).where(g.c.id == sa.bindparam("segment_id"))
 DELETE_SEGMENTS_OF = sa.delete(g).where(g.c.session_id == sa.bindparam("session_id"))
