@@ -1,5 +1,6 @@
 """Copy-on-write branching: what a fork costs, how reads of deep branches scale, what storage
-a hundred forks take. SQLite (a temporary directory) and, when a server is configured,
+a hundred forks take, what a chain of 1,000 forks stores and costs, and a sliding window
+kept under branches. SQLite (a temporary directory) and, when a server is configured,
 PostgreSQL.
 
 Run ``python benchmarks/branching.py`` (a few minutes) or ``python benchmarks/branching.py
