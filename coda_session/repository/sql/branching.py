@@ -91,7 +91,6 @@ __all__ = [
     "nth_from_end",
     "own_lo",
     "own_part",
-    "read_tail",
     "reclaim",
     "release",
     "segments",
@@ -383,18 +382,6 @@ def _head(cx: Executor, root: str, part: Part, boundary: int, count: int) -> Par
     return Part(
         part.owner, part.lo, boundary, count, _span(cx, root, part.owner, part.lo, boundary)[1]
     )
-
-
-def read_tail(cx: Executor, root: str, parts: Sequence[Part], limit: int) -> list[Sequence[Any]]:
-    """The newest ``limit`` rows of the parts, newest first."""
-    out: list[Sequence[Any]] = []
-    for part in reversed(parts):
-        if len(out) >= limit:
-            break
-        if part.count <= 0 and part.segment_id is not None:
-            continue
-        out.extend(cx.rows(q.RANGE_DESC, {**_range(part, root), "n": limit - len(out)}))
-    return out
 
 
 def fork_parts(
