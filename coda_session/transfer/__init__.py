@@ -75,54 +75,59 @@ async def _shared(repo: Snapshot, record: SessionRecord, parent: Written) -> tup
 
 
 async def _shared_ids(repo: Snapshot, record: SessionRecord, parent: Written) -> tuple[int, int]:
-    """:func:`_shared` where an id names one message in the store, by bisection: a few
-    one-message reads, not a read of everything the branch shares (an export of a chain
-    of forks read each level's whole conversation again).
+    """:func:`_shared` where an id names one message in the store, reading only what the
+    branch shows after its fork point (what its block holds anyway), not everything it
+    shares (an export of a chain of forks read each level's whole conversation again).
 
     A view that shows message ``x`` shows, below ``x``, the newest of the messages its
     writer showed below ``x`` when it stored ``x`` (rows below a kept one only ever go
-    from the oldest end; a fork takes a prefix). So two views that both start with the
-    parent's first message and both show its ``k``-th show the same ``k`` first
-    messages: "the parent's ``k``-th is the branch's" holds up to the answer, not
-    beyond, and is bisected."""
-
-    async def shows(message_id: int) -> bool:
-        page = await repo.read_page(
+    from the oldest end; a fork takes a prefix). So two views that show ``x`` at the
+    same position show the same messages before it. The branch shows the parent's
+    ``g``-th message (``g``: its fork point) at position ``g`` when it shows it and
+    ``message_count - g`` messages after it; from there the two are compared message by
+    message. Otherwise (either was cut since) it falls back to comparing from the start."""
+    g = min(record.fork_point or 0, len(parent))
+    if g >= 1:
+        mark = parent[g - 1][0]
+        found = await repo.read_page(
             record.id,
-            after_id=message_id - 1,
+            after_id=mark - 1,
             upto_id=record.last_message_id,
             limit=1,
             root_id=record.root_id or None,
         )
-        return bool(page) and page[0].id == message_id
-
-    if not parent:
-        return 0, 0
-    first = await repo.read_page(
-        record.id,
-        after_id=0,
-        upto_id=record.last_message_id,
-        limit=1,
-        root_id=record.root_id or None,
-    )
-    if not first or first[0].id != parent[0][0]:
-        return 0, 0
-    low, high = 1, len(parent)  # the parent's first `low` are the branch's; `high` bounds
-    # first where the branch was forked (what it shares unless either was cut since)
-    guess = min(max(record.fork_point or 0, 1), high)
-    if await shows(parent[guess - 1][0]):
-        low = guess
-        if guess < high and not await shows(parent[guess][0]):
-            high = guess
-    else:
-        high = guess - 1
-    while low < high:
-        mid = (low + high + 1) // 2
-        if await shows(parent[mid - 1][0]):
-            low = mid
-        else:
-            high = mid - 1
-    return low, parent[low - 1][0]
+        if found and found[0].id == mark:
+            after: list[int] = []
+            at = mark
+            while True:
+                page = await repo.read_page(
+                    record.id,
+                    after_id=at,
+                    upto_id=record.last_message_id,
+                    limit=PAGE,
+                    root_id=record.root_id or None,
+                )
+                if not page:
+                    break
+                after.extend(r.id or 0 for r in page)
+                at = page[-1].id or at
+            if record.message_count - len(after) == g:
+                shared = g
+                while shared < len(parent) and shared - g < len(after):
+                    if after[shared - g] != parent[shared][0]:
+                        break
+                    shared += 1
+                return shared, parent[shared - 1][0]
+    shared = last = 0
+    mine: Written = []
+    async with aclosing(_pages(repo, record, seen=mine)) as pages:
+        async for _ in pages:
+            while shared < len(mine):
+                if shared >= len(parent) or parent[shared][0] != mine[shared][0]:
+                    return shared, last
+                last = mine[shared][0]
+                shared += 1
+    return shared, last
 
 
 async def _write_session(

@@ -185,9 +185,12 @@ def check_parts(session_id: str, rows: Sequence[Sequence[Any]]) -> list[Part]:
     return out
 
 
-def segments(cx: Executor, root: str, session_id: str) -> list[Part]:
-    """The session's segments, inherited and its own, oldest first."""
+def segments(cx: Executor, root: str, session_id: str, above: int | None = None) -> list[Part]:
+    """The session's segments, inherited and its own, oldest first (only those with
+    ``hi > above`` when given: the links below are not read)."""
     params = {"session_id": session_id, "tree": root, "beyond": BEYOND}
+    if above is not None:
+        return check_parts(session_id, cx.rows(q.RESOLVED_ABOVE, {**params, "floor": above}))
     return check_parts(session_id, cx.rows(q.RESOLVED, params))
 
 

@@ -215,7 +215,9 @@ def read_page(
 ) -> list[MessageRecord]:
     root = _root(cx, session_id, root_id)
     rows: list[Sequence[Any]] = []
-    for part in _view(cx, root, session_id, upto_id):
+    view = segments(cx, root, session_id, above=after_id)
+    view.append(Part(session_id, 0, upto_id, 1, 0))
+    for part in view:
         if len(rows) >= limit:
             break
         if part.hi <= after_id:

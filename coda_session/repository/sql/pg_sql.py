@@ -21,14 +21,19 @@ _MESSAGE_COLUMNS = (
 )
 
 
-#: (ord, cum_size) of session ``s``'s newest row (its next rows continue from there; NULL
-#: after a row another program inserted unnumbered), as a one-row relation ``lo``
 def _last(session: str) -> str:
+    """(ord, cum_size) of the session's newest row, and whether it has one, as a one-row
+    relation ``lo``: its next rows continue from there (NULL after a row another program
+    inserted unnumbered). Read once, ordered by (session_id, id), the index's order (a
+    scan of the id index for a new session's newest row would read the whole table)."""
+    newest = (
+        f"SELECT x.ord, x.cum_size FROM messages x WHERE x.session_id = {session} "
+        "ORDER BY x.session_id DESC, x.id DESC LIMIT 1"
+    )
     return (
-        "(SELECT (SELECT x.ord FROM messages x WHERE x.session_id = "
-        f"{session} ORDER BY x.id DESC LIMIT 1) AS ord, (SELECT x.cum_size FROM messages x "
-        f"WHERE x.session_id = {session} ORDER BY x.id DESC LIMIT 1) AS cum, "
-        f"EXISTS (SELECT 1 FROM messages x WHERE x.session_id = {session}) AS any) lo"
+        f"(SELECT u.ord, u.cum, u.any FROM (SELECT n.ord, n.cum_size AS cum, true AS any "
+        f"FROM ({newest}) n UNION ALL SELECT NULL::bigint, NULL::bigint, false) u "
+        "ORDER BY u.any DESC LIMIT 1) lo"
     )
 
 
@@ -72,7 +77,7 @@ APPEND = (
     f"ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
     "SELECT fits.id, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
     f"coalesce(fits.root_id, fits.id), {_places('r.size')} "
-    f"FROM fits CROSS JOIN LATERAL {_last('fits.id')}, {_UNNEST} ORDER BY r.ord RETURNING id), "
+    f"FROM fits, {_last('$1::text')}, {_UNNEST} ORDER BY r.ord RETURNING id), "
     "upd AS (UPDATE sessions s SET updated_at = $11::timestamptz, "
     "message_count = fits.message_count + cardinality($2::text[]), "
     "size_bytes = fits.size_bytes + $12::bigint, "
@@ -112,13 +117,14 @@ def _own_lo(session: str, root: str) -> str:
     )
 
 
-def _chain(session: str) -> str:
+def _chain(session: str, floor: str = "-1") -> str:
     """The session's list and the lists it inherits (see statements.RESOLVED), as
-    ``chain(sid, cut)``: UNION ends a damaged link cycle."""
+    ``chain(sid, cut)``: UNION ends a damaged link cycle. Lists whose bound is ``floor``
+    or less (all older than what the caller reads) are not walked."""
     return (
         f"chain(sid, cut) AS (SELECT {session}, {_BEYOND} UNION SELECT s.inherit_id, "
         "least(s.inherit_upto, c.cut) FROM chain c JOIN sessions s ON s.id = c.sid "
-        "WHERE s.inherit_id IS NOT NULL)"
+        f"WHERE s.inherit_id IS NOT NULL AND s.inherit_upto > {floor})"
     )
 
 
@@ -184,7 +190,7 @@ READ_ALL = (
 )
 #: At most $4 messages of session $1 with $2 < id <= $3, oldest first; $5 the tree's key.
 READ_PAGE = (
-    f"WITH RECURSIVE {_chain('$1::text')} "
+    f"WITH RECURSIVE {_chain('$1::text', '$2::bigint')} "
     f"SELECT {_T_COLS} FROM {_parts('$1::text', '$3::bigint', _key(5))} CROSS JOIN LATERAL "
     f"({_rows(_key(5))} AND m.id > $2::bigint ORDER BY m.id LIMIT $4::bigint) t "
     "ORDER BY t.id LIMIT $4::bigint"

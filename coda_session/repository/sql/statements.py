@@ -49,6 +49,7 @@ __all__ = [
     "RANGE_TEXT",
     "REFERERS",
     "RESOLVED",
+    "RESOLVED_ABOVE",
     "ROOT_OF",
     "SEGMENTS",
     "SEGMENTS_ON",
@@ -341,6 +342,19 @@ _PARTS = (
 #: a session's view's segments, inherited and its own, oldest first, with the session
 #: whose list holds each (``session_id``)
 RESOLVED = sa.text(f"WITH RECURSIVE {_CHAIN} {_PARTS}")
+#: the same, only the segments with ``hi > floor``: the walk stops at the first list whose
+#: bound is ``floor`` or less (all it and the lists below show is older), so a page of a
+#: deep branch's newest messages reads only the links it needs
+RESOLVED_ABOVE = sa.text(
+    "WITH RECURSIVE chain(sid, cut) AS (SELECT CAST(:session_id AS TEXT), "
+    "CAST(:beyond AS BIGINT) UNION SELECT s.inherit_id, CASE WHEN s.inherit_upto < c.cut "
+    "THEN s.inherit_upto ELSE c.cut END FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL AND s.inherit_upto > CAST(:floor AS BIGINT)) "
+    "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "
+    "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut "
+    "AND g.hi > CAST(:floor AS BIGINT) ORDER BY g.hi"
+)
 #: the same, only down the chain until the lists passed show ``need`` messages (one more
 #: list than that at most): the segments of a view's newest ``need`` messages among them.
 #: ``depth`` bounds a walk whose damaged counts never reach ``need``.
@@ -380,21 +394,26 @@ OWNER_MAX_HI = sa.select(sa.func.max(g.c.hi)).where(
     g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree")
 )
 #: the place and running size of a session's newest row (where its next rows continue)
+# ordered by (session_id, id), the index's order: a server's planner may otherwise walk the
+# id index through every other session's rows
 LAST_ORD = (
     sa.select(m.c.ord, m.c.cum_size)
     .where(m.c.session_id == sa.bindparam("session_id"))
-    .order_by(m.c.id.desc())
+    .order_by(m.c.session_id.desc(), m.c.id.desc())
     .limit(1)
 )
 _first = (
     sa.select(m.c.id, m.c.ord, m.c.cum_size, m.c.size_bytes)
     .where(*_range)
-    .order_by(m.c.id)
+    .order_by(m.c.session_id, m.c.id)
     .limit(1)
     .subquery()
 )
 _last = (
-    sa.select(m.c.id, m.c.ord, m.c.cum_size).where(*_range).order_by(m.c.id.desc()).limit(1)
+    sa.select(m.c.id, m.c.ord, m.c.cum_size)
+    .where(*_range)
+    .order_by(m.c.session_id.desc(), m.c.id.desc())
+    .limit(1)
 ).subquery()
 #: a range's first and last rows (id, ord, cum_size; the first's size too): no row when
 #: the range is empty
