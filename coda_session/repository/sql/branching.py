@@ -16,8 +16,12 @@ of forks (an agent regenerating at every turn) stores one segment and one link p
 where copies of every ancestor's segments stored a number growing with the square of the
 depth (1,000 forks: 500,500 segment rows); a fork of the deepest costs what a fork of the
 root does (it reads the source's row and writes two); a read of the newest messages
-follows the links only as far as those messages go, in one statement (``TAIL_PARTS``),
-and a whole read resolves the chain in one (``RESOLVED``) then reads each run.
+follows the links only as far as those messages go, in one statement (``TAIL_ROWS`` on
+SQLite, ``pg_sql.READ_TAIL`` on PostgreSQL), a page only the links above it
+(``RESOLVED_ABOVE``), and a whole read resolves the chain and reads the rows in one
+(``VIEW_ROWS``). A link is the *only* thing a fork shares by reference: a session's
+view is never a function of another session's later writes, because a session that
+rewrites its own list releases its inheritors first (below).
 
 Why this holds: a segment row is shown alike by its list's session and by every session
 inheriting it, and every change to a segment row keeps what each of them shows:
@@ -58,6 +62,10 @@ Damaged tree rows (a link cycle, segments out of order, ``lo > hi``, negative co
 raise :class:`~coda_session.errors.DamagedDataError` naming the session.
 
 Every function runs inside the caller's transaction, with the session row already held.
+Several sessions' rows change in one operation (a release rewrites the inheritors' lists
+and links, a detach the segments on the session's rows in other lists): on a server
+database such an operation must not interleave with another one of the same tree, which
+a per-tree lock taken at the start of each (its ``root_id``) provides.
 """
 
 from __future__ import annotations
