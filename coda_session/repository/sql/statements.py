@@ -446,7 +446,8 @@ VIEW_ROWS = sa.text(
 #: the newest ``need`` messages a session shows through its segments, newest first, in
 #: one statement: down its links only as far as they go (``TAIL_PARTS``), and of each
 #: segment only its newest rows still wanted (``newer``: what the newer ones show), the
-#: first of them found by its place (``ord``) so no segment is read past them
+#: first of them found by its place (``ord``) so no segment is read past them (a segment
+#: wanted whole is read whole)
 TAIL_ROWS = sa.text(
     "WITH RECURSIVE chain(sid, cut, acc, depth) AS (SELECT CAST(:session_id AS TEXT), "  # noqa: S608
     "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
@@ -456,15 +457,16 @@ TAIL_ROWS = sa.text(
     "AS BIGINT), c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
     "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
     "AND c.depth < CAST(:depth AS INTEGER)), "
-    "parts(owner_id, lo, hi, newer) AS (SELECT g.owner_id, g.lo, g.hi, coalesce(sum("
-    "g.message_count) OVER (ORDER BY g.hi DESC ROWS BETWEEN UNBOUNDED PRECEDING AND "
-    "1 PRECEDING), 0) FROM chain c JOIN session_segments g ON g.session_id = c.sid "
-    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut), "
-    "wanted(owner_id, lo, hi, floor) AS (SELECT p.owner_id, p.lo, p.hi, coalesce(("
+    "parts(owner_id, lo, hi, n, newer) AS (SELECT g.owner_id, g.lo, g.hi, g.message_count, "
+    "coalesce(sum(g.message_count) OVER (ORDER BY g.hi DESC ROWS BETWEEN UNBOUNDED "
+    "PRECEDING AND 1 PRECEDING), 0) FROM chain c JOIN session_segments g "
+    "ON g.session_id = c.sid AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut), "
+    "wanted(owner_id, lo, hi, floor) AS (SELECT p.owner_id, p.lo, p.hi, CASE WHEN "
+    "p.n <= CAST(:need AS BIGINT) - p.newer THEN p.lo ELSE coalesce(("
     "SELECT x.id FROM messages x WHERE x.session_id = p.owner_id AND x.id > p.lo "
     "AND x.id <= p.hi AND x.ord = (SELECT y.ord FROM messages y WHERE y.session_id = "
     "p.owner_id AND y.id > p.lo AND y.id <= p.hi ORDER BY y.id DESC LIMIT 1) "
-    "- (CAST(:need AS BIGINT) - p.newer) + 1), p.lo) FROM parts p "
+    "- (CAST(:need AS BIGINT) - p.newer) + 1), p.lo) END FROM parts p "
     "WHERE p.newer < CAST(:need AS BIGINT)) "
     f"SELECT {_ROW_COLS} FROM wanted w JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
     "AND m.session_id = w.owner_id AND m.id >= w.floor AND m.id > w.lo AND m.id <= w.hi "
