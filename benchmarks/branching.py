@@ -1,5 +1,6 @@
 """Copy-on-write branching: what a fork costs, how reads of deep branches scale, what storage
-a hundred forks take. SQLite (a temporary directory) and, when a server is configured,
+a hundred forks take, what a chain of 1,000 forks stores and costs, and a sliding window
+kept under branches. SQLite (a temporary directory) and, when a server is configured,
 PostgreSQL.
 
 Run ``python benchmarks/branching.py`` (a few minutes) or ``python benchmarks/branching.py
@@ -53,6 +54,11 @@ class Sizes:
     full_repeats: int  # 3: full reads
     storage_source: int  # 4: messages of the forked session
     storage_forks: int  # ... and its forks
+    chain_depth: int  # 5: forks in the chain (each adds one message)
+    chain_repeats: int  # ... timings of each fork / read
+    window_keep: int  # 6: messages the truncated session keeps
+    window_turns: int  # ... turns (append one, truncate to the window)
+    window_repeats: int  # ... timings of each read / fork
 
 
 FULL = Sizes(
@@ -65,6 +71,11 @@ FULL = Sizes(
     full_repeats=9,
     storage_source=10_000,
     storage_forks=100,
+    chain_depth=1_000,
+    chain_repeats=30,
+    window_keep=5_000,
+    window_turns=200,
+    window_repeats=30,
 )
 QUICK = Sizes(
     fork_small=10,
@@ -76,6 +87,11 @@ QUICK = Sizes(
     full_repeats=5,
     storage_source=2_000,
     storage_forks=100,
+    chain_depth=200,
+    chain_repeats=10,
+    window_keep=500,
+    window_turns=50,
+    window_repeats=10,
 )
 
 #: The fork cost's absolute limit on SQLite (a fork of the big source, either API).
@@ -558,6 +574,223 @@ async def bench_storage(backend: Backend, sizes: Sizes, table: Table) -> None:
     )
 
 
+# -- 5. a chain of forks ------------------------------------------------------------------
+
+
+async def tree_rows(backend: Backend, part: str) -> dict[str, int]:
+    """Rows of every table of the store that holds sessions, messages or their tree."""
+    tables = ("sessions", "messages", "session_segments")
+    if isinstance(backend, SQLite):
+        conn = sqlite3.connect(backend.work / part / "sessions.db")
+        try:
+            have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            return {
+                t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in tables
+                if t in have
+            }
+        finally:
+            conn.close()
+    assert isinstance(backend, PostgreSQL)
+    conn = await backend.server.connect(backend.databases[part])
+    try:
+        out = {}
+        for t in tables:
+            if await conn.fetchval("SELECT to_regclass($1::text)", t) is not None:
+                out[t] = int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
+        return out
+    finally:
+        await conn.close()
+
+
+async def bench_chain(backend: Backend, sizes: Sizes, table: Table) -> None:
+    """An agent that regenerates at every turn: each session a fork of the one before at
+    its end, with one message of its own."""
+    depth, repeats = sizes.chain_depth, sizes.chain_repeats
+    part = "chain"
+    cfg = await backend.config(part)
+    name = backend.name
+    t0 = time.perf_counter()
+    async with AsyncSessionManager(cfg) as am:
+        await build(am, "c-0", 0, 1)
+        for k in range(1, depth + 1):
+            await build(am, f"c-{k}", k, 1, branch_from=f"c-{k - 1}")
+        await build(am, "plain", 0, depth + 1)
+    built = time.perf_counter() - t0
+    rows = await tree_rows(backend, part)
+    table.notes.append(
+        f"note 5 ({name}): built a chain of {depth:,} forks (c-0 .. c-{depth}, "
+        f"{depth + 1:,} messages) and 'plain' ({depth + 1:,}) in {built:.2f} s; rows: {rows}"
+    )
+    tree_extra = sum(v for k, v in rows.items() if k != "messages")
+    table.add(
+        Row(
+            "5",
+            name,
+            f"rows stored for a {depth:,}-fork chain ({depth + 1:,} messages + plain)",
+            f"{sum(rows.values()):,}",
+            f"{tree_extra:,} non-message",
+            f"O({2 * depth + 10:,})",
+            verdict(tree_extra <= 2 * depth + 10),
+        )
+    )
+    deep = f"c-{depth}"
+    keys = [(what, n) for what in ("fork", "resume", "full") for n in ("c-0", deep, "plain")]
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    async with AsyncSessionManager(cfg) as am, AsyncSessionManager(no_cache(cfg)) as cold:
+        made = 0
+
+        async def one(what: str, src: str) -> float:
+            nonlocal made
+            t0 = time.perf_counter()
+            if what == "fork":
+                await am.create_session(f"f-{made}", branch_from=src)
+                made += 1
+            elif what == "resume":
+                got = await (await am.load_session(src)).get_messages(limit=TAIL)
+                assert len(got) == min(TAIL, 1 if src == "c-0" else depth + 1)
+            else:
+                got = await (await cold.load_session(src)).get_messages()
+                assert len(got) == (1 if src == "c-0" else depth + 1)
+            return time.perf_counter() - t0
+
+        for key in keys:  # warm up
+            await one(*key)
+        for rep in range(repeats):
+            for key in rotate(keys, rep):
+                times[key].append(await one(*key))
+        with tempfile.TemporaryDirectory(prefix="coda-bench-chain-") as tmp:
+            gc.collect()
+            t0 = time.perf_counter()
+            written = await am.export_store(Path(tmp) / "store.jsonl")
+            exported = time.perf_counter() - t0
+            assert written == depth + 2 + made, written
+    for what, label in (
+        ("fork", "create_session(branch_from=...) at the end"),
+        ("resume", f"load_session + get_messages(limit={TAIL})"),
+        ("full", "get_messages(), message_cache_size=0"),
+    ):
+        base = median(times[(what, "c-0")])
+        flat = median(times[(what, "plain")])
+        d = median(times[(what, deep)])
+        table.add(Row("5", name, f"{label} x{repeats}: root (1 message)", ms(base)))
+        table.add(Row("5", name, f"  plain session, {depth + 1:,} messages", ms(flat)))
+        table.add(
+            Row(
+                "5",
+                name,
+                f"  the deepest fork ({depth:,} levels, {depth + 1:,} messages)",
+                ms(d),
+                f"{d / flat:.2f}x plain",
+                f"<= {RATIO_LIMIT:.2f}x",
+                verdict(d / flat <= RATIO_LIMIT),
+            )
+        )
+    table.add(
+        Row("5", name, f"export_store of the chain ({depth + 2 + made:,} sessions)", ms(exported))
+    )
+
+
+# -- 6. a sliding window under branches -----------------------------------------------------
+
+
+async def bench_window(backend: Backend, sizes: Sizes, table: Table) -> None:
+    """A session with 5 branches kept to its newest ``window_keep`` messages turn after
+    turn (append one, truncate): a branch's reads and forks, and the rows kept."""
+    keep, turns, repeats = sizes.window_keep, sizes.window_turns, sizes.window_repeats
+    part = "window"
+    cfg = await backend.config(part)
+    name = backend.name
+    async with AsyncSessionManager(cfg) as am:
+        await build(am, "w", 0, keep)
+        for k in range(5):
+            await am.create_session(f"wb-{k}", branch_from="w")
+        await build(am, "plain", 0, keep)
+    keys = [(what, n) for what in ("resume", "full", "fork") for n in ("wb-0", "plain")]
+
+    async def measure(
+        am: AsyncSessionManager, cold: AsyncSessionManager, tag: str
+    ) -> dict[tuple[str, str], float]:
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+        made = 0
+
+        async def one(what: str, src: str) -> float:
+            nonlocal made
+            t0 = time.perf_counter()
+            if what == "fork":
+                await am.create_session(f"{tag}-{made}", branch_from=src)
+                made += 1
+            elif what == "resume":
+                got = await (await am.load_session(src)).get_messages(limit=TAIL)
+                assert len(got) == TAIL
+            else:
+                got = await (await cold.load_session(src)).get_messages()
+                assert len(got) == keep
+            return time.perf_counter() - t0
+
+        for key in keys:
+            await one(*key)
+        for rep in range(repeats):
+            for key in rotate(keys, rep):
+                times[key].append(await one(*key))
+        for k in range(made):
+            await am.delete_session(f"{tag}-{k}")
+        return {k: median(v) for k, v in times.items()}
+
+    async with AsyncSessionManager(cfg) as am, AsyncSessionManager(no_cache(cfg)) as cold:
+        before = await measure(am, cold, "x")
+        src = await am.load_session("w")
+        t0 = time.perf_counter()
+        for t in range(turns):
+            src.add_message(message((keep + t) % TEXTS))
+            src.truncate_messages(keep)
+            await am.save_session(src)
+        turned = time.perf_counter() - t0
+        after = await measure(am, cold, "y")
+    rows = await tree_rows(backend, part)
+    table.notes.append(
+        f"note 6 ({name}): 'w' ({keep:,} messages) with 5 branches, then {turns} turns of "
+        f"append + truncate_messages({keep:,}) in {turned:.2f} s; rows after: {rows}"
+    )
+    table.add(
+        Row("6", name, f"a turn of 'w' (append + truncate), mean of {turns}", ms(turned / turns))
+    )
+    tree_extra = sum(v for k, v in rows.items() if k != "messages")
+    table.add(
+        Row(
+            "6",
+            name,
+            f"non-message rows after {turns} turns (8 sessions)",
+            f"{tree_extra:,}",
+            "",
+            "<= 20",
+            verdict(tree_extra <= 20),
+        )
+    )
+    for what, label in (
+        ("resume", f"load_session + get_messages(limit={TAIL})"),
+        ("full", "get_messages(), message_cache_size=0"),
+        ("fork", "create_session(branch_from=...) at the end"),
+    ):
+        p = after[(what, "plain")]
+        b0, b1 = before[(what, "wb-0")], after[(what, "wb-0")]
+        table.add(Row("6", name, f"{label} x{repeats}: plain, {keep:,} messages", ms(p)))
+        table.add(
+            Row("6", name, "  a branch of 'w' before the turns", ms(b0), f"{b0 / p:.2f}x plain")
+        )
+        table.add(
+            Row(
+                "6",
+                name,
+                f"  the same branch after {turns} turns",
+                ms(b1),
+                f"{b1 / b0:.2f}x before",
+                f"<= {RATIO_LIMIT:.2f}x",
+                verdict(b1 / b0 <= RATIO_LIMIT),
+            )
+        )
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 Bench = Callable[[Backend, Sizes, Table], Awaitable[None]]
@@ -565,6 +798,8 @@ BENCHES: tuple[tuple[str, str, Bench], ...] = (
     ("1", "1. fork cost", bench_fork),
     ("2", "2, 3. reads of a deep branch", bench_deep),
     ("4", "4. storage of many forks", bench_storage),
+    ("5", "5. a chain of forks", bench_chain),
+    ("6", "6. a sliding window under branches", bench_window),
 )
 
 
@@ -583,9 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     parser.add_argument(
         "--only",
-        choices=("1", "2", "3", "4"),
+        choices=("1", "2", "3", "4", "5", "6"),
         action="append",
-        help="run only these parts (1 fork, 2 or 3 deep-branch reads, 4 storage; repeatable)",
+        help="run only these parts (1 fork, 2 or 3 deep-branch reads, 4 storage, 5 a chain "
+        "of forks, 6 a sliding window under branches; repeatable)",
     )
     parser.add_argument(
         "--backend", choices=("sqlite", "postgresql"), action="append", help="(repeatable)"
@@ -593,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     # parts 2 and 3 read the same deep branch: one bench measures both
-    parts = {"2" if p == "3" else p for p in args.only or ("1", "2", "4")}
+    parts = {"2" if p == "3" else p for p in args.only or ("1", "2", "4", "5", "6")}
     backends = set(args.backend or ("sqlite", "postgresql"))
 
     for i in range(TEXTS):

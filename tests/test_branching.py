@@ -35,7 +35,7 @@ from coda_session import (
     SessionInfo,
     SessionNotFoundError,
 )
-from coda_session.migrate import upgrade_async
+from coda_session.migrate import HEAD_REVISION, upgrade_async
 from tests.support import BACKENDS, ROOT, SQL_BACKENDS, Store
 
 TS = "2025-01-01T00:00:00"
@@ -897,6 +897,156 @@ async def test_deleting_every_session_of_a_tree_leaves_nothing(store: Store) -> 
             assert table_counts(store) == (0, 0, 0), order
 
 
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+async def test_a_chain_of_forks_stores_rows_linear_in_its_length(store: Store) -> None:
+    """An agent regenerating at every turn: each session a fork of the one before with
+    one message of its own. 1,000 forks store one segment each (copies of every
+    ancestor's segments stored 500,500), and every level shows its whole conversation."""
+    depth = 1_000
+    async with opened(store) as m:
+        await seed(m, "c0", ["m0"])
+        for k in range(1, depth + 1):
+            s = await m.create_session(f"c{k}", branch_from=f"c{k - 1}")
+            s.add_message(msg(f"m{k}"))
+            await m.save_session(s)
+        sessions, rows, segments = table_counts(store)
+        assert (sessions, rows) == (depth + 1, depth + 1)
+        assert segments == depth, "a fork copied its source's segments"
+        async with reading(store) as reader:
+            for k in (1, 2, 500, depth):
+                assert await shown(reader, f"c{k}") == words("m", k + 1), k
+            deepest = await reader.load_session(f"c{depth}")
+            assert texts(await deepest.get_messages(50)) == words("m", depth + 1)[-50:]
+        # the deepest fork, at the end and in its middle, adds at most two segments
+        await m.create_session("f-end", branch_from=f"c{depth}")
+        await m.create_session("f-mid", branch_from=f"c{depth}", fork_point=depth // 2)
+        assert table_counts(store)[2] <= depth + 2
+        async with reading(store) as reader:
+            assert await shown(reader, "f-mid") == words("m", depth // 2)
+        # changes in the middle of the chain reach none of the others
+        middle = await m.load_session("c500")
+        middle.truncate_messages(3)
+        await m.save_session(middle)
+        await m.delete_session("c501")
+        async with reading(store) as reader:
+            assert await shown(reader, "c500") == ["m498", "m499", "m500"]
+            assert await shown(reader, "c502") == words("m", 503)
+            assert await shown(reader, f"c{depth}") == words("m", depth + 1)
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+async def test_a_sliding_window_under_branches_keeps_storage_flat(store: Store) -> None:
+    """A session kept to its newest messages turn after turn under branches: its old rows
+    join one holder the branches' segments continue from, so neither holders nor
+    segments pile up, and every branch keeps what it showed."""
+    async with opened(store) as m, reading(store) as reader:
+        w = await seed(m, "w", words("w", 10))
+        await m.create_session("b-end", branch_from="w")
+        await m.create_session("b-mid", branch_from="w", fork_point=5)
+        b = await m.create_session("b-own", branch_from="w")
+        b.add_message(msg("own"))
+        await m.save_session(b)
+        await m.create_session("bb", branch_from="b-own", fork_point=8)
+        views = {name: await shown(reader, name) for name in ("b-end", "b-mid", "b-own", "bb")}
+        for turn in range(30):
+            w.add_message(msg(f"t{turn}"))
+            w.truncate_messages(10)
+            await m.save_session(w)
+            for name, want in views.items():
+                assert await shown(reader, name) == want, (turn, name)
+            assert await shown(reader, "w") == [*words("w", 10), *words("t", turn + 1)][-10:]
+            sessions, _, segments = table_counts(store)
+            assert sessions <= 5 + 1, f"turn {turn}: {sessions - 5} holders"
+            assert segments <= 8, f"turn {turn}: {segments} segments"
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
+async def test_session_view_shows_what_each_session_shows(store: Store) -> None:
+    """The ``session_view`` database view (for sqlite3, Datasette, psql): per session,
+    the messages get_messages returns, in order, with their positions and ids."""
+    async with opened(store) as m:
+        r = await seed(m, "r", words("r", 6))
+        a = await m.create_session("a", branch_from="r", fork_point=4)
+        await _add(m, a)
+        await m.create_session("b", branch_from="a", fork_point=3)
+        await m.create_session("c", branch_from="a")
+        await m.create_session("empty", branch_from="r", fork_point=0)
+        await _truncate_with_add(m, r)  # r0..r3 held for the branches
+        await m.delete_session("a")  # a's "later" held for c
+        packed = await m.create_session("packed")
+        packed.add_message(msg("x" * 5000))
+        await m.save_session(packed)
+    async with reading(store) as reader:
+        for info in await reader.list_sessions():
+            s = await reader.load_session(info.name)
+            want = await s.get_messages_with_ids()
+            got = store.execute(
+                "SELECT position, message_id, role, content, session_name FROM session_view "
+                "WHERE session_id = ? ORDER BY position",
+                info.id,
+            )
+            assert [g[0] for g in got] == list(range(1, len(want) + 1)), info.name
+            assert [g[1] for g in got] == [i for i, _ in want], info.name
+            assert all(g[4] == info.name for g in got), info.name
+            if info.name != "packed":  # a compressed content is NULL there (see README)
+                assert [(g[2], g[3]) for g in got] == [
+                    (d["role"], d["content"]) for _, d in want
+                ], info.name
+        names = {row[0] for row in store.execute("SELECT DISTINCT session_name FROM session_view")}
+        assert names == {"r", "b", "c", "packed"}  # no holder, no empty session
+
+
+@pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
+async def test_forks_inside_a_session_find_the_cut_by_place_also_for_rows_of_other_programs(
+    store: Store,
+) -> None:
+    """A fork inside a session finds its cut and the size before it from each row's place
+    and running size (``messages.ord``, ``cum_size``); rows another program inserts get
+    theirs from a trigger, so forks and truncations there stay exact."""
+    async with opened(store) as m, reading(store) as reader:
+        s = await seed(m, "p", words("p", 40))
+        sid = s.id
+        for i in range(3):  # as another program would, without ord or cum_size
+            store.execute(
+                "INSERT INTO messages (session_id, role, content, timestamp, size_bytes, "
+                "char_count, root_id) VALUES (?, 'user', ?, ?, 10, 2, ?)",
+                sid,
+                f"x{i}",
+                TS,
+                sid,
+            )
+        store.execute(
+            "UPDATE sessions SET message_count = message_count + 3, size_bytes = size_bytes "
+            "+ 30, last_message_id = (SELECT max(id) FROM messages) WHERE id = ?",
+            sid,
+        )
+        rows = store.execute(
+            "SELECT ord, cum_size, size_bytes FROM messages WHERE session_id = ? ORDER BY id",
+            sid,
+        )
+        assert [r[0] for r in rows] == list(range(1, 44))
+        assert [r[1] for r in rows] == [sum(x[2] for x in rows[: i + 1]) for i in range(43)]
+        everything = [*words("p", 40), "x0", "x1", "x2"]
+        for k, point in enumerate((1, 20, 39, 41, -1, -30)):
+            b = await m.create_session(f"b{k}", branch_from="p", fork_point=point)
+            want = everything[:point]
+            assert await shown(reader, f"b{k}") == want, point
+            info = await reader.get_session_info(f"b{k}")
+            assert info is not None and b.message_count == len(want)
+            assert info.size_bytes == sum(r[2] for r in rows[: len(want)]), point
+        p = await m.load_session("p")
+        p.truncate_messages(5)
+        await m.save_session(p)
+        assert await shown(reader, "p") == everything[-5:]
+        assert await shown(reader, "b2") == everything[:39]
+
+
 # -- forks beside writers ----------------------------------------------------------------
 
 CONCURRENT_BACKENDS = SQL_BACKENDS
@@ -1203,8 +1353,8 @@ async def test_migration_0009_downgrade_turns_branches_into_copies(store: Store)
     if store.url is None:
         alembic_on(store, "upgrade", "head")
     else:
-        assert await upgrade_async(store.config) == "0009"
-    assert store.execute("SELECT version_num FROM alembic_version") == [("0009",)]
+        assert await upgrade_async(store.config) == HEAD_REVISION
+    assert store.execute("SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
     rows = store.execute("SELECT id, root_id, parent_id, fork_point, holder FROM sessions")
     assert len(rows) == len(expected)
     for sid, root, parent, point, holder in rows:
@@ -1229,3 +1379,69 @@ async def test_migration_0009_downgrade_turns_branches_into_copies(store: Store)
         assert fork.parent_id == b2.id
         assert [i.name for i in await m.get_tree("b")] == ["b", "b-again"]
         assert await m.list_branches("r") == []
+
+
+# -- migration 0010 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
+async def test_migration_0010_down_writes_links_out_as_segments_and_up_again(
+    store: Store,
+) -> None:
+    """Down to 0009 every inheritance link becomes copies of the segments it inherits
+    (what 0009 stored: each session's flat list), with nothing lost and every view the
+    same; up again, the flat lists are read as they are and forks link again."""
+    async with opened(store) as m:
+        await seed(m, "c0", ["m0", "m1"])
+        for k in range(1, 6):
+            s = await m.create_session(f"c{k}", branch_from=f"c{k - 1}")
+            s.add_message(msg(f"m{k + 1}"))
+            await m.save_session(s)
+        await m.create_session("mid", branch_from="c5", fork_point=3)
+        popped = await m.load_session("c2")
+        await popped.pop_messages(1)  # c3 takes copies of what it inherited from c2
+        await m.delete_session("c4")  # c5 too, from c4
+    async with reading(store) as reader:
+        expected = {i.name: await shown(reader, i.name) for i in await reader.list_sessions()}
+        ids = {
+            name: [i for i, _ in await (await reader.load_session(name)).get_messages_with_ids()]
+            for name in expected
+        }
+    assert expected["c5"] == words("m", 7)
+    assert expected["mid"] == words("m", 3)
+    assert store.execute("SELECT count(*) FROM sessions WHERE inherit_id IS NOT NULL") != [(0,)]
+
+    alembic_on(store, "downgrade", "0009")
+    assert store.execute("SELECT version_num FROM alembic_version") == [("0009",)]
+    assert not {"inherit_id", "inherit_upto", "inherit_count", "inherit_size"} & columns(
+        store, "sessions"
+    )
+    # each session's view from 0009's flat lists, by raw SQL: its segments, then its rows
+    for name, want in expected.items():
+        rows = store.execute(
+            "SELECT m.id, m.content FROM sessions s JOIN session_segments g "
+            "ON g.session_id = s.id JOIN messages m ON m.session_id = g.owner_id "
+            "AND m.id > g.lo AND m.id <= g.hi WHERE s.name = ? "
+            "UNION ALL SELECT m.id, m.content FROM sessions s JOIN messages m "
+            "ON m.session_id = s.id WHERE s.name = ? ORDER BY 1",
+            name,
+            name,
+        )
+        assert [r[1] for r in rows] == want, name
+        assert [r[0] for r in rows] == ids[name], name
+
+    if store.url is None:
+        alembic_on(store, "upgrade", "head")
+    else:
+        assert await upgrade_async(store.config) == HEAD_REVISION
+    assert store.execute("SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+    async with opened(store) as m, reading(store) as reader:
+        for name, want in expected.items():
+            assert await shown(reader, name) == want, name
+        stored = table_counts(store)[1]
+        await m.create_session("again", branch_from="c5")
+        assert table_counts(store)[1] == stored
+        assert await shown(reader, "again") == expected["c5"]
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from coda_session import SessionError, SessionManager, StorageError
+from coda_session import DamagedDataError, SessionError, SessionManager, StorageError
 from tests.support import BACKENDS, Store
 
 BIG = "a long message that compresses well. " * 100
@@ -272,3 +272,132 @@ def test_bit_flips_raise_only_coda_session_errors(tmp_path: Path) -> None:
         walk_all(copy, scratch)  # any non-SessionError fails the test here
         shutil.rmtree(copy)
     assert time.monotonic() - started < 300  # never hangs
+
+
+# -- damaged branch rows ------------------------------------------------------------------
+
+_SEG_OF = "(SELECT id FROM sessions WHERE name = '{}')"
+
+
+def _tree(store: Store) -> None:
+    """r (6 messages) -> a (fork at 4, +2 of its own) -> b (fork of a at its end, +1,
+    inheriting a's segments) -> c (fork of b at 2: a piece of r's rows)."""
+    with store.sync_manager() as m:
+        r = m.create_session("r")
+        for i in range(6):
+            r.add_message({"role": "user", "content": f"r{i}"})
+        m.save_session(r)
+        a = m.create_session("a", branch_from="r", fork_point=4)
+        a.add_message({"role": "user", "content": "a0"})
+        a.add_message({"role": "user", "content": "a1"})
+        m.save_session(a)
+        b = m.create_session("b", branch_from="a")
+        b.add_message({"role": "user", "content": "b0"})
+        m.save_session(b)
+        m.create_session("c", branch_from="b", fork_point=2)
+
+
+def _id_of(name: str) -> str:
+    return _SEG_OF.format(name)
+
+
+#: (what, SQL on SQLite, SQL on PostgreSQL or None where its constraints refuse it)
+TREE_DAMAGE = [
+    (
+        "link cycle",
+        f"UPDATE sessions SET inherit_id = {_id_of('b')}, inherit_upto = 1000000 WHERE name = 'a'",
+    ),
+    ("link to nowhere", "UPDATE sessions SET inherit_id = 'gone' WHERE name = 'b'"),
+    ("link without bound", "UPDATE sessions SET inherit_upto = NULL WHERE name = 'b'"),
+    ("link bound 0", "UPDATE sessions SET inherit_upto = 0 WHERE name = 'b'"),
+    ("link count negative", "UPDATE sessions SET inherit_count = -5 WHERE name = 'b'"),
+    ("link count too big", "UPDATE sessions SET inherit_count = 40 WHERE name = 'b'"),
+    ("lo > hi", f"UPDATE session_segments SET lo = hi + 5 WHERE session_id = {_id_of('a')}"),
+    (
+        "segment count negative",
+        f"UPDATE session_segments SET message_count = -3 WHERE session_id = {_id_of('a')}",
+    ),
+    (
+        "segment count too big",
+        "UPDATE session_segments SET message_count = message_count + 10 "
+        f"WHERE session_id = {_id_of('a')}",
+    ),
+    (
+        "segment count too small",
+        f"UPDATE session_segments SET message_count = 1 WHERE session_id = {_id_of('a')}",
+    ),
+    (
+        "segments overlap",
+        "INSERT INTO session_segments (root_id, session_id, owner_id, lo, hi, "
+        "message_count, size_bytes) SELECT root_id, session_id, owner_id, lo, hi, "
+        f"message_count, size_bytes FROM session_segments WHERE session_id = {_id_of('a')}",
+    ),
+    ("session count too big", "UPDATE sessions SET message_count = 40 WHERE name = 'b'"),
+    ("session count too small", "UPDATE sessions SET message_count = 1 WHERE name = 'b'"),
+    ("session count negative", "UPDATE sessions SET message_count = -2 WHERE name = 'a'"),
+    ("segment tree key wrong", "UPDATE session_segments SET root_id = 'elsewhere'"),
+]
+
+
+def _tree_cases() -> list[Any]:
+    params: list[Any] = []
+    for backend in BACKENDS:
+        if backend.id not in ("sqlite", "sqlite-core", "postgresql"):
+            continue
+        for what, sql in TREE_DAMAGE:
+            params.append(
+                pytest.param(backend.values[0], sql, marks=backend.marks, id=f"{backend.id}-{what}")
+            )
+    return params
+
+
+@pytest.mark.parametrize(("backend", "sql"), _tree_cases())
+def test_damaged_branch_rows_raise_only_typed_errors(store: Store, sql: str) -> None:
+    """Forks, reads, pops, truncations and deletes of every session of a tree whose
+    branch rows were damaged: each works or raises a SessionError (a DamagedDataError
+    saying what to do where the damage is found), never anything else."""
+    _tree(store)
+    corrupt(store, sql)
+    raised: list[BaseException] = []
+
+    def attempt(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SessionError as exc:
+            raised.append(exc)
+            return None
+
+    names = ["r", "a", "b", "c"]
+    config = store.config.model_copy(update={"autosave_interval": 0, "message_cache_size": 0})
+    with SessionManager(config, store.repository(private_loop=True)) as m:
+        for name in names:
+            s = attempt(m.load_session, name)
+            if s is None:
+                continue
+            attempt(s.get_messages)
+            attempt(s.get_messages, 3)
+            attempt(s.get_token_count)
+            pairs = attempt(s.get_messages_with_ids) or []
+            for k, (point, after) in enumerate(
+                [
+                    (None, None),
+                    (1, None),
+                    (-1, None),
+                    (3, None),
+                    (None, pairs[0][0] if pairs else 1),
+                ]
+            ):
+                attempt(m.create_session, f"{name}-f{k}", branch_from=name, fork_point=point,
+                        fork_after=after)  # fmt: skip
+        for name in names:
+            s = attempt(m.load_session, name)
+            if s is None:
+                continue
+            attempt(s.pop_messages, 2)
+            s.truncate_messages(1)
+            attempt(m.save_session, s)
+        for info in attempt(m.list_sessions) or []:
+            attempt(m.delete_session, info.name)
+    for exc in raised:
+        if isinstance(exc, DamagedDataError):
+            assert "damaged" in str(exc) and ("backup" in str(exc) or "export" in str(exc)), exc

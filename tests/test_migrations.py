@@ -267,7 +267,8 @@ def test_history_reads_as_a_changelog() -> None:
     assert "0005 -> 0006, Each message stores its size and characters" in run.stdout
     assert "0006 -> 0007, Strings are stored in the codec's escaped form" in run.stdout
     assert "0007 -> 0008, Ready for a database server: 64-bit ids" in run.stdout
-    assert "0008 -> 0009 (head), Copy-on-write branches: a fork shares its source" in run.stdout
+    assert "0008 -> 0009, Copy-on-write branches: a fork shares its source" in run.stdout
+    assert "0009 -> 0010 (head), Trees that grow linearly: a fork inherits its source" in run.stdout
 
 
 def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:

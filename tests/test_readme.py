@@ -71,6 +71,31 @@ def test_sql_example_reads_what_the_examples_wrote(tmp_path: Path) -> None:
     ]
 
 
+def test_sql_example_reads_a_branch(tmp_path: Path) -> None:
+    """A branch's messages live in its source's rows: the README's query still shows
+    them (it reads the session_view view)."""
+    from coda_session import SessionManager
+
+    storage = tmp_path / "store"
+    with SessionManager({"session": {"storage_path": str(storage)}}) as m:
+        source = m.create_session("source")
+        source.add_message({"role": "user", "content": "Hello!"})
+        source.add_message({"role": "assistant", "content": "Hi there!"})
+        m.save_session(source)
+        chat = m.create_session("my-chat", branch_from="source", fork_point=1)
+        chat.add_message({"role": "assistant", "content": "Hello to you."})
+        m.save_session(chat)
+    conn = sqlite3.connect(f"file:{storage / 'sessions.db'}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(SQL[0]).fetchall()
+    finally:
+        conn.close()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (1, "user", "Hello!", 0),
+        (2, "assistant", "Hello to you.", 0),
+    ]
+
+
 def test_operator_commands_run_as_pasted(tmp_path: Path) -> None:
     """The Alembic block, with `.venv/bin/` meaning the environment running the tests."""
     block = next(code for lang, code in BLOCKS if lang == "bash" and "alembic" in code)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidMessageError, SessionTooLargeError
-from ..models import MessageRecord
+from ..models import MessageRecord, SessionInfo
 
 __all__ = [
     "SaveRequest",
@@ -22,6 +22,7 @@ __all__ = [
     "collect_import",
     "fork_count",
     "not_shown",
+    "parents_first",
 ]
 
 
@@ -120,3 +121,22 @@ class SaveResult:
     ``SaveRequest.metadata_version``."""
     dropped: list[MessageRecord] = field(default_factory=list)
     """What ``SaveRequest.drop_newest`` removed, oldest first."""
+
+
+def parents_first(infos: Sequence[SessionInfo]) -> list[SessionInfo]:
+    """``infos`` (one tree, oldest first) with every session after the one it was forked
+    from, whatever their timestamps say (an import keeps a file's older ``created_at``
+    for a branch whose parent it creates now); otherwise in the order given."""
+    by_id = {i.id: i for i in infos}
+    out: list[SessionInfo] = []
+    placed: set[str] = set()
+    for info in infos:
+        chain: list[SessionInfo] = []
+        at: SessionInfo | None = info
+        while at is not None and at.id not in placed and at not in chain:
+            chain.append(at)
+            at = by_id.get(at.parent_id or "")
+        for item in reversed(chain):
+            placed.add(item.id)
+            out.append(item)
+    return out

@@ -27,7 +27,14 @@ from ..errors import (
     StorageError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .base import SaveRequest, SaveResult, collect_import, fork_count, not_shown
+from .base import (
+    SaveRequest,
+    SaveResult,
+    collect_import,
+    fork_count,
+    not_shown,
+    parents_first,
+)
 
 __all__ = [
     "SessionData",
@@ -536,7 +543,7 @@ class StorageAdapter:
         return sorted(infos, key=lambda i: (i.created_at, i.name))
 
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return [i for i in await self.list_sessions() if i.root_id == root_id]
+        return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[StorageSnapshot]:
@@ -554,6 +561,9 @@ class StorageAdapter:
 class StorageSnapshot:
     """Reads for one export: every session is loaded once, and its pages are cut from
     that copy."""
+
+    # a custom storage numbers each session's messages itself
+    global_ids = False
 
     def __init__(self, adapter: StorageAdapter) -> None:
         self._adapter = adapter

@@ -17,7 +17,14 @@ from ..errors import (
     SessionTooLargeError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
-from .base import SaveRequest, SaveResult, collect_import, fork_count, not_shown
+from .base import (
+    SaveRequest,
+    SaveResult,
+    collect_import,
+    fork_count,
+    not_shown,
+    parents_first,
+)
 
 __all__ = ["MemoryRepository", "MemorySnapshot"]
 
@@ -275,7 +282,7 @@ class MemoryRepository:
                 gc.enable()
 
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return [i for i in await self.list_sessions() if i.root_id == root_id]
+        return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
@@ -293,6 +300,8 @@ class MemoryRepository:
 class MemorySnapshot:
     """A frozen view of a :class:`MemoryRepository` (records are immutable; the lists
     holding them and the session rows are copied when the snapshot is taken)."""
+
+    global_ids = True
 
     def __init__(self, repo: MemoryRepository) -> None:
         self._by_name = dict(repo._by_name)

@@ -19,6 +19,11 @@ __all__ = ["Repository", "Snapshot", "open_repository"]
 class Snapshot(Protocol):
     """Reads of one committed state of the store, for as long as it is open."""
 
+    #: True when a message id names one message in the whole store (a branch shows its
+    #: parent's messages under their ids): an export then finds what a branch shares
+    #: with its parent by a few reads instead of reading all it shares
+    global_ids: bool
+
     async def list_sessions(self) -> list[SessionInfo]: ...
 
     async def load_session(

@@ -6,6 +6,7 @@ format, :mod:`.files` the files; this module moves sessions between them and sto
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -59,12 +60,70 @@ async def _pages(
 async def _shared(repo: Snapshot, record: SessionRecord, parent: Written) -> tuple[int, int]:
     """(how many of the branch's first messages are its parent's first ones, the last
     such message's id): the same message id with the same content, in the same place."""
+    if repo.global_ids:
+        return await _shared_ids(repo, record, parent)
     shared = last = 0
     mine: Written = []
     async with aclosing(_pages(repo, record, seen=mine)) as pages:
         async for _ in pages:
             while shared < len(mine):
                 if shared >= len(parent) or parent[shared] != mine[shared]:
+                    return shared, last
+                last = mine[shared][0]
+                shared += 1
+    return shared, last
+
+
+async def _shared_ids(repo: Snapshot, record: SessionRecord, parent: Written) -> tuple[int, int]:
+    """:func:`_shared` where an id names one message in the store, reading only what the
+    branch shows after its fork point (what its block holds anyway), not everything it
+    shares (an export of a chain of forks read each level's whole conversation again).
+
+    A view that shows message ``x`` shows, below ``x``, the newest of the messages its
+    writer showed below ``x`` when it stored ``x`` (rows below a kept one only ever go
+    from the oldest end; a fork takes a prefix). So two views that show ``x`` at the
+    same position show the same messages before it. The branch shows the parent's
+    ``g``-th message (``g``: its fork point) at position ``g`` when it shows it and
+    ``message_count - g`` messages after it; from there the two are compared message by
+    message. Otherwise (either was cut since) it falls back to comparing from the start."""
+    g = min(record.fork_point or 0, len(parent))
+    if g >= 1:
+        mark = parent[g - 1][0]
+        found = await repo.read_page(
+            record.id,
+            after_id=mark - 1,
+            upto_id=record.last_message_id,
+            limit=1,
+            root_id=record.root_id or None,
+        )
+        if found and found[0].id == mark:
+            after: list[int] = []
+            at = mark
+            while True:
+                page = await repo.read_page(
+                    record.id,
+                    after_id=at,
+                    upto_id=record.last_message_id,
+                    limit=PAGE,
+                    root_id=record.root_id or None,
+                )
+                if not page:
+                    break
+                after.extend(r.id or 0 for r in page)
+                at = page[-1].id or at
+            if record.message_count - len(after) == g:
+                shared = g
+                while shared < len(parent) and shared - g < len(after):
+                    if after[shared - g] != parent[shared][0]:
+                        break
+                    shared += 1
+                return shared, parent[shared - 1][0]
+    shared = last = 0
+    mine: Written = []
+    async with aclosing(_pages(repo, record, seen=mine)) as pages:
+        async for _ in pages:
+            while shared < len(mine):
+                if shared >= len(parent) or parent[shared][0] != mine[shared][0]:
                     return shared, last
                 last = mine[shared][0]
                 shared += 1
@@ -153,7 +212,9 @@ async def export_store(repo: Repository, target: Target, overwrite: bool = False
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
         async with repo.snapshot() as snap:  # the whole store as of one moment
             infos = _parents_first(await snap.list_sessions())
-            parents = {i.parent_id for i in infos if i.parent_id is not None}
+            # branches still to write, per parent: a parent's messages are kept until
+            # its last branch is written (a chain of forks keeps one level, not all)
+            waiting = Counter(i.parent_id for i in infos if i.parent_id is not None)
             written: dict[str, Written] = {}
             for info in infos:
                 record = await snap.load_session(session_id=info.id)
@@ -163,9 +224,14 @@ async def export_store(repo: Repository, target: Target, overwrite: bool = False
                 parent = written.get(record.parent_id or "")
                 if parent is not None:
                     shares, after = await _shared(snap, record, parent)
-                if info.id in parents:
+                if waiting[info.id]:
                     seen = list(parent[:shares]) if parent is not None and shares else []
                     written[info.id] = seen
+                up = record.parent_id
+                if up is not None and waiting[up]:
+                    waiting[up] -= 1
+                    if not waiting[up]:
+                        written.pop(up, None)
                 await _write_session(snap, record, sink, "jsonl", shares, after, seen)
         ok = True
         return len(infos)

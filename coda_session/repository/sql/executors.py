@@ -31,6 +31,7 @@ __all__ = [
     "PgExecutor",
     "RawExecutor",
     "message_arrays",
+    "next_places",
 ]
 
 Params = Mapping[str, Any]
@@ -56,6 +57,8 @@ _INSERT_ORDER = (
     "size_bytes",
     "char_count",
     "root_id",
+    "ord",
+    "cum_size",
 )
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
 
@@ -79,6 +82,27 @@ class _Compiler:
         if q.is_constant(stmt):  # lives as long as the process: its id is never reused
             self._cache[key] = made
         return made
+
+
+def next_places(
+    last: Sequence[Sequence[Any]], records: Sequence[MessageRecord]
+) -> list[tuple[int | None, int | None]]:
+    """(ord, cum_size) of ``records`` appended after a session's newest row ``last`` (a
+    ``LAST_ORD`` result): its place and running size continued; NULL after a row that has
+    none (another program's, which the database's trigger could not number)."""
+    if last:
+        ord_, cum = last[0]
+        if ord_ is None or cum is None:
+            return [(None, None)] * len(records)
+        ord_, cum = int(ord_), int(cum)
+    else:
+        ord_, cum = 0, 0
+    out: list[tuple[int | None, int | None]] = []
+    for r in records:
+        ord_ += 1
+        cum += r.size
+        out.append((ord_, cum))
+    return out
 
 
 class RawExecutor:
@@ -117,6 +141,7 @@ class RawExecutor:
         sql, names, _ = self._sql(q.INSERT_MESSAGE)
         # rows are built as tuples straight from the records: the hot loop of a bulk save
         assert names == _INSERT_ORDER, names
+        places = next_places(self.rows(q.LAST_ORD, {"session_id": session_id}), records)
         rows = [
             (
                 session_id,
@@ -128,8 +153,10 @@ class RawExecutor:
                 r.size,
                 r.chars,
                 root_id,
+                place[0],
+                place[1],
             )
-            for r in records
+            for r, place in zip(records, places, strict=True)
         ]
         if len(rows) == 1:
             return [int(self._conn.execute(sql, rows[0]).lastrowid or 0)]
@@ -155,6 +182,7 @@ class AlchemyExecutor:
     def insert_messages(
         self, session_id: str, root_id: str, records: Sequence[MessageRecord]
     ) -> list[int]:
+        places = next_places(self.rows(q.LAST_ORD, {"session_id": session_id}), records)
         params = [
             {
                 "session_id": session_id,
@@ -166,8 +194,10 @@ class AlchemyExecutor:
                 "size_bytes": r.size,
                 "char_count": r.chars,
                 "root_id": root_id,
+                "ord": place[0],
+                "cum_size": place[1],
             }
-            for r in records
+            for r, place in zip(records, places, strict=True)
         ]
         ids = self._conn.execute(q.INSERT_MESSAGE_RETURNING, params).scalars().all()
         return [int(i) for i in ids]

@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from ...codec import decode_metadata, dumps_metadata, read_metadata
@@ -22,21 +23,27 @@ from ...errors import (
 )
 from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
 from ...timeutil import from_db_timestamp, read_timestamp
-from ..base import SaveRequest, SaveResult, check_import_size, fork_count
+from ..base import SaveRequest, SaveResult, check_import_size, fork_count, parents_first
 from . import pg_sql
 from . import statements as q
 from .branching import (
     BEYOND,
+    MAX_DEPTH,
     Part,
     cut_oldest,
+    damaged,
     detach,
     drop_newest,
     fork_parts,
+    link_of,
     lock_tree,
+    nth_from_end,
     own_part,
-    read_tail,
     reclaim,
+    release,
     segments,
+    span,
+    tail_parts,
 )
 from .executors import Executor, PgExecutor, message_arrays
 from .rows import message_of
@@ -169,17 +176,34 @@ def read(
         return []
     root = _root(cx, session_id, root_id)
     if limit is None:
-        rows: list[Sequence[Any]] = []
-        for part in _view(cx, root, session_id, upto_id):
-            params = {"owner": part.owner, "tree": root, "lo": part.lo, "hi": part.hi}
-            rows.extend(cx.rows(q.RANGE_ALL, params))
+        params = {"session_id": session_id, "tree": root, "beyond": BEYOND, "upto": upto_id}
+        rows: list[Sequence[Any]] = list(cx.rows(q.VIEW_ROWS, params))
+        _ascending(session_id, rows, 1)
         return [message_of(r) for r in rows]
     params = {"owner": session_id, "tree": root, "lo": 0, "hi": upto_id, "n": limit}
     rows = list(cx.rows(q.RANGE_DESC, params))
     if len(rows) < limit:
-        # a branch: the rest comes from what it inherited (a plain session has no segment)
-        rows.extend(read_tail(cx, root, segments(cx, root, session_id), limit - len(rows)))
+        # a branch: the rest comes from what it inherited (a plain session has no segment),
+        # down its links only as far as the newest ``limit`` messages go
+        want = limit - len(rows)
+        tail = {
+            "session_id": session_id,
+            "tree": root,
+            "beyond": BEYOND,
+            "need": want,
+            "depth": MAX_DEPTH,
+        }
+        rows.extend(cx.rows(q.TAIL_ROWS, tail))
+        _ascending(session_id, rows, -1)
     return [message_of(r) for r in reversed(rows)]
+
+
+def _ascending(session_id: str, rows: Sequence[Sequence[Any]], way: int) -> None:
+    """A view's rows come in id order (``way`` 1: ascending, -1: descending), each once:
+    anything else is damaged branch rows (a link cycle, overlapping segments)."""
+    for before, after in pairwise(rows):
+        if (int(after[0]) - int(before[0])) * way <= 0:
+            raise damaged(session_id, "its segments show a message twice or out of order")
 
 
 def read_page(
@@ -192,7 +216,9 @@ def read_page(
 ) -> list[MessageRecord]:
     root = _root(cx, session_id, root_id)
     rows: list[Sequence[Any]] = []
-    for part in _view(cx, root, session_id, upto_id):
+    view = segments(cx, root, session_id, above=after_id)
+    view.append(Part(session_id, 0, upto_id, 1, 0))
+    for part in view:
         if len(rows) >= limit:
             break
         if part.hi <= after_id:
@@ -279,7 +305,12 @@ def text_length(
     want = 2**62 if limit is None else limit
     root = _root(cx, session_id, root_id)
     chars = count = 0
-    for part in reversed(_view(cx, root, session_id, upto_id)):
+    if limit is None:
+        view = _view(cx, root, session_id, upto_id)
+    else:
+        view = tail_parts(cx, root, session_id, limit)
+        view.append(Part(session_id, 0, upto_id, 1, 0))
+    for part in reversed(view):
         if count >= want:
             break
         params = {"owner": part.owner, "tree": root, "lo": part.lo, "hi": part.hi}
@@ -289,19 +320,86 @@ def text_length(
     return chars, count
 
 
-def _held_view(cx: Executor, root: str, session_id: str) -> list[Part]:
-    """The session's segments, with every owner's row held shared: a writer moving or
-    deleting an owner's rows (it holds the owner's row) is waited for, and the segments
-    read after it (a holder may own some now, whose row is then held too)."""
+def _hold_owners(cx: Executor, parts: Sequence[Part], held: set[str]) -> bool:
+    """Hold the owners of ``parts`` shared (a writer moving or deleting an owner's rows
+    holds its row): False when some were not held yet (the caller reads again)."""
+    new = sorted({p.owner for p in parts} - held)
+    for owner in new:
+        cx.rows(q.OWNER_SHARED, {"session_id": owner})
+        held.add(owner)
+    return not new
+
+
+@dataclasses.dataclass(slots=True)
+class _Plan:
+    """What a fork starts with: the bound up to which it inherits its source's segments
+    (None: nothing), the count and size of what it shows through that link, the segments
+    of its own list, and its totals."""
+
+    upto: int | None
+    inherit_count: int
+    inherit_size: int
+    own: list[Part]
+    count: int
+    size: int
+
+
+def _fork_plan(
+    cx: Executor,
+    root: str,
+    source: SessionRecord,
+    fork_point: int | None,
+    fork_after: int | None,
+) -> _Plan:
+    """A fork of the whole view, or at a point in the source's own rows, reads no
+    segment: it inherits them all and lists one run of the source's own rows. Elsewhere
+    the view is resolved: the fork inherits up to the last segment it shows whole and
+    lists the piece of the one its point cuts."""
+    sid = source.id
+    link = link_of(cx, root, sid)
+    lo = link.own_lo
+    total, size = source.message_count, source.size_bytes
+    upto = lo if link.segmented else None
+    in_count, in_size = link.inherited
+    if fork_after is None:
+        point = total if fork_point is None else fork_point
+        leave = total - point  # the newest messages it leaves out
+        own_count, own_size = total - in_count, size - in_size
+        if own_count < 0 or own_size < 0:
+            raise damaged(repr(source.name), "its counters are less than its segments show")
+        if leave == 0:
+            own = Part(sid, lo, source.last_message_id, own_count, own_size)
+            return _Plan(upto, in_count, in_size, [own], total, size)
+        if leave < own_count:
+            boundary = nth_from_end(cx, root, sid, lo, BEYOND, leave)
+            if boundary is not None:
+                out_count, out_size = span(cx, root, sid, boundary, BEYOND)
+                if out_count == leave:
+                    own = Part(sid, lo, boundary, own_count - leave, own_size - out_size)
+                    return _Plan(upto, in_count, in_size, [own], point, size - out_size)
+            raise damaged(repr(source.name), "its message count does not match its rows")
     held: set[str] = set()
     while True:
-        view = segments(cx, root, session_id)
-        new = sorted({p.owner for p in view} - held)
-        if not new:
-            return view
-        for owner in new:
-            cx.rows(q.OWNER_SHARED, {"session_id": owner})
-            held.add(owner)
+        parts = segments(cx, root, sid)
+        own = own_part(sid, parts, total, size, source.last_message_id)
+        if own.count < 0 or own.size < 0:
+            raise damaged(repr(source.name), "its counters are less than its segments show")
+        taken = fork_parts(cx, root, [*parts, own], fork_point, fork_after)
+        whole = 0  # the leading parts it takes as they are: inherited
+        while whole < len(taken) and whole < len(parts) and taken[whole] is parts[whole]:
+            whole += 1
+        mine = [p for p in taken[whole:] if p.count > 0]
+        if _hold_owners(cx, [p for p in mine if p.owner != sid], held):
+            break
+    inherited = taken[:whole]
+    return _Plan(
+        parts[whole - 1].hi if whole else None,
+        sum(p.count for p in inherited),
+        sum(p.size for p in inherited),
+        mine,
+        sum(p.count for p in taken),
+        sum(p.size for p in taken),
+    )
 
 
 def create(
@@ -312,13 +410,17 @@ def create(
     fork_after: int | None = None,
 ) -> SessionRecord:
     """A new session, or a branch of ``copy_from`` at ``fork_point`` (its first that many
-    messages) or after message ``fork_after`` (all when neither): the branch's segments
-    are the source's, cut there, and copy no row."""
+    messages) or after message ``fork_after`` (all when neither): the branch inherits the
+    source's segments up to there (see branching.py), lists at most two of its own, and
+    copies no row."""
     # a taken name fails the INSERT on the UNIQUE constraint: the error edge makes that
     # SessionExistsError (one statement, and no race between a check and the insert)
     metadata, count, size, last_id = record.metadata, 0, 0, 0
     root, parent, point = record.id, None, None
     parts: list[Part] = []
+    inherit: str | None = None
+    upto: int | None = None
+    in_count = in_size = 0
     if copy_from is not None:
         # held until the fork commits: the counters and the segments are one state (the
         # caller names the source's tree in record.root_id; the new branch joins it)
@@ -329,18 +431,18 @@ def create(
             raise SessionNotFoundError("the session to branch from no longer exists")
         source = _session(found[0], [])
         metadata = source.metadata
-        view = _held_view(cx, source_root, copy_from)
-        view.append(
-            own_part(
-                copy_from, view, source.message_count, source.size_bytes, source.last_message_id
-            )
-        )
         if fork_point is not None:
             fork_point = fork_count(source.name, source.message_count, fork_point)
-        parts = fork_parts(cx, source_root, view, fork_point, fork_after)
-        count = sum(p.count for p in parts)
-        size = sum(p.size for p in parts)
-        last_id = parts[-1].hi if parts else 0
+        plan = _fork_plan(cx, source_root, source, fork_point, fork_after)
+        count, size = plan.count, plan.size
+        parts = [p for p in plan.own if p.count > 0]
+        if parts:
+            last_id = parts[-1].hi
+        elif plan.upto is not None and count:
+            last_id = plan.upto
+        if plan.upto is not None and plan.inherit_count:
+            inherit, upto = copy_from, plan.upto
+            in_count, in_size = plan.inherit_count, plan.inherit_size
         # an import keeps the fork point its file recorded (what it shares may be less)
         point = record.fork_point if record.fork_point is not None else count
         root, parent = source.root_id, copy_from
@@ -359,6 +461,10 @@ def create(
             "fork_point": point,
             "last_id": last_id,
             "holder": False,
+            "inherit_id": inherit,
+            "inherit_upto": upto,
+            "inherit_count": in_count,
+            "inherit_size": in_size,
         },
     )
     for part in parts:
@@ -463,7 +569,9 @@ def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
     lock_tree(cx, root)
     if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
         return False
-    parts = segments(cx, root, session_id)
+    # the sessions inheriting its segments take copies of those they show first
+    release(cx, root, session_id)
+    parts = [p for p in segments(cx, root, session_id) if p.listed_by == session_id]
     cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
     detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
     deleted = cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
@@ -472,8 +580,9 @@ def delete(cx: Executor, session_id: str, when: datetime | None = None) -> bool:
 
 
 def tree(cx: Executor, root_id: str) -> list[SessionInfo]:
-    """Every session of the branching tree whose key is ``root_id``, oldest first."""
-    return _infos(cx.rows(q.LIST_TREE, {"tree": root_id}))
+    """Every session of the branching tree whose key is ``root_id``, oldest first, each
+    after the one it was forked from."""
+    return parents_first(_infos(cx.rows(q.LIST_TREE, {"tree": root_id})))
 
 
 def _strict_metadata(text: Any) -> dict[str, Any]:

@@ -16,8 +16,36 @@ __all__ = [
 ]
 
 _MESSAGE_COLUMNS = (
-    "session_id, role, content, timestamp, metadata, content_zlib, size_bytes, char_count, root_id"
+    "session_id, role, content, timestamp, metadata, content_zlib, size_bytes, char_count, "
+    "root_id, ord, cum_size"
 )
+
+
+def _last(session: str) -> str:
+    """(ord, cum_size) of the session's newest row, and whether it has one, as a one-row
+    relation ``lo``: its next rows continue from there (NULL after a row another program
+    inserted unnumbered). Read once, ordered by (session_id, id), the index's order (a
+    scan of the id index for a new session's newest row would read the whole table)."""
+    newest = (
+        f"SELECT x.ord, x.cum_size FROM messages x WHERE x.session_id = {session} "
+        "ORDER BY x.session_id DESC, x.id DESC LIMIT 1"
+    )
+    return (
+        f"(SELECT u.ord, u.cum, u.any FROM (SELECT n.ord, n.cum_size AS cum, true AS any "
+        f"FROM ({newest}) n UNION ALL SELECT NULL::bigint, NULL::bigint, false) u "
+        "ORDER BY u.any DESC LIMIT 1) lo"
+    )
+
+
+def _places(size: str) -> str:
+    """A new row's ord and cum_size (after ``lo``, in the order ``r.ord``)."""
+    return (
+        "CASE WHEN lo.any AND lo.ord IS NULL THEN NULL ELSE coalesce(lo.ord, 0) + r.ord END, "
+        "CASE WHEN lo.any AND lo.cum IS NULL THEN NULL ELSE coalesce(lo.cum, 0) + "
+        f"sum({size}) OVER (ORDER BY r.ord) END"
+    )
+
+
 _UNNEST = (
     "unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[], "
     "$8::bigint[]) WITH ORDINALITY AS r(role, content, ts, extra, packed, size, chars, ord)"
@@ -29,8 +57,8 @@ _UNNEST = (
 INSERT_MESSAGES = (
     f"WITH ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
     "SELECT $1::text, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
-    "$9::text "
-    f"FROM {_UNNEST} ORDER BY r.ord RETURNING id) "
+    f"$9::text, {_places('r.size')} "
+    f"FROM {_last('$1::text')}, {_UNNEST} ORDER BY r.ord RETURNING id) "
     "SELECT array_agg(id ORDER BY id) FROM ins"
 )
 
@@ -48,8 +76,8 @@ APPEND = (
     "OR cur.size_bytes + $12::bigint <= $9::bigint), "
     f"ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
     "SELECT fits.id, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
-    "coalesce(fits.root_id, fits.id) "
-    f"FROM fits, {_UNNEST} ORDER BY r.ord RETURNING id), "
+    f"coalesce(fits.root_id, fits.id), {_places('r.size')} "
+    f"FROM fits, {_last('$1::text')}, {_UNNEST} ORDER BY r.ord RETURNING id), "
     "upd AS (UPDATE sessions s SET updated_at = $11::timestamptz, "
     "message_count = fits.message_count + cardinality($2::text[]), "
     "size_bytes = fits.size_bytes + $12::bigint, "
@@ -72,21 +100,40 @@ _T_COLS = (
 )
 
 
+_BEYOND = "4611686018427387904::bigint"
+_MAX_DEPTH = "1000000"
+
+
 def _own_lo(session: str, root: str) -> str:
-    """Below every own row of the session: the newest id it inherits (0 for no branch).
-    Bounding the own rows' id range there keeps a scan of the id index short for a branch
-    with few rows of its own (the planner may prefer that index to the session's)."""
+    """Below every own row of the session: the newest id it inherits (0 for no branch),
+    the larger of its own segments' newest ``hi`` and its link's bound. Bounding the own
+    rows' id range there keeps a scan of the id index short for a branch with few rows
+    of its own (the planner may prefer that index to the session's)."""
     return (
-        "(SELECT coalesce(max(o.hi), 0) FROM session_segments o "
-        f"WHERE o.root_id = {root} AND o.session_id = {session})"
+        "greatest((SELECT coalesce(max(o.hi), 0) FROM session_segments o "
+        f"WHERE o.root_id = {root} AND o.session_id = {session}), "
+        "(SELECT coalesce(CASE WHEN r.inherit_id IS NULL THEN 0 ELSE r.inherit_upto END, 0) "
+        f"FROM sessions r WHERE r.id = {session}))"
+    )
+
+
+def _chain(session: str, floor: str = "-1") -> str:
+    """The session's list and the lists it inherits (see statements.RESOLVED), as
+    ``chain(sid, cut)``: UNION ends a damaged link cycle. Lists whose bound is ``floor``
+    or less (all older than what the caller reads) are not walked."""
+    return (
+        f"chain(sid, cut) AS (SELECT {session}, {_BEYOND} UNION SELECT s.inherit_id, "
+        "least(s.inherit_upto, c.cut) FROM chain c JOIN sessions s ON s.id = c.sid "
+        f"WHERE s.inherit_id IS NOT NULL AND s.inherit_upto > {floor})"
     )
 
 
 def _parts(session: str, upto: str, root: str) -> str:
-    """A session's view as (owner_id, lo, hi) runs: its segments, then its own rows."""
+    """A session's view as (owner_id, lo, hi) runs: its segments, resolved down its
+    links, then its own rows (after ``WITH RECURSIVE`` + :func:`_chain`)."""
     return (
-        "(SELECT g.owner_id, g.lo, g.hi FROM session_segments g "
-        f"WHERE g.root_id = {root} AND g.session_id = {session} "
+        "(SELECT g.owner_id, g.lo, g.hi FROM chain c JOIN session_segments g "
+        f"ON g.root_id = {root} AND g.session_id = c.sid AND g.hi <= c.cut "
         f"UNION ALL SELECT {session}, {_own_lo(session, root)}, {upto}) p"
     )
 
@@ -101,19 +148,29 @@ def _rows(root: str) -> str:
 
 def _tail(session: str, upto: str, n: str, root: str) -> str:
     """The newest ``n`` rows of a session's view (NULL: all), newest first. Its own rows are
-    its newest: the segments are read only when they are fewer than ``n``, each run newest
-    first, at most ``n``. Ordered by (session_id, id), the order of the index they read."""
+    its newest: the segments are read only when they are fewer than ``n``, down its links
+    only until the lists passed show ``n`` (``acc``), each run newest first, at most
+    ``n``. Ordered by (session_id, id), the order of the index they read."""
     own = (
         f"SELECT {_COLS} FROM messages m WHERE m.root_id = {root} AND m.session_id = {session} "
         f"AND m.id > {_own_lo(session, root)} AND m.id <= {upto} "
         f"ORDER BY m.session_id DESC, m.id DESC LIMIT {n}"
     )
+    want = f"coalesce({n}, {_BEYOND})"
+    chain = (
+        f"chain(sid, cut, acc, depth) AS (SELECT {session}, {_BEYOND}, "
+        "(SELECT count(*) FROM own), 0 UNION ALL SELECT s.inherit_id, "
+        "least(s.inherit_upto, c.cut), c.acc + (SELECT coalesce(sum(x.message_count), 0) "
+        f"FROM session_segments x WHERE x.root_id = {root} AND x.session_id = c.sid "
+        "AND x.hi <= c.cut)::bigint, c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
+        f"WHERE s.inherit_id IS NOT NULL AND c.acc < {want} AND c.depth < {_MAX_DEPTH})"
+    )
     return (
-        f"WITH own AS ({own}) SELECT * FROM own UNION ALL SELECT {_T_COLS} FROM "
-        f"session_segments p CROSS JOIN LATERAL ({_rows(root)} "
-        f"ORDER BY m.session_id DESC, m.id DESC LIMIT {n}) t WHERE p.root_id = {root} "
-        f"AND p.session_id = {session} AND (SELECT count(*) FROM own) < "
-        f"coalesce({n}, 9223372036854775807) ORDER BY id DESC LIMIT {n}"
+        f"WITH RECURSIVE own AS ({own}), {chain} SELECT * FROM own UNION ALL "
+        f"SELECT {_T_COLS} FROM chain c JOIN session_segments p ON p.root_id = {root} "
+        f"AND p.session_id = c.sid AND p.hi <= c.cut CROSS JOIN LATERAL ({_rows(root)} "
+        f"ORDER BY m.session_id DESC, m.id DESC LIMIT {n}) t "
+        f"WHERE (SELECT count(*) FROM own) < {want} ORDER BY id DESC LIMIT {n}"
     )
 
 
@@ -127,11 +184,13 @@ def _key(n: int) -> str:
 READ_TAIL = _tail("$1::text", "$2::bigint", "$3::bigint", _key(4))
 #: Every message of session $1 up to $2, oldest first; $3 the tree's key.
 READ_ALL = (
+    f"WITH RECURSIVE {_chain('$1::text')} "
     f"SELECT {_T_COLS} FROM {_parts('$1::text', '$2::bigint', _key(3))} CROSS JOIN LATERAL "
     f"({_rows(_key(3))}) t ORDER BY t.id"
 )
 #: At most $4 messages of session $1 with $2 < id <= $3, oldest first; $5 the tree's key.
 READ_PAGE = (
+    f"WITH RECURSIVE {_chain('$1::text', '$2::bigint')} "
     f"SELECT {_T_COLS} FROM {_parts('$1::text', '$3::bigint', _key(5))} CROSS JOIN LATERAL "
     f"({_rows(_key(5))} AND m.id > $2::bigint ORDER BY m.id LIMIT $4::bigint) t "
     "ORDER BY t.id LIMIT $4::bigint"

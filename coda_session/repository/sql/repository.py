@@ -59,6 +59,8 @@ class SqlSnapshot:
     """Reads of one committed state of the database (an export's), until the ``async
     with`` block ends."""
 
+    global_ids = True
+
     def __init__(self, step: Callable[..., Any], edge: Callable[..., Any]) -> None:
         self._step = step
         self._edge = edge

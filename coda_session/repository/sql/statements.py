@@ -18,6 +18,7 @@ from .tables import sessions as s
 
 __all__ = [
     "BUMP_TOTALS",
+    "COPY_SEGMENTS",
     "DELETE_HOLDER",
     "DELETE_LOCK",
     "DELETE_RANGE",
@@ -25,23 +26,34 @@ __all__ = [
     "DELETE_SEGMENTS_OF",
     "DELETE_SESSION",
     "HOLDER_LOCK",
+    "INHERIT_OF",
     "INSERT_MESSAGE",
     "INSERT_MESSAGE_RETURNING",
     "INSERT_SEGMENT",
     "INSERT_SESSION",
     "LAST_MESSAGE_ID",
+    "LAST_ORD",
+    "LINKED_WITHIN",
     "LIST_SESSIONS",
+    "LIST_STATS",
     "LIST_TREE",
     "MOVE_RANGE",
+    "OWNER_MAX_HI",
     "OWNER_SHARED",
+    "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
+    "RANGE_BY_ORD",
     "RANGE_DESC",
+    "RANGE_ENDS",
     "RANGE_HAS",
     "RANGE_NTH_ASC",
     "RANGE_NTH_DESC",
     "RANGE_STATS",
     "RANGE_TEXT",
+    "REFERERS",
+    "RESOLVED",
+    "RESOLVED_ABOVE",
     "ROOT_OF",
     "SEGMENTS",
     "SEGMENTS_ON",
@@ -50,12 +62,16 @@ __all__ = [
     "SESSION_LOCK",
     "SESSION_METADATA",
     "SESSION_TO_FORK",
+    "SET_INHERIT",
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
+    "TAIL_PARTS",
+    "TAIL_ROWS",
     "TREE_LOCK",
     "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
+    "VIEW_ROWS",
     "is_constant",
 ]
 
@@ -132,6 +148,10 @@ INSERT_SESSION = sa.insert(s).values(
     fork_point=sa.bindparam("fork_point", type_=sa.BigInteger),
     last_message_id=sa.bindparam("last_id", type_=sa.BigInteger),
     holder=sa.bindparam("holder", type_=sa.Boolean),
+    inherit_id=sa.bindparam("inherit_id", type_=sa.Text),
+    inherit_upto=sa.bindparam("inherit_upto", type_=sa.BigInteger),
+    inherit_count=sa.bindparam("inherit_count", type_=sa.BigInteger),
+    inherit_size=sa.bindparam("inherit_size", type_=sa.BigInteger),
 )
 _bump = {
     "updated_at": sa.bindparam("updated_at", type_=s.c.updated_at.type),
@@ -199,6 +219,8 @@ INSERT_MESSAGE = sa.insert(m).values(
     size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
     char_count=sa.bindparam("char_count", type_=sa.BigInteger),
     root_id=sa.bindparam("root_id"),
+    ord=sa.bindparam("ord", type_=sa.BigInteger),
+    cum_size=sa.bindparam("cum_size", type_=sa.BigInteger),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
 DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
@@ -245,6 +267,215 @@ UPDATE_SEGMENT = (
         message_count=sa.bindparam("message_count", type_=sa.BigInteger),
         size_bytes=sa.bindparam("size_bytes", type_=sa.BigInteger),
     )
+)
+_own_list = sa.select(
+    sa.func.max(g.c.hi).label("hi"),
+    sa.func.coalesce(sa.func.sum(g.c.message_count), 0).label("count"),
+    sa.func.coalesce(sa.func.sum(g.c.size_bytes), 0).label("size"),
+).where(g.c.session_id == sa.bindparam("session_id"), g.c.root_id == sa.bindparam("tree"))
+_own = _own_list.subquery()
+#: a session's inheritance link (the session, the bound, what it shows through it), and
+#: the newest ``hi`` and the totals of its own segments
+INHERIT_OF = (
+    sa.select(
+        s.c.inherit_id,
+        s.c.inherit_upto,
+        s.c.inherit_count,
+        s.c.inherit_size,
+        _own.c.hi,
+        _own.c.count,
+        _own.c.size,
+    )
+    .select_from(s.join(_own, sa.true()))
+    .where(s.c.id == sa.bindparam("session_id"))
+)
+#: (count, size) of ``session_id``'s own segments with ``hi <= upto``
+LIST_STATS = sa.select(
+    sa.func.coalesce(sa.func.sum(g.c.message_count), 0),
+    sa.func.coalesce(sa.func.sum(g.c.size_bytes), 0),
+).where(
+    g.c.session_id == sa.bindparam("session_id"),
+    g.c.hi <= sa.bindparam("upto", type_=sa.BigInteger),
+)
+#: the sessions whose views start with ``session_id``'s segments, and up to where
+REFERERS = (
+    sa.select(s.c.id, s.c.inherit_upto)
+    .where(s.c.inherit_id == sa.bindparam("session_id"))
+    .order_by(s.c.id)
+)
+SET_INHERIT = (
+    sa.update(s)
+    .where(s.c.id == sa.bindparam("session_id"))
+    .values(
+        inherit_id=sa.bindparam("inherit_id", type_=sa.Text),
+        inherit_upto=sa.bindparam("inherit_upto", type_=sa.BigInteger),
+        inherit_count=sa.bindparam("inherit_count", type_=sa.BigInteger),
+        inherit_size=sa.bindparam("inherit_size", type_=sa.BigInteger),
+    )
+)
+#: copies of ``session_id``'s own segments with ``hi <= upto`` into the list of ``to``
+COPY_SEGMENTS = sa.insert(g).from_select(
+    ["root_id", "session_id", "owner_id", "lo", "hi", "message_count", "size_bytes"],
+    sa.select(
+        g.c.root_id,
+        sa.bindparam("to", type_=sa.Text),
+        g.c.owner_id,
+        g.c.lo,
+        g.c.hi,
+        g.c.message_count,
+        g.c.size_bytes,
+    ).where(
+        g.c.session_id == sa.bindparam("session_id"),
+        g.c.hi <= sa.bindparam("upto", type_=sa.BigInteger),
+    ),
+)
+# The chain of inheritance links, walked by the database in one statement: (sid, cut) is
+# one list and the bound its segments are taken up to. UNION, not UNION ALL: a cycle (a
+# damaged link) repeats a pair and ends the walk; its segments then repeat, which the
+# caller reports as damage. Every parameter is cast: PostgreSQL infers no type there.
+_CHAIN = (
+    "chain(sid, cut) AS (SELECT CAST(:session_id AS TEXT), CAST(:beyond AS BIGINT) "
+    "UNION SELECT s.inherit_id, CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto "
+    "ELSE c.cut END FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL)"
+)
+_PARTS = (
+    "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "
+    "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut ORDER BY g.hi"
+)
+#: a session's view's segments, inherited and its own, oldest first, with the session
+#: whose list holds each (``session_id``)
+RESOLVED = sa.text(f"WITH RECURSIVE {_CHAIN} {_PARTS}")
+#: the same, only the segments with ``hi > floor``: the walk stops at the first list whose
+#: bound is ``floor`` or less (all it and the lists below show is older), so a page of a
+#: deep branch's newest messages reads only the links it needs
+RESOLVED_ABOVE = sa.text(
+    "WITH RECURSIVE chain(sid, cut) AS (SELECT CAST(:session_id AS TEXT), "
+    "CAST(:beyond AS BIGINT) UNION SELECT s.inherit_id, CASE WHEN s.inherit_upto < c.cut "
+    "THEN s.inherit_upto ELSE c.cut END FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL AND s.inherit_upto > CAST(:floor AS BIGINT)) "
+    "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "
+    "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut "
+    "AND g.hi > CAST(:floor AS BIGINT) ORDER BY g.hi"
+)
+#: the same, only down the chain until the lists passed show ``need`` messages (one more
+#: list than that at most): the segments of a view's newest ``need`` messages among them.
+#: ``depth`` bounds a walk whose damaged counts never reach ``need``.
+TAIL_PARTS = sa.text(
+    "WITH RECURSIVE chain(sid, cut, acc, depth) AS (SELECT CAST(:session_id AS TEXT), "  # noqa: S608
+    "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
+    "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END, c.acc + CAST(("
+    "SELECT coalesce(sum(x.message_count), 0) FROM session_segments x "
+    "WHERE x.session_id = c.sid AND x.root_id = CAST(:tree AS TEXT) AND x.hi <= c.cut) "
+    "AS BIGINT), "
+    "c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
+    f"AND c.depth < CAST(:depth AS INTEGER)) {_PARTS}"
+)
+#: the newest segment of ``session_id``'s own list with ``hi <= hi``
+PREVIOUS_SEGMENT = (
+    sa.select(g.c.id, g.c.owner_id, g.c.hi, g.c.message_count, g.c.size_bytes, g.c.lo)
+    .where(
+        g.c.session_id == sa.bindparam("session_id"),
+        g.c.hi <= sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .order_by(g.c.hi.desc())
+    .limit(1)
+)
+#: a session inheriting ``session_id``'s list up to a bound with ``lo <= bound < hi``
+LINKED_WITHIN = (
+    sa.select(s.c.id)
+    .where(
+        s.c.inherit_id == sa.bindparam("session_id"),
+        s.c.inherit_upto >= sa.bindparam("lo", type_=sa.BigInteger),
+        s.c.inherit_upto < sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .limit(1)
+)
+#: the newest ``hi`` of the segments on ``owner``'s rows
+OWNER_MAX_HI = sa.select(sa.func.max(g.c.hi)).where(
+    g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree")
+)
+#: the place and running size of a session's newest row (where its next rows continue)
+# ordered by (session_id, id), the index's order: a server's planner may otherwise walk the
+# id index through every other session's rows
+LAST_ORD = (
+    sa.select(m.c.ord, m.c.cum_size)
+    .where(m.c.session_id == sa.bindparam("session_id"))
+    .order_by(m.c.session_id.desc(), m.c.id.desc())
+    .limit(1)
+)
+_first = (
+    sa.select(m.c.id, m.c.ord, m.c.cum_size, m.c.size_bytes)
+    .where(*_range)
+    .order_by(m.c.session_id, m.c.id)
+    .limit(1)
+    .subquery()
+)
+_last = (
+    sa.select(m.c.id, m.c.ord, m.c.cum_size)
+    .where(*_range)
+    .order_by(m.c.session_id.desc(), m.c.id.desc())
+    .limit(1)
+).subquery()
+#: a range's first and last rows (id, ord, cum_size; the first's size too): no row when
+#: the range is empty
+RANGE_ENDS = sa.select(
+    _first.c.id,
+    _first.c.ord,
+    _first.c.cum_size,
+    _first.c.size_bytes,
+    _last.c.id,
+    _last.c.ord,
+    _last.c.cum_size,
+).select_from(_first.join(_last, sa.true()))
+#: the id and running size of the range's row at place ``ord``
+RANGE_BY_ORD = sa.select(m.c.id, m.c.cum_size).where(
+    *_range, m.c.ord == sa.bindparam("ord", type_=sa.BigInteger)
+)
+_ROW_COLS = (
+    "m.id, m.role, m.content, m.timestamp, m.metadata, m.content_zlib, m.size_bytes, m.char_count"
+)
+#: every message of a session's view up to ``upto``, oldest first, in one statement: its
+#: segments resolved down its links, then its own rows
+VIEW_ROWS = sa.text(
+    f"WITH RECURSIVE {_CHAIN}, parts(owner_id, lo, hi) AS (SELECT g.owner_id, g.lo, g.hi "  # noqa: S608
+    "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut UNION ALL "
+    "SELECT CAST(:session_id AS TEXT), CAST(-1 AS BIGINT), CAST(:upto AS BIGINT)) "
+    f"SELECT {_ROW_COLS} FROM parts p JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
+    "AND m.session_id = p.owner_id AND m.id > p.lo AND m.id <= p.hi ORDER BY m.id"
+)
+#: the newest ``need`` messages a session shows through its segments, newest first, in
+#: one statement: down its links only as far as they go (``TAIL_PARTS``), and of each
+#: segment only its newest rows still wanted (``newer``: what the newer ones show), the
+#: first of them found by its place (``ord``) so no segment is read past them (a segment
+#: wanted whole is read whole)
+TAIL_ROWS = sa.text(
+    "WITH RECURSIVE chain(sid, cut, acc, depth) AS (SELECT CAST(:session_id AS TEXT), "  # noqa: S608
+    "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
+    "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END, c.acc + CAST(("
+    "SELECT coalesce(sum(x.message_count), 0) FROM session_segments x "
+    "WHERE x.session_id = c.sid AND x.root_id = CAST(:tree AS TEXT) AND x.hi <= c.cut) "
+    "AS BIGINT), c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
+    "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
+    "AND c.depth < CAST(:depth AS INTEGER)), "
+    "parts(owner_id, lo, hi, n, newer) AS (SELECT g.owner_id, g.lo, g.hi, g.message_count, "
+    "coalesce(sum(g.message_count) OVER (ORDER BY g.hi DESC ROWS BETWEEN UNBOUNDED "
+    "PRECEDING AND 1 PRECEDING), 0) FROM chain c JOIN session_segments g "
+    "ON g.session_id = c.sid AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut), "
+    "wanted(owner_id, lo, hi, floor) AS (SELECT p.owner_id, p.lo, p.hi, CASE WHEN "
+    "p.n <= CAST(:need AS BIGINT) - p.newer THEN p.lo ELSE coalesce(("
+    "SELECT x.id FROM messages x WHERE x.session_id = p.owner_id AND x.id > p.lo "
+    "AND x.id <= p.hi AND x.ord = (SELECT y.ord FROM messages y WHERE y.session_id = "
+    "p.owner_id AND y.id > p.lo AND y.id <= p.hi ORDER BY y.id DESC LIMIT 1) "
+    "- (CAST(:need AS BIGINT) - p.newer) + 1), p.lo) END FROM parts p "
+    "WHERE p.newer < CAST(:need AS BIGINT)) "
+    f"SELECT {_ROW_COLS} FROM wanted w JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
+    "AND m.session_id = w.owner_id AND m.id >= w.floor AND m.id > w.lo AND m.id <= w.hi "
+    "ORDER BY m.id DESC LIMIT CAST(:need AS BIGINT)"
 )
 DELETE_SEGMENT = sa.delete(g).where(g.c.id == sa.bindparam("segment_id"))
 DELETE_SEGMENTS_OF = sa.delete(g).where(g.c.session_id == sa.bindparam("session_id"))

@@ -144,15 +144,24 @@ class SessionRow(Base):
     # a row that holds messages only branches show (its session was deleted, or stopped
     # showing them): never listed, never found by name or id
     holder: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
+    # the session whose segments this one's view starts with: those with ``hi <=
+    # inherit_upto`` (resolved the same way, down its own chain), before its own segments
+    # and its own rows (see migration 0010 and branching.py); NULL: only its own
+    inherit_id: Mapped[str | None] = mapped_column(sa.Text, index=True)
+    inherit_upto: Mapped[int | None] = mapped_column(BigId)
+    # how many messages it shows through that link, and their bytes (0 without one)
+    inherit_count: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
+    inherit_size: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
 
 
 class SegmentRow(Base):
     """``session_segments``: what a branch shows of other sessions' rows, oldest first.
 
-    A segment is the rows of ``owner_id`` with ``lo < id <= hi``; a branch shows its
-    segments in order of ``hi``, then its own rows. Segments are flat (a branch of a branch holds
-    its whole inherited view, not a pointer to its parent), so a read never walks a chain,
-    and they only ever shrink. ``message_count`` and ``size_bytes`` are the segment's.
+    A segment is the rows of ``owner_id`` with ``lo < id <= hi``; a branch shows the
+    segments it inherits (``sessions.inherit_id``), then its own in order of ``hi``, then
+    its own rows. A fork writes at most two segments and shares the rest of its source's
+    through the inheritance link, so a chain of forks stores one per fork (see
+    branching.py). ``message_count`` and ``size_bytes`` are the segment's.
     """
 
     __tablename__ = "session_segments"
@@ -178,6 +187,7 @@ class MessageRow(Base):
     __tablename__ = "messages"
     __table_args__ = (
         sa.Index("ix_messages_session_id_id", "session_id", "id"),
+        sa.Index("ix_messages_session_id_ord", "session_id", "ord"),
         # ids are never handed out twice (see migration 0004)
         {"sqlite_autoincrement": True},
     )
@@ -202,6 +212,11 @@ class MessageRow(Base):
     )
     # the tree's key, as on its session (see migration 0009)
     root_id: Mapped[str | None] = mapped_column(sa.Text)
+    # the row's place among its session's rows (1, 2, ... in id order) and the sum of
+    # size_bytes up to and including it: a range's count and size, and its k-th row, from
+    # its two ends, without reading what lies between (see migration 0010)
+    ord: Mapped[int | None] = mapped_column(sa.BigInteger)
+    cum_size: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class AdoptionNote(Base):
