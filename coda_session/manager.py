@@ -23,6 +23,7 @@ from .errors import (
     SessionExistsError,
     SessionNotFoundError,
 )
+from .loopsafe import LoopSafeLock
 from .models import SessionInfo, SessionRecord
 from .repository.custom import SessionStorage
 from .repository.protocol import Repository, open_repository
@@ -75,11 +76,9 @@ class AsyncSessionManager:
         self._host = SessionHost(self._config, self._repository, self._check_open)
         self._opened = False
         self._closed = False
-        # asyncio locks belong to one event loop: one per loop, so that a manager used
-        # from several loops in turn (asyncio.run per call) never waits on a dead one
-        self._open_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        # asyncio's locks belong to one event loop: this one serves every loop and thread
+        # that uses the manager, so storage is opened exactly once
+        self._open_lock = LoopSafeLock()
         self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
         self._autosave_task: asyncio.Task[None] | None = None
         # the blocking API runs its loop only during calls and times autosaves itself
@@ -111,10 +110,7 @@ class AsyncSessionManager:
         if self._opened:
             return
         loop = asyncio.get_running_loop()
-        lock = self._open_locks.get(loop)
-        if lock is None:
-            lock = self._open_locks[loop] = asyncio.Lock()
-        async with lock:
+        async with self._open_lock:
             if not self._opened:
                 await self._repository.open()
                 self._opened = True

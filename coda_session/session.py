@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import math
@@ -21,6 +20,7 @@ from .errors import (
     SessionNotFoundError,
     SessionTooLargeError,
 )
+from .loopsafe import LoopSafeLock
 from .models import MessageRecord, SessionInfo, SessionRecord, as_dicts, naming_session
 from .repository.base import SaveRequest, SaveResult, Truncation
 from .repository.protocol import Repository
@@ -98,13 +98,14 @@ class AsyncSession:
         self._pending: list[MessageRecord] = []
         self._pending_bytes = 0
         self._saving = False  # a save of this object is being written now
-        self._inflight: asyncio.Future[SaveResult] | None = None
         self._generation = 0  # bumps whenever the stored view changes
         # the sync shim touches sessions from other threads; re-entrant because a signal
         # handler may close the manager (and flush this session) while the main thread is
         # inside one of these methods
         self._state = threading.RLock()
-        self._save_lock: asyncio.Lock | None = None
+        # one save at a time, from any event loop or thread; held until the write lands,
+        # even if its caller was cancelled, or the next save would send its messages again
+        self._save_lock = LoopSafeLock()
         self._autosave_error: BaseException | None = None
         self._gone = False  # storage said the session was deleted: nothing left to flush to
         self._root_id = record.root_id or record.id
@@ -389,16 +390,8 @@ class AsyncSession:
             return [r.to_dict() for r in records]
 
     async def _save(self, drop: int = 0) -> list[MessageRecord]:
-        if self._save_lock is None:
-            self._save_lock = asyncio.Lock()
-        async with self._save_lock:
-            earlier = self._inflight
-            if earlier is not None and not earlier.done():
-                # a save whose caller was cancelled is still being written: let it land
-                # first, or its messages would be sent again (its failure was reported
-                # to its caller; a cancellation of this caller still propagates)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(earlier)
+        await self._save_lock.acquire()
+        try:
             with self._state:
                 popped: list[MessageRecord] = []
                 if drop:
@@ -409,8 +402,10 @@ class AsyncSession:
                         self._pending_bytes = sum(r.byte_size() for r in self._pending)
                     drop -= take
                     if not drop:
+                        self._save_lock.release()
                         return popped
                 elif not (self._pending or self._keep is not None or self._meta_patch):
+                    self._save_lock.release()
                     return []
                 batch = list(self._pending)
                 cut = None if self._keep is None else Truncation(self._upto, self._keep)
@@ -430,12 +425,19 @@ class AsyncSession:
                 )
                 stored_before, upto = self._stored, self._upto
             write = asyncio.ensure_future(self._write(request, patch, stored_before, upto, popped))
-            self._inflight = write
-            # the write runs to its end even if this caller is cancelled (the database
-            # commits regardless); the session's state follows its real outcome
-            write.add_done_callback(_retrieve)
-            result = await asyncio.shield(write)
-            return result.dropped + popped
+        except BaseException:
+            self._save_lock.release()
+            raise
+        # the write runs to its end even if this caller is cancelled (the database
+        # commits regardless); the session's state follows its real outcome, and the next
+        # save (of any task, loop or thread) waits for it to land
+        write.add_done_callback(self._landed)
+        result = await asyncio.shield(write)
+        return result.dropped + popped
+
+    def _landed(self, write: asyncio.Future[SaveResult]) -> None:
+        _retrieve(write)
+        self._save_lock.release()
 
     async def _write(
         self,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -202,16 +203,19 @@ class PgRunner:
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
         )
+        # several loops, in several threads, may use the runner at the same time
+        self._pools_lock = threading.Lock()
 
     @property
     def _pool(self) -> _Pool:
         """The running loop's pool."""
         loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is None or pool.closed:
-            # (the pool holds no reference to its loop: the loop's entry goes with it)
-            pool = self._pools[loop] = _Pool(self._connect, self._size, self._ping_timeout)
-        return pool
+        with self._pools_lock:
+            pool = self._pools.get(loop)
+            if pool is None or pool.closed:
+                # (the pool holds no reference to its loop: the loop's entry goes with it)
+                pool = self._pools[loop] = _Pool(self._connect, self._size, self._ping_timeout)
+            return pool
 
     async def _connect(self) -> asyncpg.Connection:
         try:
@@ -294,8 +298,9 @@ class PgRunner:
         """Close this loop's connections; those of other loops still running are dropped
         on their own loops, those of loops that ended were closed as they shut down."""
         here = asyncio.get_running_loop()
-        pools = list(self._pools.items())
-        self._pools.clear()
+        with self._pools_lock:
+            pools = list(self._pools.items())
+            self._pools.clear()
         for loop, pool in pools:
             if loop is here:
                 await pool.aclose()
