@@ -7,12 +7,14 @@ from .errors import (
     InvalidConfigError,
     InvalidMessageError,
     ManagerClosedError,
+    ReadOnlyError,
     SchemaVersionError,
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
     SessionTooLargeError,
     StorageError,
+    UnsavedChangesWarning,
 )
 from .manager import AsyncSessionManager
 from .models import Message, SessionInfo
@@ -31,6 +33,7 @@ __all__ = [
     "InvalidMessageError",
     "ManagerClosedError",
     "Message",
+    "ReadOnlyError",
     "SchemaVersionError",
     "Session",
     "SessionConfig",
@@ -43,5 +46,6 @@ __all__ = [
     "SessionStorage",
     "SessionTooLargeError",
     "StorageError",
+    "UnsavedChangesWarning",
     "__version__",
 ]

@@ -10,9 +10,14 @@
     ├── SessionTooLargeError          a save or add would take a session past max_session_size
     ├── FileFormatError               (also ValueError) an import file is malformed or truncated
     ├── ManagerClosedError            the manager was closed
+    ├── ReadOnlyError                 (also TypeError) session.metadata was changed in place
     └── StorageError                  the storage failed (I/O, locking, corruption)
         ├── SchemaVersionError        the database schema is unknown or newer than this library
         └── DamagedDataError          a stored row cannot be decoded (names session and message)
+
+And one warning: :class:`UnsavedChangesWarning` (a ``UserWarning``, shown by default)
+names the sessions whose unsaved changes were dropped (a manager closed with autosave
+off, or never closed).
 
 Input errors are raised before anything is written. Errors of the database driver and of
 SQLAlchemy never reach the caller as such: they are translated into :class:`StorageError`
@@ -27,12 +32,14 @@ __all__ = [
     "InvalidConfigError",
     "InvalidMessageError",
     "ManagerClosedError",
+    "ReadOnlyError",
     "SchemaVersionError",
     "SessionError",
     "SessionExistsError",
     "SessionNotFoundError",
     "SessionTooLargeError",
     "StorageError",
+    "UnsavedChangesWarning",
 ]
 
 
@@ -78,6 +85,18 @@ class FileFormatError(SessionError, ValueError):
 
 class ManagerClosedError(SessionError):
     """The session manager was closed and cannot be used any more."""
+
+
+class ReadOnlyError(SessionError, TypeError):
+    """A read-only view was changed in place: ``session.metadata`` is a snapshot, and
+    ``session.update_metadata({...})`` is how metadata changes (written by the next save)."""
+
+
+class UnsavedChangesWarning(UserWarning):
+    """Unsaved changes of the named sessions were dropped: the manager was closed with
+    ``autosave_interval = 0`` (close saves nothing then), or it was never closed and its
+    changes could not be flushed. Save first (``save_session``), or call
+    ``discard_changes()`` on a session to drop its changes on purpose, without a warning."""
 
 
 class StorageError(SessionError):

@@ -13,7 +13,15 @@ import collections
 import threading
 from types import TracebackType
 
-__all__ = ["LoopSafeLock"]
+__all__ = ["LoopSafeLock", "loop_shutting_down"]
+
+
+def loop_shutting_down(loop: asyncio.AbstractEventLoop) -> bool:
+    """True once ``loop.shutdown_asyncgens()`` ran (``asyncio.run`` is returning): an async
+    generator started now is never closed by the loop (asyncio warns about it), so a pool
+    made now must close its connections itself. asyncio keeps the flag private; a loop
+    without it counts as running."""
+    return bool(getattr(loop, "_asyncgens_shutdown_called", False))
 
 
 class LoopSafeLock:

@@ -75,7 +75,9 @@ class Session:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """A copy of the session's metadata, unsaved updates included."""
+        """A read-only snapshot of the session's metadata, unsaved updates included;
+        changing it in place raises :class:`~coda_session.ReadOnlyError` (use
+        :meth:`update_metadata`)."""
         return self._inner.metadata
 
     @property
@@ -120,6 +122,11 @@ class Session:
     def update_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Merge ``metadata`` into the session's metadata (top-level keys replace)."""
         self._inner.update_metadata(metadata)
+
+    def discard_changes(self) -> None:
+        """Drop the unsaved changes: the object shows its saved state again (see
+        :meth:`AsyncSession.discard_changes`)."""
+        self._inner.discard_changes()
 
     def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The messages oldest first as plain dicts; the newest ``limit`` with a limit."""

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ...loopsafe import loop_shutting_down
 from .engine import WRITE_OPTION
 from .executors import AlchemyExecutor
 
@@ -44,9 +45,11 @@ class _LoopEngine:
         self.users = 0  # operations holding one of its connections
         self._gone = False
         self._sentinel: AsyncGenerator[None, None] | None = None
+        # made while its loop shuts down: no sentinel can dispose of it (see watch)
+        self.ephemeral = loop_shutting_down(asyncio.get_running_loop())
 
     async def watch(self) -> None:
-        if self._sentinel is None:
+        if self._sentinel is None and not self.ephemeral:
             self._sentinel = self._watch()
             await self._sentinel.__anext__()
 
@@ -65,16 +68,8 @@ class _LoopEngine:
             self._gone = True
             await self.engine.dispose()
 
-    @asynccontextmanager
-    async def connection(self, options: dict[str, Any]) -> AsyncIterator[AsyncConnection]:
-        self.users += 1
-        try:
-            async with self.engine.connect() as pooled:
-                yield await pooled.execution_options(**options)
-        finally:
-            self.users -= 1
-            if self.disposed:
-                await self.dispose()
+    def connection(self, options: dict[str, Any]) -> _Checkout:
+        return _Checkout(self, options)
 
     async def aclose(self) -> None:
         sentinel, self._sentinel = self._sentinel, None
@@ -82,6 +77,41 @@ class _LoopEngine:
             await sentinel.aclose()  # its finally disposes the engine
         else:
             await self.dispose()
+
+
+class _Checkout:
+    """``async with entry.connection(options) as conn``: a pooled connection of the
+    loop's engine, counted as in use. A class, not an async generator: it also serves a
+    flush that runs while ``asyncio.run`` shuts its loop down, when a new async
+    generator is refused (asyncio warns that nobody would close it)."""
+
+    def __init__(self, entry: _LoopEngine, options: dict[str, Any]) -> None:
+        self._entry = entry
+        self._options = options
+        self._pooled: AsyncConnection | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        entry = self._entry
+        entry.users += 1
+        try:
+            self._pooled = pooled = await entry.engine.connect()
+            return await pooled.execution_options(**self._options)
+        except BaseException:
+            await self._done()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._done()
+
+    async def _done(self) -> None:
+        entry, pooled, self._pooled = self._entry, self._pooled, None
+        try:
+            if pooled is not None:
+                await pooled.close()
+        finally:
+            entry.users -= 1
+            if entry.disposed or entry.ephemeral:
+                await entry.dispose()
 
 
 class AlchemyRunner:

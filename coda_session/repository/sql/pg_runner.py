@@ -32,6 +32,7 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from ...config import SessionConfig
+from ...loopsafe import loop_shutting_down
 from .bridge import run_bridged
 from .dialect import ServerError
 from .engine import postgres_server_settings
@@ -88,6 +89,9 @@ class _Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sentinel: AsyncGenerator[None, None] | None = None
         self.closed = False
+        # made while its loop shuts down (a flush at asyncio.run's end): no sentinel can
+        # close its connections, so each goes when it is released
+        self._ephemeral = loop_shutting_down(asyncio.get_running_loop())
 
     async def _watch(self) -> AsyncGenerator[None, None]:
         try:
@@ -98,7 +102,7 @@ class _Pool:
             await self._close_idle()
 
     async def acquire(self) -> asyncpg.Connection:
-        if self._sentinel is None:
+        if self._sentinel is None and not self._ephemeral:
             self._sentinel = self._watch()
             await self._sentinel.__anext__()
         while True:
@@ -140,7 +144,7 @@ class _Pool:
                 raise
 
     def release(self, conn: asyncpg.Connection, *, broken: bool = False) -> None:
-        if broken or conn.is_closed() or self.closed:
+        if broken or conn.is_closed() or self.closed or self._ephemeral:
             self._open -= 1
             if not conn.is_closed():
                 conn.terminate()
