@@ -28,13 +28,20 @@ from .errors import (
 )
 from .loopsafe import LoopSafeLock
 from .models import SessionInfo, SessionRecord
-from .repository.custom import SessionStorage
+from .repository.custom import SessionStorage, StorageAdapter
+from .repository.memory import MemoryRepository
 from .repository.protocol import Repository, open_repository
 from .session import AsyncSession, SessionHost
 from .timeutil import utcnow
 from .transfer import Source, Target
 
-__all__ = ["AsyncSessionManager", "autosave_once", "blocking_manager", "repository_of"]
+__all__ = [
+    "AsyncSessionManager",
+    "autosave_once",
+    "blocking_manager",
+    "describe",
+    "repository_of",
+]
 
 logger = logging.getLogger("coda_session")
 
@@ -233,17 +240,32 @@ def _settle_at_exit() -> None:
 
 
 class AsyncSessionManager:
-    """Creates, resumes, saves, lists and deletes sessions; async-first.
+    """Creates, resumes, branches, saves, lists and deletes sessions; async-first.
+
+    ::
+
+        async with AsyncSessionManager({"session": {"storage_path": "~/.coda/sessions"}}) as m:
+            session = await m.create_session("my-chat")   # or resumes it
+            session.add_message({"role": "user", "content": "Hello!"})
+            await m.save_session(session)                 # one transaction, the delta only
 
     Args:
         config: the spec's ``{"session": {...}}`` dict, a :class:`SessionConfig`, or None
-            for the defaults (SQLite in ``~/.coda/sessions``).
+            for the defaults (SQLite in ``~/.coda/sessions``). Backends: ``sqlite``
+            (default), ``postgresql`` (``database_url``), ``memory`` (this manager only).
         storage: a :class:`SessionStorage` of your own, or a repository, instead of the
             configured backend.
 
     Storage is opened on first use (the database is created and migrated then). Use it as
-    ``async with AsyncSessionManager(cfg) as manager:`` or call :meth:`close`.
-    It runs on asyncio (the SQLite driver is asyncio-only).
+    ``async with AsyncSessionManager(cfg) as manager:`` or call :meth:`close`, which
+    flushes sessions with unsaved changes (unless ``autosave_interval`` is 0: then an
+    :class:`~coda_session.UnsavedChangesWarning` names what is dropped). A session object
+    with unsaved changes is held by the manager until it is saved, discarded
+    (``discard_changes()``) or the manager closes, so dropping it loses nothing; a
+    manager never closed is flushed when its event loop shuts down (``asyncio.run``
+    returning) or at interpreter exit. It runs on asyncio and may be used from several
+    event loops, in several threads, at the same time. ``repr()`` shows the backend,
+    where it stores (passwords hidden), whether it is open, and its session objects.
     """
 
     def __init__(
@@ -607,6 +629,9 @@ class AsyncSessionManager:
 
     aclose = close
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {describe(self)}>"
+
     async def __aenter__(self) -> AsyncSessionManager:
         await self.open()
         return self
@@ -652,6 +677,33 @@ async def autosave_once(manager: AsyncSessionManager) -> None:
     core = manager._core
     if core.opened and not core.closed:
         await core.flush("autosave")
+
+
+def _location(repository: Repository) -> str:
+    if isinstance(repository, StorageAdapter):
+        return f"custom storage={type(repository.storage).__name__}"
+    if isinstance(repository, MemoryRepository):
+        return "backend=memory"
+    url = getattr(repository, "url", None)  # the SQL repository (not imported here)
+    if url is None:
+        return f"storage={type(repository).__name__}"
+    backend = url.get_backend_name()
+    database = url.database or ""
+    if backend == "sqlite" and database and not database.startswith("file:"):
+        return f"backend=sqlite file={database!r}"
+    # the password never shows (a repr lands in logs and tracebacks)
+    return f"backend={backend} url={url.render_as_string(hide_password=True)!r}"
+
+
+def describe(manager: AsyncSessionManager) -> str:
+    """What a manager's ``repr()`` says: backend, where (no password), state, and its
+    session objects (those alive, and those held with unsaved changes)."""
+    core = manager._core
+    state = "closed" if core.closed else "open" if core.opened else "not-opened-yet"
+    return (
+        f"{_location(manager._repository)} state={state} "
+        f"session_objects={len(core.sessions)} unsaved={len(core.unsaved)}"
+    )
 
 
 def repository_of(manager: AsyncSessionManager) -> Repository:

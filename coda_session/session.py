@@ -32,6 +32,7 @@ __all__ = [
     "SessionHost",
     "cached_messages",
     "check_usable",
+    "describe",
     "flush",
     "forget",
     "host_of",
@@ -641,7 +642,22 @@ class AsyncSession:
         return chain[::-1]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._name!r} messages={self.message_count}>"
+        return f"<{type(self).__name__} {describe(self)}>"
+
+
+def describe(session: AsyncSession) -> str:
+    """What a session's ``repr()`` says: name, counts, unsaved or not, branch."""
+    with session._state:
+        unsaved = len(session._pending)
+        text = (
+            f"{session._name!r} messages={session._stored + unsaved} "
+            f"(saved {session._stored}, new {unsaved}) "
+            f"metadata_keys={len(session._metadata)} "
+            f"unsaved={'yes' if session._unsaved() else 'no'}"
+        )
+    if session._parent_id is not None:
+        text += f" branch_of={session._parent_id[:8]} fork_point={session._fork_point}"
+    return text
 
 
 def host_of(session: AsyncSession) -> SessionHost:

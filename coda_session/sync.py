@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
-from .manager import autosave_once, blocking_manager, repository_of
+from .manager import autosave_once, blocking_manager, describe, repository_of
 from .models import SessionInfo
 from .repository.custom import SessionStorage, running_storage
 from .repository.protocol import Repository
 from .runtime import CANCEL_WAIT, CLOSE_WAIT, LoopRunner, close_at_exit, forget_at_exit
 from .session import AsyncSession, cached_messages
+from .session import describe as describe_session
 from .transfer import Source, Target
 
 __all__ = ["Session", "SessionManager"]
@@ -156,14 +157,41 @@ class Session:
         return self._manager._call(self._inner.get_lineage)
 
     def __repr__(self) -> str:
-        return f"<Session {self.name!r} messages={self.message_count}>"
+        return f"<Session {describe_session(self._inner)}>"
 
 
 class SessionManager:
     """The blocking session manager for scripts and notebooks.
 
-    The same methods as :class:`AsyncSessionManager`, not awaitable. Use it as a context
-    manager or call :meth:`close`; a manager left open is closed when the interpreter exits.
+    ::
+
+        with SessionManager({"session": {"storage_path": "~/.coda/sessions"}}) as manager:
+            session = manager.create_session("my-chat")   # creates, or resumes it
+            session.add_message({"role": "user", "content": "Hello!"})
+            manager.save_session(session)                 # one transaction, the delta only
+            for info in manager.list_sessions():
+                print(info.name, info.message_count)
+
+    Args:
+        config: the spec's ``{"session": {...}}`` dict, a :class:`SessionConfig`, or None
+            for the defaults (SQLite in ``~/.coda/sessions``). Backends: ``sqlite``
+            (default), ``postgresql`` (``database_url``), ``memory`` (this manager only).
+        storage: a :class:`SessionStorage` of your own instead of the configured backend.
+
+    Sessions: :meth:`create_session` (also branches: ``branch_from=``),
+    :meth:`fork_session`, :meth:`load_session`, :meth:`save_session`,
+    :meth:`list_sessions`, :meth:`get_session_info`, :meth:`delete_session`,
+    :meth:`list_branches`, :meth:`get_tree`; files: :meth:`export_session`,
+    :meth:`import_session`, :meth:`export_store`, :meth:`import_store`.
+
+    The same methods as :class:`AsyncSessionManager`, not awaitable; thread-safe (calls
+    run one at a time). Use it as a context manager or call :meth:`close`, which flushes
+    sessions with unsaved changes (with ``autosave_interval = 0`` it writes nothing and an
+    :class:`~coda_session.UnsavedChangesWarning` names what is dropped). A session object
+    with unsaved changes is held until it is saved, discarded (``discard_changes()``) or
+    the manager closes, so dropping it loses nothing; a manager left open is closed when
+    the interpreter exits. ``repr()`` shows the backend, where it stores (passwords
+    hidden), whether it is open, and its session objects.
     """
 
     def __init__(
@@ -339,6 +367,9 @@ class SessionManager:
 
     def __enter__(self) -> SessionManager:
         return self
+
+    def __repr__(self) -> str:
+        return f"<SessionManager {describe(self._async)}>"
 
     def __exit__(
         self,

@@ -421,3 +421,55 @@ def test_metadata_changed_in_place_raises_sync(manager: SessionManager) -> None:
         s.metadata.setdefault("j", 1)
     manager.save_session(s)
     assert manager.load_session("m").metadata == {"k": 1}
+
+
+# -- repr and help ----------------------------------------------------------------------
+
+
+def test_reprs_say_what_and_where(store: Store) -> None:
+    with store.sync_manager() as m:
+        before = repr(m)
+        assert before.startswith("<SessionManager backend=") or "custom storage=" in before
+        assert "state=not-opened-yet" in before
+        s = m.create_session("alice")
+        s.add_message(user("hi"))
+        s.update_metadata({"k": 1})
+        text = repr(m)
+        assert "state=open" in text and "session_objects=1" in text and "unsaved=1" in text
+        assert repr(s) == (
+            "<Session 'alice' messages=1 (saved 0, new 1) metadata_keys=1 unsaved=yes>"
+        )
+        m.save_session(s)
+        assert "unsaved=0" in repr(m)
+        assert "unsaved=no" in repr(s)
+        branch = m.fork_session(s, 1, name="b")
+        assert f"branch_of={s.id[:8]} fork_point=1" in repr(branch)
+    assert "state=closed" in repr(m)
+    if store.backend in ("sqlite", "sqlite-core"):
+        assert f"file={str(store.database)!r}" in repr(m)
+    if store.backend == "memory":
+        assert "backend=memory" in repr(m)
+    if store.backend == "custom":
+        assert "custom storage=JsonDirStorage" in repr(m)
+
+
+async def test_async_reprs(amanager: AsyncSessionManager) -> None:
+    s = await amanager.create_session("alice")
+    assert repr(s).startswith("<AsyncSession 'alice' messages=0 ")
+    assert "state=open" in repr(amanager) and repr(amanager).startswith("<AsyncSessionManager ")
+
+
+def test_postgresql_repr_hides_the_password() -> None:
+    url = "postgresql+asyncpg://user:s3cret-pw@db.example:5432/chats"
+    m = AsyncSessionManager({"session": {"database_url": url}})
+    text = repr(m)
+    assert "s3cret-pw" not in text
+    assert "backend=postgresql" in text and "db.example:5432/chats" in text and "***" in text
+    assert m.closed is False
+
+
+def test_help_explains_the_managers() -> None:
+    for cls in (SessionManager, AsyncSessionManager):
+        doc = cls.__doc__ or ""
+        for needed in ("create_session", "save_session", "close", "discard_changes", "repr"):
+            assert needed in doc, (cls.__name__, needed)

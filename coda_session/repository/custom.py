@@ -269,6 +269,11 @@ class StorageAdapter:
         """name -> id of the sessions this adapter created (for a storage without ids)."""
         """Held by each read-then-write operation, whole."""
 
+    @property
+    def storage(self) -> SessionStorage:
+        """The user's storage this adapter serves."""
+        return self._storage
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         # the result comes back in a box the caller empties: the worker thread's own
         # frame keeps only None, so it holds no reference to a result after the call
