@@ -133,7 +133,9 @@ class _Core:
                 errors.append(error)
         return errors
 
-    def warn_dropped(self, sessions: list[AsyncSession], what: str, why: str) -> None:
+    def warn_dropped(
+        self, sessions: list[AsyncSession], what: str, why: str, stacklevel: int = 3
+    ) -> None:
         if sessions:
             warnings.warn(
                 UnsavedChangesWarning(
@@ -141,7 +143,7 @@ class _Core:
                     f"({_names(sessions)}): {why}. Save them first (save_session), or "
                     "call discard_changes() on a session to drop its changes on purpose"
                 ),
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
     async def settle(self, why: str) -> None:
@@ -165,6 +167,7 @@ class _Core:
             "autosave_interval is 0, so nothing saves them"
             if self.config.autosave_interval <= 0
             else "saving them failed (logged)",
+            stacklevel=2,  # no caller of the user's to point at: a loop's end, or exit
         )
         if flushed:
             warnings.warn(
@@ -173,7 +176,7 @@ class _Core:
                     f"{_names(flushed)} were saved as {why}; close it (async with "
                     "AsyncSessionManager(...) as manager:, or await manager.close())"
                 ),
-                stacklevel=2,
+                stacklevel=1,
             )
 
     async def loop_ends(self) -> None:

@@ -279,6 +279,13 @@ s = manager.create_session("blocking")
 s.add_message({"role": "user", "content": "hi"})
 del s
 
+# a blocking manager dropped without close() while its session has unsaved changes
+def dropped():
+    m = SessionManager(cfg)
+    m.create_session("dropped").add_message({"role": "user", "content": "hi"})
+
+dropped()
+
 # an async manager whose loop was closed by hand (no asyncio.run: no loop shutdown)
 amanager = AsyncSessionManager(cfg)
 
@@ -308,16 +315,16 @@ def test_interpreter_exit(tmp_path: Path, autosave: int) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "exiting\n"
     with SessionManager({"session": {"storage_path": str(path)}}) as m:
-        counts = {n: m.load_session(n).message_count for n in ("blocking", "async")}
+        counts = {n: m.load_session(n).message_count for n in ("blocking", "dropped", "async")}
     if autosave:
-        assert counts == {"blocking": 1, "async": 1}
+        assert counts == {"blocking": 1, "dropped": 1, "async": 1}
         assert "UnsavedChangesWarning" not in done.stderr
     else:
-        assert counts == {"blocking": 0, "async": 0}
+        assert counts == {"blocking": 0, "dropped": 0, "async": 0}
         warned = [line for line in done.stderr.splitlines() if "UnsavedChangesWarning" in line]
-        assert len(warned) == 2, done.stderr
-        assert any("'blocking'" in line for line in warned)
-        assert any("'async'" in line for line in warned)
+        assert len(warned) == 3, done.stderr
+        for name in ("'blocking'", "'dropped'", "'async'"):
+            assert any(name in line for line in warned), (name, done.stderr)
 
 
 # -- the spec's own flow, top to bottom -----------------------------------------------
