@@ -44,6 +44,11 @@ class LoopSafeLock:
         """True while someone holds the lock (or it is being handed to a waiter)."""
         return self._locked
 
+    @property
+    def waiting(self) -> int:
+        """How many tasks wait for the lock now."""
+        return len(self._waiters)
+
     async def acquire(self) -> None:
         """Wait for the lock and take it."""
         with self._mutex:

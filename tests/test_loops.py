@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from coda_session import AsyncSessionManager, SessionError
+from coda_session.loopsafe import LoopSafeLock
 from tests.support import Store, user
 
 THREADS = 5
@@ -248,3 +249,64 @@ def test_sqlite_loop_connection_shared_by_threads(tmp_path: Any, pool: int) -> N
         assert sorted(stored) == sorted(acked)
     finally:
         asyncio.run(manager.close())
+
+
+# -- the lock behind it ---------------------------------------------------------------
+
+
+def test_loop_safe_lock_serves_waiters_of_several_loops_in_order() -> None:
+    lock = LoopSafeLock()
+    order: list[int] = []
+    held = threading.Event()
+    release = threading.Event()
+
+    async def holder() -> None:
+        await lock.acquire()
+        held.set()
+        await asyncio.to_thread(release.wait)
+        order.append(0)
+        lock.release()
+
+    async def waiter(i: int) -> None:
+        async with lock:
+            order.append(i)
+
+    first = threading.Thread(target=asyncio.run, args=(holder(),))
+    first.start()
+    held.wait()
+    others = [threading.Thread(target=asyncio.run, args=(waiter(i),)) for i in (1, 2, 3)]
+    for t in others:
+        t.start()
+    while lock.waiting < 3:
+        threading.Event().wait(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(timeout=30)
+    assert order[0] == 0 and sorted(order[1:]) == [1, 2, 3]
+    assert not lock.locked()
+
+
+async def test_loop_safe_lock_waiter_cancelled_as_it_is_handed_the_lock() -> None:
+    lock = LoopSafeLock()
+    await lock.acquire()
+    waiting = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0)
+    lock.release()  # hands it to the waiter (woken on its loop later)
+    waiting.cancel()  # before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not lock.locked()  # passed on, not lost
+    async with lock:
+        assert lock.locked()
+
+
+async def test_loop_safe_lock_waiter_cancelled_while_waiting() -> None:
+    lock = LoopSafeLock()
+    await lock.acquire()
+    waiting = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    lock.release()
+    assert not lock.locked()
