@@ -85,9 +85,11 @@ class _Core:
         self.sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
         self.unsaved: dict[AsyncSession, None] = {}  # insertion-ordered, strong
         self.lock = threading.Lock()
-        # one sentinel per event loop the manager ran on, closed as that loop shuts down
+        # one sentinel per event loop the manager ran on, closed as that loop shuts down;
+        # kept in a list it empties then (the generator refers to its loop, which must
+        # not outlive its use: asyncio.run per call makes a loop per call)
         self.loops: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
+            asyncio.AbstractEventLoop, list[AsyncGenerator[None, None]]
         ] = weakref.WeakKeyDictionary()
 
     def check_open(self) -> None:
@@ -197,12 +199,13 @@ def _abandon(core: _Core) -> None:
     core.abandoned = True
 
 
-async def _sentinel(core: _Core) -> AsyncGenerator[None, None]:
+async def _sentinel(core: _Core, holder: list[Any]) -> AsyncGenerator[None, None]:
     # started on each loop the manager runs on; asyncio.run's shutdown_asyncgens() closes
     # it while the loop still runs, so unsaved changes can still be flushed there
     try:
         yield
     finally:
+        holder.clear()
         await core.loop_ends()
 
 
@@ -325,7 +328,10 @@ class AsyncSessionManager:
         with core.lock:
             if loop in core.loops:
                 return
-            sentinel = core.loops[loop] = _sentinel(core)
+            holder: list[AsyncGenerator[None, None]] = []
+            sentinel = _sentinel(core, holder)
+            holder.append(sentinel)
+            core.loops[loop] = holder
         await sentinel.__anext__()
 
     def _start_autosave(self, loop: asyncio.AbstractEventLoop) -> None:

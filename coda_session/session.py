@@ -195,6 +195,8 @@ class AsyncSession:
         if error is not None:
             # a background save failed: the caller hears of it on their next call
             self._autosave_error = None
+            with self._state:
+                self._track()
             raise error
 
     @property
@@ -266,8 +268,12 @@ class AsyncSession:
 
     def _track(self) -> None:
         """Tell the manager whether to hold this object (it has unsaved changes) or not;
-        called with ``_state`` held, after every change of what a save would write."""
-        self._host.keep(self, self._unsaved())
+        called with ``_state`` held, after every change of what a save would write. A
+        session deleted from storage is not held: its changes have nowhere to go, and
+        the caller was told (a save raised SessionNotFoundError), unless the failure was
+        an autosave's nobody has heard of yet (close() raises it)."""
+        gone = self._gone and self._autosave_error is None
+        self._host.keep(self, self._unsaved() and not gone)
 
     def discard_changes(self) -> None:
         """Drop the unsaved changes (added messages, a clear or truncation, metadata
@@ -686,7 +692,8 @@ def forget(session: AsyncSession) -> None:
     and the manager holds it no longer."""
     with session._state:
         session._gone = True
-        session._host.keep(session, False)
+        session._autosave_error = None  # about a session deleted on purpose
+        session._track()
 
 
 async def flush(session: AsyncSession, reason: str, *, final: bool) -> BaseException | None:
@@ -713,6 +720,8 @@ async def flush(session: AsyncSession, reason: str, *, final: bool) -> BaseExcep
         await session._save()
     except Exception as exc:
         logger.warning("%s of session %r failed: %s", reason, session.name, exc)
-        session._autosave_error = exc
+        with session._state:
+            session._autosave_error = exc
+            session._track()
         return exc
     return None

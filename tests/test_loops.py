@@ -181,7 +181,7 @@ def test_reads_and_writes_from_several_loops(store: Store) -> None:
 def test_close_from_one_loop_while_others_write(store: Store) -> None:
     """A manager closed by one thread while others write: a write either lands (and is
     stored) or raises the library's own error; never an untyped one."""
-    manager = store.async_manager(autosave_interval=0)
+    manager = store.async_manager()  # close() flushes what the writers left unsaved
     acked: list[str] = []
     lock = threading.Lock()
 

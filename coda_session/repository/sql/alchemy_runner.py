@@ -133,6 +133,10 @@ class AlchemyRunner:
         with self._lock:
             entry = self._engines.get(loop)
             if entry is None or entry.disposed:
+                # engines of loops that ended were disposed as they shut down; drop them,
+                # so their loops (which their pools may refer to) are not kept alive
+                for ended in [lp for lp in self._engines if lp.is_closed()]:
+                    del self._engines[ended]
                 engine, self._spare = self._spare, None
                 entry = self._engines[loop] = _LoopEngine(engine or self._make_engine())
         await entry.watch()
