@@ -323,8 +323,6 @@ class AsyncSessionManager:
         if core.blocking:
             return  # its private loop closes with it; its exit hook closes it
         loop = asyncio.get_running_loop()
-        if loop in core.loops:  # the usual case, without the lock
-            return
         with core.lock:
             if loop in core.loops:
                 return
@@ -353,10 +351,12 @@ class AsyncSessionManager:
         return session
 
     async def _ready(self) -> Repository:
-        self._check_open()
-        if not self._core.opened:
+        core = self._core
+        core.check_open()
+        if not core.opened:
             await self.open()
-        await self._watch_loop()
+        if not core.blocking and asyncio.get_running_loop() not in core.loops:
+            await self._watch_loop()  # this loop's first call
         return self._repository
 
     def _own(self, session: AsyncSession) -> AsyncSession:

@@ -185,6 +185,7 @@ class AsyncSession:
         self._save_lock = LoopSafeLock()
         self._autosave_error: BaseException | None = None
         self._gone = False  # storage said the session was deleted: nothing left to flush to
+        self._held = False  # the manager holds this object (it has unsaved changes)
         self._root_id = record.root_id or record.id
         self._parent_id = record.parent_id
         self._fork_point = record.fork_point
@@ -273,7 +274,10 @@ class AsyncSession:
         the caller was told (a save raised SessionNotFoundError), unless the failure was
         an autosave's nobody has heard of yet (close() raises it)."""
         gone = self._gone and self._autosave_error is None
-        self._host.keep(self, self._unsaved() and not gone)
+        hold = self._unsaved() and not gone
+        if hold is not self._held:  # tell the manager only of a change (add_message is hot)
+            self._held = hold
+            self._host.keep(self, hold)
 
     def discard_changes(self) -> None:
         """Drop the unsaved changes (added messages, a clear or truncation, metadata
