@@ -151,6 +151,11 @@ class AsyncSession:
 
     The object is a view as of its load or last save: messages another manager saves into
     the same session meanwhile are kept in storage and show after the next save or load.
+    While it has unsaved changes its manager holds it, so dropping the object loses
+    nothing (``close()``, autosave and interpreter exit write them);
+    :meth:`discard_changes` drops them on purpose. :attr:`metadata` is read-only (use
+    :meth:`update_metadata`). One object may be used from several event loops and
+    threads: its saves run one at a time.
     """
 
     def __init__(self, host: SessionHost, record: SessionRecord) -> None:

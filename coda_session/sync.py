@@ -33,7 +33,9 @@ T = TypeVar("T")
 
 class Session:
     """A conversation, as returned by :class:`SessionManager`: the same names and signatures
-    as :class:`AsyncSession`, none of them awaitable. Thread-safe."""
+    as :class:`AsyncSession`, none of them awaitable. Thread-safe. While it has unsaved
+    changes its manager holds it (dropping it loses nothing); :meth:`discard_changes`
+    drops them on purpose."""
 
     def __init__(self, manager: SessionManager, inner: AsyncSession) -> None:
         self._manager = manager
