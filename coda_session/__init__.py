@@ -9,12 +9,14 @@ from .errors import (
     InvalidConfigError,
     InvalidMessageError,
     ManagerClosedError,
+    ReadOnlyError,
     SchemaVersionError,
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
     SessionTooLargeError,
     StorageError,
+    UnsavedChangesWarning,
 )
 from .manager import AsyncSessionManager
 from .models import Message, SessionInfo
@@ -35,6 +37,7 @@ __all__ = [
     "InvalidMessageError",
     "ManagerClosedError",
     "Message",
+    "ReadOnlyError",
     "SchemaVersionError",
     "Session",
     "SessionConfig",
@@ -47,5 +50,6 @@ __all__ = [
     "SessionStorage",
     "SessionTooLargeError",
     "StorageError",
+    "UnsavedChangesWarning",
     "__version__",
 ]

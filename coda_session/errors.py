@@ -12,9 +12,14 @@
     ├── ImportFileNotFoundError       (also FileNotFoundError) no file to import at that path
     ├── ExportFileExistsError         (also FileExistsError) an export would replace a file
     ├── ManagerClosedError            the manager was closed
+    ├── ReadOnlyError                 (also TypeError) session.metadata was changed in place
     └── StorageError                  the storage failed (I/O, locking, corruption)
         ├── SchemaVersionError        the database schema is unknown or newer than this library
         └── DamagedDataError          a stored row cannot be decoded (names session and message)
+
+And one warning: :class:`UnsavedChangesWarning` (a ``UserWarning``, shown by default)
+names the sessions whose unsaved changes were dropped (a manager closed with autosave
+off, or never closed).
 
 Input errors are raised before anything is written. Errors of the database driver and of
 SQLAlchemy never reach the caller as such: they are translated into :class:`StorageError`
@@ -31,12 +36,14 @@ __all__ = [
     "InvalidConfigError",
     "InvalidMessageError",
     "ManagerClosedError",
+    "ReadOnlyError",
     "SchemaVersionError",
     "SessionError",
     "SessionExistsError",
     "SessionNotFoundError",
     "SessionTooLargeError",
     "StorageError",
+    "UnsavedChangesWarning",
 ]
 
 
@@ -99,6 +106,18 @@ class ExportFileExistsError(_FileError, FileExistsError):
 
 class ManagerClosedError(SessionError):
     """The session manager was closed and cannot be used any more."""
+
+
+class ReadOnlyError(SessionError, TypeError):
+    """A read-only view was changed in place: ``session.metadata`` is a snapshot, and
+    ``session.update_metadata({...})`` is how metadata changes (written by the next save)."""
+
+
+class UnsavedChangesWarning(UserWarning):
+    """Unsaved changes of the named sessions were dropped: the manager was closed with
+    ``autosave_interval = 0`` (close saves nothing then), or it was never closed and its
+    changes could not be flushed. Save first (``save_session``), or call
+    ``discard_changes()`` on a session to drop its changes on purpose, without a warning."""
 
 
 class StorageError(SessionError):

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import uuid
+import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -22,15 +24,24 @@ from .errors import (
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
+    UnsavedChangesWarning,
 )
+from .loopsafe import LoopSafeLock
 from .models import SessionInfo, SessionRecord
-from .repository.custom import SessionStorage
+from .repository.custom import SessionStorage, StorageAdapter
+from .repository.memory import MemoryRepository
 from .repository.protocol import Repository, open_repository
 from .session import AsyncSession, SessionHost
 from .timeutil import utcnow
 from .transfer import Source, Target
 
-__all__ = ["AsyncSessionManager", "autosave_once", "blocking_manager", "repository_of"]
+__all__ = [
+    "AsyncSessionManager",
+    "autosave_once",
+    "blocking_manager",
+    "describe",
+    "repository_of",
+]
 
 logger = logging.getLogger("coda_session")
 
@@ -50,18 +61,217 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _names(sessions: list[AsyncSession]) -> str:
+    shown = ", ".join(repr(s.name) for s in sessions[:10])
+    more = len(sessions) - 10
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+class _Core:
+    """What a manager's sessions and its safety nets (the end of an event loop, the
+    interpreter's exit) need of it, without keeping the manager object itself alive: its
+    configuration, storage, state, and the sessions with unsaved changes, held strongly
+    until saved, discarded or flushed, so a session object nobody references any more
+    never takes its changes with it."""
+
+    def __init__(self, config: SessionConfig, repository: Repository) -> None:
+        self.config = config
+        self.repository = repository
+        self.pid = _pid  # a child of fork() gets SessionError from this manager
+        self.opened = False
+        self.closed = False
+        self.abandoned = False  # the manager object was collected without close()
+        self.blocking = False  # a SessionManager's: its own exit hook closes it
+        self.sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
+        self.unsaved: dict[AsyncSession, None] = {}  # insertion-ordered, strong
+        self.lock = threading.Lock()
+        # one sentinel per event loop the manager ran on, closed as that loop shuts down;
+        # kept in a list it empties then (the generator refers to its loop, which must
+        # not outlive its use: asyncio.run per call makes a loop per call)
+        self.loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, list[AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
+
+    def check_open(self) -> None:
+        if self.pid != _pid:
+            # its connections, their threads and its locks stayed in the parent
+            raise SessionError(
+                "this manager was created in another process (the child of a fork() "
+                "inherited it): open a new manager in the child"
+            )
+        if self.closed:
+            raise ManagerClosedError("the session manager is closed")
+
+    def keep(self, session: AsyncSession, unsaved: bool) -> None:
+        with self.lock:
+            if unsaved and not self.closed:
+                self.unsaved[session] = None
+                _holding.add(self)
+            else:
+                self.unsaved.pop(session, None)
+                if not self.unsaved:
+                    _holding.discard(self)
+
+    def pending(self) -> list[AsyncSession]:
+        """The sessions with unsaved changes, oldest change first."""
+        with self.lock:
+            return list(self.unsaved)
+
+    def release_all(self) -> None:
+        with self.lock:
+            self.unsaved.clear()
+            _holding.discard(self)
+
+    async def flush(self, reason: str, final: bool = False) -> list[BaseException]:
+        """Save every session with unsaved changes; report, never swallow, failures.
+
+        The final flush (on close) retries sessions whose autosave failed, and returns the
+        errors nobody has heard of yet, so ``close()`` can raise them.
+        """
+        errors: list[BaseException] = []
+        for session in self.pending():
+            error = await session_api.flush(session, reason, final=final)
+            if error is not None:
+                errors.append(error)
+        return errors
+
+    def warn_dropped(
+        self, sessions: list[AsyncSession], what: str, why: str, stacklevel: int = 3
+    ) -> None:
+        if sessions:
+            warnings.warn(
+                UnsavedChangesWarning(
+                    f"{what} dropped the unsaved changes of {len(sessions)} session(s) "
+                    f"({_names(sessions)}): {why}. Save them first (save_session), or "
+                    "call discard_changes() on a session to drop its changes on purpose"
+                ),
+                stacklevel=stacklevel,
+            )
+
+    async def settle(self, why: str) -> None:
+        """The manager object is gone and was never closed: flush what autosave allows,
+        warn about the rest, release storage."""
+        held = self.pending()
+        if self.config.autosave_interval > 0:
+            await self.flush(f"flush as {why}", final=True)
+        lost = [s for s in self.pending() if s in held]
+        flushed = [s for s in held if s not in lost]
+        self.closed = True
+        self.release_all()
+        if self.opened:
+            try:
+                await self.repository.aclose()
+            except Exception as exc:  # nobody is left to raise it to
+                logger.warning("closing the storage of an abandoned manager failed: %s", exc)
+        self.warn_dropped(
+            lost,
+            f"a session manager that was never closed, as {why},",
+            "autosave_interval is 0, so nothing saves them"
+            if self.config.autosave_interval <= 0
+            else "saving them failed (logged)",
+            stacklevel=2,  # no caller of the user's to point at: a loop's end, or exit
+        )
+        if flushed:
+            warnings.warn(
+                ResourceWarning(
+                    f"a session manager was never closed: its unsaved changes of "
+                    f"{_names(flushed)} were saved as {why}; close it (async with "
+                    "AsyncSessionManager(...) as manager:, or await manager.close())"
+                ),
+                stacklevel=1,
+            )
+
+    async def loop_ends(self) -> None:
+        """An event loop this manager ran on is shutting down (``asyncio.run`` returns)."""
+        if self.closed or self.pid != _pid:
+            return
+        if self.abandoned:
+            await self.settle("its event loop shut down")
+        elif self.config.autosave_interval > 0 and self.pending():
+            # the manager lives on (used from another loop later): an autosave pass now,
+            # while this loop still runs
+            await self.flush("autosave as an event loop shuts down")
+
+
+def _abandon(core: _Core) -> None:
+    # the manager object was collected: a loop it ran on settles it as it shuts down,
+    # or the interpreter's exit does
+    core.abandoned = True
+
+
+async def _sentinel(core: _Core, holder: list[Any]) -> AsyncGenerator[None, None]:
+    # started on each loop the manager runs on; asyncio.run's shutdown_asyncgens() closes
+    # it while the loop still runs, so unsaved changes can still be flushed there
+    try:
+        yield
+    finally:
+        holder.clear()
+        await core.loop_ends()
+
+
+#: Managers with unsaved changes, not closed: held (and their sessions with them) until
+#: the changes are saved or discarded, the manager closes, or the interpreter exits
+_holding: set[_Core] = set()
+_exit_hook_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+def _install_exit_hook() -> None:
+    global _exit_hook_installed
+    with _exit_hook_lock:
+        if _exit_hook_installed:
+            return
+        # before the interpreter joins threads, as the blocking API's own hook
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(_settle_at_exit)
+        else:  # pragma: no cover - CPython has had it since 3.9
+            import atexit
+
+            atexit.register(_settle_at_exit)
+        _exit_hook_installed = True
+
+
+def _settle_at_exit() -> None:
+    """Interpreter exit: flush (autosave on) or name (autosave off) the unsaved changes
+    of managers never closed. A blocking manager still referenced is closed by its own
+    hook (runtime.close_at_exit), which runs its calls in turn with other threads'."""
+    for core in list(_holding):
+        if core.closed or core.pid != _pid or (core.blocking and not core.abandoned):
+            continue
+        try:
+            asyncio.run(core.settle("the interpreter exits"))
+        except Exception as exc:  # at exit there is nobody left to raise it to
+            logger.warning("flushing sessions at exit failed: %s", exc)
+
+
 class AsyncSessionManager:
-    """Creates, resumes, saves, lists and deletes sessions; async-first.
+    """Creates, resumes, branches, saves, lists and deletes sessions; async-first.
+
+    ::
+
+        async with AsyncSessionManager({"session": {"storage_path": "~/.coda/sessions"}}) as m:
+            session = await m.create_session("my-chat")   # or resumes it
+            session.add_message({"role": "user", "content": "Hello!"})
+            await m.save_session(session)                 # one transaction, the delta only
 
     Args:
         config: the spec's ``{"session": {...}}`` dict, a :class:`SessionConfig`, or None
-            for the defaults (SQLite in ``~/.coda/sessions``).
+            for the defaults (SQLite in ``~/.coda/sessions``). Backends: ``sqlite``
+            (default), ``postgresql`` (``database_url``), ``memory`` (this manager only).
         storage: a :class:`SessionStorage` of your own, or a repository, instead of the
             configured backend.
 
     Storage is opened on first use (the database is created and migrated then). Use it as
-    ``async with AsyncSessionManager(cfg) as manager:`` or call :meth:`close`.
-    It runs on asyncio (the SQLite driver is asyncio-only).
+    ``async with AsyncSessionManager(cfg) as manager:`` or call :meth:`close`, which
+    flushes sessions with unsaved changes (unless ``autosave_interval`` is 0: then an
+    :class:`~coda_session.UnsavedChangesWarning` names what is dropped). A session object
+    with unsaved changes is held by the manager until it is saved, discarded
+    (``discard_changes()``) or the manager closes, so dropping it loses nothing; a
+    manager never closed is flushed when its event loop shuts down (``asyncio.run``
+    returning) or at interpreter exit. It runs on asyncio and may be used from several
+    event loops, in several threads, at the same time. ``repr()`` shows the backend,
+    where it stores (passwords hidden), whether it is open, and its session objects.
     """
 
     def __init__(
@@ -70,20 +280,17 @@ class AsyncSessionManager:
         storage: SessionStorage | Repository | None = None,
     ) -> None:
         self._config = SessionConfig.from_mapping(config)
-        self._pid = _pid  # a child of fork() gets SessionError from this manager
         self._repository: Repository = open_repository(self._config, storage)
-        self._host = SessionHost(self._config, self._repository, self._check_open)
-        self._opened = False
-        self._closed = False
-        # asyncio locks belong to one event loop: one per loop, so that a manager used
-        # from several loops in turn (asyncio.run per call) never waits on a dead one
-        self._open_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
+        core = self._core = _Core(self._config, self._repository)
+        self._host = SessionHost(self._config, self._repository, core.check_open, core.keep)
+        # asyncio's locks belong to one event loop: this one serves every loop and thread
+        # that uses the manager, so storage is opened exactly once
+        self._open_lock = LoopSafeLock()
         self._autosave_task: asyncio.Task[None] | None = None
         # the blocking API runs its loop only during calls and times autosaves itself
         self._autosave_in_loop = True
+        weakref.finalize(self, _abandon, core).atexit = False
+        _install_exit_hook()
 
     @property
     def config(self) -> SessionConfig:
@@ -93,35 +300,40 @@ class AsyncSessionManager:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._closed
+        return self._core.closed
 
     def _check_open(self) -> None:
-        if self._pid != _pid:
-            # its connections, their threads and its locks stayed in the parent
-            raise SessionError(
-                "this manager was created in another process (the child of a fork() "
-                "inherited it): open a new manager in the child"
-            )
-        if self._closed:
-            raise ManagerClosedError("the session manager is closed")
+        self._core.check_open()
 
     async def open(self) -> None:
         """Open storage now (otherwise done by the first call that needs it)."""
         self._check_open()
-        if self._opened:
+        if self._core.opened:
             return
         loop = asyncio.get_running_loop()
-        lock = self._open_locks.get(loop)
-        if lock is None:
-            lock = self._open_locks[loop] = asyncio.Lock()
-        async with lock:
-            if not self._opened:
+        async with self._open_lock:
+            if not self._core.opened:
                 await self._repository.open()
-                self._opened = True
+                self._core.opened = True
         self._start_autosave(loop)
 
+    async def _watch_loop(self) -> None:
+        """Start this loop's sentinel, once per loop (see :func:`_sentinel`)."""
+        core = self._core
+        if core.blocking:
+            return  # its private loop closes with it; its exit hook closes it
+        loop = asyncio.get_running_loop()
+        with core.lock:
+            if loop in core.loops:
+                return
+            holder: list[AsyncGenerator[None, None]] = []
+            sentinel = _sentinel(core, holder)
+            holder.append(sentinel)
+            core.loops[loop] = holder
+        await sentinel.__anext__()
+
     def _start_autosave(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._config.autosave_interval <= 0 or not self._autosave_in_loop or self._closed:
+        if self._config.autosave_interval <= 0 or not self._autosave_in_loop or self.closed:
             return
         task = self._autosave_task
         if task is not None and not task.done() and task.get_loop() is loop:
@@ -129,35 +341,22 @@ class AsyncSessionManager:
         # the first loop may be gone (asyncio.run per call): autosave on the one in use
         if task is not None and not task.get_loop().is_closed():
             task.get_loop().call_soon_threadsafe(task.cancel)
-        self._autosave_task = loop.create_task(self._autosave(), name="coda-session-autosave")
+        # the task holds the core, not this object, so a manager nobody references any
+        # more is still collected (and its loop's sentinel settles it)
+        self._autosave_task = loop.create_task(_autosave(self._core), name="coda-session-autosave")
 
     def _session(self, record: SessionRecord) -> AsyncSession:
         session = AsyncSession(self._host, record)
-        self._sessions.add(session)
+        self._core.sessions.add(session)
         return session
 
-    async def _autosave(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.autosave_interval)
-            await self._flush("autosave")
-
-    async def _flush(self, reason: str, final: bool = False) -> list[BaseException]:
-        """Save every live session with unsaved changes; report, never swallow, failures.
-
-        The final flush (on close) retries sessions whose autosave failed, and returns the
-        errors nobody has heard of yet, so ``close()`` can raise them.
-        """
-        errors: list[BaseException] = []
-        for session in list(self._sessions):
-            error = await session_api.flush(session, reason, final=final)
-            if error is not None:
-                errors.append(error)
-        return errors
-
     async def _ready(self) -> Repository:
-        self._check_open()
-        if not self._opened or self._closed:
+        core = self._core
+        core.check_open()
+        if not core.opened:
             await self.open()
+        if not core.blocking and asyncio.get_running_loop() not in core.loops:
+            await self._watch_loop()  # this loop's first call
         return self._repository
 
     def _own(self, session: AsyncSession) -> AsyncSession:
@@ -348,6 +547,12 @@ class AsyncSessionManager:
         repo = await self._ready()
         found = await repo.load_session(name=name)
         deleted = found is not None and await repo.delete_session(found.id)
+        if found is not None:
+            # unsaved changes of this manager's objects of it have nowhere to go now: they
+            # were dropped on purpose, and no longer keep those objects (or close) waiting
+            for session in self._core.pending():
+                if session.id == found.id:
+                    session_api.forget(session)
         if not deleted and not missing_ok:
             raise SessionNotFoundError(f"no session with name {name!r}")
 
@@ -399,13 +604,17 @@ class AsyncSessionManager:
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.
 
-        With autosave off, unsaved changes are not written. If a final flush fails, storage
-        is released all the same and the first error is raised. Idempotent.
+        With autosave off, unsaved changes are not written: an
+        :class:`~coda_session.UnsavedChangesWarning` names the sessions whose changes are
+        dropped (``discard_changes()`` drops them on purpose, without it). If a final
+        flush fails, storage is released all the same and the first error is raised.
+        Idempotent.
         """
-        if self._closed:
+        core = self._core
+        if core.closed:
             return
-        if self._pid != _pid:  # inherited across fork(): drop it, touch nothing of the parent's
-            self._closed = True
+        if core.pid != _pid:  # inherited across fork(): drop it, touch nothing of the parent's
+            core.closed = True
             return
         task, self._autosave_task = self._autosave_task, None
         if task is not None and task.get_loop() is asyncio.get_running_loop():
@@ -415,15 +624,28 @@ class AsyncSessionManager:
         elif task is not None and not task.get_loop().is_closed():
             task.get_loop().call_soon_threadsafe(task.cancel)
         errors: list[BaseException] = []
-        if self._opened and self._config.autosave_interval > 0:
-            errors = await self._flush("flush on close", final=True)
-        self._closed = True  # from here on no flush can run
-        if self._opened:
-            await self._repository.aclose()
+        if core.opened and self._config.autosave_interval > 0:
+            errors = await core.flush("flush on close", final=True)
+        core.closed = True  # from here on no flush can run
+        dropped = core.pending()
+        core.release_all()
+        try:
+            if core.opened:
+                await self._repository.aclose()
+        finally:
+            if self._config.autosave_interval <= 0:
+                core.warn_dropped(
+                    dropped,
+                    "closing the session manager",
+                    "autosave_interval is 0, so close() saves nothing",
+                )
         if errors:
             raise errors[0]
 
     aclose = close
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {describe(self)}>"
 
     async def __aenter__(self) -> AsyncSessionManager:
         await self.open()
@@ -454,13 +676,49 @@ def blocking_manager(
     runs only during calls), through :func:`autosave_once`."""
     manager = AsyncSessionManager(config, open_repository(config, storage, private_loop=True))
     manager._autosave_in_loop = False
+    manager._core.blocking = True
     return manager
+
+
+async def _autosave(core: _Core) -> None:
+    while True:
+        await asyncio.sleep(core.config.autosave_interval)
+        if core.opened and not core.closed:
+            await core.flush("autosave")
 
 
 async def autosave_once(manager: AsyncSessionManager) -> None:
     """One autosave pass, for a caller that times autosaves itself."""
-    if manager._opened and not manager._closed:
-        await manager._flush("autosave")
+    core = manager._core
+    if core.opened and not core.closed:
+        await core.flush("autosave")
+
+
+def _location(repository: Repository) -> str:
+    if isinstance(repository, StorageAdapter):
+        return f"custom storage={type(repository.storage).__name__}"
+    if isinstance(repository, MemoryRepository):
+        return "backend=memory"
+    url = getattr(repository, "url", None)  # the SQL repository (not imported here)
+    if url is None:
+        return f"storage={type(repository).__name__}"
+    backend = url.get_backend_name()
+    database = url.database or ""
+    if backend == "sqlite" and database and not database.startswith("file:"):
+        return f"backend=sqlite file={database!r}"
+    # the password never shows (a repr lands in logs and tracebacks)
+    return f"backend={backend} url={url.render_as_string(hide_password=True)!r}"
+
+
+def describe(manager: AsyncSessionManager) -> str:
+    """What a manager's ``repr()`` says: backend, where (no password), state, and its
+    session objects (those alive, and those held with unsaved changes)."""
+    core = manager._core
+    state = "closed" if core.closed else "open" if core.opened else "not-opened-yet"
+    return (
+        f"{_location(manager._repository)} state={state} "
+        f"session_objects={len(core.sessions)} unsaved={len(core.unsaved)}"
+    )
 
 
 def repository_of(manager: AsyncSessionManager) -> Repository:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import math
@@ -11,16 +10,18 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from .codec import encode_message, encode_metadata
 from .config import SessionConfig
 from .errors import (
     InvalidMessageError,
+    ReadOnlyError,
     SessionError,
     SessionNotFoundError,
     SessionTooLargeError,
 )
+from .loopsafe import LoopSafeLock
 from .models import MessageRecord, SessionInfo, SessionRecord, as_dicts, naming_session
 from .repository.base import SaveRequest, SaveResult, Truncation
 from .repository.protocol import Repository
@@ -31,7 +32,9 @@ __all__ = [
     "SessionHost",
     "cached_messages",
     "check_usable",
+    "describe",
     "flush",
+    "forget",
     "host_of",
     "save",
 ]
@@ -42,11 +45,82 @@ logger = logging.getLogger("coda_session")
 @dataclass(frozen=True, slots=True)
 class SessionHost:
     """What a session needs from the manager that made it: its configuration, its
-    storage, and a check that it is still open (raises ManagerClosedError)."""
+    storage, a check that it is still open (raises ManagerClosedError), and ``keep``,
+    told whenever the session gains unsaved changes (True) or has none left (False): the
+    manager holds a session with unsaved changes strongly until they are saved or
+    discarded, so dropping the last reference to it never loses them."""
 
     config: SessionConfig
     repository: Repository
     check_open: Callable[[], None]
+    keep: Callable[[AsyncSession, bool], None]
+
+
+_READ_ONLY = (
+    "session.metadata is a read-only snapshot: a change made to it would be lost. "
+    "Call session.update_metadata({{...}}) (then save_session) to change metadata{}"
+)
+
+
+def _read_only(*_: Any, **__: Any) -> NoReturn:
+    raise ReadOnlyError(_READ_ONLY.format(""))
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """``session.metadata``: a dict that refuses changes, loudly (:class:`ReadOnlyError`),
+    instead of dropping them. ``copy.deepcopy()`` or ``json.loads(json.dumps())`` of it
+    gives a plain dict to change."""
+
+    def __setitem__(self, key: str, value: Any) -> NoReturn:
+        raise ReadOnlyError(_READ_ONLY.format(f" (setting {key!r})"))
+
+    def __delitem__(self, key: str) -> NoReturn:
+        raise ReadOnlyError(_READ_ONLY.format(f" (deleting {key!r})"))
+
+    __ior__ = update = setdefault = pop = popitem = clear = _read_only
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v, memo) for k, v in self.items()}
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
+class ReadOnlyList(list[Any]):
+    """A list inside ``session.metadata``: refuses changes like :class:`ReadOnlyDict`."""
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(v, memo) for v in self]
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ReadOnlyDict((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return ReadOnlyList(_frozen(v) for v in value)
+    return value
+
+
+class _Absent:
+    """The value a metadata key had before it was set: none (one object, kept by copies)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Absent:
+        return self
+
+
+_ABSENT = _Absent()
 
 
 #: The token estimate: characters per token, and tokens of framing per message.
@@ -77,6 +151,11 @@ class AsyncSession:
 
     The object is a view as of its load or last save: messages another manager saves into
     the same session meanwhile are kept in storage and show after the next save or load.
+    While it has unsaved changes its manager holds it, so dropping the object loses
+    nothing (``close()``, autosave and interpreter exit write them);
+    :meth:`discard_changes` drops them on purpose. :attr:`metadata` is read-only (use
+    :meth:`update_metadata`). One object may be used from several event loops and
+    threads: its saves run one at a time.
     """
 
     def __init__(self, host: SessionHost, record: SessionRecord) -> None:
@@ -87,26 +166,31 @@ class AsyncSession:
         self._updated_at = record.updated_at
         self._metadata = record.metadata
         self._meta_patch: dict[str, Any] = {}
+        # what each key patched since the last save held before (for discard_changes)
+        self._meta_undo: dict[str, Any] = {}
         self._meta_version = record.metadata_version  # of the stored metadata last seen
         self._stored = record.message_count  # visible stored messages (ids <= _upto)
         self._upto = record.last_message_id
         self._size = record.size_bytes
         self._keep: int | None = None  # a pending truncation of the stored messages
+        self._stored_before_cut = 0  # what _stored was before that truncation
         self._cache: list[MessageRecord] = (
             record.tail[-self._cache_size :] if self._cache_size else []
         )
         self._pending: list[MessageRecord] = []
         self._pending_bytes = 0
         self._saving = False  # a save of this object is being written now
-        self._inflight: asyncio.Future[SaveResult] | None = None
         self._generation = 0  # bumps whenever the stored view changes
         # the sync shim touches sessions from other threads; re-entrant because a signal
         # handler may close the manager (and flush this session) while the main thread is
         # inside one of these methods
         self._state = threading.RLock()
-        self._save_lock: asyncio.Lock | None = None
+        # one save at a time, from any event loop or thread; held until the write lands,
+        # even if its caller was cancelled, or the next save would send its messages again
+        self._save_lock = LoopSafeLock()
         self._autosave_error: BaseException | None = None
         self._gone = False  # storage said the session was deleted: nothing left to flush to
+        self._held = False  # the manager holds this object (it has unsaved changes)
         self._root_id = record.root_id or record.id
         self._parent_id = record.parent_id
         self._fork_point = record.fork_point
@@ -117,6 +201,8 @@ class AsyncSession:
         if error is not None:
             # a background save failed: the caller hears of it on their next call
             self._autosave_error = None
+            with self._state:
+                self._track()
             raise error
 
     @property
@@ -162,9 +248,14 @@ class AsyncSession:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """A copy of the session's metadata, unsaved updates included."""
+        """A read-only snapshot of the session's metadata, unsaved updates included.
+
+        Changing it in place (``session.metadata["k"] = 1``, also inside nested values)
+        raises :class:`~coda_session.ReadOnlyError`: use :meth:`update_metadata`.
+        ``copy.deepcopy()`` of it is a plain dict."""
         with self._state:
-            return copy.deepcopy(self._metadata)
+            frozen: dict[str, Any] = _frozen(self._metadata)
+            return frozen
 
     @property
     def message_count(self) -> int:
@@ -176,7 +267,52 @@ class AsyncSession:
     def has_unsaved_changes(self) -> bool:
         """True when ``save_session`` would write something."""
         with self._state:
-            return bool(self._pending or self._keep is not None or self._meta_patch)
+            return self._unsaved()
+
+    def _unsaved(self) -> bool:
+        return bool(self._pending or self._keep is not None or self._meta_patch)
+
+    def _track(self) -> None:
+        """Tell the manager whether to hold this object (it has unsaved changes) or not;
+        called with ``_state`` held, after every change of what a save would write. A
+        session deleted from storage is not held: its changes have nowhere to go, and
+        the caller was told (a save raised SessionNotFoundError), unless the failure was
+        an autosave's nobody has heard of yet (close() raises it)."""
+        gone = self._gone and self._autosave_error is None
+        hold = self._unsaved() and not gone
+        if hold is not self._held:  # tell the manager only of a change (add_message is hot)
+            self._held = hold
+            self._host.keep(self, hold)
+
+    def discard_changes(self) -> None:
+        """Drop the unsaved changes (added messages, a clear or truncation, metadata
+        updates): the object shows its saved state again, as of its load or last save.
+        No I/O. This is how changes are dropped on purpose: a manager closed with
+        ``autosave_interval = 0`` warns about sessions with unsaved changes instead
+        (:class:`~coda_session.UnsavedChangesWarning`). Refused with ``SessionError``
+        while a save of this object is running."""
+        self._usable()
+        with self._state:
+            if self._saving:
+                raise SessionError(
+                    f"session {self._name!r} is being saved by another task or thread; "
+                    "discard its changes after that save returns"
+                )
+            self._pending.clear()
+            self._pending_bytes = 0
+            if self._keep is not None:
+                self._keep = None
+                self._stored = self._stored_before_cut
+                self._cache = []  # the truncated view's cache: read again on demand
+                self._generation += 1
+            for key, before in self._meta_undo.items():
+                if before is _ABSENT:
+                    self._metadata.pop(key, None)
+                else:
+                    self._metadata[key] = before
+            self._meta_undo.clear()
+            self._meta_patch.clear()
+            self._track()
 
     def info(self) -> SessionInfo:
         """The :class:`SessionInfo` of the saved state as this object last saw it."""
@@ -209,6 +345,7 @@ class AsyncSession:
             self._check_room(record.byte_size())
             self._pending.append(record)
             self._pending_bytes += record.byte_size()
+            self._track()
 
     def set_messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
         """Replace every message (validated first: one bad message changes nothing)."""
@@ -224,12 +361,14 @@ class AsyncSession:
             self._truncate(0)  # refused while saving, before it changes anything
             self._pending.extend(records)
             self._pending_bytes = size
+            self._track()
 
     def clear_messages(self) -> None:
         """Remove every message (written by the next save)."""
         self._usable()
         with self._state:
             self._truncate(0)
+            self._track()
 
     def truncate_messages(self, max_messages: int) -> None:
         """Keep only the newest ``max_messages`` messages (written by the next save)."""
@@ -237,14 +376,19 @@ class AsyncSession:
         self._usable()
         with self._state:
             self._truncate(keep)
+            self._track()
 
     def update_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Merge ``metadata`` into the session's metadata (top-level keys replace)."""
         patch = encode_metadata(metadata)
         self._usable()
         with self._state:
+            for key in patch:
+                if key not in self._meta_undo:
+                    self._meta_undo[key] = copy.deepcopy(self._metadata.get(key, _ABSENT))
             self._metadata.update(copy.deepcopy(patch))
             self._meta_patch.update(patch)
+            self._track()
 
     def _limit(self) -> int:
         return self._host.config.max_session_bytes
@@ -269,6 +413,8 @@ class AsyncSession:
             return
         drop_stored = min(excess, self._stored)
         if drop_stored:
+            if self._keep is None:
+                self._stored_before_cut = self._stored
             self._stored -= drop_stored
             self._keep = self._stored
             self._cache = self._cache[len(self._cache) - min(len(self._cache), self._stored) :]
@@ -389,16 +535,8 @@ class AsyncSession:
             return [r.to_dict() for r in records]
 
     async def _save(self, drop: int = 0) -> list[MessageRecord]:
-        if self._save_lock is None:
-            self._save_lock = asyncio.Lock()
-        async with self._save_lock:
-            earlier = self._inflight
-            if earlier is not None and not earlier.done():
-                # a save whose caller was cancelled is still being written: let it land
-                # first, or its messages would be sent again (its failure was reported
-                # to its caller; a cancellation of this caller still propagates)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(earlier)
+        await self._save_lock.acquire()
+        try:
             with self._state:
                 popped: list[MessageRecord] = []
                 if drop:
@@ -409,12 +547,16 @@ class AsyncSession:
                         self._pending_bytes = sum(r.byte_size() for r in self._pending)
                     drop -= take
                     if not drop:
+                        self._track()
+                        self._save_lock.release()
                         return popped
                 elif not (self._pending or self._keep is not None or self._meta_patch):
+                    self._save_lock.release()
                     return []
                 batch = list(self._pending)
                 cut = None if self._keep is None else Truncation(self._upto, self._keep)
                 patch, self._meta_patch = self._meta_patch, {}
+                undo = {k: self._meta_undo.pop(k) for k in patch if k in self._meta_undo}
                 self._saving = True
                 request = SaveRequest(
                     session_id=self._id,
@@ -429,18 +571,28 @@ class AsyncSession:
                     drop_newest=drop,
                 )
                 stored_before, upto = self._stored, self._upto
-            write = asyncio.ensure_future(self._write(request, patch, stored_before, upto, popped))
-            self._inflight = write
-            # the write runs to its end even if this caller is cancelled (the database
-            # commits regardless); the session's state follows its real outcome
-            write.add_done_callback(_retrieve)
-            result = await asyncio.shield(write)
-            return result.dropped + popped
+            write = asyncio.ensure_future(
+                self._write(request, patch, undo, stored_before, upto, popped)
+            )
+        except BaseException:
+            self._save_lock.release()
+            raise
+        # the write runs to its end even if this caller is cancelled (the database
+        # commits regardless); the session's state follows its real outcome, and the next
+        # save (of any task, loop or thread) waits for it to land
+        write.add_done_callback(self._landed)
+        result = await asyncio.shield(write)
+        return result.dropped + popped
+
+    def _landed(self, write: asyncio.Future[SaveResult]) -> None:
+        _retrieve(write)
+        self._save_lock.release()
 
     async def _write(
         self,
         request: SaveRequest,
         patch: dict[str, Any],
+        undo: dict[str, Any],
         stored_before: int,
         upto: int,
         popped: list[MessageRecord],
@@ -453,9 +605,11 @@ class AsyncSession:
             with self._state:
                 self._saving = False
                 self._meta_patch = {**patch, **self._meta_patch}
+                self._meta_undo.update(undo)  # the values before this save's patch
                 # a pop that failed gives its unsaved messages back, before any added since
                 self._pending[:0] = popped
                 self._pending_bytes = sum(r.byte_size() for r in self._pending)
+                self._track()
             raise
         batch = request.messages
         with self._state:
@@ -483,6 +637,9 @@ class AsyncSession:
             self._meta_version = result.metadata_version
             if result.metadata is not None:  # another writer changed it: show the stored state
                 self._metadata = {**result.metadata, **copy.deepcopy(self._meta_patch)}
+                for key in self._meta_undo:  # a discard goes back to the stored value
+                    self._meta_undo[key] = copy.deepcopy(result.metadata.get(key, _ABSENT))
+            self._track()
         return result
 
     async def get_lineage(self) -> list[SessionInfo]:
@@ -500,7 +657,22 @@ class AsyncSession:
         return chain[::-1]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._name!r} messages={self.message_count}>"
+        return f"<{type(self).__name__} {describe(self)}>"
+
+
+def describe(session: AsyncSession) -> str:
+    """What a session's ``repr()`` says: name, counts, unsaved or not, branch."""
+    with session._state:
+        unsaved = len(session._pending)
+        text = (
+            f"{session._name!r} messages={session._stored + unsaved} "
+            f"(saved {session._stored}, new {unsaved}) "
+            f"metadata_keys={len(session._metadata)} "
+            f"unsaved={'yes' if session._unsaved() else 'no'}"
+        )
+    if session._parent_id is not None:
+        text += f" branch_of={session._parent_id[:8]} fork_point={session._fork_point}"
+    return text
 
 
 def host_of(session: AsyncSession) -> SessionHost:
@@ -522,6 +694,15 @@ def cached_messages(session: AsyncSession, limit: int | None = None) -> list[dic
     """``get_messages(limit)`` when it can be answered without reading storage, else None
     (the blocking API answers such calls without running its loop)."""
     return session._cached_messages(limit)
+
+
+def forget(session: AsyncSession) -> None:
+    """The session was deleted by its manager: nothing is left to flush its changes to,
+    and the manager holds it no longer."""
+    with session._state:
+        session._gone = True
+        session._autosave_error = None  # about a session deleted on purpose
+        session._track()
 
 
 async def flush(session: AsyncSession, reason: str, *, final: bool) -> BaseException | None:
@@ -548,6 +729,8 @@ async def flush(session: AsyncSession, reason: str, *, final: bool) -> BaseExcep
         await session._save()
     except Exception as exc:
         logger.warning("%s of session %r failed: %s", reason, session.name, exc)
-        session._autosave_error = exc
+        with session._state:
+            session._autosave_error = exc
+            session._track()
         return exc
     return None

@@ -17,12 +17,13 @@ from typing import Any, TypeVar, overload
 
 from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
-from .manager import autosave_once, blocking_manager, repository_of
+from .manager import autosave_once, blocking_manager, describe, repository_of
 from .models import SessionInfo
 from .repository.custom import SessionData, SessionStorage, running_storage
 from .repository.protocol import Repository
 from .runtime import CANCEL_WAIT, CLOSE_WAIT, LoopRunner, close_at_exit, forget_at_exit
 from .session import AsyncSession, cached_messages
+from .session import describe as describe_session
 from .transfer import Source, Target
 
 __all__ = ["Session", "SessionManager"]
@@ -32,7 +33,9 @@ T = TypeVar("T")
 
 class Session:
     """A conversation, as returned by :class:`SessionManager`: the same names and signatures
-    as :class:`AsyncSession`, none of them awaitable. Thread-safe.
+    as :class:`AsyncSession`, none of them awaitable. Thread-safe. While it has unsaved
+    changes its manager holds it (dropping it loses nothing); :meth:`discard_changes`
+    drops them on purpose.
 
     ``Session(name, messages=..., metadata=...)``, the form the API reference's custom
     storage returns from ``load``, builds a :class:`SessionData` (what ``save`` receives),
@@ -99,7 +102,9 @@ class Session:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """A copy of the session's metadata, unsaved updates included."""
+        """A read-only snapshot of the session's metadata, unsaved updates included;
+        changing it in place raises :class:`~coda_session.ReadOnlyError` (use
+        :meth:`update_metadata`)."""
         return self._inner.metadata
 
     @property
@@ -145,6 +150,11 @@ class Session:
         """Merge ``metadata`` into the session's metadata (top-level keys replace)."""
         self._inner.update_metadata(metadata)
 
+    def discard_changes(self) -> None:
+        """Drop the unsaved changes: the object shows its saved state again (see
+        :meth:`AsyncSession.discard_changes`)."""
+        self._inner.discard_changes()
+
     def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The messages oldest first as plain dicts; the newest ``limit`` with a limit."""
         cached = cached_messages(self._inner, limit)
@@ -173,14 +183,41 @@ class Session:
         return self._manager._call(self._inner.get_lineage)
 
     def __repr__(self) -> str:
-        return f"<Session {self.name!r} messages={self.message_count}>"
+        return f"<Session {describe_session(self._inner)}>"
 
 
 class SessionManager:
     """The blocking session manager for scripts and notebooks.
 
-    The same methods as :class:`AsyncSessionManager`, not awaitable. Use it as a context
-    manager or call :meth:`close`; a manager left open is closed when the interpreter exits.
+    ::
+
+        with SessionManager({"session": {"storage_path": "~/.coda/sessions"}}) as manager:
+            session = manager.create_session("my-chat")   # creates, or resumes it
+            session.add_message({"role": "user", "content": "Hello!"})
+            manager.save_session(session)                 # one transaction, the delta only
+            for info in manager.list_sessions():
+                print(info.name, info.message_count)
+
+    Args:
+        config: the spec's ``{"session": {...}}`` dict, a :class:`SessionConfig`, or None
+            for the defaults (SQLite in ``~/.coda/sessions``). Backends: ``sqlite``
+            (default), ``postgresql`` (``database_url``), ``memory`` (this manager only).
+        storage: a :class:`SessionStorage` of your own instead of the configured backend.
+
+    Sessions: :meth:`create_session` (also branches: ``branch_from=``),
+    :meth:`fork_session`, :meth:`load_session`, :meth:`save_session`,
+    :meth:`list_sessions`, :meth:`get_session_info`, :meth:`delete_session`,
+    :meth:`list_branches`, :meth:`get_tree`; files: :meth:`export_session`,
+    :meth:`import_session`, :meth:`export_store`, :meth:`import_store`.
+
+    The same methods as :class:`AsyncSessionManager`, not awaitable; thread-safe (calls
+    run one at a time). Use it as a context manager or call :meth:`close`, which flushes
+    sessions with unsaved changes (with ``autosave_interval = 0`` it writes nothing and an
+    :class:`~coda_session.UnsavedChangesWarning` names what is dropped). A session object
+    with unsaved changes is held until it is saved, discarded (``discard_changes()``) or
+    the manager closes, so dropping it loses nothing; a manager left open is closed when
+    the interpreter exits. ``repr()`` shows the backend, where it stores (passwords
+    hidden), whether it is open, and its session objects.
     """
 
     def __init__(
@@ -361,6 +398,9 @@ class SessionManager:
 
     def __enter__(self) -> SessionManager:
         return self
+
+    def __repr__(self) -> str:
+        return f"<SessionManager {describe(self._async)}>"
 
     def __exit__(
         self,

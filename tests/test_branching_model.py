@@ -38,6 +38,7 @@ import copy
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,6 +65,7 @@ from coda_session import (
     SessionManager,
     SessionNotFoundError,
     SessionStorage,
+    UnsavedChangesWarning,
 )
 from coda_session.repository import Repository
 from tests.support import BACKENDS, Store
@@ -86,6 +88,15 @@ EXAMPLES = {"memory": 60, "sqlite": 40, "sqlite-core": 30, "custom": 25, "postgr
 STEPS = 30
 
 ERRORS = (SessionExistsError, SessionNotFoundError, InvalidMessageError)
+
+
+def _close_dropping_unsaved(manager: SessionManager) -> None:
+    """Close with autosave off: the model drops unsaved changes, as the manager does (its
+    UnsavedChangesWarning naming them is tested in test_lifecycle.py)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsavedChangesWarning)
+        manager.close()
+
 
 # -- the model ---------------------------------------------------------------------------
 
@@ -426,7 +437,7 @@ class BranchingMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             if self.manager is not None:
-                self.manager.close()
+                _close_dropping_unsaved(self.manager)
         finally:
             try:
                 if self.pg is not None:
@@ -693,7 +704,7 @@ class BranchingMachine(RuleBasedStateMachine):
         # autosave is off: unsaved changes are dropped with the objects (opening costs
         # ~0.1 s on PostgreSQL: not twice in a row)
         self.since_open = 0
-        self.m.close()
+        _close_dropping_unsaved(self.m)
         self.objects.clear()
         self.model.objects.clear()
         self.manager = SessionManager(self.config, self._storage())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from coda_session import (
     AsyncSessionManager,
     ManagerClosedError,
+    ReadOnlyError,
     SessionError,
     SessionExistsError,
     SessionNotFoundError,
@@ -217,10 +219,13 @@ async def test_metadata_merge_and_concurrent_keys(store: Store) -> None:
         await b.close()
 
 
-async def test_metadata_is_a_copy(amanager: AsyncSessionManager) -> None:
+async def test_metadata_is_a_read_only_snapshot(amanager: AsyncSessionManager) -> None:
     s = await amanager.create_session("chat")
     s.update_metadata({"tags": ["a"]})
-    s.metadata["tags"].append("b")
+    with pytest.raises(ReadOnlyError):  # a change in place would be lost: refused loudly
+        s.metadata["tags"].append("b")
+    plain = copy.deepcopy(s.metadata)
+    plain["tags"].append("b")  # a copy is the caller's to change
     assert s.metadata == {"tags": ["a"]}
     got = await s.get_messages()
     assert got == []

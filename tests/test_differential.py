@@ -42,6 +42,7 @@ import json
 import math
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,6 +67,7 @@ from coda_session import (
     SessionExistsError,
     SessionManager,
     SessionNotFoundError,
+    UnsavedChangesWarning,
 )
 from tests.support import BACKENDS, Store
 
@@ -339,7 +341,11 @@ class DifferentialMachine(RuleBasedStateMachine):
     def _close(self) -> None:
         if self.manager is not None:
             manager, self.manager = self.manager, None
-            manager.close()
+            # autosave off: the model drops unsaved changes here, as the manager does
+            # (its UnsavedChangesWarning naming them is tested in test_lifecycle.py)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnsavedChangesWarning)
+                manager.close()
 
     @property
     def m(self) -> SessionManager:

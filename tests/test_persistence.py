@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from coda_session import AsyncSessionManager, SessionManager
+from coda_session import AsyncSessionManager, SessionManager, UnsavedChangesWarning
 
 TIMEOUT = 30
 
@@ -183,9 +183,13 @@ def test_parent_writes_child_reads(storage: Path) -> None:
         # pending at close: written by the flush on close (autosave is on by default)
         session.add_message(msg_parent(10))
     no_autosave = {"session": {"storage_path": str(storage), "autosave_interval": 0}}
-    with SessionManager(no_autosave) as manager:
+    # autosave off: dropped at close, with a warning naming the session
+    with (
+        pytest.warns(UnsavedChangesWarning, match="from-parent"),
+        SessionManager(no_autosave) as manager,
+    ):
         session = manager.load_session("from-parent")
-        session.add_message({"role": "user", "content": "never saved"})  # autosave off: dropped
+        session.add_message({"role": "user", "content": "never saved"})
     proc = run_child(
         """
         with SessionManager(CFG) as m:

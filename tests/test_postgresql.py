@@ -247,6 +247,7 @@ async def test_sizes_and_counters_past_two_to_the_31() -> None:
         session.update_metadata({"k": "w"})
         with pytest.raises(SessionTooLargeError):
             await m.save_session(session)  # the same through the multi-statement save
+        session.discard_changes()  # the refused changes are dropped on purpose
         async with connection(url) as conn:
             row = await conn.fetchrow(
                 "SELECT size_bytes, message_count FROM sessions WHERE id = $1", session.id

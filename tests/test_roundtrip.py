@@ -9,6 +9,7 @@ as ``1``, ``-0.0`` keeps its sign, and ``2**70`` stays an exact ``int``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import math
@@ -19,11 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coda_session import AsyncSessionManager
+from coda_session import AsyncSessionManager, ReadOnlyError
 
 CORE_KEYS = ("role", "content", "timestamp")
 
 # -- strict comparison -------------------------------------------------------------------
+
+
+def plain(metadata: Any) -> Any:
+    """``session.metadata`` as plain JSON values: the property is a read-only view (dict
+    and list subclasses that refuse changes); its deep copy has the exact types stored."""
+    return copy.deepcopy(metadata)
 
 
 def assert_strict_equal(actual: Any, expected: Any, path: str = "$") -> None:
@@ -246,25 +253,27 @@ async def _metadata_round_trip(store: Any, updates: list[dict[str, Any]]) -> Non
         for i, update in enumerate(updates):
             session.update_metadata(update)
             expected.update(update)  # a shallow merge: top-level keys replace
-            assert_strict_equal(session.metadata, expected, "unsaved metadata")
+            assert_strict_equal(plain(session.metadata), expected, "unsaved metadata")
             if i % 2 == 0:
                 await writer.save_session(session)
         await writer.save_session(session)
-        assert_strict_equal(session.metadata, expected, "saved metadata")
+        assert_strict_equal(plain(session.metadata), expected, "saved metadata")
     finally:
         await writer.close()
 
     reader = store.async_manager()
     try:
         loaded = await reader.load_session(name)
-        assert_strict_equal(loaded.metadata, expected, "loaded metadata")
+        assert_strict_equal(plain(loaded.metadata), expected, "loaded metadata")
         info = await reader.get_session_info(name)
         assert info is not None
         assert_strict_equal(info.metadata, expected, "get_session_info metadata")
         listed = {i.name: i for i in await reader.list_sessions()}
         assert_strict_equal(listed[name].metadata, expected, "list_sessions metadata")
-        # the property hands out copies: mutating one must not change the session
-        copy_ = loaded.metadata
+        # the property is a read-only snapshot: a change in place is refused, loudly
+        with pytest.raises(ReadOnlyError):
+            loaded.metadata["__mutated__"] = True
+        copy_ = plain(loaded.metadata)
         copy_["__mutated__"] = True
         assert "__mutated__" not in loaded.metadata
     finally:
@@ -303,7 +312,7 @@ def test_sync_shim_round_trip(
         try:
             loaded = await reader.load_session(name)
             check_messages(await loaded.get_messages(), batch, before, after)
-            assert_strict_equal(loaded.metadata, meta, "metadata")
+            assert_strict_equal(plain(loaded.metadata), meta, "metadata")
         finally:
             await reader.close()
 
@@ -363,7 +372,7 @@ async def test_extreme_numbers_survive(store: Any) -> None:
         got = await loaded.get_messages()
         want = [{**m, "timestamp": "2024-01-01T00:00:00+00:00"} for m in batch]
         assert_strict_equal(got, want)
-        assert_strict_equal(loaded.metadata, meta, "metadata")
+        assert_strict_equal(plain(loaded.metadata), meta, "metadata")
         # spot checks that do not rely on the helper
         assert math.copysign(1.0, got[0]["content"]) == -1.0
         assert got[2]["value"] == 1e308 and got[5]["nested"] == {"v": [5e-324]}

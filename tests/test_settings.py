@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coda_session import SessionTooLargeError
+from coda_session import SessionTooLargeError, UnsavedChangesWarning
 from coda_session.codec import COMPRESS_THRESHOLD
 from tests.support import Store
 
@@ -131,6 +131,7 @@ async def test_size_limit_on_add_and_save_writes_nothing(store: Store) -> None:
             with pytest.raises(SessionTooLargeError):
                 await other.save_session(stale)
             assert stale.has_unsaved_changes  # kept for the caller to trim and retry
+            stale.discard_changes()  # dropped on purpose: close() has nothing to warn about
         finally:
             await other.close()
         info_after = await m.get_session_info("small")
@@ -216,7 +217,8 @@ async def test_autosave_off_leaves_unsaved_changes_unwritten(store: Store) -> No
     m = store.async_manager(autosave_interval=0)
     s = await m.create_session("off")
     s.add_message({"role": "user", "content": "never saved"})
-    await m.close()
+    with pytest.warns(UnsavedChangesWarning, match="'off'"):
+        await m.close()  # not written, and said so
     check = store.async_manager(autosave_interval=0)
     try:
         assert (await check.get_session_info("off")).message_count == 0  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -237,3 +238,62 @@ def test_api_reference_extras(manager: SessionManager) -> None:
     assert manager.get_session_info("ref") is None
     infos = sorted(manager.list_sessions(), key=lambda s: s.updated_at)
     assert sum(s.size_bytes for s in infos) >= 0 and sum(s.message_count for s in infos) >= 0
+
+
+def test_spec_flow_stores_what_its_search_looks_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The specification's README run top to bottom: "project-discussion" gets its
+    metadata, then ``session`` is rebound to "code-review", leaving that object
+    unreferenced with unsaved changes. Its metadata must be stored, so the search
+    snippet finds it (before the fix it found nothing)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    manager = SessionManager({"session": {"storage_path": "~/.coda/sessions"}})
+    session = manager.create_session("my-chat")
+    session.add_message({"role": "user", "content": "Hello!"})
+    session.add_message({"role": "assistant", "content": "Hi there!"})
+    manager.save_session(session)
+    for session_info in manager.list_sessions():
+        print(f"{session_info.name}: {session_info.message_count} messages")
+
+    session = manager.create_session("project-discussion")
+    branch = manager.create_session("project-discussion-v2", branch_from="project-discussion")
+    session.add_message(
+        {
+            "role": "user",
+            "content": "What is Python?",
+            "timestamp": datetime.now().isoformat(),
+            "model": "gpt-4",
+        }
+    )
+    all_messages = session.get_messages()
+    recent_messages = session.get_messages(limit=10)
+    session.clear_messages()
+    session.truncate_messages(max_messages=50)
+    session.update_metadata(
+        {"topic": "Python programming", "tags": ["tutorial", "basics"], "model": "gpt-4"}
+    )
+    print(session.metadata)
+
+    session = manager.create_session("code-review")
+    session.add_message({"role": "system", "content": "You are an expert code reviewer."})
+    data = {"messages": session.get_messages(), "metadata": session.metadata}
+    with open("session-backup.json", "w") as f:
+        json.dump(data, f)
+    with open("session-backup.json") as f:
+        data = json.load(f)
+    imported = manager.create_session("imported")
+    for msg in data["messages"]:
+        imported.add_message(msg)
+    del branch, all_messages, recent_messages
+    gc.collect()
+    manager.close()  # what the interpreter's exit does for a manager left open
+
+    with SessionManager({"session": {"storage_path": "~/.coda/sessions"}}) as manager:
+        python_sessions = [
+            s for s in manager.list_sessions() if "python" in s.metadata.get("topic", "").lower()
+        ]
+        assert [s.name for s in python_sessions] == ["project-discussion"]
+        assert python_sessions[0].metadata["tags"] == ["tutorial", "basics"]
+        assert manager.load_session("imported").message_count == 1

@@ -186,6 +186,7 @@ async def test_opening_a_current_database_needs_no_write_lock(sqlite_config: Con
                 loaded.add_message({"role": "user", "content": "must wait"})
                 with pytest.raises(StorageError, match="locked"):
                     await other.save_session(loaded)
+                loaded.discard_changes()  # dropped on purpose: close() warns of nothing
     finally:
         held.rollback()
         held.close()

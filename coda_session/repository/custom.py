@@ -26,6 +26,7 @@ from ..errors import (
     SessionTooLargeError,
     StorageError,
 )
+from ..loopsafe import LoopSafeLock
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import (
     SaveRequest,
@@ -269,11 +270,17 @@ class StorageAdapter:
 
     def __init__(self, storage: SessionStorage) -> None:
         self._storage = storage
-        self._lock = anyio.Lock()
-        self.writing = anyio.Lock()
+        # locks of any event loop: one manager may be used from several loops (threads)
+        self._lock = LoopSafeLock()
+        self.writing = LoopSafeLock()
         self._created: dict[str, str] = {}
         """name -> id of the sessions this adapter created (for a storage without ids)."""
         """Held by each read-then-write operation, whole."""
+
+    @property
+    def storage(self) -> SessionStorage:
+        """The user's storage this adapter serves."""
+        return self._storage
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         # the result comes back in a box the caller empties: the worker thread's own

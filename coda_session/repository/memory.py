@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import bisect
 import copy
+import functools
 import gc
-from collections.abc import AsyncIterator, Iterable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..errors import (
     SessionExistsError,
@@ -27,6 +29,24 @@ from .base import (
 )
 
 __all__ = ["MemoryRepository", "MemorySnapshot"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _serialized(
+    method: Callable[Concatenate[MemoryRepository, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[MemoryRepository, P], Coroutine[Any, Any, T]]:
+    """Runs the method whole under the repository's thread lock: one manager may be used
+    from several event loops in several threads at once. The methods never suspend, so
+    the lock is never held across an await that waits."""
+
+    @functools.wraps(method)
+    async def run(self: MemoryRepository, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._mutex:
+            return await method(self, *args, **kwargs)
+
+    return run
 
 
 @dataclass(slots=True)
@@ -65,6 +85,7 @@ class MemoryRepository:
         self._by_id: dict[str, _Stored] = {}
         self._by_name: dict[str, str] = {}
         self._next_id = 1
+        self._mutex = threading.RLock()
 
     async def open(self) -> None:
         return None
@@ -97,6 +118,7 @@ class MemoryRepository:
         stored.size += sum(m.byte_size() for m in messages)
         return ids
 
+    @_serialized
     async def create_session(
         self,
         record: SessionRecord,
@@ -146,6 +168,7 @@ class MemoryRepository:
         self._by_name[record.name] = record.id
         return self._snapshot(stored, 0)
 
+    @_serialized
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
     ) -> SessionRecord | None:
@@ -154,6 +177,7 @@ class MemoryRepository:
         stored = self._by_id.get(session_id) if session_id is not None else None
         return None if stored is None else self._snapshot(stored, tail)
 
+    @_serialized
     async def read_messages(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
@@ -165,6 +189,7 @@ class MemoryRepository:
             return list(visible)
         return visible[-limit:] if limit > 0 else []
 
+    @_serialized
     async def read_page(
         self,
         session_id: str,
@@ -183,6 +208,7 @@ class MemoryRepository:
         page = stored.messages[start : start + limit]
         return [m for m in page if (m.id or 0) <= upto_id]
 
+    @_serialized
     async def import_session(
         self,
         record: SessionRecord,
@@ -216,6 +242,7 @@ class MemoryRepository:
         self._append(stored, messages)
         return self._snapshot(stored, 0)
 
+    @_serialized
     async def save(self, request: SaveRequest) -> SaveResult:
         stored = self._by_id.get(request.session_id)
         if stored is None:
@@ -263,6 +290,7 @@ class MemoryRepository:
             dropped=dropped,
         )
 
+    @_serialized
     async def delete_session(self, session_id: str) -> bool:
         stored = self._by_id.pop(session_id, None)
         if stored is None:
@@ -270,6 +298,7 @@ class MemoryRepository:
         del self._by_name[stored.record.name]
         return True
 
+    @_serialized
     async def list_sessions(self) -> list[SessionInfo]:
         snaps = [self._snapshot(s, 0) for s in self._by_id.values()]
         snaps.sort(key=lambda r: (r.created_at, r.name))
@@ -281,9 +310,11 @@ class MemoryRepository:
             if collecting:
                 gc.enable()
 
+    @_serialized
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
         return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
 
+    @_serialized
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> tuple[int, int]:
@@ -304,11 +335,12 @@ class MemorySnapshot:
     global_ids = True
 
     def __init__(self, repo: MemoryRepository) -> None:
-        self._by_name = dict(repo._by_name)
-        self._by_id = {
-            sid: _Stored(copy.copy(s.record), list(s.messages), s.size)
-            for sid, s in repo._by_id.items()
-        }
+        with repo._mutex:
+            self._by_name = dict(repo._by_name)
+            self._by_id = {
+                sid: _Stored(copy.copy(s.record), list(s.messages), s.size)
+                for sid, s in repo._by_id.items()
+            }
         self._view = MemoryRepository()
         self._view._by_id, self._view._by_name = self._by_id, self._by_name
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -31,6 +32,7 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from ...config import SessionConfig
+from ...loopsafe import loop_shutting_down
 from .bridge import run_bridged
 from .dialect import ServerError
 from .engine import postgres_server_settings
@@ -87,6 +89,9 @@ class _Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sentinel: AsyncGenerator[None, None] | None = None
         self.closed = False
+        # made while its loop shuts down (a flush at asyncio.run's end): no sentinel can
+        # close its connections, so each goes when it is released
+        self._ephemeral = loop_shutting_down(asyncio.get_running_loop())
 
     async def _watch(self) -> AsyncGenerator[None, None]:
         try:
@@ -97,7 +102,7 @@ class _Pool:
             await self._close_idle()
 
     async def acquire(self) -> asyncpg.Connection:
-        if self._sentinel is None:
+        if self._sentinel is None and not self._ephemeral:
             self._sentinel = self._watch()
             await self._sentinel.__anext__()
         while True:
@@ -139,7 +144,7 @@ class _Pool:
                 raise
 
     def release(self, conn: asyncpg.Connection, *, broken: bool = False) -> None:
-        if broken or conn.is_closed() or self.closed:
+        if broken or conn.is_closed() or self.closed or self._ephemeral:
             self._open -= 1
             if not conn.is_closed():
                 conn.terminate()
@@ -202,16 +207,19 @@ class PgRunner:
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
         )
+        # several loops, in several threads, may use the runner at the same time
+        self._pools_lock = threading.Lock()
 
     @property
     def _pool(self) -> _Pool:
         """The running loop's pool."""
         loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is None or pool.closed:
-            # (the pool holds no reference to its loop: the loop's entry goes with it)
-            pool = self._pools[loop] = _Pool(self._connect, self._size, self._ping_timeout)
-        return pool
+        with self._pools_lock:
+            pool = self._pools.get(loop)
+            if pool is None or pool.closed:
+                # (the pool holds no reference to its loop: the loop's entry goes with it)
+                pool = self._pools[loop] = _Pool(self._connect, self._size, self._ping_timeout)
+            return pool
 
     async def _connect(self) -> asyncpg.Connection:
         try:
@@ -297,8 +305,9 @@ class PgRunner:
         """Close this loop's connections; those of other loops still running are dropped
         on their own loops, those of loops that ended were closed as they shut down."""
         here = asyncio.get_running_loop()
-        pools = list(self._pools.items())
-        self._pools.clear()
+        with self._pools_lock:
+            pools = list(self._pools.items())
+            self._pools.clear()
         for loop, pool in pools:
             if loop is here:
                 await pool.aclose()

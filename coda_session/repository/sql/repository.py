@@ -261,7 +261,7 @@ class SqlRepository:
             )
             await runner.open()
             return runner
-        return AlchemyRunner(create_engine(self._config, self._url))
+        return AlchemyRunner(lambda: create_engine(self._config, self._url))
 
     async def aclose(self) -> None:
         self._closed = True

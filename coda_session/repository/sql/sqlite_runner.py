@@ -12,14 +12,18 @@ The runner is in exactly one mode at a time:
   taken there runs on a worker instead, which waits up to ``busy_timeout``;
 * :class:`Closed`.
 
-Nothing here is bound to one event loop: every wait is a future of the caller's loop.
-The runner raises driver errors as they are; the repository classifies, retries and
+Nothing here is bound to one event loop: every wait is a future of the caller's loop, so
+several loops (in several threads) may use one runner at the same time. The loop
+connection serves one of them at a time: a loop that finds it in use by another thread
+runs its operation on a worker instead (two threads in one ``sqlite3`` connection would
+run their statements inside each other's transaction). The runner raises driver errors as they are; the repository classifies, retries and
 translates them at one edge.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,6 +55,10 @@ class Threaded:
     reader_limit: int
     readers: list[Worker] = field(default_factory=list)
     loop_pages: int = 0
+    # held while a thread runs a transaction on loop_conn (never waited for: a thread that
+    # finds it taken goes to a worker), and while the readers list changes
+    loop_lock: threading.Lock = field(default_factory=threading.Lock)
+    readers_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(slots=True)
@@ -156,6 +164,7 @@ class SqliteRunner:
             loop_conn is not None
             and loop_pages is not None
             and (not write or mode.loop_pages < LOOP_WAL_PAGES)
+            and mode.loop_lock.acquire(blocking=False)  # else another loop's thread uses it
         ):
             try:
                 done = in_transaction(loop_conn, write, fn, args)
@@ -167,6 +176,8 @@ class SqliteRunner:
             else:
                 mode.loop_pages += loop_pages
                 return done
+            finally:
+                mode.loop_lock.release()
         if write or mode.reader_limit < 1:
             result: T = await mode.writer.call(
                 in_transaction, write, fn, args, interruptible=not write
@@ -179,17 +190,18 @@ class SqliteRunner:
         return read
 
     def _reader(self, mode: Threaded) -> Worker:
-        for reader in mode.readers:
-            if not reader.busy:
+        with mode.readers_lock:
+            for reader in mode.readers:
+                if not reader.busy:
+                    return reader
+            if len(mode.readers) < mode.reader_limit:
+                reader = Worker(self._connect, "coda-session-reader")
+                mode.readers.append(reader)
                 return reader
-        if len(mode.readers) < mode.reader_limit:
-            reader = Worker(self._connect, "coda-session-reader")
+            # every reader is busy: queue behind the one that has waited least (round robin)
+            reader = mode.readers.pop(0)
             mode.readers.append(reader)
             return reader
-        # every reader is busy: queue behind the one that has waited least (round robin)
-        reader = mode.readers.pop(0)
-        mode.readers.append(reader)
-        return reader
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Callable[..., Any]]:
@@ -239,10 +251,14 @@ class SqliteRunner:
         if isinstance(mode, Inline):
             mode.conn.close()
         elif isinstance(mode, Threaded):
-            for reader in mode.readers:
+            with mode.readers_lock:
+                readers = list(mode.readers)
+            for reader in readers:
                 reader.stop()
             if mode.loop_conn is not None:
-                mode.loop_conn.close()
+                # another loop's thread may be inside a transaction on it: let it end
+                with mode.loop_lock:
+                    mode.loop_conn.close()
             await mode.writer.aclose()
-            for reader in mode.readers:
+            for reader in readers:
                 await reader.aclose()
