@@ -78,7 +78,8 @@ one that read it before taking the lock. So a fork locks only the tree and its s
 row (shared, against the source's appends, which take no tree lock): the owners of the
 segments it lists need no lock, every writer that moves or deletes their rows holding
 the tree. It then reads the source's row with its link in one statement, finds a cut in
-the source's own rows in one more, and on PostgreSQL writes its row and segments in one.
+the source's own rows in one more, and on PostgreSQL writes its row and segments in one
+that also returns its newest messages (``pg_sql.INSERT_FORK``).
 Several sessions' rows change in one operation (a release rewrites the inheritors' lists
 and links, a detach the segments on the session's rows in other lists): on a server
 database such an operation must not interleave with another one of the same tree, which

@@ -439,11 +439,12 @@ def create(
     copy_from: str | None,
     fork_point: int | None = None,
     fork_after: int | None = None,
+    tail: int = 0,
 ) -> SessionRecord:
     """A new session, or a branch of ``copy_from`` at ``fork_point`` (its first that many
     messages) or after message ``fork_after`` (all when neither): the branch inherits the
     source's segments up to there (see branching.py), lists at most two of its own, and
-    copies no row."""
+    copies no row. The record holds its newest ``tail`` messages."""
     # a taken name fails the INSERT on the UNIQUE constraint: the error edge makes that
     # SessionExistsError (one statement, and no race between a check and the insert)
     metadata, count, size, last_id = record.metadata, 0, 0, 0
@@ -496,9 +497,14 @@ def create(
         "inherit_count": in_count,
         "inherit_size": in_size,
     }
+    newest: list[MessageRecord] = []
     if isinstance(cx, PgExecutor) and parts:
-        # one round trip for the row and its segments (a fork's every statement is one)
-        cx.fetch(
+        # one round trip for the row, its segments and, when it lists only a run of its
+        # source's own rows (it inherits all the source's segments), its newest messages:
+        # the source's up to its newest id. A piece of a segment is no bound there (the
+        # source's read of its segments knows no upper id): read after the insert.
+        whole = len(parts) == 1 and parts[0].owner == copy_from
+        rows = cx.fetch(
             pg_sql.INSERT_FORK,
             *(values[k] for k in _INSERT_SESSION_ORDER),
             [p.owner for p in parts],
@@ -506,7 +512,11 @@ def create(
             [p.hi for p in parts],
             [p.count for p in parts],
             [p.size for p in parts],
+            max(tail, 0) if whole else 0,
         )
+        newest = [message_of(r) for r in reversed(rows)]
+        if tail > 0 and not whole:
+            newest = pg_read(cx, record.id, last_id, tail, root)
     else:
         cx.run(q.INSERT_SESSION, values)
         for part in parts:
@@ -522,6 +532,10 @@ def create(
                     "size_bytes": part.size,
                 },
             )
+        if tail > 0 and count and isinstance(cx, PgExecutor):
+            newest = pg_read(cx, record.id, last_id, tail, root)
+        elif tail > 0 and count:
+            newest = read(cx, record.id, last_id, tail, root)
     return SessionRecord(
         id=record.id,
         name=record.name,
@@ -529,6 +543,7 @@ def create(
         updated_at=record.updated_at,
         metadata=metadata,
         message_count=count,
+        tail=newest,
         size_bytes=size,
         last_message_id=int(last_id),
         root_id=root,
