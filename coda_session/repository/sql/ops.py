@@ -498,12 +498,12 @@ def create(
         "inherit_size": in_size,
     }
     newest: list[MessageRecord] = []
+    whole = len(parts) == 1 and parts[0].owner == copy_from
     if isinstance(cx, PgExecutor) and parts:
         # one round trip for the row, its segments and, when it lists only a run of its
         # source's own rows (it inherits all the source's segments), its newest messages:
         # the source's up to its newest id. A piece of a segment is no bound there (the
         # source's read of its segments knows no upper id): read after the insert.
-        whole = len(parts) == 1 and parts[0].owner == copy_from
         rows = cx.fetch(
             pg_sql.INSERT_FORK,
             *(values[k] for k in _INSERT_SESSION_ORDER),
@@ -535,7 +535,9 @@ def create(
         if tail > 0 and count and isinstance(cx, PgExecutor):
             newest = pg_read(cx, record.id, last_id, tail, root)
         elif tail > 0 and count:
-            newest = read(cx, record.id, last_id, tail, root)
+            # the source's own rows when they are what it lists (a plain read of one run,
+            # where the new branch's own read goes through its link)
+            newest = read(cx, str(copy_from) if whole else record.id, last_id, tail, root)
     return SessionRecord(
         id=record.id,
         name=record.name,
