@@ -427,13 +427,11 @@ class AsyncSessionManager:
             record.root_id = found.root_id  # the branch joins its source's tree
             # a negative fork_point is resolved by the storage, against the count it holds
             # the source at (another writer may change it meanwhile)
+            # the branch comes back with its newest messages in hand, like a resume
             created = await repo.create_session(
-                record, copy_from=found.id, fork_point=fork_point, fork_after=fork_after
+                record, copy_from=found.id, fork_point=fork_point, fork_after=fork_after, tail=tail
             )
-            # read back like a resume, so the new branch's object starts with its newest
-            # messages in hand (a branch is rare; one more read is cheap)
-            branch = await repo.load_session(session_id=created.id, tail=tail)
-            return self._session(branch if branch is not None else created)
+            return self._session(created)
         existing = await repo.load_session(name=name, tail=tail)
         if existing is None:
             try:

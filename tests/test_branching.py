@@ -143,6 +143,33 @@ def stored_contents(store: Store) -> list[Any]:
 # -- forking anywhere --------------------------------------------------------------------
 
 
+async def test_a_new_branch_starts_with_its_newest_messages_in_hand(store: Store) -> None:
+    """The branch object create_session returns holds its newest messages as a resume
+    would (the storage hands them back with the new row): at the end of its source, in
+    its own rows, after a message, and inside what the source inherited."""
+    base = words("p", 120)
+    async with opened(store) as m:
+        await seed(m, "p", base[:100])
+        mid = await m.create_session("mid", branch_from="p", fork_point=80)
+        mid.add_message(msg("m0"))
+        await m.save_session(mid)  # a branch with own rows above a segment
+        ids = [i for i, _ in await (await m.load_session("p")).get_messages_with_ids()]
+        cases: list[tuple[str, dict[str, Any], list[str]]] = [
+            ("p", {}, base[:100]),
+            ("p", {"fork_point": 50}, base[:50]),
+            ("p", {"fork_point": -1}, base[:99]),
+            ("p", {"fork_after": ids[9]}, base[:10]),
+            ("mid", {}, [*base[:80], "m0"]),
+            ("mid", {"fork_point": 30}, base[:30]),
+            ("mid", {"fork_after": ids[59]}, base[:60]),
+        ]
+        for k, (source, kwargs, want) in enumerate(cases):
+            branch = await m.create_session(f"b{k}", branch_from=source, **kwargs)
+            assert branch.message_count == len(want), (source, kwargs)
+            assert texts(await branch.get_messages(limit=3)) == want[-3:], (source, kwargs)
+            assert texts(await branch.get_messages()) == want, (source, kwargs)
+
+
 async def test_fork_point_takes_a_prefix_or_counts_from_the_end(store: Store) -> None:
     base = words("p", 5)
     async with opened(store) as m, reading(store) as reader:
@@ -1062,23 +1089,34 @@ async def test_forks_while_the_parent_grows_are_prefixes(store: Store) -> None:
     async with opened(store) as wm, opened(store) as fm, reading(store) as reader:
         await seed(wm, "p", ["s0"])
         done = asyncio.Event()
+        saved = asyncio.Event()  # set by each save of the writer (and when it stops)
 
         async def writer() -> int:
             s = await wm.load_session("p")
             i = 0
-            while not done.is_set() and i < 400:  # until the forker is done
-                s.add_message(msg(f"w{i}"))
-                if i % 5 == 4:
-                    s.add_message(msg(f"w{i}+"))
-                await wm.save_session(s)
-                await asyncio.sleep(0)
-                i += 1
+            try:
+                while not done.is_set() and i < 400:  # until the forker is done
+                    s.add_message(msg(f"w{i}"))
+                    if i % 5 == 4:
+                        s.add_message(msg(f"w{i}+"))
+                    await wm.save_session(s)
+                    saved.set()
+                    await asyncio.sleep(0)
+                    i += 1
+            finally:
+                done.set()
+                saved.set()
             return i
 
         async def forker() -> list[tuple[str, int | None]]:
             made: list[tuple[str, int | None]] = []
             try:
                 for k in range(FORKS):
+                    # each fork after a save of the writer, which goes on meanwhile: forks
+                    # quicker than a save would otherwise all see one length
+                    await saved.wait()
+                    if not done.is_set():
+                        saved.clear()
                     point = (None, 1)[k % 2]
                     await fm.create_session(f"f{k}", branch_from="p", fork_point=point)
                     made.append((f"f{k}", point))

@@ -369,6 +369,7 @@ class StorageAdapter:
         copy_from: str | None = None,
         fork_point: int | None = None,
         fork_after: int | None = None,
+        tail: int = 0,
     ) -> SessionRecord:
         """A new session; a branch is a copy of the source's messages up to its fork point
         (a custom storage saves whole sessions), with their ids kept."""
@@ -397,7 +398,7 @@ class StorageAdapter:
             raise SessionExistsError(f"session {record.name!r} already exists")
         await self._call(self._storage.save, data)
         self._created[data.name] = data.id
-        return self.record_of(data)
+        return self.record_of(data, tail)
 
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0

@@ -126,6 +126,7 @@ class MemoryRepository:
         copy_from: str | None = None,
         fork_point: int | None = None,
         fork_after: int | None = None,
+        tail: int = 0,
     ) -> SessionRecord:
         """A new session, or a branch of ``copy_from`` (see the protocol). The branch's
         list holds the source's own record objects (they are immutable): a fork copies
@@ -166,7 +167,7 @@ class MemoryRepository:
         )
         self._by_id[record.id] = stored
         self._by_name[record.name] = record.id
-        return self._snapshot(stored, 0)
+        return self._snapshot(stored, tail)
 
     @_serialized
     async def load_session(

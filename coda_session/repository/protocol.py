@@ -64,6 +64,7 @@ class Repository(Protocol):
         copy_from: str | None = None,
         fork_point: int | None = None,
         fork_after: int | None = None,
+        tail: int = 0,
     ) -> SessionRecord:
         """Insert a new session (SessionExistsError if the name is taken).
 
@@ -74,7 +75,9 @@ class Repository(Protocol):
         is ``fork_after``, or all of them (InvalidMessageError for a point out of range or
         an id the source does not show). Its ``parent_id``, ``fork_point`` (the messages
         it started with) and ``root_id`` (the source's) are set. Nothing done to either
-        session afterwards changes what the other shows.
+        session afterwards changes what the other shows. The record returned holds the new
+        session's newest ``tail`` messages, as :meth:`load_session` would (a branch
+        starts with its source's: the caller reads no more).
         """
         ...
 

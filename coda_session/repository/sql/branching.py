@@ -74,7 +74,12 @@ the only other writers of a session's own rows (its own truncation, pop, delete,
 fork that shows them) hold its row, which the append holds too. The key is the tree's
 ``root_id``, written once when a session is made and never changed (a root's branches
 keep it after the root is deleted), so every operation on the tree agrees on it, even
-one that read it before taking the lock.
+one that read it before taking the lock. So a fork locks only the tree and its source's
+row (shared, against the source's appends, which take no tree lock): the owners of the
+segments it lists need no lock, every writer that moves or deletes their rows holding
+the tree. It then reads the source's row with its link in one statement, finds a cut in
+the source's own rows in one more, and on PostgreSQL writes its row and segments in one
+that also returns its newest messages (``pg_sql.INSERT_FORK``).
 Several sessions' rows change in one operation (a release rewrites the inheritors' lists
 and links, a detach the segments on the session's rows in other lists): on a server
 database such an operation must not interleave with another one of the same tree, which
@@ -103,11 +108,13 @@ __all__ = [
     "Link",
     "Part",
     "check_parts",
+    "cut_from_end",
     "cut_oldest",
     "damaged",
     "detach",
     "drop_newest",
     "fork_parts",
+    "link_from",
     "link_of",
     "lock_tree",
     "new_holder",
@@ -118,6 +125,7 @@ __all__ = [
     "release",
     "segments",
     "span",
+    "span_upto",
     "tail_parts",
 ]
 
@@ -247,7 +255,13 @@ def link_of(cx: Executor, root: str, session_id: str) -> Link:
     found = cx.rows(q.INHERIT_OF, {"session_id": session_id, "tree": root})
     if not found:
         return Link(None, None, 0, 0, None, 0, 0)
-    inherit, upto, count, size, own_max, list_count, list_size = found[0]
+    return link_from(session_id, found[0])
+
+
+def link_from(session_id: str, row: Sequence[Any]) -> Link:
+    """The link of an ``INHERIT_OF`` row (also the last columns of ``SESSION_TO_FORK``),
+    checked."""
+    inherit, upto, count, size, own_max, list_count, list_size = row
     try:
         link = Link(
             None if inherit is None else str(inherit),
@@ -430,6 +444,7 @@ def fork_parts(
     messages, or those up to and including message ``after_id``, or all of them. A part
     taken whole is the same object as in ``parts``; a cut one is new."""
     total = sum(p.count for p in parts)
+    cut: Part | None = None  # the part that message ``after_id`` ends (it is its head)
     if after_id is not None:
         point = None
         seen = 0
@@ -437,7 +452,8 @@ def fork_parts(
             if part.lo < after_id <= part.hi and cx.rows(
                 q.RANGE_HAS, {**_range(part, root), "message_id": after_id}
             ):
-                count, _ = _span(cx, root, part.owner, part.lo, after_id)
+                count, size = _span(cx, root, part.owner, part.lo, after_id)
+                cut = Part(part.owner, part.lo, after_id, count, size)
                 point = seen + count
                 break
             seen += part.count
@@ -454,6 +470,8 @@ def fork_parts(
             continue
         if seen + part.count <= point:
             out.append(part)
+        elif cut is not None:
+            out.append(cut)  # cut at the message itself: no need to look for it by place
         else:
             k = point - seen
             out.append(_head(cx, root, part, _nth(cx, root, part, k), k))
@@ -843,3 +861,34 @@ def span(cx: Executor, root: str, owner: str, lo: int, hi: int) -> tuple[int, in
 def nth_from_end(cx: Executor, root: str, owner: str, lo: int, hi: int, k: int) -> int | None:
     """The id of the range's ``k``-th row from its newest (0: the newest), or None."""
     return _at(cx, root, owner, lo, hi, k, True)
+
+
+def span_upto(cx: Executor, root: str, owner: str, lo: int, last: int) -> tuple[int, int] | None:
+    """(count, size) of ``owner``'s rows in ``lo < id <= last`` (a range it shows whole)
+    when message ``last`` is one of them, by places in one statement; None when it is
+    not, or places cannot tell (the caller reads)."""
+    ends = _ends(cx, root, owner, lo, last)
+    if ends is None or ends[4] != last:
+        return None
+    _, first_ord, first_cum, first_size, _, last_ord, last_cum = ends
+    count, size = last_ord - first_ord + 1, last_cum - first_cum + first_size
+    if count <= 0 or size < 0:
+        return None
+    return count, size
+
+
+def cut_from_end(cx: Executor, root: str, owner: str, lo: int, k: int) -> tuple[int, int] | None:
+    """Where ``owner``'s rows above ``lo`` (a range it shows whole) lose their newest
+    ``k`` (``k >= 1``): the id of the newest row kept and the size of the ``k`` left out,
+    by place in one statement (what :func:`nth_from_end` then :func:`span` find in three);
+    None when places cannot tell (fewer rows, or rows without places: the caller reads)."""
+    found = cx.rows(q.RANGE_CUT, {"owner": owner, "tree": root, "lo": lo, "hi": BEYOND, "k": k})
+    if not found or any(v is None for v in found[0]):
+        return None
+    _, first_ord, _, _, _, last_ord, last_cum, boundary, boundary_cum = (int(v) for v in found[0])
+    out_size = last_cum - boundary_cum
+    # the boundary's place is the last's minus k, at or after the first's: the k rows
+    # after it are the range's newest (its rows are consecutive), and sizes only grow
+    if boundary_cum < 0 or out_size < 0 or last_ord - k < first_ord:
+        return None
+    return boundary, out_size

@@ -29,13 +29,15 @@ from . import statements as q
 from .branching import (
     BEYOND,
     MAX_DEPTH,
+    Link,
     Part,
+    cut_from_end,
     cut_oldest,
     damaged,
     detach,
     drop_newest,
     fork_parts,
-    link_of,
+    link_from,
     lock_tree,
     nth_from_end,
     own_part,
@@ -43,6 +45,7 @@ from .branching import (
     release,
     segments,
     span,
+    span_upto,
     tail_parts,
 )
 from .executors import Executor, PgExecutor, message_arrays
@@ -320,16 +323,6 @@ def text_length(
     return chars, count
 
 
-def _hold_owners(cx: Executor, parts: Sequence[Part], held: set[str]) -> bool:
-    """Hold the owners of ``parts`` shared (a writer moving or deleting an owner's rows
-    holds its row): False when some were not held yet (the caller reads again)."""
-    new = sorted({p.owner for p in parts} - held)
-    for owner in new:
-        cx.rows(q.OWNER_SHARED, {"session_id": owner})
-        held.add(owner)
-    return not new
-
-
 @dataclasses.dataclass(slots=True)
 class _Plan:
     """What a fork starts with: the bound up to which it inherits its source's segments
@@ -348,15 +341,16 @@ def _fork_plan(
     cx: Executor,
     root: str,
     source: SessionRecord,
+    link: Link,
     fork_point: int | None,
     fork_after: int | None,
 ) -> _Plan:
     """A fork of the whole view, or at a point in the source's own rows, reads no
     segment: it inherits them all and lists one run of the source's own rows. Elsewhere
     the view is resolved: the fork inherits up to the last segment it shows whole and
-    lists the piece of the one its point cuts."""
+    lists the piece of the one its point cuts. ``link`` is the source's (read with its
+    row)."""
     sid = source.id
-    link = link_of(cx, root, sid)
     lo = link.own_lo
     total, size = source.message_count, source.size_bytes
     upto = lo if link.segmented else None
@@ -371,6 +365,11 @@ def _fork_plan(
             own = Part(sid, lo, source.last_message_id, own_count, own_size)
             return _Plan(upto, in_count, in_size, [own], total, size)
         if leave < own_count:
+            cut = cut_from_end(cx, root, sid, lo, leave)
+            if cut is not None:
+                own = Part(sid, lo, cut[0], own_count - leave, own_size - cut[1])
+                return _Plan(upto, in_count, in_size, [own], point, size - cut[1])
+            # rows without places (another program's): found by reading
             boundary = nth_from_end(cx, root, sid, lo, BEYOND, leave)
             if boundary is not None:
                 out_count, out_size = span(cx, root, sid, boundary, BEYOND)
@@ -378,19 +377,30 @@ def _fork_plan(
                     own = Part(sid, lo, boundary, own_count - leave, own_size - out_size)
                     return _Plan(upto, in_count, in_size, [own], point, size - out_size)
             raise damaged(repr(source.name), "its message count does not match its rows")
-    held: set[str] = set()
-    while True:
-        parts = segments(cx, root, sid)
-        own = own_part(sid, parts, total, size, source.last_message_id)
-        if own.count < 0 or own.size < 0:
-            raise damaged(repr(source.name), "its counters are less than its segments show")
-        taken = fork_parts(cx, root, [*parts, own], fork_point, fork_after)
-        whole = 0  # the leading parts it takes as they are: inherited
-        while whole < len(taken) and whole < len(parts) and taken[whole] is parts[whole]:
-            whole += 1
-        mine = [p for p in taken[whole:] if p.count > 0]
-        if _hold_owners(cx, [p for p in mine if p.owner != sid], held):
-            break
+    elif lo < fork_after <= source.last_message_id:
+        # after one of the source's own rows: the run up to it, from its two ends
+        upto_after = span_upto(cx, root, sid, lo, fork_after)
+        # (counters short of the rows: the reading path below says what is damaged)
+        if upto_after is not None and (
+            upto_after[0] <= total - in_count and upto_after[1] <= size - in_size
+        ):
+            count, kept = upto_after
+            own = Part(sid, lo, fork_after, count, kept)
+            return _Plan(upto, in_count, in_size, [own], in_count + count, in_size + kept)
+    # The segments' owners (other sessions of the tree, holders) are not locked: every
+    # writer that moves or deletes rows a segment shows (a truncation, pop, clear or
+    # delete, a holder's reclaim inside them) holds the tree lock, which the caller took
+    # first, so nothing read here changes before the fork commits (on SQLite its write
+    # lock does the same). Appends go on meanwhile: they only add rows above every ``hi``.
+    parts = segments(cx, root, sid)
+    own = own_part(sid, parts, total, size, source.last_message_id)
+    if own.count < 0 or own.size < 0:
+        raise damaged(repr(source.name), "its counters are less than its segments show")
+    taken = fork_parts(cx, root, [*parts, own], fork_point, fork_after)
+    whole = 0  # the leading parts it takes as they are: inherited
+    while whole < len(taken) and whole < len(parts) and taken[whole] is parts[whole]:
+        whole += 1
+    mine = [p for p in taken[whole:] if p.count > 0]
     inherited = taken[:whole]
     return _Plan(
         parts[whole - 1].hi if whole else None,
@@ -402,17 +412,39 @@ def _fork_plan(
     )
 
 
+#: ``INSERT_SESSION``'s parameters in ``pg_sql.INSERT_FORK``'s order
+_INSERT_SESSION_ORDER = (
+    "id",
+    "name",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "message_count",
+    "size_bytes",
+    "root_id",
+    "parent_id",
+    "fork_point",
+    "last_id",
+    "holder",
+    "inherit_id",
+    "inherit_upto",
+    "inherit_count",
+    "inherit_size",
+)
+
+
 def create(
     cx: Executor,
     record: SessionRecord,
     copy_from: str | None,
     fork_point: int | None = None,
     fork_after: int | None = None,
+    tail: int = 0,
 ) -> SessionRecord:
     """A new session, or a branch of ``copy_from`` at ``fork_point`` (its first that many
     messages) or after message ``fork_after`` (all when neither): the branch inherits the
     source's segments up to there (see branching.py), lists at most two of its own, and
-    copies no row."""
+    copies no row. The record holds its newest ``tail`` messages."""
     # a taken name fails the INSERT on the UNIQUE constraint: the error edge makes that
     # SessionExistsError (one statement, and no race between a check and the insert)
     metadata, count, size, last_id = record.metadata, 0, 0, 0
@@ -429,11 +461,12 @@ def create(
         found = cx.rows(q.SESSION_TO_FORK, {"session_id": copy_from, "tree": source_root})
         if not found:
             raise SessionNotFoundError("the session to branch from no longer exists")
-        source = _session(found[0], [])
+        source = _session(found[0][:12], [])
+        link = link_from(copy_from, found[0][12:])
         metadata = source.metadata
         if fork_point is not None:
             fork_point = fork_count(source.name, source.message_count, fork_point)
-        plan = _fork_plan(cx, source_root, source, fork_point, fork_after)
+        plan = _fork_plan(cx, source_root, source, link, fork_point, fork_after)
         count, size = plan.count, plan.size
         parts = [p for p in plan.own if p.count > 0]
         if parts:
@@ -446,40 +479,65 @@ def create(
         # an import keeps the fork point its file recorded (what it shares may be less)
         point = record.fork_point if record.fork_point is not None else count
         root, parent = source.root_id, copy_from
-    cx.run(
-        q.INSERT_SESSION,
-        {
-            "id": record.id,
-            "name": record.name,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-            "metadata": dumps_metadata(metadata),
-            "message_count": count,
-            "size_bytes": size,
-            "root_id": root,
-            "parent_id": parent,
-            "fork_point": point,
-            "last_id": last_id,
-            "holder": False,
-            "inherit_id": inherit,
-            "inherit_upto": upto,
-            "inherit_count": in_count,
-            "inherit_size": in_size,
-        },
-    )
-    for part in parts:
-        cx.run(
-            q.INSERT_SEGMENT,
-            {
-                "root_id": root,
-                "session_id": record.id,
-                "owner": part.owner,
-                "lo": part.lo,
-                "hi": part.hi,
-                "message_count": part.count,
-                "size_bytes": part.size,
-            },
+    values = {
+        "id": record.id,
+        "name": record.name,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "metadata": dumps_metadata(metadata),
+        "message_count": count,
+        "size_bytes": size,
+        "root_id": root,
+        "parent_id": parent,
+        "fork_point": point,
+        "last_id": last_id,
+        "holder": False,
+        "inherit_id": inherit,
+        "inherit_upto": upto,
+        "inherit_count": in_count,
+        "inherit_size": in_size,
+    }
+    newest: list[MessageRecord] = []
+    whole = len(parts) == 1 and parts[0].owner == copy_from
+    if isinstance(cx, PgExecutor) and parts:
+        # one round trip for the row, its segments and, when it lists only a run of its
+        # source's own rows (it inherits all the source's segments), its newest messages:
+        # the source's up to its newest id. A piece of a segment is no bound there (the
+        # source's read of its segments knows no upper id): read after the insert.
+        rows = cx.fetch(
+            pg_sql.INSERT_FORK,
+            *(values[k] for k in _INSERT_SESSION_ORDER),
+            [p.owner for p in parts],
+            [p.lo for p in parts],
+            [p.hi for p in parts],
+            [p.count for p in parts],
+            [p.size for p in parts],
+            max(tail, 0) if whole else 0,
         )
+        newest = [message_of(r) for r in reversed(rows)]
+        if tail > 0 and not whole:
+            newest = pg_read(cx, record.id, last_id, tail, root)
+    else:
+        cx.run(q.INSERT_SESSION, values)
+        for part in parts:
+            cx.run(
+                q.INSERT_SEGMENT,
+                {
+                    "root_id": root,
+                    "session_id": record.id,
+                    "owner": part.owner,
+                    "lo": part.lo,
+                    "hi": part.hi,
+                    "message_count": part.count,
+                    "size_bytes": part.size,
+                },
+            )
+        if tail > 0 and count and isinstance(cx, PgExecutor):
+            newest = pg_read(cx, record.id, last_id, tail, root)
+        elif tail > 0 and count:
+            # the source's own rows when they are what it lists (a plain read of one run,
+            # where the new branch's own read goes through its link)
+            newest = read(cx, str(copy_from) if whole else record.id, last_id, tail, root)
     return SessionRecord(
         id=record.id,
         name=record.name,
@@ -487,6 +545,7 @@ def create(
         updated_at=record.updated_at,
         metadata=metadata,
         message_count=count,
+        tail=newest,
         size_bytes=size,
         last_message_id=int(last_id),
         root_id=root,

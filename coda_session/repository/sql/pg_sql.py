@@ -6,6 +6,7 @@ from __future__ import annotations
 
 __all__ = [
     "APPEND",
+    "INSERT_FORK",
     "INSERT_MESSAGES",
     "LOAD_BY_ID",
     "LOAD_BY_NAME",
@@ -212,3 +213,24 @@ _LOAD = (
 #: A session row with its newest $2 messages (newest first), one snapshot, one trip.
 LOAD_BY_NAME = _LOAD + "s.name = $1::text ORDER BY t.id DESC"
 LOAD_BY_ID = _LOAD + "s.id = $1::text ORDER BY t.id DESC"
+
+_SESSION_COLUMNS = (
+    "id, name, created_at, updated_at, metadata, message_count, size_bytes, root_id, "
+    "parent_id, fork_point, last_message_id, holder, inherit_id, inherit_upto, "
+    "inherit_count, inherit_size"
+)
+#: A branch's session row ($1..$16, in ``_SESSION_COLUMNS``' order: $9 its source, $11
+#: its newest id) and its own segments ($17..$21: one array each of owners, ``lo``,
+#: ``hi``, counts and sizes) in one statement (the foreign keys are checked at its end,
+#: when the session row is there), returning its newest $22 messages, newest first: its
+#: source's up to $11, which it shows (the statement's own writes are not visible to it).
+INSERT_FORK = (
+    f"WITH made AS (INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, "
+    "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)), "
+    "listed AS (INSERT INTO session_segments (root_id, session_id, owner_id, lo, hi, "
+    "message_count, size_bytes) SELECT $8::text, $1::text, u.owner, u.lo, u.hi, u.n, u.size "
+    "FROM unnest($17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[]) "
+    "AS u(owner, lo, hi, n, size)) "
+    f"SELECT t.* FROM ({_tail('$9::text', '$11::bigint', '$22::bigint', '$8::text')}) t "
+    "ORDER BY t.id DESC"
+)

@@ -294,6 +294,7 @@ class SqlRepository:
         copy_from: str | None = None,
         fork_point: int | None = None,
         fork_after: int | None = None,
+        tail: int = 0,
     ) -> SessionRecord:
         return await self._run(
             "creating a session",
@@ -303,6 +304,7 @@ class SqlRepository:
             copy_from,
             fork_point,
             fork_after,
+            tail,
             # a fork inside the source counts the rows it cuts: not on the loop
             loop_pages=4 if copy_from is None else 8 if fork_point is fork_after is None else None,
             name=record.name,

@@ -39,11 +39,11 @@ __all__ = [
     "LIST_TREE",
     "MOVE_RANGE",
     "OWNER_MAX_HI",
-    "OWNER_SHARED",
     "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
     "RANGE_BY_ORD",
+    "RANGE_CUT",
     "RANGE_DESC",
     "RANGE_ENDS",
     "RANGE_HAS",
@@ -103,11 +103,6 @@ SESSION_BY_NAME = sa.select(*_RECORD_COLS).where(
 )
 SESSION_BY_ID = sa.select(*_RECORD_COLS).where(
     s.c.id == sa.bindparam("session_id"), s.c.holder == sa.false()
-)
-# a branch's source: held (shared) while the fork reads its segments and counters, so no
-# writer moves them in between (server databases; SQLite's write lock already does)
-SESSION_TO_FORK = SESSION_BY_ID.where(s.c.root_id == sa.bindparam("tree")).with_for_update(
-    read=True
 )
 LIST_SESSIONS = (
     sa.select(*_SESSION_COLS, *_TREE_COLS)
@@ -289,6 +284,21 @@ INHERIT_OF = (
     .select_from(s.join(_own, sa.true()))
     .where(s.c.id == sa.bindparam("session_id"))
 )
+#: a branch's source (its record's columns, then :data:`INHERIT_OF`'s: its link and its own
+#: list), in one statement. Its row is held shared while the fork reads and writes: an
+#: append takes no tree lock, and must not add rows above the counters the fork read
+#: before it commits (the tree lock, taken first, keeps every other writer out; SQLite's
+#: write lock already does both)
+SESSION_TO_FORK = (
+    sa.select(*_RECORD_COLS, *INHERIT_OF.selected_columns)
+    .select_from(s.join(_own, sa.true()))
+    .where(
+        s.c.id == sa.bindparam("session_id"),
+        s.c.holder == sa.false(),
+        s.c.root_id == sa.bindparam("tree"),
+    )
+    .with_for_update(read=True, of=s)
+)
 #: (count, size) of ``session_id``'s own segments with ``hi <= upto``
 LIST_STATS = sa.select(
     sa.func.coalesce(sa.func.sum(g.c.message_count), 0),
@@ -435,6 +445,22 @@ RANGE_ENDS = sa.select(
 RANGE_BY_ORD = sa.select(m.c.id, m.c.cum_size).where(
     *_range, m.c.ord == sa.bindparam("ord", type_=sa.BigInteger)
 )
+_m = m.alias("k")
+_kth_from_end = (
+    _m.c.root_id == sa.bindparam("tree"),
+    _m.c.session_id == sa.bindparam("owner"),
+    _m.c.id > sa.bindparam("lo", type_=sa.BigInteger),
+    _m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
+    _m.c.ord == _last.c.ord - sa.bindparam("k", type_=sa.BigInteger),
+)
+#: :data:`RANGE_ENDS`, then the id and running size of the row ``k`` places before the
+#: last (NULL when there is none): where a fork inside a session's own rows cuts them,
+#: and what it leaves out, in one round trip
+RANGE_CUT = sa.select(
+    *RANGE_ENDS.selected_columns,
+    sa.select(_m.c.id).where(*_kth_from_end).scalar_subquery(),
+    sa.select(_m.c.cum_size).where(*_kth_from_end).scalar_subquery(),
+).select_from(_first.join(_last, sa.true()))
 _ROW_COLS = (
     "m.id, m.role, m.content, m.timestamp, m.metadata, m.content_zlib, m.size_bytes, m.char_count"
 )
@@ -513,20 +539,13 @@ BUMP_TOTALS = (
         size_bytes=s.c.size_bytes + sa.bindparam("size_delta", type_=sa.BigInteger),
     )
 )
-# a holder's row is held while its rows are reclaimed: a fork that copies segments on it
-# holds it shared (OWNER_SHARED), so no segment appears unseen meanwhile. Only a holder's:
-# a session's row is not locked here (that deadlocked with its own truncation)
+# a holder's row is held while its rows are reclaimed (and found: None when it is gone).
+# Only a holder's: a session's row is not locked here (that deadlocked with its own
+# truncation)
 HOLDER_LOCK = (
     sa.select(s.c.id)
     .where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
     .with_for_update()
-)
-# a fork holds the owners of the segments it copies (key share: appends go on; the
-# writers that move or delete an owner's rows hold its row for update)
-OWNER_SHARED = (
-    sa.select(s.c.id)
-    .where(s.c.id == sa.bindparam("session_id"))
-    .with_for_update(read=True, key_share=True)
 )
 DELETE_HOLDER = sa.delete(s).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 
