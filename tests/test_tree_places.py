@@ -7,8 +7,9 @@ its two ends, so a range whose places jump answers wrongly)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,45 @@ def test_holder_reused_for_another_sessions_rows(sql_store: Store, m: SessionMan
     assert [msg["content"] for msg in popped] == everything[2:]
     model["V"] = everything[:2]
     check_store(sql_store, m, model)
+
+
+def test_concurrent_appends_number_rows_in_one_run(sql_store: Store) -> None:
+    """Managers appending to one session at once, then forks of it at every position.
+    On PostgreSQL an append is one statement that locks the session row, but read its
+    newest row (where the next places continue) from the snapshot taken *before* waiting
+    for that lock: appends that queued on the row numbered their rows from the same
+    place, forks then counted a segment's rows from its ends wrongly (message_count 7
+    for 5 messages shown, rows nothing showed left behind, DamagedDataError)."""
+    config = sql_store.config.model_copy(update={"autosave_interval": 0, "message_cache_size": 0})
+    with SessionManager(config, sql_store.repository(private_loop=True)) as m:
+        m.create_session("s")
+    writers, turns = 4, 15
+
+    def append(k: int) -> None:
+        with SessionManager(config, sql_store.repository(private_loop=True)) as w:
+            for turn in range(turns):
+                session = w.load_session("s")
+                session.add_message({"role": "user", "content": f"w{k}-{turn}"})
+                w.save_session(session)
+
+    threads = [threading.Thread(target=append, args=(k,)) for k in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    places = sql_store.execute(
+        "SELECT m.ord, m.cum_size, m.size_bytes FROM messages m JOIN sessions s "
+        "ON s.id = m.session_id WHERE s.name = 's' ORDER BY m.id"
+    )
+    assert [int(r[0]) for r in places] == list(range(1, writers * turns + 1))
+    assert [int(r[1]) for r in places] == list(accumulate(int(r[2]) for r in places))
+    with SessionManager(config, sql_store.repository(private_loop=True)) as m:
+        everything = shown(m, "s")
+        assert len(everything) == writers * turns
+        model = {"s": everything}
+        for point in range(0, len(everything), 7):
+            m.fork_session("s", point, name=f"f{point}")
+            model[f"f{point}"] = everything[:point]
+        truncate(m, "s", 3)
+        model["s"] = everything[-3:]
+        check_store(sql_store, m, model)
