@@ -3,8 +3,8 @@
 A :class:`hypothesis.stateful.RuleBasedStateMachine` drives the blocking API
 (``SessionManager``, autosave off, one session object per name) through random sequences
 of: create, add messages, save, fork (at the end, at a position, negative ones too, after
-a message id, and invalid forks), truncate, clear, pop (an immediate write), update
-metadata, delete, and reopen (a new manager on the same storage), over several sessions
+a message id, and invalid forks), truncate, clear, set_messages, pop (an immediate write),
+update metadata, delete, and reopen (a new manager on the same storage), over several sessions
 and branches of branches. Next to it runs a naive model in which a fork simply copies the
 source's *saved* list of messages (objects keep unsaved changes, so forks that must not
 see them happen all the time).
@@ -24,8 +24,11 @@ After every step the observable state must agree with the model:
 * on the SQL backends, by raw SQL: the ``messages`` rows are exactly the saved messages the
   live sessions show (no row kept that nobody shows, none lost), every row is shown by a
   non-holder session (its own rows, or a segment's owner_id/lo/hi range), no holder is
-  left empty, no segment belongs to a holder or a missing session, and a fork (valid or
-  not) changes no row of ``messages``.
+  left empty, no segment belongs to a holder or a missing session, every segment's
+  counters agree with its rows and its rows are consecutive in their owner's places
+  (``ord``: its count and k-th row are found from its two ends), ``session_view`` shows
+  each session's saved messages, and a fork (valid or not) changes no row of
+  ``messages``.
 
 Errors must agree too: the same exception type from the backend and from the model (a
 fork checks its source, then its position or message id, then the new name).
@@ -357,7 +360,15 @@ WHERE s.holder AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.i
 UNION ALL
 SELECT 'g', g.id, NULL, 0 FROM session_segments g
 WHERE NOT EXISTS (SELECT 1 FROM sessions v WHERE v.id = g.session_id AND NOT v.holder)
+UNION ALL
+SELECT 'p', g.id, NULL, 0 FROM session_segments g
+JOIN messages m ON m.session_id = g.owner_id AND m.id > g.lo AND m.id <= g.hi
+GROUP BY g.id, g.message_count, g.size_bytes
+HAVING count(*) <> g.message_count OR sum(m.size_bytes) <> g.size_bytes
+    OR count(*) <> max(m.ord) - min(m.ord) + 1
 """
+# what other programs read: every (non-holder) session's message ids, in position order
+VIEW_SQL = "SELECT session_id, message_id FROM session_view ORDER BY session_id, position"
 
 
 class PgConnection:
@@ -553,6 +564,22 @@ class BranchingMachine(RuleBasedStateMachine):
         name = self._pick(data)
         self.objects[name].clear_messages()
         self.model.objects[name].truncate(0)
+        if and_save:
+            self._save(name)
+
+    @precondition(lambda self: self.model.live())
+    @rule(
+        data=st.data(),
+        roles=st.lists(st.sampled_from(ROLES), max_size=3),
+        and_save=st.sampled_from([True, True, False]),
+    )
+    def set_messages(self, data: st.DataObject, roles: list[str], and_save: bool) -> None:
+        name = self._pick(data)
+        new = [MMessage(self.model.next_uid(), role, self._text(name)) for role in roles]
+        self.objects[name].set_messages([{"role": m.role, "content": m.content} for m in new])
+        obj = self.model.objects[name]
+        obj.truncate(0)
+        obj.pending.extend(new)
         if and_save:
             self._save(name)
 
@@ -830,6 +857,18 @@ class BranchingMachine(RuleBasedStateMachine):
         assert not empty, f"{where}: {len(empty)} empty holder(s)"
         stray = [r[1] for r in rows if r[0] == "g"]
         assert not stray, f"{where}: segments of no live session: {stray}"
+        wrong = [r[1] for r in rows if r[0] == "p"]
+        assert not wrong, f"{where}: segments whose counters or places disagree: {wrong}"
+        view = self.pg.execute(VIEW_SQL) if self.pg is not None else self.store.execute(VIEW_SQL)
+        shown: dict[int, list[int]] = {}
+        for session_id, message_id in view:
+            shown.setdefault(self.uid_of[str(session_id)], []).append(int(message_id))
+        want_view = {
+            s.uid: [self._message_id(m) for m in s.messages]
+            for s in self.model.live()
+            if s.messages
+        }
+        assert shown == want_view, f"{where}: session_view"
         expected = {self._message_id(m) for s in self.model.live() for m in s.messages}
         got = set(messages)
         assert got == expected, (

@@ -530,13 +530,18 @@ def _gaps(within: tuple[int, int], kept: list[tuple[int, int]]) -> list[tuple[in
 
 
 def _continued_holder(
-    cx: Executor, root: str, refs: Sequence[Sequence[Any]], lo: int
+    cx: Executor, root: str, session_id: str, refs: Sequence[Sequence[Any]], lo: int
 ) -> tuple[str, dict[int, Sequence[Any]]] | None:
     """The holder the detached rows can join instead of a new one, with the segment
     each ref continues (by the ref's segment id); None unless every ref starts where a
     segment of its own list on that one holder ends (a session truncated again under
     the same branches: a sliding window), no segment on the holder reaches past there,
-    and no session inheriting a ref's list takes one of the two and not the other."""
+    no session inheriting a ref's list takes one of the two and not the other, and the
+    rows continue the holder's places: the joined segment's count, size and k-th row
+    come from its two ends (:func:`_span`), so its rows must be numbered in one run. A
+    holder of *another* session's rows that the same segments continue from (T forked
+    S, V forked T; S cleared, then T truncated) numbers its rows from 1 like the
+    session does, and is not joined."""
     holder: str | None = None
     before: dict[int, Sequence[Any]] = {}
     for seg_id, viewer, s_lo, s_hi, _, _ in refs:
@@ -554,8 +559,17 @@ def _continued_holder(
         before[int(seg_id)] = found[0]
     if holder is None or not cx.rows(q.HOLDER_LOCK, {"session_id": holder}):
         return None
+    start = min(int(r[2]) for r in refs)
     top = cx.rows(q.OWNER_MAX_HI, {"owner": holder, "tree": root})[0][0]
-    if top is not None and int(top) > min(int(r[2]) for r in refs):
+    if top is not None and int(top) > start:
+        return None
+    held = _ends(cx, root, holder, -1, start)
+    moved = _ends(cx, root, session_id, start, BEYOND)
+    if held is None or moved is None:
+        return None
+    _, first_ord, first_cum, first_size, *_ = moved
+    *_, held_ord, held_cum = held
+    if first_ord != held_ord + 1 or first_cum != held_cum + first_size:
         return None
     return holder, before
 
@@ -575,7 +589,7 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
         cx.run(q.DELETE_RANGE, {"owner": session_id, "tree": root_id, "lo": lo, "hi": hi})
         return
     shown = _merge((max(int(r[2]), lo), min(int(r[3]), hi)) for r in refs)
-    continued = _continued_holder(cx, root, refs, lo)
+    continued = _continued_holder(cx, root, session_id, refs, lo)
     holder = continued[0] if continued else new_holder(cx, root_id, when)
     moved_count = moved_size = 0
     for a, b in shown:

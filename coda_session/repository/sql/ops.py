@@ -765,19 +765,27 @@ def pg_append(cx: PgExecutor, req: SaveRequest) -> SaveResult:
     """A save of new messages only (no truncation, no metadata patch) as one statement,
     its own transaction: see :data:`.pg_sql.APPEND`."""
     size_delta = sum(r.size for r in req.messages)
-    found = cx.fetch(
-        pg_sql.APPEND,
-        req.session_id,
-        *message_arrays(req.messages),
-        req.max_bytes,
-        req.metadata_version,
-        req.updated_at,
-        size_delta,
-        req.root_id,
-    )
-    if not found:
-        raise SessionNotFoundError(f"session {req.name!r} was deleted")
-    previous, size_before, ids, count, size, version, stored, last = found[0]
+    arrays = message_arrays(req.messages)
+    while True:
+        found = cx.fetch(
+            pg_sql.APPEND,
+            req.session_id,
+            *arrays,
+            req.max_bytes,
+            req.metadata_version,
+            req.updated_at,
+            size_delta,
+            req.root_id,
+        )
+        if not found:
+            raise SessionNotFoundError(f"session {req.name!r} was deleted")
+        # stale: another writer of the session committed while this one waited for its
+        # row, after the statement's snapshot; nothing was written, and a new statement
+        # (a new snapshot) sees that writer's rows. Each rerun follows another writer's
+        # commit, so the appends queued on one session all get through.
+        if not found[0][8]:
+            break
+    previous, size_before, ids, count, size, version, stored, last, _ = found[0]
     if count is None:  # over the limit: nothing was written
         assert req.max_bytes is not None
         raise SessionTooLargeError(req.name, int(size_before) + size_delta, req.max_bytes)

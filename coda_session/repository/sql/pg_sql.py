@@ -66,15 +66,23 @@ INSERT_MESSAGES = (
 #: A plain append (new messages, no truncation, no metadata change) as ONE statement,
 #: its own transaction. The session row is locked first (``cur``): after waiting for
 #: the lock, READ COMMITTED gives the row's newest committed version, so its counters and
-#: newest message id are current. Nothing is written when the session is gone (no row
-#: comes back) or would pass $9 bytes (``fits`` is empty: the row comes back with the
-#: ``upd`` columns NULL). $10 is the metadata version the caller saw, $13 the tree's key
-#: (the shard key: see the README; NULL when the caller does not know it).
+#: newest message id are current. Only that row: the rest of the statement (the newest
+#: message row, where the new rows' places continue) reads the snapshot taken before the
+#: wait, so when the locked version is not the one that snapshot sees (``stale``: another
+#: writer of the session committed meanwhile) nothing is written and the caller runs the
+#: statement again (appends queued on one session numbered their rows from the same
+#: place). Nothing is written either when the session is gone (no row comes back) or
+#: would pass $9 bytes (``fits`` is empty: the row comes back with the ``upd`` columns
+#: NULL). $10 is the metadata version the caller saw, $13 the tree's key (the shard key:
+#: see the README; NULL when the caller does not know it).
 APPEND = (
-    "WITH cur AS (SELECT id, message_count, size_bytes, last_message_id, root_id FROM sessions "
+    "WITH cur AS (SELECT id, message_count, size_bytes, last_message_id, root_id, "
+    "xmin::text AS version FROM sessions "
     "WHERE id = $1::text AND root_id = coalesce($13::text, root_id) FOR NO KEY UPDATE), "
-    "fits AS (SELECT * FROM cur WHERE $9::bigint IS NULL OR $12::bigint <= 0 "
-    "OR cur.size_bytes + $12::bigint <= $9::bigint), "
+    "seen AS (SELECT cur.version IS DISTINCT FROM (SELECT v.xmin::text FROM sessions v "
+    "WHERE v.id = $1::text) AS stale FROM cur), "
+    "fits AS (SELECT cur.* FROM cur, seen WHERE NOT seen.stale AND ($9::bigint IS NULL "
+    "OR $12::bigint <= 0 OR cur.size_bytes + $12::bigint <= $9::bigint)), "
     f"ins AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) "
     "SELECT fits.id, r.role, r.content, r.ts, r.extra::json, r.packed, r.size, r.chars, "
     f"coalesce(fits.root_id, fits.id), {_places('r.size')} "
@@ -89,7 +97,8 @@ APPEND = (
     "s.last_message_id) "
     "SELECT cur.last_message_id AS previous, cur.size_bytes AS size_before, "
     "(SELECT array_agg(id ORDER BY id) FROM ins) AS ids, upd.message_count, upd.size_bytes, "
-    "upd.metadata_version, upd.metadata, upd.last_message_id FROM cur LEFT JOIN upd ON true"
+    "upd.metadata_version, upd.metadata, upd.last_message_id, seen.stale "
+    "FROM cur JOIN seen ON true LEFT JOIN upd ON true"
 )
 
 _COLS = (
