@@ -44,8 +44,10 @@ the segments follow them; the others are deleted. A holder's rows that no segmen
 any more are deleted as soon as a segment stops showing them (:func:`reclaim`), and an
 empty holder with them, so storage never keeps a row nothing shows. A holder that takes
 the oldest rows of a session which already handed rows to a holder the same segments
-continue from is that holder again (a sliding window kept turn after turn under branches
-adds no holder and no segment per turn).
+continue from is that holder again, when the rows continue the places of the holder's
+newest (a sliding window kept turn after turn under branches adds no holder and no
+segment per turn; rows of another session, whose places start afresh, go to a new
+holder, so a segment's rows stay consecutive places of their owner, below).
 
 **Places.** Every message row carries its place among its session's rows and the running
 size up to it (``messages.ord``, ``cum_size``, continued by every insert). The rows of a
@@ -512,13 +514,19 @@ def _gaps(within: tuple[int, int], kept: list[tuple[int, int]]) -> list[tuple[in
 
 
 def _continued_holder(
-    cx: Executor, root: str, refs: Sequence[Sequence[Any]], lo: int
+    cx: Executor, root: str, session_id: str, refs: Sequence[Sequence[Any]], lo: int
 ) -> tuple[str, dict[int, Sequence[Any]]] | None:
     """The holder the detached rows can join instead of a new one, with the segment
     each ref continues (by the ref's segment id); None unless every ref starts where a
     segment of its own list on that one holder ends (a session truncated again under
     the same branches: a sliding window), no segment on the holder reaches past there,
-    and no session inheriting a ref's list takes one of the two and not the other."""
+    no session inheriting a ref's list takes one of the two and not the other, and the
+    rows each ref shows next continue the places of the holder's newest row.
+
+    The last condition keeps every segment's rows consecutive places of their owner
+    (what :func:`_span` and :func:`_at` count by): the holder's rows may be another
+    session's (a branch's segment on its source's held rows, then on the own rows of
+    the session it branched from), whose places the moved rows do not continue."""
     holder: str | None = None
     before: dict[int, Sequence[Any]] = {}
     for seg_id, viewer, s_lo, s_hi, _, _ in refs:
@@ -539,6 +547,17 @@ def _continued_holder(
     top = cx.rows(q.OWNER_MAX_HI, {"owner": holder, "tree": root})[0][0]
     if top is not None and int(top) > min(int(r[2]) for r in refs):
         return None
+    held = _ends(cx, root, holder, -1, BEYOND)
+    if held is None:
+        return None
+    _, _, _, _, _, held_ord, held_cum = held
+    for s_lo in {int(r[2]) for r in refs}:
+        moved = _ends(cx, root, session_id, s_lo, BEYOND)
+        if moved is None:
+            return None
+        _, first_ord, first_cum, first_size, _, _, _ = moved
+        if first_ord != held_ord + 1 or first_cum != held_cum + first_size:
+            return None
     return holder, before
 
 
@@ -557,7 +576,7 @@ def detach(cx: Executor, session_id: str, root_id: str, lo: int, hi: int, when: 
         cx.run(q.DELETE_RANGE, {"owner": session_id, "tree": root_id, "lo": lo, "hi": hi})
         return
     shown = _merge((max(int(r[2]), lo), min(int(r[3]), hi)) for r in refs)
-    continued = _continued_holder(cx, root, refs, lo)
+    continued = _continued_holder(cx, root, session_id, refs, lo)
     holder = continued[0] if continued else new_holder(cx, root_id, when)
     moved_count = moved_size = 0
     for a, b in shown:
