@@ -343,7 +343,9 @@ def _model_plain(messages: list[MMessage]) -> list[tuple[str, Any]]:
 
 # one statement (one connection on PostgreSQL) a step: every message row with its owner's
 # kind ('m': holder true/false, NULL for a missing session), whether a live (non-holder)
-# session shows it, empty holders ('h'), segments of a holder or a missing session ('g')
+# session shows it, empty holders ('h'), segments of a holder or a missing session ('g'),
+# segments whose count or size is not their rows' or whose rows are not consecutive
+# places of their owner ('p')
 STORAGE_SQL = """
 SELECT 'm', m.id, s.holder,
     CASE WHEN (s.id IS NOT NULL AND NOT s.holder) OR EXISTS (
@@ -357,6 +359,16 @@ WHERE s.holder AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.i
 UNION ALL
 SELECT 'g', g.id, NULL, 0 FROM session_segments g
 WHERE NOT EXISTS (SELECT 1 FROM sessions v WHERE v.id = g.session_id AND NOT v.holder)
+UNION ALL
+SELECT 'p', g.id, NULL, 0 FROM session_segments g
+LEFT JOIN (SELECT g2.id AS gid, count(*) AS n, sum(m.size_bytes) AS size,
+        max(m.ord) - min(m.ord) + 1 AS places, max(m.cum_size) - min(m.cum_size - m.size_bytes)
+        AS cum
+    FROM session_segments g2 JOIN messages m ON m.session_id = g2.owner_id
+        AND m.id > g2.lo AND m.id <= g2.hi
+    GROUP BY g2.id) r ON r.gid = g.id
+WHERE coalesce(r.n, 0) <> g.message_count OR coalesce(r.size, 0) <> g.size_bytes
+    OR r.places <> r.n OR r.cum <> r.size
 """
 
 
@@ -830,6 +842,10 @@ class BranchingMachine(RuleBasedStateMachine):
         assert not empty, f"{where}: {len(empty)} empty holder(s)"
         stray = [r[1] for r in rows if r[0] == "g"]
         assert not stray, f"{where}: segments of no live session: {stray}"
+        # a segment's count and size are its rows', which are consecutive places of their
+        # owner (what a fork or truncation inside it counts by)
+        miscounted = [r[1] for r in rows if r[0] == "p"]
+        assert not miscounted, f"{where}: segments not matching their rows: {miscounted}"
         expected = {self._message_id(m) for s in self.model.live() for m in s.messages}
         got = set(messages)
         assert got == expected, (
