@@ -993,6 +993,56 @@ async def test_a_sliding_window_under_branches_keeps_storage_flat(store: Store) 
         assert table_counts(store) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+async def test_a_holder_is_continued_only_by_the_rows_that_follow_its_own(store: Store) -> None:
+    """A branch's segment on a holder (its source's rows, held after the source cleared)
+    followed by a segment on another session's own rows: when that session stops
+    showing them, they go to a holder of their own, not onto the end of the first one.
+    Joined, the segment's rows would come from two sessions whose places (``ord``,
+    ``cum_size``) do not continue each other, and a truncation or fork inside it (found
+    by place) read it as damaged. Found by the random cross-process test."""
+    async with opened(store) as m, reading(store) as reader:
+        a = await seed(m, "a", words("a", 10))
+        b = await m.create_session("b", branch_from="a")
+        for text in words("b", 4):
+            b.add_message(msg(text))
+        await m.save_session(b)
+        await m.create_session("c", branch_from="b")  # inherits b's segment on a
+        a.clear_messages()  # a's rows held for b's (and c's) segment
+        await m.save_session(a)
+        b.clear_messages()  # b's rows held for c's segment
+        await m.save_session(b)
+        whole = [*words("a", 10), *words("b", 4)]
+        assert await shown(reader, "c") == whole
+        # every segment's rows are consecutive places of their owner
+        for owner, lo, hi in store.execute("SELECT owner_id, lo, hi FROM session_segments"):
+            places = [
+                int(p)
+                for (p,) in store.execute(
+                    "SELECT ord FROM messages WHERE session_id = ? AND id > ? AND id <= ? "
+                    "ORDER BY id",
+                    owner,
+                    lo,
+                    hi,
+                )
+            ]
+            assert places == list(range(places[0], places[0] + len(places))), places
+        d = await m.create_session("d", branch_from="c", fork_point=12)
+        assert await shown(reader, "d") == whole[:12]
+        c = await m.load_session("c")
+        c.truncate_messages(3)
+        await m.save_session(c)
+        assert await shown(reader, "c") == whole[-3:]
+        assert await shown(reader, "d") == whole[:12]
+        d.truncate_messages(5)
+        await m.save_session(d)
+        assert await shown(reader, "d") == whole[7:12]
+        assert stored_contents(store) == whole[7:]  # exactly the rows c and d show
+        for info in await m.list_sessions():
+            await m.delete_session(info.name)
+        assert table_counts(store) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("backend", SQLITE_AND_POSTGRESQL)
 async def test_session_view_shows_what_each_session_shows(store: Store) -> None:
     """The ``session_view`` database view (for sqlite3, Datasette, psql): per session,

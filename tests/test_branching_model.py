@@ -346,7 +346,9 @@ def _model_plain(messages: list[MMessage]) -> list[tuple[str, Any]]:
 
 # one statement (one connection on PostgreSQL) a step: every message row with its owner's
 # kind ('m': holder true/false, NULL for a missing session), whether a live (non-holder)
-# session shows it, empty holders ('h'), segments of a holder or a missing session ('g')
+# session shows it, empty holders ('h'), segments of a holder or a missing session ('g'),
+# segments whose count or size is not their rows' or whose rows are not consecutive
+# places of their owner ('p')
 STORAGE_SQL = """
 SELECT 'm', m.id, s.holder,
     CASE WHEN (s.id IS NOT NULL AND NOT s.holder) OR EXISTS (
@@ -362,10 +364,14 @@ SELECT 'g', g.id, NULL, 0 FROM session_segments g
 WHERE NOT EXISTS (SELECT 1 FROM sessions v WHERE v.id = g.session_id AND NOT v.holder)
 UNION ALL
 SELECT 'p', g.id, NULL, 0 FROM session_segments g
-JOIN messages m ON m.session_id = g.owner_id AND m.id > g.lo AND m.id <= g.hi
-GROUP BY g.id, g.message_count, g.size_bytes
-HAVING count(*) <> g.message_count OR sum(m.size_bytes) <> g.size_bytes
-    OR count(*) <> max(m.ord) - min(m.ord) + 1
+LEFT JOIN (SELECT g2.id AS gid, count(*) AS n, sum(m.size_bytes) AS size,
+        max(m.ord) - min(m.ord) + 1 AS places, max(m.cum_size) - min(m.cum_size - m.size_bytes)
+        AS cum
+    FROM session_segments g2 JOIN messages m ON m.session_id = g2.owner_id
+        AND m.id > g2.lo AND m.id <= g2.hi
+    GROUP BY g2.id) r ON r.gid = g.id
+WHERE coalesce(r.n, 0) <> g.message_count OR coalesce(r.size, 0) <> g.size_bytes
+    OR r.places <> r.n OR r.cum <> r.size
 """
 # what other programs read: every (non-holder) session's message ids, in position order
 VIEW_SQL = "SELECT session_id, message_id FROM session_view ORDER BY session_id, position"
@@ -857,8 +863,10 @@ class BranchingMachine(RuleBasedStateMachine):
         assert not empty, f"{where}: {len(empty)} empty holder(s)"
         stray = [r[1] for r in rows if r[0] == "g"]
         assert not stray, f"{where}: segments of no live session: {stray}"
-        wrong = [r[1] for r in rows if r[0] == "p"]
-        assert not wrong, f"{where}: segments whose counters or places disagree: {wrong}"
+        # a segment's count and size are its rows', which are consecutive places of their
+        # owner (what a fork or truncation inside it counts by)
+        miscounted = [r[1] for r in rows if r[0] == "p"]
+        assert not miscounted, f"{where}: segments not matching their rows: {miscounted}"
         view = self.pg.execute(VIEW_SQL) if self.pg is not None else self.store.execute(VIEW_SQL)
         shown: dict[int, list[int]] = {}
         for session_id, message_id in view:

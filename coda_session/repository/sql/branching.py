@@ -44,8 +44,10 @@ the segments follow them; the others are deleted. A holder's rows that no segmen
 any more are deleted as soon as a segment stops showing them (:func:`reclaim`), and an
 empty holder with them, so storage never keeps a row nothing shows. A holder that takes
 the oldest rows of a session which already handed rows to a holder the same segments
-continue from is that holder again (a sliding window kept turn after turn under branches
-adds no holder and no segment per turn).
+continue from is that holder again, when the rows continue the places of the holder's
+newest (a sliding window kept turn after turn under branches adds no holder and no
+segment per turn; rows of another session, whose places start afresh, go to a new
+holder, so a segment's rows stay consecutive places of their owner, below).
 
 **Places.** Every message row carries its place among its session's rows and the running
 size up to it (``messages.ord``, ``cum_size``, continued by every insert). The rows of a
@@ -541,7 +543,8 @@ def _continued_holder(
     come from its two ends (:func:`_span`), so its rows must be numbered in one run. A
     holder of *another* session's rows that the same segments continue from (T forked
     S, V forked T; S cleared, then T truncated) numbers its rows from 1 like the
-    session does, and is not joined."""
+    session does, and is not joined. Every ref is checked: the first row each moves must
+    continue the holder's newest row."""
     holder: str | None = None
     before: dict[int, Sequence[Any]] = {}
     for seg_id, viewer, s_lo, s_hi, _, _ in refs:
@@ -563,14 +566,17 @@ def _continued_holder(
     top = cx.rows(q.OWNER_MAX_HI, {"owner": holder, "tree": root})[0][0]
     if top is not None and int(top) > start:
         return None
-    held = _ends(cx, root, holder, -1, start)
-    moved = _ends(cx, root, session_id, start, BEYOND)
-    if held is None or moved is None:
+    held = _ends(cx, root, holder, -1, BEYOND)
+    if held is None:
         return None
-    _, first_ord, first_cum, first_size, *_ = moved
-    *_, held_ord, held_cum = held
-    if first_ord != held_ord + 1 or first_cum != held_cum + first_size:
-        return None
+    _, _, _, _, _, held_ord, held_cum = held
+    for s_lo in {int(r[2]) for r in refs}:
+        moved = _ends(cx, root, session_id, s_lo, BEYOND)
+        if moved is None:
+            return None
+        _, first_ord, first_cum, first_size, _, _, _ = moved
+        if first_ord != held_ord + 1 or first_cum != held_cum + first_size:
+            return None
     return holder, before
 
 
