@@ -16,8 +16,8 @@ import anyio
 from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionExistsError, SessionNotFoundError
-from ..models import MessageRecord, SessionInfo, SessionRecord, as_dicts
-from ..repository.base import check_import_size
+from ..models import MessageRecord, SessionRecord, as_dicts
+from ..repository.base import check_import_size, parents_first
 from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
 from .files import PAGE, Puller, Sink, Source, Spool, Target, export_format, open_source
@@ -185,23 +185,6 @@ async def export_session(
         await sink.finish(ok)
 
 
-def _parents_first(infos: list[SessionInfo]) -> list[SessionInfo]:
-    """``infos`` (oldest first) with every parent before its branches."""
-    by_id = {i.id: i for i in infos}
-    out: list[SessionInfo] = []
-    placed: set[str] = set()
-    for info in infos:
-        chain = []
-        at: SessionInfo | None = info
-        while at is not None and at.id not in placed and at not in chain:
-            chain.append(at)
-            at = by_id.get(at.parent_id or "")
-        for item in reversed(chain):
-            placed.add(item.id)
-            out.append(item)
-    return out
-
-
 async def export_store(repo: Repository, target: Target, overwrite: bool = False) -> int:
     """Write every session to one JSON Lines stream, parents before their branches; a
     branch shares the messages it shows of its parent's block (format version 2). Returns
@@ -211,7 +194,7 @@ async def export_store(repo: Repository, target: Target, overwrite: bool = False
     try:
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
         async with repo.snapshot() as snap:  # the whole store as of one moment
-            infos = _parents_first(await snap.list_sessions())
+            infos = parents_first(await snap.list_sessions())
             # branches still to write, per parent: a parent's messages are kept until
             # its last branch is written (a chain of forks keeps one level, not all)
             waiting = Counter(i.parent_id for i in infos if i.parent_id is not None)
