@@ -39,7 +39,7 @@ from bench import TAIL, TEXTS, content, median, message, plain, rotate, section
 from sqlalchemy.engine import URL, make_url
 
 from coda_session import AsyncSessionManager, SessionConfig, SessionManager
-from coda_session.repository.sql import pg_sql
+from coda_session.repository.sql.postgresql import statements as pg_sql
 
 URL_VARIABLES = ("CODA_BENCH_POSTGRES_URL", "CODA_TEST_POSTGRES_URL")
 

@@ -72,6 +72,7 @@ __all__ = [
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
     "VIEW_ROWS",
+    "TreeLock",
     "is_constant",
 ]
 
@@ -550,28 +551,24 @@ HOLDER_LOCK = (
 DELETE_HOLDER = sa.delete(s).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 
 
-class _TreeLock(sa.sql.functions.FunctionElement[Any]):
-    """A transaction's lock on one branching tree, by its key (an integer): on
-    PostgreSQL an advisory lock held until the transaction ends; elsewhere nothing,
-    because SQLite's write transactions (BEGIN IMMEDIATE) already run one at a time."""
+class TreeLock(sa.sql.functions.FunctionElement[Any]):
+    """A transaction's lock on one branching tree, by its key (an integer): nothing by
+    default, because SQLite's write transactions (BEGIN IMMEDIATE) already run one at a
+    time; a dialect whose writers run side by side compiles it to a lock held until the
+    transaction ends (PostgreSQL's advisory lock, registered in its package)."""
 
     name = "tree_lock"
     inherit_cache = True
 
 
-@compiles(_TreeLock)
-def _no_tree_lock(element: _TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(TreeLock)
+def _no_tree_lock(element: TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
     return "NULL"
-
-
-@compiles(_TreeLock, "postgresql")
-def _advisory_tree_lock(element: _TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"pg_advisory_xact_lock({compiler.process(element.clauses, **kw)})"
 
 
 #: the tree whose key is ``key`` held by this transaction until it ends (see
 #: :func:`.branching.lock_tree`)
-TREE_LOCK = sa.select(_TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
+TREE_LOCK = sa.select(TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
 
 
 # The compile cache of the SQLite fast path holds these and nothing else: they live as
