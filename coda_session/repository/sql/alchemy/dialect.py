@@ -1,4 +1,5 @@
-"""A database the library has no dialect package for, run through SQLAlchemy alone."""
+"""The generic dialect, and the base every dialect builds on: what a database does not
+do its own way, it does through SQLAlchemy alone."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ....config import SessionConfig
-from ..dialect import Failure, NoCosts, Runner
+from ..dialect import WRITE_OPTION, Costs, Failure, NoCosts, Runner
 from .runner import AlchemyRunner
 
-__all__ = ["GenericDialect"]
+__all__ = ["AlchemyDialect", "GenericDialect"]
 
 
-class GenericDialect:
-    """A database the library has no error table for: nothing is retried, every failure
-    is a plain StorageError; operations run through SQLAlchemy's engine."""
+class AlchemyDialect:
+    """A database through SQLAlchemy's engine, with no error table (nothing is retried,
+    every failure is a plain StorageError) and no runner of its own. A dialect package
+    subclasses it and overrides what its database does its own way."""
 
-    costs = NoCosts()
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+    name: str
+    costs: Costs = NoCosts()
 
     def classify(self, exc: BaseException) -> Failure:
         return Failure.OTHER
@@ -42,6 +42,15 @@ class GenericDialect:
     def prepare_engine(self, engine: AsyncEngine) -> None:
         return None
 
+    def transaction_options(self, write: bool) -> dict[str, Any]:
+        """The execution options of a transaction through the engine: whether it writes
+        (SQLite's begin hook takes the write lock up front for one that does)."""
+        return {WRITE_OPTION: write}
+
+    async def fast_runner(self, config: SessionConfig, url: URL, *, inline: bool) -> Runner | None:
+        """A runner on connections of the dialect's own, opened, or None (here: none)."""
+        return None
+
     async def open_runner(
         self,
         config: SessionConfig,
@@ -51,4 +60,15 @@ class GenericDialect:
         fast_path: bool | None,
         inline: bool,
     ) -> Runner:
-        return AlchemyRunner(make_engine)
+        if fast_path is not False:
+            runner = await self.fast_runner(config, url, inline=inline)
+            if runner is not None:
+                return runner
+        return AlchemyRunner(make_engine, self.transaction_options)
+
+
+class GenericDialect(AlchemyDialect):
+    """A database the library has no package for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name

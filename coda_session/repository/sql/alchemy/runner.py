@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ....errors import StorageError
 from ....loopsafe import loop_shutting_down
-from ..dialect import WRITE_OPTION, Operation
+from ..dialect import Operation
 from ..operations import Operations
 from .executor import AlchemyExecutor
 
-__all__ = ["AlchemyRunner", "write_option"]
+__all__ = ["AlchemyRunner"]
 
 T = TypeVar("T")
 Op = Callable[..., T]
@@ -118,12 +118,6 @@ class _Checkout:
                 await entry.dispose()
 
 
-def write_option(write: bool) -> dict[str, Any]:
-    """The execution options of a transaction on a database that needs no others: whether
-    it writes (SQLite's begin hook takes the write lock up front for one that does)."""
-    return {WRITE_OPTION: write}
-
-
 class AlchemyRunner:
     """Runs each operation in one transaction on a pooled connection of the running
     loop's engine (made by ``make_engine`` on the loop's first operation), with the
@@ -136,7 +130,7 @@ class AlchemyRunner:
     def __init__(
         self,
         make_engine: Callable[[], AsyncEngine],
-        transaction_options: Callable[[bool], dict[str, Any]] = write_option,
+        transaction_options: Callable[[bool], dict[str, Any]],
     ) -> None:
         self._make_engine = make_engine
         self._options = transaction_options

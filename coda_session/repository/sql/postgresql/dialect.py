@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from ....config import SessionConfig
-from ..alchemy import AlchemyRunner
-from ..dialect import WRITE_OPTION, Failure, NoCosts, Runner, driver_error
+from ..alchemy import AlchemyDialect
+from ..dialect import WRITE_OPTION, Failure, Runner, driver_error
 from ..statements import TreeLock
 from .settings import postgres_engine_options
 
@@ -22,7 +19,6 @@ __all__ = [
     "POSTGRESQL",
     "UNIQUE_NAME_CONSTRAINT",
     "PostgresDialect",
-    "transaction_options",
 ]
 
 
@@ -68,12 +64,11 @@ def _constraint(err: BaseException) -> str | None:
     return None
 
 
-class PostgresDialect:
+class PostgresDialect(AlchemyDialect):
     """PostgreSQL: errors by SQLSTATE (asyncpg's ``sqlstate``, also through SQLAlchemy's
     adapter); connections that fail or drop are told apart from database errors."""
 
     name = "postgresql"
-    costs = NoCosts()
 
     def classify(self, exc: BaseException) -> Failure:
         err = driver_error(exc)
@@ -94,47 +89,30 @@ class PostgresDialect:
         # connection is not retried here: a write may or may not have committed.
         return failure in (Failure.BUSY, Failure.CONFLICT)
 
-    def database_file(self, url: URL) -> Path | None:
-        return None
-
     def engine_options(
         self, config: SessionConfig, url: URL, *, migrations: bool
     ) -> dict[str, Any]:
         return postgres_engine_options(config)
 
-    def prepare_engine(self, engine: AsyncEngine) -> None:
-        return None
+    def transaction_options(self, write: bool) -> dict[str, Any]:
+        """A read of several statements sees one snapshot (REPEATABLE READ, read only), as
+        on the library's own runner; a write runs at READ COMMITTED whatever the server's
+        default, so one that waited for a lock (a tree's, a row's) then reads what the
+        holder committed."""
+        if write:
+            return {WRITE_OPTION: True, "isolation_level": "READ COMMITTED"}
+        return {
+            WRITE_OPTION: False,
+            "isolation_level": "REPEATABLE READ",
+            "postgresql_readonly": True,
+        }
 
-    async def open_runner(
-        self,
-        config: SessionConfig,
-        url: URL,
-        make_engine: Callable[[], AsyncEngine],
-        *,
-        fast_path: bool | None,
-        inline: bool,
-    ) -> Runner:
-        if fast_path is False:
-            return AlchemyRunner(make_engine, transaction_options)
+    async def fast_runner(self, config: SessionConfig, url: URL, *, inline: bool) -> Runner | None:
         from .runner import PgRunner  # asyncpg is imported only when it is used
 
         runner = PgRunner(url, config)
         await runner.open()
         return runner
-
-
-def transaction_options(write: bool) -> dict[str, Any]:
-    """Execution options of a transaction through SQLAlchemy's engine: a read of several
-    statements sees one snapshot (REPEATABLE READ, read only), as on the library's own
-    runner; a write runs at READ COMMITTED whatever the server's default, so one that
-    waited for a lock (a tree's, a row's) then reads what the holder committed."""
-    if write:
-        return {WRITE_OPTION: True, "isolation_level": "READ COMMITTED"}
-    return {
-        WRITE_OPTION: False,
-        "isolation_level": "REPEATABLE READ",
-        "postgresql_readonly": True,
-    }
 
 
 def _is_connection_error(err: BaseException) -> bool:

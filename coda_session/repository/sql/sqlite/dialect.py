@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ....config import SessionConfig
-from ..alchemy import AlchemyRunner
+from ..alchemy import AlchemyDialect
 from ..dialect import WRITE_OPTION, Failure, Runner
 from .connect import connect_aiosqlite, prepare_sqlite_file
 from .errors import classify
@@ -20,7 +19,7 @@ from .runner import SqliteCosts, SqliteRunner
 __all__ = ["SQLITE", "SqliteDialect"]
 
 
-class SqliteDialect:
+class SqliteDialect(AlchemyDialect):
     """SQLite: errors by ``sqlite3.Error.sqlite_errorcode``; a file runs on connections of
     the library's own (:class:`~.runner.SqliteRunner`), anything else through SQLAlchemy."""
 
@@ -65,18 +64,10 @@ class SqliteDialect:
             write = conn.get_execution_options().get(WRITE_OPTION, True)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    async def open_runner(
-        self,
-        config: SessionConfig,
-        url: URL,
-        make_engine: Callable[[], AsyncEngine],
-        *,
-        fast_path: bool | None,
-        inline: bool,
-    ) -> Runner:
+    async def fast_runner(self, config: SessionConfig, url: URL, *, inline: bool) -> Runner | None:
         path = self.database_file(url)
-        if fast_path is False or path is None:
-            return AlchemyRunner(make_engine)
+        if path is None:
+            return None
         runner = SqliteRunner(
             str(path), config.busy_timeout, config.connection_pool_size, inline=inline
         )
