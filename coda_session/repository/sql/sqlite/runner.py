@@ -155,10 +155,6 @@ def _end_snapshot(conn: sqlite3.Connection) -> None:
         conn.rollback()
 
 
-def _connection(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    return fn(conn)
-
-
 class SqliteRunner:
     """The connections of one SQLite file, in one of the modes above."""
 
@@ -294,7 +290,7 @@ class SqliteRunner:
             return fn(mode.conn)
         if not isinstance(mode, Threaded):
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-        done: T = await mode.writer.call(_connection, fn)
+        done: T = await mode.writer.call(fn)
         return done
 
     async def aclose(self) -> None:
