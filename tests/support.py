@@ -391,6 +391,31 @@ class JsonDirStorage(SessionStorage):
         return [self._read(p).info() for p in sorted(self.directory.glob("*.json"))]
 
 
+class DictStorage(SessionStorage):
+    """A user's storage in a dict: it keeps deep copies of what it is given, counts the
+    saves, and keeps the messages of the last one as given (``seen``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, SessionData] = {}
+        self.saves = 0
+        self.seen: list[dict[str, Any]] = []
+
+    def save(self, session: SessionData) -> None:
+        self.saves += 1
+        self.seen = session.get_messages()
+        self.data[session.name] = session.model_copy(deep=True)
+
+    def load(self, name: str) -> SessionData | None:
+        found = self.data.get(name)
+        return None if found is None else found.model_copy(deep=True)
+
+    def delete(self, name: str) -> None:
+        self.data.pop(name, None)
+
+    def list_all(self) -> list[SessionInfo]:
+        return [s.info() for s in self.data.values()]
+
+
 class Store:
     """Opens managers on one backend's storage; a later manager sees what the earlier ones
     saved (for memory: the same in-process repository; for custom: the same directory)."""
