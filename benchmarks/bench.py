@@ -43,6 +43,10 @@ from harness import (
     message,
     mode,
     plain,
+    resume,
+    resume_sync,
+    save_new,
+    save_new_sync,
     section,
     time_each,
     time_each_async,
@@ -51,7 +55,7 @@ from harness import (
     verdict,
 )
 
-from coda_session import AsyncSession, AsyncSessionManager, Session, SessionManager
+from coda_session import AsyncSessionManager, SessionManager
 
 # -- sizes ------------------------------------------------------------------------------
 
@@ -342,22 +346,8 @@ async def bench_bulk(work: Path, ddl: list[str], sizes: Sizes, report: Table) ->
                     raw.insert_many(rows)
                     return time.perf_counter() - t0
                 if kind == "async":
-                    a_sess = await am.create_session(f"bulk-{rep}")
-                    for i in range(n):
-                        a_sess.add_message(message(i))
-                    t0 = time.perf_counter()
-                    await am.save_session(a_sess)
-                    return time.perf_counter() - t0
-
-                def bulk_sync() -> float:
-                    s_sess = sm.create_session(f"bulk-{rep}")
-                    for i in range(n):
-                        s_sess.add_message(message(i))
-                    t0 = time.perf_counter()
-                    sm.save_session(s_sess)
-                    return time.perf_counter() - t0
-
-                return plain(bulk_sync)
+                    return await save_new(am, f"bulk-{rep}", n)
+                return plain(save_new_sync, sm, f"bulk-{rep}", n)
 
             times = await interleaved(once, kinds, sizes.bulk_repeats, warmup=0, collect=True)
     raw.close()
@@ -411,22 +401,6 @@ async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Table) 
     async with AsyncSessionManager(config(where)) as am:
         with SessionManager(config(where)) as sm:
 
-            async def resume_async(name: str) -> float:
-                t0 = time.perf_counter()
-                a_sess: AsyncSession = await am.load_session(name)
-                got = await a_sess.get_messages(limit=TAIL)
-                took = time.perf_counter() - t0
-                assert len(got) == TAIL
-                return took
-
-            def resume_sync(name: str) -> float:
-                t0 = time.perf_counter()
-                s_sess: Session = sm.load_session(name)
-                got = s_sess.get_messages(limit=TAIL)
-                took = time.perf_counter() - t0
-                assert len(got) == TAIL
-                return took
-
             def resume_raw(name: str) -> float:
                 t0 = time.perf_counter()
                 got = raw.resume_tail(name)
@@ -437,9 +411,9 @@ async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Table) 
             async def one(key: tuple[str, str]) -> float:
                 api, name = key
                 if api == "async":
-                    return await resume_async(name)
+                    return await resume(am, name)
                 if api == "sync":
-                    return plain(resume_sync, name)
+                    return plain(resume_sync, sm, name)
                 return resume_raw(name)
 
             times = await interleaved(one, keys, sizes.resume_repeats, warmup=5)

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 
+from coda_session import AsyncSessionManager, SessionManager
+
 T = TypeVar("T")
 K = TypeVar("K")
 
@@ -214,6 +216,50 @@ async def append_rounds(
             samples[kind] += await one(kind, per_round)
             walls[kind] += time.perf_counter() - t0
     return samples, walls, per_round * rounds
+
+
+# -- timed library calls --------------------------------------------------------------
+
+
+async def resume(am: AsyncSessionManager, name: str) -> float:
+    """The time of a resume: ``load_session(name)`` + ``get_messages(limit=TAIL)``."""
+    t0 = time.perf_counter()
+    a_sess = await am.load_session(name)
+    got = await a_sess.get_messages(limit=TAIL)
+    took = time.perf_counter() - t0
+    assert len(got) == TAIL
+    return took
+
+
+def resume_sync(sm: SessionManager, name: str) -> float:
+    """:func:`resume` through the blocking API."""
+    t0 = time.perf_counter()
+    s_sess = sm.load_session(name)
+    got = s_sess.get_messages(limit=TAIL)
+    took = time.perf_counter() - t0
+    assert len(got) == TAIL
+    return took
+
+
+async def save_new(am: AsyncSessionManager, name: str, n: int) -> float:
+    """The time of one ``save_session`` of ``message(0 .. n-1)``, added (untimed) to the
+    session ``name`` (made if missing)."""
+    a_sess = await am.create_session(name)
+    for i in range(n):
+        a_sess.add_message(message(i))
+    t0 = time.perf_counter()
+    await am.save_session(a_sess)
+    return time.perf_counter() - t0
+
+
+def save_new_sync(sm: SessionManager, name: str, n: int) -> float:
+    """:func:`save_new` through the blocking API."""
+    s_sess = sm.create_session(name)
+    for i in range(n):
+        s_sess.add_message(message(i))
+    t0 = time.perf_counter()
+    sm.save_session(s_sess)
+    return time.perf_counter() - t0
 
 
 # -- the command line and the header ------------------------------------------------------

@@ -46,6 +46,10 @@ from harness import (
     mode,
     plain,
     postgres_url,
+    resume,
+    resume_sync,
+    save_new,
+    save_new_sync,
     section,
     time_each,
     time_each_async,
@@ -320,22 +324,8 @@ async def bench_bulk(server: Server, sizes: Sizes, table: Table) -> None:
                         assert len(ids) == n
                         return took
                     if kind == "async":
-                        a_sess = await am.create_session(name)
-                        for i in range(n):
-                            a_sess.add_message(message(i))
-                        t0 = time.perf_counter()
-                        await am.save_session(a_sess)
-                        return time.perf_counter() - t0
-
-                    def bulk_sync() -> float:
-                        s_sess = sm.create_session(name)
-                        for i in range(n):
-                            s_sess.add_message(message(i))
-                        t0 = time.perf_counter()
-                        sm.save_session(s_sess)
-                        return time.perf_counter() - t0
-
-                    return plain(bulk_sync)
+                        return await save_new(am, name, n)
+                    return plain(save_new_sync, sm, name, n)
 
                 times = await interleaved(once, kinds, sizes.bulk_repeats)
                 for kind in kinds:
@@ -450,22 +440,6 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
 
             with SessionManager(cfg) as sm:
 
-                async def resume_async(name: str) -> float:
-                    t0 = time.perf_counter()
-                    a_sess = await am.load_session(name)
-                    got = await a_sess.get_messages(limit=TAIL)
-                    took = time.perf_counter() - t0
-                    assert len(got) == TAIL
-                    return took
-
-                def resume_sync(name: str) -> float:
-                    t0 = time.perf_counter()
-                    s_sess = sm.load_session(name)
-                    got = s_sess.get_messages(limit=TAIL)
-                    took = time.perf_counter() - t0
-                    assert len(got) == TAIL
-                    return took
-
                 async def resume_raw(name: str) -> float:
                     t0 = time.perf_counter()
                     got = raw_tail(await conn.fetch(pg_sql.LOAD_BY_NAME, name, TAIL))
@@ -476,9 +450,9 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
                 async def one(key: tuple[str, str]) -> float:
                     api, name = key
                     if api == "async":
-                        return await resume_async(name)
+                        return await resume(am, name)
                     if api == "sync":
-                        return plain(resume_sync, name)
+                        return plain(resume_sync, sm, name)
                     return await resume_raw(name)
 
                 times = await interleaved(one, keys, sizes.resume_repeats, warmup=5)
