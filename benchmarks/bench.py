@@ -14,32 +14,48 @@ timing and the script always exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import gc
 import json
-import os
-import platform
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
+from harness import (
+    TAIL,
+    TEXTS,
+    Table,
+    append_rounds,
+    arguments,
+    build_texts,
+    environment,
+    interleaved,
+    median,
+    message,
+    mode,
+    plain,
+    resume,
+    resume_sync,
+    save_new,
+    save_new_sync,
+    section,
+    time_each,
+    time_each_async,
+    time_sync,
+    us,
+    verdict,
+)
 
-from coda_session import AsyncSession, AsyncSessionManager, Session, SessionManager
+from coda_session import AsyncSessionManager, SessionManager
 
 # -- sizes ------------------------------------------------------------------------------
 
@@ -83,64 +99,7 @@ QUICK = Sizes(
     micro_repeats=500,
 )
 
-#: The library reads this many messages with the session row on resume.
-TAIL = 50
-T = TypeVar("T")
-
-# -- results ----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One printed line: a measurement, its ratio to the baseline and the target's verdict."""
-
-    key: str
-    label: str
-    median: str
-    rate: str = ""
-    ratio: str = ""
-    target: str = ""
-    verdict: str = ""
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        print(f"  .. {row.key} {row.label}: {row.median} {row.ratio}".rstrip(), flush=True)
-
-    def print(self) -> None:
-        head = Row("#", "measurement", "median", "msgs/s", "ratio", "target", "verdict")
-        rows = [head, *self.rows]
-        widths = [
-            max(len(getattr(r, name)) for r in rows)
-            for name in ("key", "label", "median", "rate", "ratio", "target")
-        ]
-
-        def line(r: Row) -> str:
-            cells = (r.key, r.label, r.median, r.rate, r.ratio, r.target)
-            left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2], strict=True)]
-            right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
-            return "  ".join([*left, *right, r.verdict]).rstrip()
-
-        print()
-        print(line(head))
-        print("-" * len(line(head)))
-        for r in self.rows:
-            print(line(r))
-        for note in self.notes:
-            print(note)
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f} µs"
+REPORT_HEAD = ("#", "measurement", "median", "msgs/s", "ratio", "target", "verdict")
 
 
 def ms(seconds: float) -> str:
@@ -149,41 +108,6 @@ def ms(seconds: float) -> str:
 
 def per_s(count: float, seconds: float) -> str:
     return f"{count / seconds:,.0f}" if seconds > 0 else "-"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def rotate(items: list[Any], shift: int) -> list[Any]:
-    """The order of the contenders in one round (rotated, so none always goes first)."""
-    shift %= len(items)
-    return items[shift:] + items[:shift]
-
-
-# -- data -------------------------------------------------------------------------------
-
-_TEXT = (
-    "the agent reads the file and proposes a patch for the failing test before it runs "
-    "the suite again and reports what changed in the session store"
-)
-_WORDS = _TEXT.split()
-
-
-@functools.cache
-def content(i: int) -> str:
-    """A deterministic message text of about 200 characters (cached: building the texts
-    is no part of what is timed)."""
-    words = [_WORDS[(i * 7 + k) % len(_WORDS)] for k in range(32)]
-    return f"#{i}: " + " ".join(words)
-
-
-#: Distinct texts the timed loops cycle through (built once, before any timing).
-TEXTS = 100
-
-
-def message(i: int) -> dict[str, Any]:
-    return {"role": "user" if i % 2 == 0 else "assistant", "content": content(i)}
 
 
 def now_iso() -> str:
@@ -327,125 +251,60 @@ def config(path: Path) -> dict[str, Any]:
     return {"session": {"storage_path": str(path)}}
 
 
-# -- timing helpers -----------------------------------------------------------------------
-
-
-@contextmanager
-def section(title: str) -> Iterator[None]:
-    print(f"{title} ...", flush=True)
-    gc.collect()
-    start = time.perf_counter()
-    yield
-    print(f"  ({time.perf_counter() - start:.1f} s)", flush=True)
-
-
-#: The benchmarks run under asyncio.run(); a blocking-API call made from there takes the
-#: path for callers that run an event loop of their own (a notebook: handed to a helper
-#: thread). Scripts call from a thread without one: the sync figures are taken there.
-PLAIN = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-plain")
-
-
-def plain(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` in a thread with no event loop (as a script calls), wait for it."""
-    return PLAIN.submit(fn, *args).result()
-
-
-def time_sync(fn: Callable[[], object], repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 # -- 1. durable append --------------------------------------------------------------------
 
 
-async def bench_append(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+async def bench_append(work: Path, ddl: list[str], sizes: Sizes, report: Table) -> None:
     raw = Raw(work / "append-raw" / "raw.db", ddl)
     raw_sid = raw.new_session("raw")
     raw_bump_sid = raw.new_session("raw-bump")
-    samples: dict[str, list[float]] = {k: [] for k in ("raw", "raw_bump", "async", "sync")}
-    walls: dict[str, float] = dict.fromkeys(samples, 0.0)
     async with AsyncSessionManager(config(work / "append-async")) as am:
         with SessionManager(config(work / "append-sync")) as sm:
             a_sess = await am.create_session("bench")
             s_sess = sm.create_session("bench")
             counter = 0
 
-            async def run_async(n: int) -> list[float]:
-                nonlocal counter
-                out = []
-                for _ in range(n):
-                    counter += 1
-                    t0 = time.perf_counter()
-                    a_sess.add_message(message(counter % TEXTS))
-                    await am.save_session(a_sess)
-                    out.append(time.perf_counter() - t0)
-                return out
+            async def append_async(i: int) -> None:
+                a_sess.add_message(message(i))
+                await am.save_session(a_sess)
 
-            def run_sync(n: int) -> list[float]:
-                nonlocal counter
-                out = []
-                for _ in range(n):
-                    counter += 1
-                    t0 = time.perf_counter()
-                    s_sess.add_message(message(counter % TEXTS))
-                    sm.save_session(s_sess)
-                    out.append(time.perf_counter() - t0)
-                return out
-
-            def run_raw(n: int, bump: bool = False) -> list[float]:
-                nonlocal counter
-                step = raw.append_bump if bump else raw.append
-                sid = raw_bump_sid if bump else raw_sid
-                out = []
-                for _ in range(n):
-                    counter += 1
-                    t0 = time.perf_counter()
-                    step(sid, counter % TEXTS)
-                    out.append(time.perf_counter() - t0)
-                return out
+            def append_sync(i: int) -> None:
+                s_sess.add_message(message(i))
+                sm.save_session(s_sess)
 
             async def one(kind: str, n: int) -> list[float]:
+                nonlocal counter
+                indexes = [(counter + k) % TEXTS for k in range(1, n + 1)]
+                counter += n
                 if kind == "async":
-                    return await run_async(n)
+                    return await time_each_async(append_async, indexes)
                 if kind == "sync":
-                    return plain(run_sync, n)
-                return run_raw(n, bump=kind == "raw_bump")
+                    return plain(time_each, append_sync, indexes)
+                if kind == "raw":
+                    return time_each(functools.partial(raw.append, raw_sid), indexes)
+                return time_each(functools.partial(raw.append_bump, raw_bump_sid), indexes)
 
-            for kind in samples:  # warm up: first statements compile, first pages load
-                await one(kind, 20)
-            per_round = sizes.append_ops // sizes.append_rounds
-            for r in range(sizes.append_rounds):
-                for kind in rotate(list(samples), r):
-                    t0 = time.perf_counter()
-                    samples[kind] += await one(kind, per_round)
-                    walls[kind] += time.perf_counter() - t0
+            samples, walls, n = await append_rounds(
+                one, ("raw", "raw_bump", "async", "sync"), sizes.append_ops, sizes.append_rounds
+            )
             stored = (await am.load_session("bench")).message_count
             assert stored == a_sess.message_count, "async appends were not all stored"
     raw.close()
 
-    n = per_round * sizes.append_rounds
     base = median(samples["raw"])
     report.add(
-        Row(
-            "1",
-            f"durable append x{n}: raw sqlite3 (BEGIN; INSERT; COMMIT)",
-            us(base),
-            per_s(n, walls["raw"]),
-        )
+        "1",
+        f"durable append x{n}: raw sqlite3 (BEGIN; INSERT; COMMIT)",
+        us(base),
+        per_s(n, walls["raw"]),
     )
     bump = median(samples["raw_bump"])
     report.add(
-        Row(
-            "1",
-            "  raw sqlite3, the library's statements (UPDATE..RETURNING; INSERT)",
-            us(bump),
-            per_s(n, walls["raw_bump"]),
-            f"{base / bump:.2f}x raw",
-        )
+        "1",
+        "  raw sqlite3, the library's statements (UPDATE..RETURNING; INSERT)",
+        us(bump),
+        per_s(n, walls["raw_bump"]),
+        f"{base / bump:.2f}x raw",
     )
     for kind, label in (
         ("async", "async API (add_message + save_session)"),
@@ -454,79 +313,64 @@ async def bench_append(work: Path, ddl: list[str], sizes: Sizes, report: Report)
         mine = median(samples[kind])
         ratio = base / mine  # our throughput as a fraction of raw's
         report.add(
-            Row(
-                "1",
-                f"  {label}",
-                us(mine),
-                per_s(n, walls[kind]),
-                f"{ratio:.2f}x raw",
-                ">= 0.10x raw",
-                verdict(ratio >= 0.10),
-            )
+            "1",
+            f"  {label}",
+            us(mine),
+            per_s(n, walls[kind]),
+            f"{ratio:.2f}x raw",
+            ">= 0.10x raw",
+            verdict(ratio >= 0.10),
         )
 
 
 # -- 2. one save of many new messages -------------------------------------------------------
 
 
-async def bench_bulk(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+async def bench_bulk(work: Path, ddl: list[str], sizes: Sizes, report: Table) -> None:
     n = sizes.bulk_messages
     raw = Raw(work / "bulk-raw" / "raw.db", ddl)
-    times: dict[str, list[float]] = {"raw": [], "raw-paused": [], "async": [], "sync": []}
+    # "raw-paused" takes the sync path: a second, unreported sync save each round, kept so
+    # that the figures compare with those of earlier runs
+    kinds = ("raw", "raw-paused", "async", "sync")
+    made = dict.fromkeys(kinds, 0)
     async with AsyncSessionManager(config(work / "bulk-async")) as am:
         with SessionManager(config(work / "bulk-sync")) as sm:
-            for rep in range(sizes.bulk_repeats):
-                for kind in rotate(list(times), rep):
-                    gc.collect()
-                    if kind == "raw":
-                        sid = raw.new_session(f"bulk-{rep}")
-                        rows = [message_row(sid, i) for i in range(n)]
-                        t0 = time.perf_counter()
-                        raw.insert_many(rows)
-                        times[kind].append(time.perf_counter() - t0)
-                    elif kind == "async":
-                        a_sess = await am.create_session(f"bulk-{rep}")
-                        for i in range(n):
-                            a_sess.add_message(message(i))
-                        t0 = time.perf_counter()
-                        await am.save_session(a_sess)
-                        times[kind].append(time.perf_counter() - t0)
-                    else:
 
-                        def bulk_sync(rep: int = rep) -> float:
-                            s_sess = sm.create_session(f"bulk-{rep}")
-                            for i in range(n):
-                                s_sess.add_message(message(i))
-                            t0 = time.perf_counter()
-                            sm.save_session(s_sess)
-                            return time.perf_counter() - t0
+            async def once(kind: str) -> float:
+                rep = made[kind]
+                made[kind] += 1
+                if kind == "raw":
+                    sid = raw.new_session(f"bulk-{rep}")
+                    rows = [message_row(sid, i) for i in range(n)]
+                    t0 = time.perf_counter()
+                    raw.insert_many(rows)
+                    return time.perf_counter() - t0
+                if kind == "async":
+                    return await save_new(am, f"bulk-{rep}", n)
+                return plain(save_new_sync, sm, f"bulk-{rep}", n)
 
-                        times[kind].append(plain(bulk_sync))
+            times = await interleaved(once, kinds, sizes.bulk_repeats, warmup=0, collect=True)
     raw.close()
 
     base = median(times["raw"])
     reps = sizes.bulk_repeats
     report.add(
-        Row(
-            "2",
-            f"save {n:,} new messages x{reps}: raw executemany, one transaction",
-            ms(base),
-            per_s(n, base),
-        )
+        "2",
+        f"save {n:,} new messages x{reps}: raw executemany, one transaction",
+        ms(base),
+        per_s(n, base),
     )
     for kind, label in (("async", "async save_session"), ("sync", "sync save_session")):
         mine = median(times[kind])
         ratio = mine / base
         report.add(
-            Row(
-                "2",
-                f"  {label}",
-                ms(mine),
-                per_s(n, mine),
-                f"{ratio:.2f}x raw time",
-                "<= 2.00x",
-                verdict(ratio <= 2.0),
-            )
+            "2",
+            f"  {label}",
+            ms(mine),
+            per_s(n, mine),
+            f"{ratio:.2f}x raw time",
+            "<= 2.00x",
+            verdict(ratio <= 2.0),
         )
 
 
@@ -540,7 +384,7 @@ async def build_session(manager: AsyncSessionManager, name: str, count: int) -> 
     await manager.save_session(sess)
 
 
-async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Table) -> None:
     big, small = sizes.big_session, sizes.small_session
     where = work / "resume"
     raw = Raw(work / "resume-raw" / "raw.db", ddl)
@@ -553,27 +397,9 @@ async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Report)
     build = time.perf_counter() - build_start
     report.notes.append(f"note 3: built the {big:,}-message session via the API in {build:.2f} s")
 
-    times: dict[tuple[str, str], list[float]] = {
-        (api, name): [] for api in ("raw", "async", "sync") for name in ("big", "small")
-    }
+    keys = [(api, name) for api in ("raw", "async", "sync") for name in ("big", "small")]
     async with AsyncSessionManager(config(where)) as am:
         with SessionManager(config(where)) as sm:
-
-            async def resume_async(name: str) -> float:
-                t0 = time.perf_counter()
-                a_sess: AsyncSession = await am.load_session(name)
-                got = await a_sess.get_messages(limit=TAIL)
-                took = time.perf_counter() - t0
-                assert len(got) == TAIL
-                return took
-
-            def resume_sync(name: str) -> float:
-                t0 = time.perf_counter()
-                s_sess: Session = sm.load_session(name)
-                got = s_sess.get_messages(limit=TAIL)
-                took = time.perf_counter() - t0
-                assert len(got) == TAIL
-                return took
 
             def resume_raw(name: str) -> float:
                 t0 = time.perf_counter()
@@ -582,73 +408,58 @@ async def bench_resume(work: Path, ddl: list[str], sizes: Sizes, report: Report)
                 assert len(got) == TAIL
                 return took
 
-            async def one(api: str, name: str) -> float:
+            async def one(key: tuple[str, str]) -> float:
+                api, name = key
                 if api == "async":
-                    return await resume_async(name)
+                    return await resume(am, name)
                 if api == "sync":
-                    return plain(resume_sync, name)
+                    return plain(resume_sync, sm, name)
                 return resume_raw(name)
 
-            keys = list(times)
-            for key in keys:  # warm up
-                for _ in range(5):
-                    await one(*key)
-            for rep in range(sizes.resume_repeats):
-                for key in rotate(keys, rep):
-                    times[key].append(await one(*key))
+            times = await interleaved(one, keys, sizes.resume_repeats, warmup=5)
     raw.close()
 
     reps = sizes.resume_repeats
     med = {key: median(v) for key, v in times.items()}
     report.add(
-        Row(
-            "3",
-            f"resume + get_messages(limit=50) x{reps}: raw, {big:,} msgs",
-            us(med[("raw", "big")]),
-        )
+        "3", f"resume + get_messages(limit=50) x{reps}: raw, {big:,} msgs", us(med[("raw", "big")])
     )
     report.add(
-        Row(
-            "3",
-            f"  raw, {small:,} msgs",
-            us(med[("raw", "small")]),
-            "",
-            f"{med[('raw', 'big')] / med[('raw', 'small')]:.2f}x big/small",
-        )
+        "3",
+        f"  raw, {small:,} msgs",
+        us(med[("raw", "small")]),
+        "",
+        f"{med[('raw', 'big')] / med[('raw', 'small')]:.2f}x big/small",
     )
     for api in ("async", "sync"):
         mine_big, mine_small = med[(api, "big")], med[(api, "small")]
         scale = mine_big / mine_small
-        report.add(Row("3", f"  {api} API, {small:,} msgs", us(mine_small)))
+        report.add("3", f"  {api} API, {small:,} msgs", us(mine_small))
         report.add(
-            Row(
-                "3",
-                f"  {api} API, {big:,} msgs vs {small:,} msgs",
-                us(mine_big),
-                "",
-                f"{scale:.2f}x big/small",
-                "<= 1.50x",
-                verdict(scale <= 1.5),
-            )
+            "3",
+            f"  {api} API, {big:,} msgs vs {small:,} msgs",
+            us(mine_big),
+            "",
+            f"{scale:.2f}x big/small",
+            "<= 1.50x",
+            verdict(scale <= 1.5),
         )
         ratio = mine_big / med[("raw", "big")]
         report.add(
-            Row(
-                "3",
-                f"  {api} API, {big:,} msgs vs raw indexed tail query",
-                us(mine_big),
-                "",
-                f"{ratio:.2f}x raw time",
-                "<= 5.00x",
-                verdict(ratio <= 5.0),
-            )
+            "3",
+            f"  {api} API, {big:,} msgs vs raw indexed tail query",
+            us(mine_big),
+            "",
+            f"{ratio:.2f}x raw time",
+            "<= 5.00x",
+            verdict(ratio <= 5.0),
         )
 
 
 # -- 4. list_sessions -------------------------------------------------------------------------
 
 
-async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Table) -> None:
     n = sizes.list_sessions
     where = work / "list"
     raw = Raw(work / "list-raw" / "raw.db", ddl)
@@ -667,61 +478,50 @@ async def bench_list(work: Path, ddl: list[str], sizes: Sizes, report: Report) -
         f"{build:.1f} s = {build / n * 1e3:.2f} ms each"
     )
 
-    times: dict[str, list[float]] = {"raw": [], "raw-paused": [], "async": [], "sync": []}
     query_only = {
         sql: time_sync(functools.partial(raw.fetch_all, sql), sizes.list_repeats)
         for sql in (RAW_LIST, RAW_LIST_UNORDERED)
     }
     async with AsyncSessionManager(config(where)) as am:
         with SessionManager(config(where)) as sm:
-            for kind in times:  # warm up
-                await _list_once(kind, am, sm, raw, n)
-            for rep in range(sizes.list_repeats):
-                for kind in rotate(list(times), rep):
-                    times[kind].append(await _list_once(kind, am, sm, raw, n))
+            times = await interleaved(
+                lambda kind: _list_once(kind, am, sm, raw, n),
+                ("raw", "raw-paused", "async", "sync"),
+                sizes.list_repeats,
+            )
     raw.close()
 
     base = median(times["raw"])
     reps = sizes.list_repeats
-    report.add(
-        Row("4", f"list {n:,} sessions x{reps}: raw SELECT FROM sessions -> dicts", ms(base))
-    )
+    report.add("4", f"list {n:,} sessions x{reps}: raw SELECT FROM sessions -> dicts", ms(base))
     for kind in ("async", "sync"):
         mine = median(times[kind])
         report.add(
-            Row(
-                "4",
-                f"  {kind} list_sessions()",
-                ms(mine),
-                "",
-                f"{mine / base:.2f}x raw time",
-                "< 50 ms",
-                verdict(mine < 0.050),
-            )
+            "4",
+            f"  {kind} list_sessions()",
+            ms(mine),
+            "",
+            f"{mine / base:.2f}x raw time",
+            "< 50 ms",
+            verdict(mine < 0.050),
         )
     paused = median(times["raw-paused"])
     report.add(
-        Row(
-            "4",
-            "  raw -> dicts with the collector paused (as list_sessions does)",
-            ms(paused),
-            "",
-            f"{paused / base:.2f}x raw time",
-        )
+        "4",
+        "  raw -> dicts with the collector paused (as list_sessions does)",
+        ms(paused),
+        "",
+        f"{paused / base:.2f}x raw time",
     )
     report.add(
-        Row(
-            "4",
-            "  raw query alone: fetchall(), ORDER BY created_at, name",
-            ms(median(query_only[RAW_LIST])),
-        )
+        "4",
+        "  raw query alone: fetchall(), ORDER BY created_at, name",
+        ms(median(query_only[RAW_LIST])),
     )
     report.add(
-        Row(
-            "4",
-            "  raw query alone: fetchall(), no ORDER BY",
-            ms(median(query_only[RAW_LIST_UNORDERED])),
-        )
+        "4",
+        "  raw query alone: fetchall(), no ORDER BY",
+        ms(median(query_only[RAW_LIST_UNORDERED])),
     )
 
 
@@ -757,7 +557,7 @@ async def _list_once(
 # -- breakdown ---------------------------------------------------------------------------------
 
 
-async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Report) -> None:
+async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Table) -> None:
     reps = sizes.micro_repeats
     raw = Raw(work / "micro-raw" / "raw.db", ddl)
     raw.new_session("one", 1)
@@ -840,38 +640,21 @@ async def bench_breakdown(work: Path, ddl: list[str], sizes: Sizes, report: Repo
             )
     raw.close()
     for label, samples in rows:
-        report.add(Row("b", label, us(median(samples))))
+        report.add("b", label, us(median(samples)))
 
 
 # -- main ---------------------------------------------------------------------------------------
 
 
-def environment() -> str:
-    return (
-        f"Python {platform.python_version()} ({platform.machine()}, {os.cpu_count()} cpus), "
-        f"sqlite {sqlite3.sqlite_version}, SQLAlchemy {version('sqlalchemy')}, "
-        f"aiosqlite {version('aiosqlite')}, coda-session {version('coda-session')}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument(
-        "--only",
-        choices=("1", "2", "3", "4", "b"),
-        action="append",
-        help="run only these parts (repeatable)",
-    )
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, ("1", "2", "3", "4", "b")).parse_args(argv)
     sizes = QUICK if args.quick else FULL
     parts = set(args.only or ("1", "2", "3", "4", "b"))
 
-    for i in range(TEXTS):
-        content(i)
-    print(environment())
-    print(f"mode: {'quick' if args.quick else 'full'}; medians of repeated perf_counter timings")
-    report = Report()
+    build_texts()
+    print(environment("SQLAlchemy", "aiosqlite", "coda-session", sqlite=True))
+    print(mode(args.quick, "medians of repeated perf_counter timings"))
+    report = Table(REPORT_HEAD, left=2, shown=(2, 4))
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="coda-bench-"))
     try:

@@ -19,24 +19,35 @@ timing and the script exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import os
-import platform
 import shutil
 import sqlite3
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from importlib.metadata import version
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import TAIL, TEXTS, content, median, message, plain, rotate, section
-from postgres import Server, configured_url
+from harness import (
+    TAIL,
+    TEXTS,
+    Server,
+    Table,
+    arguments,
+    build_texts,
+    environment,
+    interleaved,
+    median,
+    message,
+    mode,
+    plain,
+    postgres_url,
+    section,
+    verdict,
+)
 
 from coda_session import AsyncSession, AsyncSessionManager, SessionManager
 
@@ -99,49 +110,7 @@ FORK_LIMIT_SQLITE = 0.002
 #: Big / small (fork), deep / plain (reads).
 RATIO_LIMIT = 1.5
 
-# -- results ----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    key: str
-    backend: str
-    label: str
-    median: str = ""
-    ratio: str = ""
-    target: str = ""
-    verdict: str = ""
-
-
-@dataclass
-class Table:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        shown = " ".join(x for x in (row.median, row.ratio, row.verdict) if x)
-        print(f"  .. {row.key} {row.backend} {row.label}: {shown}".rstrip(), flush=True)
-
-    def print(self) -> None:
-        head = Row("#", "backend", "measurement", "median", "ratio", "target", "verdict")
-        rows = [head, *self.rows]
-        names = ("key", "backend", "label", "median", "ratio", "target")
-        widths = [max(len(getattr(r, name)) for r in rows) for name in names]
-
-        def line(r: Row) -> str:
-            cells = [getattr(r, name) for name in names]
-            left = [c.ljust(w) for c, w in zip(cells[:3], widths[:3], strict=True)]
-            right = [c.rjust(w) for c, w in zip(cells[3:], widths[3:], strict=True)]
-            return "  ".join([*left, *right, r.verdict]).rstrip()
-
-        print()
-        print(line(head))
-        print("-" * len(line(head)))
-        for r in self.rows:
-            print(line(r))
-        for note in self.notes:
-            print(note)
+TABLE_HEAD = ("#", "backend", "measurement", "median", "ratio", "target", "verdict")
 
 
 def ms(seconds: float) -> str:
@@ -150,10 +119,6 @@ def ms(seconds: float) -> str:
 
 def mb(count: int) -> str:
     return f"{count / 1e6:,.2f} MB"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 # -- the stores -------------------------------------------------------------------------
@@ -273,7 +238,6 @@ async def bench_fork(backend: Backend, sizes: Sizes, table: Table) -> None:
         "-1": lambda n: -1,
     }
     keys = [(api, src, where) for api in ("async", "sync") for src in counts for where in points]
-    times: dict[tuple[str, str, str], list[float]] = {k: [] for k in keys}
     made = 0
     async with AsyncSessionManager(cfg) as am:
         with SessionManager(cfg) as sm:
@@ -284,8 +248,9 @@ async def bench_fork(backend: Backend, sizes: Sizes, table: Table) -> None:
                 took = time.perf_counter() - t0
                 return took, sess.message_count
 
-            async def one(api: str, src: str, where: str) -> float:
+            async def one(key: tuple[str, str, str]) -> float:
                 nonlocal made
+                api, src, where = key
                 made += 1
                 name = f"fork-{made}"
                 point = points[where](counts[src])
@@ -302,12 +267,7 @@ async def bench_fork(backend: Backend, sizes: Sizes, table: Table) -> None:
                 await am.delete_session(name)
                 return took
 
-            for key in keys:  # warm up
-                for _ in range(2):
-                    await one(*key)
-            for rep in range(sizes.fork_repeats):
-                for key in rotate(keys, rep):
-                    times[key].append(await one(*key))
+            times = await interleaved(one, keys, sizes.fork_repeats, warmup=2)
             # a fork of the big source reads as the source (checked once, untimed)
             fork = await am.create_session("check", branch_from="big", fork_point=big // 2)
             tail = await fork.get_messages(limit=3)
@@ -320,45 +280,37 @@ async def bench_fork(backend: Backend, sizes: Sizes, table: Table) -> None:
         label = "AsyncSessionManager" if api == "async" else "SessionManager (blocking)"
         s, b = med[(api, "small", "end")], med[(api, "big", "end")]
         table.add(
-            Row(
-                "1",
-                backend.name,
-                f"fork x{reps}, {label}.create_session(name, branch_from=src): {small} msgs",
-                ms(s),
-            )
+            "1",
+            backend.name,
+            f"fork x{reps}, {label}.create_session(name, branch_from=src): {small} msgs",
+            ms(s),
         )
         table.add(
-            Row(
-                "1",
-                backend.name,
-                f"  {big:,} msgs",
-                ms(b),
-                "",
-                "< 2 ms" if sqlite else "",
-                verdict(b < FORK_LIMIT_SQLITE) if sqlite else "",
-            )
+            "1",
+            backend.name,
+            f"  {big:,} msgs",
+            ms(b),
+            "",
+            "< 2 ms" if sqlite else "",
+            verdict(b < FORK_LIMIT_SQLITE) if sqlite else "",
         )
         table.add(
-            Row(
-                "1",
-                backend.name,
-                f"  {big:,} msgs vs {small} msgs",
-                "",
-                f"{b / s:.2f}x small",
-                f"<= {RATIO_LIMIT:.2f}x",
-                verdict(b / s <= RATIO_LIMIT),
-            )
+            "1",
+            backend.name,
+            f"  {big:,} msgs vs {small} msgs",
+            "",
+            f"{b / s:.2f}x small",
+            f"<= {RATIO_LIMIT:.2f}x",
+            verdict(b / s <= RATIO_LIMIT),
         )
         for where, shown in (("middle", "fork_point=n//2"), ("-1", "fork_point=-1")):
             ws, wb = med[(api, "small", where)], med[(api, "big", where)]
             table.add(
-                Row(
-                    "1",
-                    backend.name,
-                    f"  {shown}: {small} msgs {ms(ws)}; {big:,} msgs",
-                    ms(wb),
-                    f"{wb / ws:.2f}x small",
-                )
+                "1",
+                backend.name,
+                f"  {shown}: {small} msgs {ms(ws)}; {big:,} msgs",
+                ms(wb),
+                f"{wb / ws:.2f}x small",
             )
 
 
@@ -391,8 +343,6 @@ async def bench_deep(backend: Backend, sizes: Sizes, table: Table) -> None:
         (kind, api, n) for kind in ("resume", "cold") for api in ("async", "sync") for n in names
     ]
     full_keys = [(api, n) for api in ("async", "sync") for n in names]
-    tails: dict[tuple[str, str, str], list[float]] = {k: [] for k in tail_keys}
-    fulls: dict[tuple[str, str], list[float]] = {k: [] for k in full_keys}
     want_tail = expected(total - TAIL, total)
     async with AsyncSessionManager(cfg) as am, AsyncSessionManager(no_cache(cfg)) as cold:
         with SessionManager(cfg) as sm, SessionManager(no_cache(cfg)) as sm_cold:
@@ -410,7 +360,8 @@ async def bench_deep(backend: Backend, sizes: Sizes, table: Table) -> None:
                 got = cold_sync[name].get_messages(limit=limit)
                 return time.perf_counter() - t0, got
 
-            async def tail(kind: str, api: str, name: str) -> float:
+            async def tail(key: tuple[str, str, str]) -> float:
+                kind, api, name = key
                 if api == "sync":
                     fn = resume_sync if kind == "resume" else read_sync
                     args = (name,) if kind == "resume" else (name, TAIL)
@@ -425,7 +376,8 @@ async def bench_deep(backend: Backend, sizes: Sizes, table: Table) -> None:
                 assert len(got) == TAIL
                 return took
 
-            async def full(api: str, name: str) -> float:
+            async def full(key: tuple[str, str]) -> float:
+                api, name = key
                 if api == "sync":
                     took, got = plain(read_sync, name, None)
                 else:
@@ -441,18 +393,8 @@ async def bench_deep(backend: Backend, sizes: Sizes, table: Table) -> None:
                 got = await cold_async[name].get_messages()
                 assert pairs(got) == expected(0, total), f"{name}: wrong messages"
                 del got
-            for key in tail_keys:  # warm up
-                for _ in range(3):
-                    await tail(*key)
-            for rep in range(sizes.tail_repeats):
-                for key in rotate(tail_keys, rep):
-                    tails[key].append(await tail(*key))
-            for fkey in full_keys:  # warm up
-                await full(*fkey)
-            for rep in range(sizes.full_repeats):
-                for fkey in rotate(full_keys, rep):
-                    gc.collect()
-                    fulls[fkey].append(await full(*fkey))
+            tails = await interleaved(tail, tail_keys, sizes.tail_repeats, warmup=3)
+            fulls = await interleaved(full, full_keys, sizes.full_repeats, collect=True)
 
     what = f"{depth} levels deep vs plain, {total:,} msgs"
     for kind, label in (
@@ -461,38 +403,9 @@ async def bench_deep(backend: Backend, sizes: Sizes, table: Table) -> None:
     ):
         for api in ("async", "sync"):
             d, p = median(tails[(kind, api, deep)]), median(tails[(kind, api, "plain")])
+            table.add("2", backend.name, f"{api} {label} x{sizes.tail_repeats}: plain", ms(p))
             table.add(
-                Row(
-                    "2",
-                    backend.name,
-                    f"{api} {label} x{sizes.tail_repeats}: plain",
-                    ms(p),
-                )
-            )
-            table.add(
-                Row(
-                    "2",
-                    backend.name,
-                    f"  {what}",
-                    ms(d),
-                    f"{d / p:.2f}x plain",
-                    f"<= {RATIO_LIMIT:.2f}x",
-                    verdict(d / p <= RATIO_LIMIT),
-                )
-            )
-    for api in ("async", "sync"):
-        d, p = median(fulls[(api, deep)]), median(fulls[(api, "plain")])
-        table.add(
-            Row(
-                "3",
-                backend.name,
-                f"{api} get_messages() x{sizes.full_repeats}, message_cache_size=0: plain",
-                ms(p),
-            )
-        )
-        table.add(
-            Row(
-                "3",
+                "2",
                 backend.name,
                 f"  {what}",
                 ms(d),
@@ -500,6 +413,22 @@ async def bench_deep(backend: Backend, sizes: Sizes, table: Table) -> None:
                 f"<= {RATIO_LIMIT:.2f}x",
                 verdict(d / p <= RATIO_LIMIT),
             )
+    for api in ("async", "sync"):
+        d, p = median(fulls[(api, deep)]), median(fulls[(api, "plain")])
+        table.add(
+            "3",
+            backend.name,
+            f"{api} get_messages() x{sizes.full_repeats}, message_cache_size=0: plain",
+            ms(p),
+        )
+        table.add(
+            "3",
+            backend.name,
+            f"  {what}",
+            ms(d),
+            f"{d / p:.2f}x plain",
+            f"<= {RATIO_LIMIT:.2f}x",
+            verdict(d / p <= RATIO_LIMIT),
         )
 
 
@@ -541,36 +470,26 @@ async def bench_storage(backend: Backend, sizes: Sizes, table: Table) -> None:
     name = backend.name
     table.notes.append(f"note 4 ({name}): {forks} forks made in {took:.2f} s")
     table.notes.append(f"note 4 ({name}): source only: {source_how}; + forks: {forked_how}")
-    table.add(Row("4", name, "store size: empty (schema only)", mb(empty)))
-    table.add(Row("4", name, f"  with the {n:,}-message source only (one copy)", mb(source)))
+    table.add("4", name, "store size: empty (schema only)", mb(empty))
+    table.add("4", name, f"  with the {n:,}-message source only (one copy)", mb(source))
     table.add(
-        Row(
-            "4",
-            name,
-            f"  source + {forks} forks",
-            mb(forked),
-            f"{forked / source:.3f}x one copy",
-        )
+        "4", name, f"  source + {forks} forks", mb(forked), f"{forked / source:.3f}x one copy"
     )
     per_fork = (forked - source) / forks
-    table.add(Row("4", name, "  added per fork", f"{per_fork / 1e3:,.1f} kB"))
+    table.add("4", name, "  added per fork", f"{per_fork / 1e3:,.1f} kB")
     table.add(
-        Row(
-            "4",
-            name,
-            "  one full copy (import of an export; measured)",
-            mb(one_copy),
-            f"{one_copy / max(per_fork, 1):,.0f}x a fork",
-        )
+        "4",
+        name,
+        "  one full copy (import of an export; measured)",
+        mb(one_copy),
+        f"{one_copy / max(per_fork, 1):,.0f}x a fork",
     )
     table.add(
-        Row(
-            "4",
-            name,
-            f"  source + {forks} full copies (source + {forks} x one copy)",
-            mb(copies),
-            f"{forked / copies:.4f}x (forks / copies)",
-        )
+        "4",
+        name,
+        f"  source + {forks} full copies (source + {forks} x one copy)",
+        mb(copies),
+        f"{forked / copies:.4f}x (forks / copies)",
     )
 
 
@@ -603,6 +522,37 @@ async def tree_rows(backend: Backend, part: str) -> dict[str, int]:
         await conn.close()
 
 
+class Reads:
+    """One timing, end to end, of ``(what, src)``: a fork of ``src`` at its end (``what`` is
+    "fork"; the forks are ``<prefix>-0``, ``<prefix>-1``, ...), ``load_session`` + the newest
+    50 ("resume"), or every message read by ``cold``, a manager without a cache ("full").
+    ``length(src)`` is how many messages ``src`` has."""
+
+    def __init__(
+        self,
+        am: AsyncSessionManager,
+        cold: AsyncSessionManager,
+        prefix: str,
+        length: Callable[[str], int],
+    ) -> None:
+        self.am, self.cold, self.prefix, self.length = am, cold, prefix, length
+        self.made = 0
+
+    async def __call__(self, key: tuple[str, str]) -> float:
+        what, src = key
+        t0 = time.perf_counter()
+        if what == "fork":
+            await self.am.create_session(f"{self.prefix}-{self.made}", branch_from=src)
+            self.made += 1
+        elif what == "resume":
+            got = await (await self.am.load_session(src)).get_messages(limit=TAIL)
+            assert len(got) == min(TAIL, self.length(src))
+        else:
+            got = await (await self.cold.load_session(src)).get_messages()
+            assert len(got) == self.length(src)
+        return time.perf_counter() - t0
+
+
 async def bench_chain(backend: Backend, sizes: Sizes, table: Table) -> None:
     """An agent that regenerates at every turn: each session a fork of the one before at
     its end, with one message of its own."""
@@ -624,41 +574,20 @@ async def bench_chain(backend: Backend, sizes: Sizes, table: Table) -> None:
     )
     tree_extra = sum(v for k, v in rows.items() if k != "messages")
     table.add(
-        Row(
-            "5",
-            name,
-            f"rows stored for a {depth:,}-fork chain ({depth + 1:,} messages + plain)",
-            f"{sum(rows.values()):,}",
-            f"{tree_extra:,} non-message",
-            f"O({2 * depth + 10:,})",
-            verdict(tree_extra <= 2 * depth + 10),
-        )
+        "5",
+        name,
+        f"rows stored for a {depth:,}-fork chain ({depth + 1:,} messages + plain)",
+        f"{sum(rows.values()):,}",
+        f"{tree_extra:,} non-message",
+        f"O({2 * depth + 10:,})",
+        verdict(tree_extra <= 2 * depth + 10),
     )
     deep = f"c-{depth}"
     keys = [(what, n) for what in ("fork", "resume", "full") for n in ("c-0", deep, "plain")]
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
     async with AsyncSessionManager(cfg) as am, AsyncSessionManager(no_cache(cfg)) as cold:
-        made = 0
-
-        async def one(what: str, src: str) -> float:
-            nonlocal made
-            t0 = time.perf_counter()
-            if what == "fork":
-                await am.create_session(f"f-{made}", branch_from=src)
-                made += 1
-            elif what == "resume":
-                got = await (await am.load_session(src)).get_messages(limit=TAIL)
-                assert len(got) == min(TAIL, 1 if src == "c-0" else depth + 1)
-            else:
-                got = await (await cold.load_session(src)).get_messages()
-                assert len(got) == (1 if src == "c-0" else depth + 1)
-            return time.perf_counter() - t0
-
-        for key in keys:  # warm up
-            await one(*key)
-        for rep in range(repeats):
-            for key in rotate(keys, rep):
-                times[key].append(await one(*key))
+        one = Reads(am, cold, "f", lambda src: 1 if src == "c-0" else depth + 1)
+        times = await interleaved(one, keys, repeats)
+        made = one.made
         with tempfile.TemporaryDirectory(prefix="coda-bench-chain-") as tmp:
             gc.collect()
             t0 = time.perf_counter()
@@ -673,22 +602,18 @@ async def bench_chain(backend: Backend, sizes: Sizes, table: Table) -> None:
         base = median(times[(what, "c-0")])
         flat = median(times[(what, "plain")])
         d = median(times[(what, deep)])
-        table.add(Row("5", name, f"{label} x{repeats}: root (1 message)", ms(base)))
-        table.add(Row("5", name, f"  plain session, {depth + 1:,} messages", ms(flat)))
+        table.add("5", name, f"{label} x{repeats}: root (1 message)", ms(base))
+        table.add("5", name, f"  plain session, {depth + 1:,} messages", ms(flat))
         table.add(
-            Row(
-                "5",
-                name,
-                f"  the deepest fork ({depth:,} levels, {depth + 1:,} messages)",
-                ms(d),
-                f"{d / flat:.2f}x plain",
-                f"<= {RATIO_LIMIT:.2f}x",
-                verdict(d / flat <= RATIO_LIMIT),
-            )
+            "5",
+            name,
+            f"  the deepest fork ({depth:,} levels, {depth + 1:,} messages)",
+            ms(d),
+            f"{d / flat:.2f}x plain",
+            f"<= {RATIO_LIMIT:.2f}x",
+            verdict(d / flat <= RATIO_LIMIT),
         )
-    table.add(
-        Row("5", name, f"export_store of the chain ({depth + 2 + made:,} sessions)", ms(exported))
-    )
+    table.add("5", name, f"export_store of the chain ({depth + 2 + made:,} sessions)", ms(exported))
 
 
 # -- 6. a sliding window under branches -----------------------------------------------------
@@ -711,29 +636,9 @@ async def bench_window(backend: Backend, sizes: Sizes, table: Table) -> None:
     async def measure(
         am: AsyncSessionManager, cold: AsyncSessionManager, tag: str
     ) -> dict[tuple[str, str], float]:
-        times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
-        made = 0
-
-        async def one(what: str, src: str) -> float:
-            nonlocal made
-            t0 = time.perf_counter()
-            if what == "fork":
-                await am.create_session(f"{tag}-{made}", branch_from=src)
-                made += 1
-            elif what == "resume":
-                got = await (await am.load_session(src)).get_messages(limit=TAIL)
-                assert len(got) == TAIL
-            else:
-                got = await (await cold.load_session(src)).get_messages()
-                assert len(got) == keep
-            return time.perf_counter() - t0
-
-        for key in keys:
-            await one(*key)
-        for rep in range(repeats):
-            for key in rotate(keys, rep):
-                times[key].append(await one(*key))
-        for k in range(made):
+        one = Reads(am, cold, tag, lambda src: keep)
+        times = await interleaved(one, keys, repeats)
+        for k in range(one.made):
             await am.delete_session(f"{tag}-{k}")
         return {k: median(v) for k, v in times.items()}
 
@@ -752,20 +657,16 @@ async def bench_window(backend: Backend, sizes: Sizes, table: Table) -> None:
         f"note 6 ({name}): 'w' ({keep:,} messages) with 5 branches, then {turns} turns of "
         f"append + truncate_messages({keep:,}) in {turned:.2f} s; rows after: {rows}"
     )
-    table.add(
-        Row("6", name, f"a turn of 'w' (append + truncate), mean of {turns}", ms(turned / turns))
-    )
+    table.add("6", name, f"a turn of 'w' (append + truncate), mean of {turns}", ms(turned / turns))
     tree_extra = sum(v for k, v in rows.items() if k != "messages")
     table.add(
-        Row(
-            "6",
-            name,
-            f"non-message rows after {turns} turns (8 sessions)",
-            f"{tree_extra:,}",
-            "",
-            "<= 20",
-            verdict(tree_extra <= 20),
-        )
+        "6",
+        name,
+        f"non-message rows after {turns} turns (8 sessions)",
+        f"{tree_extra:,}",
+        "",
+        "<= 20",
+        verdict(tree_extra <= 20),
     )
     for what, label in (
         ("resume", f"load_session + get_messages(limit={TAIL})"),
@@ -774,20 +675,16 @@ async def bench_window(backend: Backend, sizes: Sizes, table: Table) -> None:
     ):
         p = after[(what, "plain")]
         b0, b1 = before[(what, "wb-0")], after[(what, "wb-0")]
-        table.add(Row("6", name, f"{label} x{repeats}: plain, {keep:,} messages", ms(p)))
+        table.add("6", name, f"{label} x{repeats}: plain, {keep:,} messages", ms(p))
+        table.add("6", name, "  a branch of 'w' before the turns", ms(b0), f"{b0 / p:.2f}x plain")
         table.add(
-            Row("6", name, "  a branch of 'w' before the turns", ms(b0), f"{b0 / p:.2f}x plain")
-        )
-        table.add(
-            Row(
-                "6",
-                name,
-                f"  the same branch after {turns} turns",
-                ms(b1),
-                f"{b1 / b0:.2f}x before",
-                f"<= {RATIO_LIMIT:.2f}x",
-                verdict(b1 / b0 <= RATIO_LIMIT),
-            )
+            "6",
+            name,
+            f"  the same branch after {turns} turns",
+            ms(b1),
+            f"{b1 / b0:.2f}x before",
+            f"<= {RATIO_LIMIT:.2f}x",
+            verdict(b1 / b0 <= RATIO_LIMIT),
         )
 
 
@@ -814,13 +711,10 @@ async def run(backend: Backend, sizes: Sizes, parts: set[str], table: Table) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument(
-        "--only",
-        choices=("1", "2", "3", "4", "5", "6"),
-        action="append",
-        help="run only these parts (1 fork, 2 or 3 deep-branch reads, 4 storage, 5 a chain "
+    parser = arguments(
+        __doc__,
+        ("1", "2", "3", "4", "5", "6"),
+        "run only these parts (1 fork, 2 or 3 deep-branch reads, 4 storage, 5 a chain "
         "of forks, 6 a sliding window under branches; repeatable)",
     )
     parser.add_argument(
@@ -832,17 +726,11 @@ def main(argv: list[str] | None = None) -> int:
     parts = {"2" if p == "3" else p for p in args.only or ("1", "2", "4", "5", "6")}
     backends = set(args.backend or ("sqlite", "postgresql"))
 
-    for i in range(TEXTS):
-        content(i)
-    print(
-        f"Python {platform.python_version()} ({platform.machine()}, {os.cpu_count()} cpus), "
-        f"sqlite {sqlite3.sqlite_version}, coda-session {version('coda-session')}"
-    )
-    print(
-        f"mode: {'quick' if args.quick else 'full'}; medians of repeated perf_counter timings; "
-        "ratios between figures of the same run"
-    )
-    table = Table()
+    build_texts()
+    print(environment("coda-session", sqlite=True))
+    how = "medians of repeated perf_counter timings; ratios between figures of the same run"
+    print(mode(args.quick, how))
+    table = Table(TABLE_HEAD, left=3, shown=(3, 4, 6))
     started = time.perf_counter()
     if "sqlite" in backends:
         work = Path(tempfile.mkdtemp(prefix="coda-bench-branching-"))
@@ -850,20 +738,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run(SQLite(work), sizes, parts, table))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    if "postgresql" in backends:
-        url = configured_url()
-        if url is None:
-            print(
-                "PostgreSQL rows skipped: neither CODA_BENCH_POSTGRES_URL nor "
-                'CODA_TEST_POSTGRES_URL is set (eval "$(scripts/pg-test-server start)" starts one)'
-            )
-        else:
-            try:
-                import asyncpg  # noqa: F401
-            except ImportError:
-                print("PostgreSQL rows skipped: asyncpg is not installed")
-            else:
-                asyncio.run(run(PostgreSQL(Server(url)), sizes, parts, table))
+    if "postgresql" in backends and (url := postgres_url()) is not None:
+        asyncio.run(run(PostgreSQL(Server(url)), sizes, parts, table))
     table.print()
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
     return 0

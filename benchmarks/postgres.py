@@ -19,29 +19,46 @@ Each target prints PASS or MISS; nothing fails on timing and the script exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
-import os
-import platform
-import secrets
 import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from typing import Any
 
-from bench import TAIL, TEXTS, content, median, message, plain, rotate, section
-from sqlalchemy.engine import URL, make_url
+from harness import (
+    TAIL,
+    TEXTS,
+    Server,
+    Table,
+    append_rounds,
+    arguments,
+    build_texts,
+    content,
+    environment,
+    interleaved,
+    median,
+    message,
+    mode,
+    plain,
+    postgres_url,
+    resume,
+    resume_sync,
+    save_new,
+    save_new_sync,
+    section,
+    time_each,
+    time_each_async,
+    us,
+    verdict,
+)
 
 from coda_session import AsyncSessionManager, SessionConfig, SessionManager
 from coda_session.repository.sql.postgresql import statements as pg_sql
-
-URL_VARIABLES = ("CODA_BENCH_POSTGRES_URL", "CODA_TEST_POSTGRES_URL")
 
 #: The size limit the library passes with every save ($9 of APPEND); the baseline checks
 #: the same one.
@@ -86,53 +103,7 @@ QUICK = Sizes(
     list_repeats=10,
 )
 
-# -- results ----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    key: str
-    label: str
-    ours: str = ""
-    raw: str = ""
-    ratio: str = ""
-    target: str = ""
-    verdict: str = ""
-
-
-@dataclass
-class Table:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        shown = " ".join(x for x in (row.ours, row.raw, row.ratio) if x)
-        print(f"  .. {row.key} {row.label}: {shown}".rstrip(), flush=True)
-
-    def print(self) -> None:
-        head = Row("#", "measurement", "ours", "raw", "ratio", "target", "verdict")
-        rows = [head, *self.rows]
-        names = ("key", "label", "ours", "raw", "ratio", "target")
-        widths = [max(len(getattr(r, name)) for r in rows) for name in names]
-
-        def line(r: Row) -> str:
-            cells = [getattr(r, name) for name in names]
-            left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2], strict=True)]
-            right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
-            return "  ".join([*left, *right, r.verdict]).rstrip()
-
-        print()
-        print(line(head))
-        print("-" * len(line(head)))
-        for r in self.rows:
-            print(line(r))
-        for note in self.notes:
-            print(note)
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f} µs"
+TABLE_HEAD = ("#", "measurement", "ours", "raw", "ratio", "target", "verdict")
 
 
 def compare(
@@ -141,79 +112,14 @@ def compare(
     """A row of ours against raw: ratio ours / raw, checked against ``limit`` if given."""
     ratio = ours / raw
     table.add(
-        Row(
-            key,
-            label,
-            us(ours),
-            us(raw),
-            f"{ratio:.2f}x",
-            f"<= {limit:.2f}x" if limit is not None else "",
-            ("PASS" if ratio <= limit else "MISS") if limit is not None else "",
-        )
+        key,
+        label,
+        us(ours),
+        us(raw),
+        f"{ratio:.2f}x",
+        f"<= {limit:.2f}x" if limit is not None else "",
+        verdict(ratio <= limit) if limit is not None else "",
     )
-
-
-# -- the server -------------------------------------------------------------------------
-
-
-class Server:
-    """The configured server: databases of this run, made and dropped here."""
-
-    def __init__(self, url: str) -> None:
-        self.url: URL = make_url(url)
-        self.tag = f"bench_{secrets.token_hex(4)}"
-        self.made: list[str] = []
-
-    def _args(self, database: str | None) -> dict[str, Any]:
-        url = self.url if database is None else self.url.set(database=database)
-        args = url.translate_connect_args(username="user")
-        args.update({k: v for k, v in url.query.items() if isinstance(v, str)})
-        return args
-
-    async def connect(self, database: str | None = None) -> Any:
-        """A raw asyncpg connection (the library's session settings: UTC)."""
-        import asyncpg
-
-        return await asyncpg.connect(
-            **self._args(database), timeout=30, server_settings={"TimeZone": "UTC"}
-        )
-
-    async def admin(self, *statements: str) -> None:
-        conn = await self.connect()
-        try:
-            for stmt in statements:
-                await conn.execute(stmt)
-        finally:
-            await conn.close()
-
-    async def create(self, part: str) -> str:
-        name = f"{self.tag}_{part}"
-        await self.admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        self.made.append(name)
-        return name
-
-    def library_config(self, database: str) -> dict[str, Any]:
-        url = self.url.set(database=database).render_as_string(hide_password=False)
-        return {"session": {"database_url": url}}
-
-    async def version(self) -> tuple[str, str]:
-        """The server's version, and its durability settings (commits wait for the disk
-        unless these say otherwise)."""
-        conn = await self.connect()
-        try:
-            found = str(await conn.fetchval("SHOW server_version"))
-            settings = [
-                f"{name}={await conn.fetchval(f'SHOW {name}')}"
-                for name in ("fsync", "synchronous_commit")
-            ]
-        finally:
-            await conn.close()
-        return found, ", ".join(settings)
-
-    async def drop_all(self) -> None:
-        made, self.made = self.made, []
-        if made:
-            await self.admin(*(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in made))
 
 
 async def session_row(conn: Any, name: str) -> tuple[str, int]:
@@ -297,7 +203,6 @@ async def bench_append(server: Server, sizes: Sizes, table: Table) -> None:
     cfg = server.library_config(db)
     conn = await server.connect(db)
     kinds = ("raw", "raw_naive", "async", "sync")
-    samples: dict[str, list[float]] = {k: [] for k in kinds}
     try:
         async with AsyncSessionManager(cfg) as am:
             with SessionManager(cfg) as sm:
@@ -310,65 +215,36 @@ async def bench_append(server: Server, sizes: Sizes, table: Table) -> None:
                 counter = 0
                 stored: dict[str, int] = dict.fromkeys(kinds, 0)
 
-                async def run_async(n: int) -> list[float]:
-                    nonlocal counter
-                    out = []
-                    for _ in range(n):
-                        counter += 1
-                        t0 = time.perf_counter()
-                        a_sess.add_message(message(counter % TEXTS))
-                        await am.save_session(a_sess)
-                        out.append(time.perf_counter() - t0)
-                    return out
+                async def append_async(i: int) -> None:
+                    a_sess.add_message(message(i))
+                    await am.save_session(a_sess)
 
-                def run_sync(n: int) -> list[float]:
-                    nonlocal counter
-                    out = []
-                    for _ in range(n):
-                        counter += 1
-                        t0 = time.perf_counter()
-                        s_sess.add_message(message(counter % TEXTS))
-                        sm.save_session(s_sess)
-                        out.append(time.perf_counter() - t0)
-                    return out
+                def append_sync(i: int) -> None:
+                    s_sess.add_message(message(i))
+                    sm.save_session(s_sess)
 
-                async def run_raw(n: int) -> list[float]:
-                    nonlocal counter
-                    out = []
-                    for _ in range(n):
-                        counter += 1
-                        t0 = time.perf_counter()
-                        row = raw_fields(counter % TEXTS)
-                        await raw_append_rows(conn, raw_sid, raw_version, [row])
-                        out.append(time.perf_counter() - t0)
-                    return out
+                async def append_raw(i: int) -> None:
+                    await raw_append_rows(conn, raw_sid, raw_version, [raw_fields(i)])
 
-                async def run_naive(n: int) -> list[float]:
-                    nonlocal counter
-                    out = []
-                    for _ in range(n):
-                        counter += 1
-                        t0 = time.perf_counter()
-                        await raw_append_naive(conn, naive_sid, counter % TEXTS)
-                        out.append(time.perf_counter() - t0)
-                    return out
+                async def append_naive(i: int) -> None:
+                    await raw_append_naive(conn, naive_sid, i)
 
                 async def one(kind: str, n: int) -> list[float]:
+                    nonlocal counter
                     stored[kind] += n
+                    indexes = [(counter + k) % TEXTS for k in range(1, n + 1)]
+                    counter += n
                     if kind == "async":
-                        return await run_async(n)
+                        return await time_each_async(append_async, indexes)
                     if kind == "sync":
-                        return plain(run_sync, n)
+                        return plain(time_each, append_sync, indexes)
                     if kind == "raw":
-                        return await run_raw(n)
-                    return await run_naive(n)
+                        return await time_each_async(append_raw, indexes)
+                    return await time_each_async(append_naive, indexes)
 
-                for kind in kinds:  # warm up: statements prepared, caches filled
-                    await one(kind, 20)
-                per_round = sizes.append_ops // sizes.append_rounds
-                for r in range(sizes.append_rounds):
-                    for kind in rotate(list(kinds), r):
-                        samples[kind] += await one(kind, per_round)
+                samples, _, n = await append_rounds(
+                    one, kinds, sizes.append_ops, sizes.append_rounds
+                )
 
                 # every contender's appends are all stored, and the library reads the raw
                 # ones back as its own
@@ -396,26 +272,20 @@ async def bench_append(server: Server, sizes: Sizes, table: Table) -> None:
     finally:
         await conn.close()
 
-    n = per_round * sizes.append_rounds
     base, naive = median(samples["raw"]), median(samples["raw_naive"])
-    table.add(Row("1", "one round trip: raw SELECT 1 (for scale)", "", us(median(trip))))
+    table.add("1", "one round trip: raw SELECT 1 (for scale)", "", us(median(trip)))
     table.add(
-        Row(
-            "1",
-            f"durable append x{n}: raw, pg_sql.APPEND (the library's statement, same "
-            "params; 1 trip)",
-            "",
-            us(base),
-        )
+        "1",
+        f"durable append x{n}: raw, pg_sql.APPEND (the library's statement, same params; 1 trip)",
+        "",
+        us(base),
     )
     table.add(
-        Row(
-            "1",
-            "  raw naive: BEGIN; SELECT..FOR UPDATE; INSERT..RETURNING; UPDATE; COMMIT (5 trips)",
-            "",
-            us(naive),
-            f"{naive / base:.2f}x APPEND",
-        )
+        "1",
+        "  raw naive: BEGIN; SELECT..FOR UPDATE; INSERT..RETURNING; UPDATE; COMMIT (5 trips)",
+        "",
+        us(naive),
+        f"{naive / base:.2f}x APPEND",
     )
     for kind, label in (
         ("async", "async API: add_message + save_session"),
@@ -435,13 +305,15 @@ async def bench_bulk(server: Server, sizes: Sizes, table: Table) -> None:
     conn = await server.connect(db)
     n = sizes.bulk_messages
     kinds = ("raw", "async", "sync")
-    times: dict[str, list[float]] = {k: [] for k in kinds}
     try:
         async with AsyncSessionManager(cfg) as am:
             with SessionManager(cfg) as sm:
+                # the warm-up's sessions are <kind>--1, the timed ones <kind>-0, <kind>-1, ...
+                made = dict.fromkeys(kinds, -1)
 
-                async def once(kind: str, rep: int) -> float:
-                    name = f"{kind}-{rep}"
+                async def once(kind: str) -> float:
+                    name = f"{kind}-{made[kind]}"
+                    made[kind] += 1
                     if kind == "raw":
                         await am.create_session(name)  # the raw program's session (untimed)
                         sid, ver = await session_row(conn, name)
@@ -452,28 +324,10 @@ async def bench_bulk(server: Server, sizes: Sizes, table: Table) -> None:
                         assert len(ids) == n
                         return took
                     if kind == "async":
-                        a_sess = await am.create_session(name)
-                        for i in range(n):
-                            a_sess.add_message(message(i))
-                        t0 = time.perf_counter()
-                        await am.save_session(a_sess)
-                        return time.perf_counter() - t0
+                        return await save_new(am, name, n)
+                    return plain(save_new_sync, sm, name, n)
 
-                    def bulk_sync() -> float:
-                        s_sess = sm.create_session(name)
-                        for i in range(n):
-                            s_sess.add_message(message(i))
-                        t0 = time.perf_counter()
-                        sm.save_session(s_sess)
-                        return time.perf_counter() - t0
-
-                    return plain(bulk_sync)
-
-                for kind in kinds:  # warm up
-                    await once(kind, -1)
-                for rep in range(sizes.bulk_repeats):
-                    for kind in rotate(list(kinds), rep):
-                        times[kind].append(await once(kind, rep))
+                times = await interleaved(once, kinds, sizes.bulk_repeats)
                 for kind in kinds:
                     back = await am.load_session(f"{kind}-0")
                     assert back.message_count == n, (kind, back.message_count)
@@ -485,12 +339,10 @@ async def bench_bulk(server: Server, sizes: Sizes, table: Table) -> None:
     base = median(times["raw"])
     reps = sizes.bulk_repeats
     table.add(
-        Row(
-            "2",
-            f"save {n:,} new messages x{reps}: raw, pg_sql.APPEND with arrays (same params)",
-            "",
-            us(base),
-        )
+        "2",
+        f"save {n:,} new messages x{reps}: raw, pg_sql.APPEND with arrays (same params)",
+        "",
+        us(base),
     )
     for kind in ("async", "sync"):
         compare(table, "2", f"  {kind} save_session", median(times[kind]), base, 2.0)
@@ -551,9 +403,7 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
     db = await server.create("resume")
     cfg = server.library_config(db)
     conn = await server.connect(db)
-    times: dict[tuple[str, str], list[float]] = {
-        (api, name): [] for api in ("raw", "async", "sync") for name in ("big", "small")
-    }
+    keys = [(api, name) for api in ("raw", "async", "sync") for name in ("big", "small")]
     try:
         async with AsyncSessionManager(cfg) as am:
             await am.create_session("big")
@@ -590,22 +440,6 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
 
             with SessionManager(cfg) as sm:
 
-                async def resume_async(name: str) -> float:
-                    t0 = time.perf_counter()
-                    a_sess = await am.load_session(name)
-                    got = await a_sess.get_messages(limit=TAIL)
-                    took = time.perf_counter() - t0
-                    assert len(got) == TAIL
-                    return took
-
-                def resume_sync(name: str) -> float:
-                    t0 = time.perf_counter()
-                    s_sess = sm.load_session(name)
-                    got = s_sess.get_messages(limit=TAIL)
-                    took = time.perf_counter() - t0
-                    assert len(got) == TAIL
-                    return took
-
                 async def resume_raw(name: str) -> float:
                     t0 = time.perf_counter()
                     got = raw_tail(await conn.fetch(pg_sql.LOAD_BY_NAME, name, TAIL))
@@ -613,38 +447,29 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
                     assert len(got) == TAIL
                     return took
 
-                async def one(api: str, name: str) -> float:
+                async def one(key: tuple[str, str]) -> float:
+                    api, name = key
                     if api == "async":
-                        return await resume_async(name)
+                        return await resume(am, name)
                     if api == "sync":
-                        return plain(resume_sync, name)
+                        return plain(resume_sync, sm, name)
                     return await resume_raw(name)
 
-                keys = list(times)
-                for key in keys:  # warm up
-                    for _ in range(5):
-                        await one(*key)
-                for rep in range(sizes.resume_repeats):
-                    for key in rotate(keys, rep):
-                        times[key].append(await one(*key))
+                times = await interleaved(one, keys, sizes.resume_repeats, warmup=5)
     finally:
         await conn.close()
 
     reps = sizes.resume_repeats
     med = {key: median(v) for key, v in times.items()}
     table.add(
-        Row(
-            "3",
-            f"resume + get_messages(limit=50) x{reps}: raw, pg_sql.LOAD_BY_NAME -> dicts, "
-            f"{small:,} msgs",
-            "",
-            us(med[("raw", "small")]),
-        )
+        "3",
+        f"resume + get_messages(limit=50) x{reps}: raw, pg_sql.LOAD_BY_NAME -> dicts, "
+        f"{small:,} msgs",
+        "",
+        us(med[("raw", "small")]),
     )
     raw_scale = med[("raw", "big")] / med[("raw", "small")]
-    table.add(
-        Row("3", f"  raw, {big:,} msgs", "", us(med[("raw", "big")]), f"{raw_scale:.2f}x small")
-    )
+    table.add("3", f"  raw, {big:,} msgs", "", us(med[("raw", "big")]), f"{raw_scale:.2f}x small")
     for api in ("async", "sync"):
         for name, count in (("small", small), ("big", big)):
             compare(
@@ -658,15 +483,13 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
         mine_big, mine_small = med[(api, "big")], med[(api, "small")]
         scale = mine_big / mine_small
         table.add(
-            Row(
-                "3",
-                f"  {api}: {big:,} msgs vs {small:,} msgs (ours / ours)",
-                us(mine_big),
-                "",
-                f"{scale:.2f}x small",
-                "<= 1.50x",
-                "PASS" if scale <= 1.5 else "MISS",
-            )
+            "3",
+            f"  {api}: {big:,} msgs vs {small:,} msgs (ours / ours)",
+            us(mine_big),
+            "",
+            f"{scale:.2f}x small",
+            "<= 1.50x",
+            verdict(scale <= 1.5),
         )
 
 
@@ -706,7 +529,6 @@ async def bench_list(server: Server, sizes: Sizes, table: Table) -> None:
     cfg = server.library_config(db)
     conn = await server.connect(db)
     kinds = ("raw", "raw-paused", "async", "sync")
-    times: dict[str, list[float]] = {k: [] for k in kinds}
     fetch_only: list[float] = []
     try:
         async with AsyncSessionManager(cfg) as am:
@@ -771,11 +593,7 @@ async def bench_list(server: Server, sizes: Sizes, table: Table) -> None:
                     assert len(listed) == n
                     return took
 
-                for kind in kinds:  # warm up
-                    await once(kind)
-                for rep in range(sizes.list_repeats):
-                    for kind in rotate(list(kinds), rep):
-                        times[kind].append(await once(kind))
+                times = await interleaved(once, kinds, sizes.list_repeats)
                 for _ in range(sizes.list_repeats):
                     t0 = time.perf_counter()
                     await conn.fetch(RAW_LIST)
@@ -786,26 +604,22 @@ async def bench_list(server: Server, sizes: Sizes, table: Table) -> None:
     base = median(times["raw"])
     reps = sizes.list_repeats
     table.add(
-        Row(
-            "4",
-            f"list {n:,} sessions x{reps}: raw SELECT .. ORDER BY created_at, name -> tuples "
-            "(metadata json.loads)",
-            "",
-            us(base),
-        )
+        "4",
+        f"list {n:,} sessions x{reps}: raw SELECT .. ORDER BY created_at, name -> tuples "
+        "(metadata json.loads)",
+        "",
+        us(base),
     )
     paused = median(times["raw-paused"])
     table.add(
-        Row(
-            "4",
-            "  raw, tuples built with the collector paused (as list_sessions does)",
-            "",
-            us(paused),
-            f"{paused / base:.2f}x raw",
-        )
+        "4",
+        "  raw, tuples built with the collector paused (as list_sessions does)",
+        "",
+        us(paused),
+        f"{paused / base:.2f}x raw",
     )
     table.add(
-        Row("4", "  raw fetch alone (asyncpg Records, no Python work)", "", us(median(fetch_only)))
+        "4", "  raw fetch alone (asyncpg Records, no Python work)", "", us(median(fetch_only))
     )
     for kind in ("async", "sync"):
         compare(table, "4", f"  {kind} list_sessions()", median(times[kind]), base, 2.0)
@@ -814,30 +628,23 @@ async def bench_list(server: Server, sizes: Sizes, table: Table) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def configured_url() -> str | None:
-    for name in URL_VARIABLES:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
-
-
 Bench = Callable[[Server, Sizes, Table], Awaitable[None]]
 
 
 async def run(url: str, sizes: Sizes, parts: set[str], quick: bool) -> Table:
     server = Server(url)
-    table = Table()
+    table = Table(TABLE_HEAD, left=2, shown=(2, 3, 4))
     server_version, durability = await server.version()
     print(
         f"PostgreSQL {server_version} ({durability}) at {server.url.host}:{server.url.port}; "
-        f"Python {platform.python_version()} ({platform.machine()}, {os.cpu_count()} cpus), "
-        f"asyncpg {version('asyncpg')}, SQLAlchemy {version('sqlalchemy')}, "
-        f"coda-session {version('coda-session')}"
+        + environment("asyncpg", "SQLAlchemy", "coda-session")
     )
     print(
-        f"mode: {'quick' if quick else 'full'}; medians of per-operation perf_counter timings "
-        "from one run (on a shared machine: compare ratios, not figures); ratio = ours / raw"
+        mode(
+            quick,
+            "medians of per-operation perf_counter timings from one run (on a shared machine: "
+            "compare ratios, not figures); ratio = ours / raw",
+        )
     )
     benches: tuple[tuple[str, str, Bench], ...] = (
         ("1", "1. durable append", bench_append),
@@ -859,32 +666,11 @@ async def run(url: str, sizes: Sizes, parts: set[str], quick: bool) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument(
-        "--only",
-        choices=("1", "2", "3", "4"),
-        action="append",
-        help="run only these parts (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    url = configured_url()
+    args = arguments(__doc__, ("1", "2", "3", "4")).parse_args(argv)
+    url = postgres_url()
     if url is None:
-        print(
-            "PostgreSQL rows skipped: neither CODA_BENCH_POSTGRES_URL nor CODA_TEST_POSTGRES_URL "
-            'is set (eval "$(scripts/pg-test-server start)" starts a server)'
-        )
         return 0
-    try:
-        import asyncpg  # noqa: F401
-    except ImportError:
-        print(
-            "PostgreSQL rows skipped: asyncpg is not installed "
-            '(pip install "asyncpg>=0.29,<0.33", or pip install -e ".[postgresql]" here)'
-        )
-        return 0
-    for i in range(TEXTS):
-        content(i)
+    build_texts()
     started = time.perf_counter()
     table = asyncio.run(
         run(url, QUICK if args.quick else FULL, set(args.only or "1234"), args.quick)

@@ -7,7 +7,6 @@ child that only opens the manager.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -16,6 +15,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import arguments
 
 CHILD = r"""
 import json, resource, sys, time
@@ -150,9 +151,7 @@ def compression(work: Path, n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100k messages instead of 1M")
-    args = parser.parse_args()
+    args = arguments(__doc__, quick_help="100k messages instead of 1M").parse_args()
     n = 100_000 if args.quick else 1_000_000
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

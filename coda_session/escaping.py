@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["ESCAPE", "escape", "escape_json", "needs_escape", "unescape", "unescape_json"]
+__all__ = ["ESCAPE", "escape", "escape_json", "unescape", "unescape_json"]
 
 #: The escape character of the stored form (U+241B SYMBOL FOR ESCAPE, shown as ``␛``).
 ESCAPE = "\u241b"
@@ -39,11 +39,6 @@ def _code(match: re.Match[str]) -> str:
 
 def _char(match: re.Match[str]) -> str:
     return chr(int(match.group(1), 16))
-
-
-def needs_escape(text: str) -> bool:
-    """Whether ``text`` holds a NUL, a lone surrogate or the escape character."""
-    return _SPECIAL.search(text) is not None
 
 
 def escape(text: str) -> str:

@@ -26,6 +26,7 @@ from .errors import (
     SessionNotFoundError,
     UnsavedChangesWarning,
 )
+from .exithook import before_threads_join
 from .loopsafe import LoopSafeLock
 from .models import SessionInfo, SessionRecord
 from .repository.custom import SessionStorage, StorageAdapter
@@ -212,24 +213,6 @@ async def _sentinel(core: _Core, holder: list[Any]) -> AsyncGenerator[None, None
 #: Managers with unsaved changes, not closed: held (and their sessions with them) until
 #: the changes are saved or discarded, the manager closes, or the interpreter exits
 _holding: set[_Core] = set()
-_exit_hook_lock = threading.Lock()
-_exit_hook_installed = False
-
-
-def _install_exit_hook() -> None:
-    global _exit_hook_installed
-    with _exit_hook_lock:
-        if _exit_hook_installed:
-            return
-        # before the interpreter joins threads, as the blocking API's own hook
-        register = getattr(threading, "_register_atexit", None)
-        if register is not None:
-            register(_settle_at_exit)
-        else:  # pragma: no cover - CPython has had it since 3.9
-            import atexit
-
-            atexit.register(_settle_at_exit)
-        _exit_hook_installed = True
 
 
 def _settle_at_exit() -> None:
@@ -290,7 +273,8 @@ class AsyncSessionManager:
         # the blocking API runs its loop only during calls and times autosaves itself
         self._autosave_in_loop = True
         weakref.finalize(self, _abandon, core).atexit = False
-        _install_exit_hook()
+        # before the interpreter joins threads, as the blocking API's own hook
+        before_threads_join(_settle_at_exit)
 
     @property
     def config(self) -> SessionConfig:

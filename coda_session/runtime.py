@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from .errors import ManagerClosedError, SessionError
+from .exithook import before_threads_join
 
 __all__ = [
     "CANCEL_WAIT",
@@ -44,8 +45,6 @@ class Closeable(Protocol):
 
 
 _live: weakref.WeakSet[Closeable] = weakref.WeakSet()
-_hook_lock = threading.Lock()
-_hook_installed = False
 
 #: What a call of a blocking manager inherited across ``fork()`` raises in the child: the
 #: manager's lock, loop and connections belong to the parent (another of its threads may
@@ -58,11 +57,10 @@ _pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _hook_lock
+    global _pid
     _pid = os.getpid()
-    # another thread may have held the lock at the fork; the parent's managers are not
-    # this process's to close at exit (their connections and threads stayed behind)
-    _hook_lock = threading.Lock()
+    # the parent's managers are not this process's to close at exit (their connections
+    # and threads stayed behind)
     _live.clear()
 
 
@@ -80,30 +78,15 @@ def _close_all_at_exit() -> None:
 def close_at_exit(closeable: Closeable) -> None:
     """Close ``closeable`` when the interpreter exits, unless it is forgotten first
     (:func:`forget_at_exit`) or garbage-collected."""
-    _install_exit_hook()
+    # before the interpreter joins threads, so managers never closed by their owner are
+    # closed cleanly (their files checkpointed) instead of abandoned
+    before_threads_join(_close_all_at_exit)
     _live.add(closeable)
 
 
 def forget_at_exit(closeable: Closeable) -> None:
     """Undo :func:`close_at_exit` (the object was closed by its owner)."""
     _live.discard(closeable)
-
-
-def _install_exit_hook() -> None:
-    global _hook_installed
-    with _hook_lock:
-        if _hook_installed:
-            return
-        # runs before the interpreter joins threads, so managers never closed by their
-        # owner are closed cleanly (their files checkpointed) instead of abandoned
-        register = getattr(threading, "_register_atexit", None)
-        if register is not None:
-            register(_close_all_at_exit)
-        else:  # pragma: no cover - CPython has had it since 3.9
-            import atexit
-
-            atexit.register(_close_all_at_exit)
-        _hook_installed = True
 
 
 #: How long close() waits for a call another thread has under way before cancelling it,

@@ -109,14 +109,7 @@ def _autostarted_url() -> str:
         if failed.exists():
             pytest.fail(failed.read_text(), pytrace=False)
         if not url_file.exists():
-            started = subprocess.run(
-                [str(PG_SCRIPT), "start"],
-                env={**os.environ, "CODA_PG_DIR": str(run / "server")},
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            started = _pg_script("start", run)
             if started.returncode != 0:
                 failed.write_text(
                     f"scripts/pg-test-server could not start a throwaway server in {run}: "
@@ -136,6 +129,18 @@ def _autostarted_url() -> str:
 
 
 _PG_RUN_PREFIX = "coda-test-pg-"
+
+
+def _pg_script(command: str, run: Path) -> subprocess.CompletedProcess[str]:
+    """``scripts/pg-test-server <command>`` on the server of the run in ``run``."""
+    return subprocess.run(
+        [str(PG_SCRIPT), command],
+        env={**os.environ, "CODA_PG_DIR": str(run / "server")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _stop_orphans() -> None:
@@ -170,14 +175,7 @@ def stop_pg_autostart(run: Path) -> str:
     users = set((run / "users").read_text().split()) if (run / "users").exists() else set()
     said = ""
     if (run / "server").exists():  # started, or its start was cut short
-        stopped = subprocess.run(
-            [str(PG_SCRIPT), "stop"],
-            env={**os.environ, "CODA_PG_DIR": str(run / "server")},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        stopped = _pg_script("stop", run)
         if stopped.returncode != 0:
             return f"could not stop the throwaway server in {run}: {stopped.stderr.strip()}"
         said = f"started {len(starts)} time(s), used by {len(users)} process(es), stopped"
@@ -389,6 +387,31 @@ class JsonDirStorage(SessionStorage):
         if not self.directory.exists():
             return []
         return [self._read(p).info() for p in sorted(self.directory.glob("*.json"))]
+
+
+class DictStorage(SessionStorage):
+    """A user's storage in a dict: it keeps deep copies of what it is given, counts the
+    saves, and keeps the messages of the last one as given (``seen``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, SessionData] = {}
+        self.saves = 0
+        self.seen: list[dict[str, Any]] = []
+
+    def save(self, session: SessionData) -> None:
+        self.saves += 1
+        self.seen = session.get_messages()
+        self.data[session.name] = session.model_copy(deep=True)
+
+    def load(self, name: str) -> SessionData | None:
+        found = self.data.get(name)
+        return None if found is None else found.model_copy(deep=True)
+
+    def delete(self, name: str) -> None:
+        self.data.pop(name, None)
+
+    def list_all(self) -> list[SessionInfo]:
+        return [s.info() for s in self.data.values()]
 
 
 class Store:

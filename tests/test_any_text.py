@@ -25,16 +25,13 @@ from hypothesis import strategies as st
 
 from coda_session import (
     AsyncSessionManager,
-    SessionData,
-    SessionInfo,
     SessionManager,
-    SessionStorage,
 )
 from coda_session.codec import dumps_metadata, encode_message, measure_message, read_metadata
 from coda_session.errors import InvalidMessageError
 from coda_session.escaping import ESCAPE, escape, escape_json, unescape, unescape_json
 from coda_session.migrate import HEAD_REVISION
-from tests.support import BACKENDS, Store, alembic
+from tests.support import BACKENDS, DictStorage, Store, alembic
 
 SQLITE = ("sqlite", "sqlite-core")
 TS = "2026-12-08T10:00:00.000000+00:00"
@@ -229,30 +226,8 @@ async def test_stored_sqlite_text_is_the_documented_form(store: Store, compress:
     assert meta[0]["m\u241b241b0000"] == "\u241b241b0000"
 
 
-class RecordingStorage(SessionStorage):
-    """A user storage that keeps what it is given as plain Python values and returns it."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, SessionData] = {}
-        self.seen: list[dict[str, Any]] = []
-
-    def save(self, session: SessionData) -> None:
-        self.seen = session.get_messages()
-        self.data[session.name] = session.model_copy(deep=True)
-
-    def load(self, name: str) -> SessionData | None:
-        found = self.data.get(name)
-        return None if found is None else found.model_copy(deep=True)
-
-    def delete(self, name: str) -> None:
-        self.data.pop(name, None)
-
-    def list_all(self) -> list[SessionInfo]:
-        return [s.info() for s in self.data.values()]
-
-
 async def test_custom_storage_gets_the_original_strings() -> None:
-    storage = RecordingStorage()
+    storage = DictStorage()
     async with AsyncSessionManager({"session": {}}, storage=storage) as m:
         messages = await _write(m)
     assert storage.seen == messages  # the originals, never the stored form

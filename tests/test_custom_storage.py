@@ -12,29 +12,9 @@ from coda_session import (
     SessionInfo,
     SessionManager,
     SessionNotFoundError,
-    SessionStorage,
     StorageError,
 )
-
-
-class DictStorage(SessionStorage):
-    def __init__(self) -> None:
-        self.data: dict[str, SessionData] = {}
-        self.saves = 0
-
-    def save(self, session: SessionData) -> None:
-        self.saves += 1
-        self.data[session.name] = session.model_copy(deep=True)
-
-    def load(self, name: str) -> SessionData | None:
-        found = self.data.get(name)
-        return None if found is None else found.model_copy(deep=True)
-
-    def delete(self, name: str) -> None:
-        self.data.pop(name, None)
-
-    def list_all(self) -> list[SessionInfo]:
-        return [s.info() for s in self.data.values()]
+from tests.support import DictStorage
 
 
 def test_sync_manager_with_custom_storage() -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -46,6 +48,38 @@ def _threads(target: Any) -> list[BaseException]:
     return failed
 
 
+def _in_loops(writes: Callable[[int], Coroutine[Any, Any, None]]) -> list[BaseException]:
+    """``asyncio.run(writes(i))`` in THREADS threads started together, each thread with a
+    loop of its own; the exceptions they raised."""
+    return _threads(lambda i: asyncio.run(writes(i)))
+
+
+@contextmanager
+def _closing(manager: AsyncSessionManager) -> Iterator[AsyncSessionManager]:
+    try:
+        yield manager
+    finally:
+        asyncio.run(manager.close())
+
+
+class _Acks:
+    """The messages whose save returned, in any thread."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.lock = threading.Lock()
+
+    async def save(self, manager: AsyncSessionManager, session: Any, text: str) -> None:
+        session.add_message(user(text))
+        await manager.save_session(session)
+        with self.lock:
+            self.texts.append(text)
+
+    async def write(self, manager: AsyncSessionManager, name: str, text: str) -> None:
+        """Resume ``name`` (made if missing), add ``text`` and save."""
+        await self.save(manager, await manager.create_session(name), text)
+
+
 def _stored(manager: AsyncSessionManager, name: str) -> list[str]:
     async def read() -> list[str]:
         session = await manager.load_session(name)
@@ -65,8 +99,8 @@ def test_threads_with_loops_after_the_first_loop_closed(store: Store) -> None:
     """The issue's repro: first used on a loop that has since closed, then five threads,
     each with its own loop, save into one session through the one manager."""
     manager = store.async_manager(autosave_interval=0)
-    acked: list[str] = []
-    lock = threading.Lock()
+    acks = _Acks()
+    acked = acks.texts
 
     async def first() -> None:
         session = await manager.create_session("shared")
@@ -76,143 +110,95 @@ def test_threads_with_loops_after_the_first_loop_closed(store: Store) -> None:
     asyncio.run(first())
     acked.append("before")
 
-    def work(i: int) -> None:
-        async def writes() -> None:
-            for k in range(WRITES):
-                session = await manager.create_session("shared")
-                session.add_message(user(f"t{i}-{k}"))
-                await manager.save_session(session)
-                with lock:
-                    acked.append(f"t{i}-{k}")
+    async def writes(i: int) -> None:
+        for k in range(WRITES):
+            await acks.write(manager, "shared", f"t{i}-{k}")
 
-        asyncio.run(writes())
-
-    try:
-        _check(manager, "shared", acked, _threads(work))
-    finally:
-        asyncio.run(manager.close())
+    with _closing(manager):
+        _check(manager, "shared", acked, _in_loops(writes))
 
 
 def test_threads_each_running_a_loop_per_write(store: Store) -> None:
     """First used inside the threads, each thread running one ``asyncio.run`` per write:
     loops come and go in every thread while the others write."""
     manager = store.async_manager(autosave_interval=0)
-    acked: list[str] = []
-    lock = threading.Lock()
+    acks = _Acks()
+    acked = acks.texts
 
     def work(i: int) -> None:
         for k in range(3):
+            asyncio.run(acks.write(manager, "per-write", f"t{i}-{k}"))
 
-            async def one(k: int = k) -> None:
-                session = await manager.create_session("per-write")
-                session.add_message(user(f"t{i}-{k}"))
-                await manager.save_session(session)
-                with lock:
-                    acked.append(f"t{i}-{k}")
-
-            asyncio.run(one())
-
-    try:
+    with _closing(manager):
         _check(manager, "per-write", acked, _threads(work))
-    finally:
-        asyncio.run(manager.close())
 
 
 def test_one_session_object_saved_from_several_loops(store: Store) -> None:
     """One session object, changed and saved from five threads' loops at once: its save
     lock serves every loop, so no message is sent twice or dropped."""
     manager = store.async_manager(autosave_interval=0)
+    session = asyncio.run(manager.create_session("one-object"))
 
-    async def create() -> Any:
-        return await manager.create_session("one-object")
+    async def writes(i: int) -> None:
+        for k in range(WRITES):
+            session.add_message(user(f"t{i}-{k}"))
+            await manager.save_session(session)
 
-    session = asyncio.run(create())
-
-    def work(i: int) -> None:
-        async def writes() -> None:
-            for k in range(WRITES):
-                session.add_message(user(f"t{i}-{k}"))
-                await manager.save_session(session)
-
-        asyncio.run(writes())
-
-    try:
-        failed = _threads(work)
+    with _closing(manager):
+        failed = _in_loops(writes)
         expected = [f"t{i}-{k}" for i in range(THREADS) for k in range(WRITES)]
         _check(manager, "one-object", expected, failed)
         assert not session.has_unsaved_changes
         assert session.message_count == len(expected)
-    finally:
-        asyncio.run(manager.close())
 
 
 def test_reads_and_writes_from_several_loops(store: Store) -> None:
     """Readers and writers on different loops at once: reads never fail and see whole
     saves (a prefix of the writer's messages, in order)."""
     manager = store.async_manager(autosave_interval=0)
+    asyncio.run(manager.create_session("read-write"))
 
-    async def create() -> None:
-        await manager.create_session("read-write")
+    async def write() -> None:
+        session = await manager.load_session("read-write")
+        for k in range(WRITES):
+            session.add_message(user(f"w-{k}"))
+            await manager.save_session(session)
 
-    asyncio.run(create())
-
-    def work(i: int) -> None:
-        async def write() -> None:
+    async def read() -> None:
+        for _ in range(WRITES):
             session = await manager.load_session("read-write")
-            for k in range(WRITES):
-                session.add_message(user(f"w-{k}"))
-                await manager.save_session(session)
+            got = [m["content"] for m in await session.get_messages()]
+            assert got == [f"w-{k}" for k in range(len(got))]
+            await manager.list_sessions()
 
-        async def read() -> None:
-            for _ in range(WRITES):
-                session = await manager.load_session("read-write")
-                got = [m["content"] for m in await session.get_messages()]
-                assert got == [f"w-{k}" for k in range(len(got))]
-                await manager.list_sessions()
+    async def work(i: int) -> None:
+        await (write() if i == 0 else read())
 
-        asyncio.run(write() if i == 0 else read())
-
-    try:
-        _check(manager, "read-write", [f"w-{k}" for k in range(WRITES)], _threads(work))
-    finally:
-        asyncio.run(manager.close())
+    with _closing(manager):
+        _check(manager, "read-write", [f"w-{k}" for k in range(WRITES)], _in_loops(work))
 
 
 def test_close_from_one_loop_while_others_write(store: Store) -> None:
     """A manager closed by one thread while others write: a write either lands (and is
     stored) or raises the library's own error; never an untyped one."""
     manager = store.async_manager()  # close() flushes what the writers left unsaved
-    acked: list[str] = []
-    lock = threading.Lock()
+    acks = _Acks()
+    acked = acks.texts
+    asyncio.run(manager.create_session("closing"))
 
-    async def create() -> None:
-        await manager.create_session("closing")
+    async def writes(i: int) -> None:
+        if i == 0:
+            await asyncio.sleep(0)
+            await manager.close()
+            return
+        for k in range(WRITES):
+            await acks.write(manager, "closing", f"t{i}-{k}")
 
-    asyncio.run(create())
-
-    def work(i: int) -> None:
-        async def writes() -> None:
-            if i == 0:
-                await asyncio.sleep(0)
-                await manager.close()
-                return
-            for k in range(WRITES):
-                session = await manager.create_session("closing")
-                session.add_message(user(f"t{i}-{k}"))
-                await manager.save_session(session)
-                with lock:
-                    acked.append(f"t{i}-{k}")
-
-        asyncio.run(writes())
-
-    failed = _threads(work)
+    failed = _in_loops(writes)
     assert all(isinstance(e, SessionError) for e in failed), failed
-    reopened = store.async_manager()
-    try:
+    with _closing(store.async_manager()) as reopened:
         stored = _stored(reopened, "closing")
         assert set(acked) <= set(stored)
-    finally:
-        asyncio.run(reopened.close())
 
 
 @pytest.mark.parametrize("pool", [1, 2])
@@ -228,27 +214,19 @@ def test_sqlite_loop_connection_shared_by_threads(tmp_path: Any, pool: int) -> N
             }
         }
     )
-    acked: list[str] = []
-    lock = threading.Lock()
+    acks = _Acks()
+    acked = acks.texts
 
-    def work(i: int) -> None:
-        async def writes() -> None:
-            session = await manager.create_session(f"own-{i}")
-            for k in range(WRITES * 3):
-                session.add_message(user(f"t{i}-{k}"))
-                await manager.save_session(session)
-                with lock:
-                    acked.append(f"t{i}-{k}")
+    async def writes(i: int) -> None:
+        session = await manager.create_session(f"own-{i}")
+        for k in range(WRITES * 3):
+            await acks.save(manager, session, f"t{i}-{k}")
 
-        asyncio.run(writes())
-
-    try:
-        failed = _threads(work)
+    with _closing(manager):
+        failed = _in_loops(writes)
         assert failed == []
         stored = [c for i in range(THREADS) for c in _stored(manager, f"own-{i}")]
         assert sorted(stored) == sorted(acked)
-    finally:
-        asyncio.run(manager.close())
 
 
 # -- the lock behind it ---------------------------------------------------------------

@@ -21,9 +21,6 @@ import pytest
 
 from coda_session import (
     AsyncSessionManager,
-    SessionData,
-    SessionInfo,
-    SessionStorage,
     SessionTooLargeError,
 )
 from coda_session.codec import encode_message
@@ -31,7 +28,7 @@ from coda_session.repository import open_repository
 from coda_session.repository.base import SaveRequest
 from coda_session.repository.custom import StorageAdapter
 from coda_session.timeutil import utcnow
-from tests.support import Store
+from tests.support import DictStorage, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TS = "2026-11-24T21:58:54.123456+00:00"
@@ -84,24 +81,6 @@ ODD_MESSAGES: list[dict[str, Any]] = [
     {"role": "tool", "content": [{"text": "\x00\udc80" * 300}], "timestamp": TS, "n": "␛"},
     {"role": "tool", "content": {"\ud83d\ude00": None}, "timestamp": TS},
 ]
-
-
-class DictStorage(SessionStorage):
-    def __init__(self) -> None:
-        self.data: dict[str, SessionData] = {}
-
-    def save(self, session: SessionData) -> None:
-        self.data[session.name] = session.model_copy(deep=True)
-
-    def load(self, name: str) -> SessionData | None:
-        found = self.data.get(name)
-        return None if found is None else found.model_copy(deep=True)
-
-    def delete(self, name: str) -> None:
-        self.data.pop(name, None)
-
-    def list_all(self) -> list[SessionInfo]:
-        return [s.info() for s in self.data.values()]
 
 
 def _managers(store: Store, **overrides: Any) -> AsyncSessionManager:
