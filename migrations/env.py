@@ -49,12 +49,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coda_session.config import SessionConfig
 from coda_session.errors import StorageError
 from coda_session.repository.sql import metadata
+from coda_session.repository.sql.adoption import repair_adopted
 from coda_session.repository.sql.engine import create_engine, database_url, sqlite_path
-from coda_session.repository.sql.schema import (
-    adopt_unversioned,
-    hold_migration_lock,
-    repair_adopted,
-)
+from coda_session.repository.sql.schema import adopt_unversioned, hold_migration_lock
 
 config = context.config
 if config.attributes.get("target_metadata") is None:
