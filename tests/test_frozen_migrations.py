@@ -8,6 +8,7 @@ purpose, it is the agreement tests here that change (a revision keeps what it wr
 from __future__ import annotations
 
 import ast
+import functools
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coda_session import SessionManager, escaping
@@ -34,6 +35,7 @@ TS = "2024-01-01T00:00:00"
 ESC = "\u241b"
 
 
+@functools.cache
 def _revision(rev: str) -> ModuleType:
     """The revision's module, loaded by Alembic as a migration loads it."""
     script = ScriptDirectory.from_config(alembic_config()).get_revision(rev)
@@ -261,6 +263,7 @@ TEXT = st.text(
 )
 
 
+@settings(deadline=None)  # the first example loads the revisions; no test is timed
 @given(TEXT)
 def test_frozen_stored_form_agrees_with_escaping(text: str) -> None:
     rev = _revision("0007")
