@@ -29,7 +29,7 @@ from ...codec import (
 )
 from ...errors import InvalidMessageError, SessionError
 from ...escaping import escape, escape_json
-from ...models import MessageRecord
+from ...models import message_record
 from ...timeutil import read_timestamp, to_sqlite_timestamp, utcnow
 
 __all__ = [
@@ -422,10 +422,16 @@ def _recount(conn: Connection, session_ids: list[str]) -> None:
         for sid in session_ids:
             measured = []
             for mid, role, content, ts, extra, packed in conn.execute(read, {"sid": sid}):
-                record = MessageRecord(
-                    str(role or ""), content, str(ts or ""), extra, 0, 0, int(mid),
-                    None if packed is None else bytes(packed),
-                )  # fmt: skip
+                record = message_record(
+                    role=str(role or ""),
+                    content=content,
+                    timestamp=str(ts or ""),
+                    extra=extra,
+                    size=0,
+                    chars=0,
+                    id=int(mid),
+                    zcontent=None if packed is None else bytes(packed),
+                )
                 try:
                     size, chars = measure_message(record.to_dict())
                 except SessionError:  # still unreadable: its reads raise, it weighs nothing
