@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ...models import MessageRecord
+from ...models import MessageRecord, message_record
 
 __all__ = ["message_of"]
 
@@ -20,7 +20,16 @@ def message_of(row: Sequence[Any]) -> MessageRecord:
         and (extra is None or type(extra) is str)
         and (packed is None or type(packed) is bytes)
     ):
-        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
+        return message_record(
+            role=role,
+            content=content,
+            timestamp=ts,
+            extra=extra,
+            size=int(size),
+            chars=int(chars),
+            id=int(id_),
+            zcontent=packed,
+        )
     return _odd_message(row)
 
 
@@ -50,5 +59,23 @@ def _odd_message(row: Sequence[Any]) -> MessageRecord:
         if bad
     ]
     if not problems:
-        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
-    return MessageRecord("", None, "", None, 0, 0, int(id_), None, "; ".join(problems))
+        return message_record(
+            role=role,
+            content=content,
+            timestamp=ts,
+            extra=extra,
+            size=int(size),
+            chars=int(chars),
+            id=int(id_),
+            zcontent=packed,
+        )
+    return message_record(
+        role="",
+        content=None,
+        timestamp="",
+        extra=None,
+        size=0,
+        chars=0,
+        id=int(id_),
+        damage="; ".join(problems),
+    )
