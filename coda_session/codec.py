@@ -63,7 +63,7 @@ from typing import Any
 
 from .errors import InvalidMessageError
 from .escaping import ESCAPE, escape, escape_json, unescape_json
-from .models import MessageRecord
+from .models import MessageRecord, message_record
 from .timeutil import utcnow
 
 __all__ = [
@@ -243,7 +243,15 @@ def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
     if not is_text and zcontent is None:
         # a non-string content is stored as the last key of the extra keys' JSON
         stored_extra = _with_content(stored_extra, stored)
-    return MessageRecord(role, text, timestamp, stored_extra, size, chars, None, zcontent)
+    return message_record(
+        role=role,
+        content=text,
+        timestamp=timestamp,
+        extra=stored_extra,
+        size=size,
+        chars=chars,
+        zcontent=zcontent,
+    )
 
 
 def _utf8_len(text: str) -> int:

@@ -46,15 +46,13 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coda_session import errors
 from coda_session.config import SessionConfig
 from coda_session.errors import StorageError
 from coda_session.repository.sql import metadata
+from coda_session.repository.sql.adoption import repair_adopted
 from coda_session.repository.sql.engine import create_engine, database_url, sqlite_path
-from coda_session.repository.sql.schema import (
-    adopt_unversioned,
-    hold_migration_lock,
-    repair_adopted,
-)
+from coda_session.repository.sql.schema import adopt_unversioned, hold_migration_lock
 
 config = context.config
 if config.attributes.get("target_metadata") is None:
@@ -88,6 +86,24 @@ def _session_config() -> SessionConfig:
     return SessionConfig()
 
 
+def _run_migrations() -> None:
+    """``context.run_migrations()``, raising what a revision refused as the library's error.
+
+    A revision imports nothing of the library (what it needs is frozen beside it, so a
+    later library cannot change what it does): where the library's code raised one of
+    its errors, the frozen copy raises an exception naming that class in ``coda_error``,
+    and this is where the name becomes the class again (same message, same cause, the
+    revision's frames kept).
+    """
+    try:
+        context.run_migrations()
+    except Exception as exc:
+        error = getattr(errors, str(getattr(exc, "coda_error", "")), None)
+        if isinstance(error, type) and issubclass(error, errors.SessionError):
+            raise error(*exc.args).with_traceback(exc.__traceback__) from exc.__cause__
+        raise
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -100,7 +116,7 @@ def _run(connection: Connection) -> None:
         # PostgreSQL: one migrating process at a time; the others then find it done
         hold_migration_lock(connection)
         adopted = adopt_unversioned(connection)
-        context.run_migrations()
+        _run_migrations()
         if adopted:
             # what the spec's schema allowed but the library cannot read (orphans included)
             repair_adopted(connection)
@@ -227,7 +243,7 @@ def _offline() -> None:
         render_as_batch=True,
     )
     with context.begin_transaction():
-        context.run_migrations()
+        _run_migrations()
 
 
 shared: Any = config.attributes.get("connection")

@@ -352,7 +352,16 @@ async def _save_results(repo: Any) -> None:
     from coda_session.models import SessionRecord
 
     now = utcnow()
-    record = SessionRecord("sid-1", "r", now, now, {"k": 1}, 0, 0, 0)
+    record = SessionRecord(
+        id="sid-1",
+        name="r",
+        created_at=now,
+        updated_at=now,
+        metadata={"k": 1},
+        message_count=0,
+        size_bytes=0,
+        last_message_id=0,
+    )
     created = await repo.create_session(record)
     seen = created.metadata_version
     message = encode_message({"role": "user", "content": "x", "timestamp": TS})

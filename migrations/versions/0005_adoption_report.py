@@ -2,7 +2,7 @@
 
 A database made from the spec's raw DDL (no Alembic version table) is adopted: stamped at
 the baseline, migrated, then repaired where the library cannot read it (see
-``coda_session.repository.sql.schema.repair_adopted``). Each value it interpreted gets a
+``coda_session.repository.sql.adoption.repair_adopted``). Each value it interpreted gets a
 row here, readable with any SQLite client. Downgrading drops the report (the repaired
 values stay).
 

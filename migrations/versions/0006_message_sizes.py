@@ -20,13 +20,14 @@ Revises: 0005
 Create Date: 2026-12-01
 """
 
-from collections.abc import Sequence
+import json
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from coda_session.codec import measure_message
-from coda_session.models import MessageRecord
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -47,6 +48,143 @@ messages = sa.table(
     sa.column("size_bytes", sa.BigInteger),
     sa.column("char_count", sa.BigInteger),
 )
+
+
+# -- the codec's measurement, frozen ----------------------------------------------------
+# What the library did to a stored row when this revision was written down
+# (MessageRecord.to_dict, then codec.measure_message), copied here and reduced to what this
+# revision calls: a later codec must not change what an old revision writes. A test
+# (tests/test_frozen_migrations.py) checks that it still agrees with the live codec.
+
+ESCAPE = "\u241b"
+_CODED = re.compile(r"\u241b(0000|241b|d[89a-f][0-9a-f]{2})")
+_CORE_KEYS = ("role", "content", "timestamp")
+
+
+class FrozenError(Exception):
+    """What the library raised here: ``coda_error`` names its class in
+    ``coda_session.errors``, which ``migrations/env.py`` raises in its place with the same
+    message (a revision imports nothing of the library)."""
+
+    def __init__(self, coda_error: str, message: str) -> None:
+        super().__init__(message)
+        self.coda_error = coda_error
+
+
+def _char(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
+
+
+def unescape(text: str) -> str:
+    """The string whose stored form is ``text`` (escaping.unescape)."""
+    return _CODED.sub(_char, text) if ESCAPE in text else text
+
+
+def unescape_json(value: Any) -> Any:
+    """A JSON value decoded with every string in it unescaped (escaping.unescape_json)."""
+    kind = type(value)
+    if kind is str:
+        return _CODED.sub(_char, value) if ESCAPE in value else value
+    if kind is list:
+        return [unescape_json(item) for item in value]
+    if kind is dict:
+        return {
+            (_CODED.sub(_char, key) if ESCAPE in key else key): unescape_json(item)
+            for key, item in value.items()
+        }
+    return value
+
+
+def _damaged(row_id: int, reason: str) -> FrozenError:
+    return FrozenError("DamagedDataError", f"message {row_id} is damaged: {reason}")
+
+
+def _extra(row_id: int, extra: Any) -> Any:
+    try:
+        value = json.loads(extra)
+        return unescape_json(value) if ESCAPE in extra else value
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _damaged(row_id, "its extra keys (metadata) are not JSON") from exc
+
+
+def _unpacked(row_id: int, packed: bytes) -> Any:
+    try:
+        data = zlib.decompress(packed)
+        if data[:1] == b"t":
+            return unescape(data[1:].decode())
+        if data[:1] == b"j":
+            text = data[1:].decode()
+            value = json.loads(text)
+            return unescape_json(value) if ESCAPE in text else value
+    except (zlib.error, ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSON
+        raise _damaged(row_id, "its compressed content cannot be read") from exc
+    raise _damaged(row_id, "its compressed content has an unknown tag")
+
+
+def stored_message(
+    row_id: int, role: Any, content: Any, timestamp: Any, extra: Any, packed: bytes | None
+) -> dict[str, Any]:
+    """A stored row as the message dict ``get_messages()`` returned (MessageRecord.to_dict)."""
+    out: dict[str, Any] = {
+        "role": role,
+        "content": unescape(content) if content is not None and ESCAPE in content else content,
+        "timestamp": timestamp,
+    }
+    if packed is not None:
+        out["content"] = _unpacked(row_id, packed)
+    if extra is not None:
+        extras = _extra(row_id, extra)
+        if not isinstance(extras, dict):
+            # a database written by other code may hold any JSON here: keep it visible
+            extras = {"metadata": extras} if extras is not None else {}
+        if content is None and "content" in extras:
+            out["content"] = extras.pop("content")
+        out.update(extras)
+    return out
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise FrozenError("InvalidMessageError", f"value cannot be stored as JSON: {exc}") from None
+
+
+def _utf8_len(text: str) -> int:
+    """UTF-8 size; a lone surrogate counts the 3 bytes ``surrogatepass`` gives it."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _char_count(role: str, body: str, is_text: bool, extra: str | None) -> int:
+    if is_text:
+        return len(role) + len(body) + (len(extra) if extra is not None else 0)
+    # len('{"content":' + body + '}'), or extra with ',"content":' + body inserted
+    return len(role) + len(body) + (len(extra) + 11 if extra is not None else 12)
+
+
+def measure_message(message: Mapping[str, Any]) -> tuple[int, int]:
+    """(size, chars) of a message dict (codec.measure_message): the UTF-8 size of role +
+    content (a non-string one as its JSON) + timestamp + the JSON of the extra keys, and
+    the characters of role + content + extra keys."""
+    content = message.get("content")
+    extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
+    is_text = isinstance(content, str)
+    body = content if isinstance(content, str) else _dumps(content)
+    role = str(message.get("role") or "")
+    timestamp = str(message.get("timestamp") or "")
+    extra = _dumps(extras) if extras else None
+    size = _utf8_len(role) + _utf8_len(body) + _utf8_len(timestamp)
+    if extra is not None:
+        size += _utf8_len(extra)
+    return size, _char_count(role, body, is_text, extra)
+
+
+# -- the revision -------------------------------------------------------------------------
 
 
 def _octets(column: str, sqlite: bool) -> str:
@@ -82,17 +220,15 @@ def _backfill_in_python(bind: sa.Connection) -> None:
             return
         values = []
         for row_id, role, content, ts, extra, packed in rows:
-            stored = MessageRecord(
+            stored = stored_message(
+                int(row_id),
                 role if role is not None else "",
                 content,
                 ts if isinstance(ts, str) else ("" if ts is None else str(ts)),
                 extra,
-                0,
-                0,
-                int(row_id),
                 None if packed is None else bytes(packed),
             )
-            size, chars = measure_message(stored.to_dict())
+            size, chars = measure_message(stored)
             values.append({"row_id": row_id, "size": size, "chars": chars})
         bind.execute(update, values)
         after = int(rows[-1][0])

@@ -29,9 +29,6 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from coda_session.errors import SchemaVersionError
-from coda_session.escaping import ESCAPE, escape, escape_json, unescape, unescape_json
-
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
@@ -59,6 +56,78 @@ sessions = sa.table(
 
 Text = Callable[[str], str]
 Json = Callable[[Any], Any]
+
+
+# -- the stored form, frozen ------------------------------------------------------------
+# coda_session.escaping as it was when this revision was written down, copied here: a
+# later library must not change what an old revision writes. A test
+# (tests/test_frozen_migrations.py) checks that it still agrees with the live module.
+
+#: The escape character of the stored form (U+241B SYMBOL FOR ESCAPE, shown as ``␛``).
+ESCAPE = "\u241b"
+
+_SPECIAL = re.compile(r"[\x00\u241b\ud800-\udfff]")
+_CODED = re.compile(r"\u241b(0000|241b|d[89a-f][0-9a-f]{2})")
+
+
+class FrozenError(Exception):
+    """What the library raised here: ``coda_error`` names its class in
+    ``coda_session.errors``, which ``migrations/env.py`` raises in its place with the same
+    message (a revision imports nothing of the library)."""
+
+    def __init__(self, coda_error: str, message: str) -> None:
+        super().__init__(message)
+        self.coda_error = coda_error
+
+
+def _code(match: re.Match[str]) -> str:
+    return f"{ESCAPE}{ord(match.group()):04x}"
+
+
+def _char(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
+
+
+def escape(text: str) -> str:
+    """``text`` in its stored form: NUL, lone surrogates and ``␛`` as ``␛`` + four hex
+    digits (the same string when nothing needs escaping)."""
+    return _SPECIAL.sub(_code, text)
+
+
+def unescape(text: str) -> str:
+    """The string whose stored form is ``text`` (the inverse of :func:`escape`)."""
+    return _CODED.sub(_char, text) if ESCAPE in text else text
+
+
+def escape_json(value: Any) -> Any:
+    """A copy of a JSON value with every string in it (dict keys too) escaped; a tuple
+    becomes a list, as JSON stores it."""
+    kind = type(value)
+    if kind is str:
+        return _SPECIAL.sub(_code, value)
+    if kind is list or kind is tuple:
+        return [escape_json(item) for item in value]
+    if kind is dict:
+        return {_SPECIAL.sub(_code, key): escape_json(item) for key, item in value.items()}
+    return value
+
+
+def unescape_json(value: Any) -> Any:
+    """The inverse of :func:`escape_json` (on a value decoded from JSON)."""
+    kind = type(value)
+    if kind is str:
+        return _CODED.sub(_char, value) if ESCAPE in value else value
+    if kind is list:
+        return [unescape_json(item) for item in value]
+    if kind is dict:
+        return {
+            (_CODED.sub(_char, key) if ESCAPE in key else key): unescape_json(item)
+            for key, item in value.items()
+        }
+    return value
+
+
+# -- the revision -------------------------------------------------------------------------
 
 
 def _dumps(value: Any) -> str:
@@ -187,10 +256,11 @@ def _refuse_unstorable(where: str, content: Any, extra: Any, packed: Any) -> Non
     for stored in texts:
         # a JSON text's strings are decoded the same way: its codes are in the raw text
         if ESCAPE in stored and _UNSTORABLE.search(unescape(stored)) is not None:
-            raise SchemaVersionError(
+            raise FrozenError(
+                "SchemaVersionError",
                 f"cannot downgrade below revision 0007: {where} holds a NUL character or "
                 "a lone surrogate, which revision 0006 cannot store; delete or edit it "
-                "first (nothing was changed)"
+                "first (nothing was changed)",
             )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...codec import decode_metadata, read_metadata
 from ...errors import DamagedDataError
-from ...models import MessageRecord, SessionInfo, SessionRecord, trusted_info
+from ...models import MessageRecord, SessionInfo, SessionRecord, message_record, trusted_info
 from ...timeutil import from_db_timestamp, read_timestamp
 
 __all__ = ["infos_of", "message_of", "session_fields", "session_of"]
@@ -30,7 +30,16 @@ def message_of(row: Sequence[Any]) -> MessageRecord:
         and (extra is None or type(extra) is str)
         and (packed is None or type(packed) is bytes)
     ):
-        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
+        return message_record(
+            role=role,
+            content=content,
+            timestamp=ts,
+            extra=extra,
+            size=int(size),
+            chars=int(chars),
+            id=int(id_),
+            zcontent=packed,
+        )
     return _odd_message(row)
 
 
@@ -60,8 +69,26 @@ def _odd_message(row: Sequence[Any]) -> MessageRecord:
         if bad
     ]
     if not problems:
-        return MessageRecord(role, content, ts, extra, int(size), int(chars), int(id_), packed)
-    return MessageRecord("", None, "", None, 0, 0, int(id_), None, "; ".join(problems))
+        return message_record(
+            role=role,
+            content=content,
+            timestamp=ts,
+            extra=extra,
+            size=int(size),
+            chars=int(chars),
+            id=int(id_),
+            zcontent=packed,
+        )
+    return message_record(
+        role="",
+        content=None,
+        timestamp="",
+        extra=None,
+        size=0,
+        chars=0,
+        id=int(id_),
+        damage="; ".join(problems),
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
