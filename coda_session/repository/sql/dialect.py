@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...config import SessionConfig
 
 if TYPE_CHECKING:
     import sqlite3
+    from datetime import datetime
 
     from ..base import SaveRequest
     from .operations import Operations
@@ -161,6 +162,9 @@ class Dialect(Protocol):
     """One database: its error rules, its engine's set-up and its runner."""
 
     name: str
+    #: whether a column may hold a value of any type (SQLite's dynamic typing): the
+    #: adoption of a database the library did not write then checks each stored type
+    any_type_columns: bool
 
     @property
     def costs(self) -> Costs:
@@ -187,6 +191,20 @@ class Dialect(Protocol):
 
     def prepare_engine(self, engine: AsyncEngine) -> None:
         """Hooks on a new engine (how its transactions begin)."""
+        ...
+
+    def hold_migration_lock(self, conn: Connection, key: int) -> None:
+        """Wait for and hold, until the transaction ends, the lock ``key`` migrations
+        take (nothing where the write lock already runs them one at a time)."""
+        ...
+
+    def stored_timestamp(self, value: datetime) -> Any:
+        """A timestamp as the library stores it on this database."""
+        ...
+
+    def byte_length(self, expr: str, *, text: bool) -> str:
+        """SQL for the size in bytes of ``expr``: its UTF-8 text when ``text``, else its
+        binary value (for the one-time repairs written as SQL text)."""
         ...
 
     async def open_runner(

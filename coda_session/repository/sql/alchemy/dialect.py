@@ -4,10 +4,11 @@ do its own way, it does through SQLAlchemy alone."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ....config import SessionConfig
@@ -24,6 +25,7 @@ class AlchemyDialect:
 
     name: str
     costs: Costs = NoCosts()
+    any_type_columns = False
 
     def classify(self, exc: BaseException) -> Failure:
         return Failure.OTHER
@@ -41,6 +43,15 @@ class AlchemyDialect:
 
     def prepare_engine(self, engine: AsyncEngine) -> None:
         return None
+
+    def hold_migration_lock(self, conn: Connection, key: int) -> None:
+        return None
+
+    def stored_timestamp(self, value: datetime) -> Any:
+        return value
+
+    def byte_length(self, expr: str, *, text: bool) -> str:
+        return f"octet_length(CAST({expr} AS TEXT))" if text else f"octet_length({expr})"
 
     def transaction_options(self, write: bool) -> dict[str, Any]:
         """The execution options of a transaction through the engine: whether it writes

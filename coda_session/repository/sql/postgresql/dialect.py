@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from sqlalchemy.engine import URL
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -93,6 +94,9 @@ class PostgresDialect(AlchemyDialect):
         self, config: SessionConfig, url: URL, *, migrations: bool
     ) -> dict[str, Any]:
         return postgres_engine_options(config)
+
+    def hold_migration_lock(self, conn: Connection, key: int) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def transaction_options(self, write: bool) -> dict[str, Any]:
         """A read of several statements sees one snapshot (REPEATABLE READ, read only), as

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ....config import SessionConfig
+from ....timeutil import to_sqlite_timestamp
 from ..alchemy import AlchemyDialect
 from ..dialect import WRITE_OPTION, Failure, Runner
 from .connect import connect_aiosqlite, prepare_sqlite_file
@@ -25,6 +27,7 @@ class SqliteDialect(AlchemyDialect):
 
     name = "sqlite"
     costs = SqliteCosts()
+    any_type_columns = True
 
     def classify(self, exc: BaseException) -> Failure:
         return classify(exc)
@@ -38,6 +41,12 @@ class SqliteDialect(AlchemyDialect):
         if db in ("", ":memory:") or db.startswith("file:"):
             return None
         return Path(db)
+
+    def stored_timestamp(self, value: datetime) -> Any:
+        return to_sqlite_timestamp(value)
+
+    def byte_length(self, expr: str, *, text: bool) -> str:
+        return f"length(CAST({expr} AS BLOB))" if text else f"length({expr})"
 
     def engine_options(
         self, config: SessionConfig, url: URL, *, migrations: bool
