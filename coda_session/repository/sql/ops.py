@@ -412,27 +412,6 @@ def _fork_plan(
     )
 
 
-#: ``INSERT_SESSION``'s parameters in ``pg_sql.INSERT_FORK``'s order
-_INSERT_SESSION_ORDER = (
-    "id",
-    "name",
-    "created_at",
-    "updated_at",
-    "metadata",
-    "message_count",
-    "size_bytes",
-    "root_id",
-    "parent_id",
-    "fork_point",
-    "last_id",
-    "holder",
-    "inherit_id",
-    "inherit_upto",
-    "inherit_count",
-    "inherit_size",
-)
-
-
 def create(
     cx: Executor,
     record: SessionRecord,
@@ -506,13 +485,15 @@ def create(
         # source's read of its segments knows no upper id): read after the insert.
         rows = cx.fetch(
             pg_sql.INSERT_FORK,
-            *(values[k] for k in _INSERT_SESSION_ORDER),
-            [p.owner for p in parts],
-            [p.lo for p in parts],
-            [p.hi for p in parts],
-            [p.count for p in parts],
-            [p.size for p in parts],
-            max(tail, 0) if whole else 0,
+            {
+                **values,
+                "owners": [p.owner for p in parts],
+                "los": [p.lo for p in parts],
+                "his": [p.hi for p in parts],
+                "counts": [p.count for p in parts],
+                "sizes": [p.size for p in parts],
+                "tail": max(tail, 0) if whole else 0,
+            },
         )
         newest = [message_of(r) for r in reversed(rows)]
         if tail > 0 and not whole:
@@ -719,9 +700,9 @@ def pg_load(
 ) -> SessionRecord | None:
     """:func:`load` as one statement (the session row and its tail in one snapshot)."""
     if session_id is not None:
-        rows = cx.fetch(pg_sql.LOAD_BY_ID, session_id, max(tail, 0))
+        rows = cx.fetch(pg_sql.LOAD_BY_ID, {"session_id": session_id, "tail": max(tail, 0)})
     else:
-        rows = cx.fetch(pg_sql.LOAD_BY_NAME, name, max(tail, 0))
+        rows = cx.fetch(pg_sql.LOAD_BY_NAME, {"name": name, "tail": max(tail, 0)})
     if not rows:
         return None
     messages = [message_of(r[12:]) for r in reversed(rows) if r[12] is not None]
@@ -732,11 +713,12 @@ def pg_read(
     cx: PgExecutor, session_id: str, upto_id: int, limit: int | None, root_id: str | None = None
 ) -> list[MessageRecord]:
     """:func:`read` as one statement."""
+    params = {"session_id": session_id, "upto_id": upto_id, "limit": limit, "root_id": root_id}
     if limit is None:
-        return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, session_id, upto_id, root_id)]
+        return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, params)]
     if limit <= 0:
         return []
-    rows = cx.fetch(pg_sql.READ_TAIL, session_id, upto_id, limit, root_id)
+    rows = cx.fetch(pg_sql.READ_TAIL, params)
     return [message_of(r) for r in reversed(rows)]
 
 
@@ -749,7 +731,14 @@ def pg_read_page(
     root_id: str | None = None,
 ) -> list[MessageRecord]:
     """:func:`read_page` as one statement."""
-    rows = cx.fetch(pg_sql.READ_PAGE, session_id, after_id, upto_id, limit, root_id)
+    params = {
+        "session_id": session_id,
+        "after_id": after_id,
+        "upto_id": upto_id,
+        "limit": limit,
+        "root_id": root_id,
+    }
+    rows = cx.fetch(pg_sql.READ_PAGE, params)
     return [message_of(r) for r in rows]
 
 
@@ -757,7 +746,8 @@ def pg_text_length(
     cx: PgExecutor, session_id: str, upto_id: int, limit: int | None, root_id: str | None = None
 ) -> tuple[int, int]:
     """:func:`text_length` as one statement."""
-    row = cx.fetch(pg_sql.TEXT_LENGTH, session_id, upto_id, limit, root_id)[0]
+    params = {"session_id": session_id, "upto_id": upto_id, "limit": limit, "root_id": root_id}
+    row = cx.fetch(pg_sql.TEXT_LENGTH, params)[0]
     return int(row[0]), int(row[1])
 
 
@@ -765,18 +755,17 @@ def pg_append(cx: PgExecutor, req: SaveRequest) -> SaveResult:
     """A save of new messages only (no truncation, no metadata patch) as one statement,
     its own transaction: see :data:`.pg_sql.APPEND`."""
     size_delta = sum(r.size for r in req.messages)
-    arrays = message_arrays(req.messages)
+    params = {
+        "session_id": req.session_id,
+        "max_bytes": req.max_bytes,
+        "metadata_version": req.metadata_version,
+        "updated_at": req.updated_at,
+        "size_delta": size_delta,
+        "root_id": req.root_id,
+        **message_arrays(req.messages),
+    }
     while True:
-        found = cx.fetch(
-            pg_sql.APPEND,
-            req.session_id,
-            *arrays,
-            req.max_bytes,
-            req.metadata_version,
-            req.updated_at,
-            size_delta,
-            req.root_id,
-        )
+        found = cx.fetch(pg_sql.APPEND, params)
         if not found:
             raise SessionNotFoundError(f"session {req.name!r} was deleted")
         # stale: another writer of the session committed while this one waited for its
