@@ -16,7 +16,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ..errors import (
     SessionExistsError,
     SessionNotFoundError,
-    SessionTooLargeError,
 )
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import (
@@ -25,8 +24,10 @@ from .base import (
     collect_import,
     fork_count,
     not_shown,
-    parents_first,
+    save_delta,
 )
+from .capabilities import Snapshots
+from .protocol import Repository
 
 __all__ = ["MemoryRepository", "MemorySnapshot"]
 
@@ -77,7 +78,7 @@ def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]
     return messages[:end]
 
 
-class MemoryRepository:
+class MemoryRepository(Repository, Snapshots):
     """Sessions kept in this process only. Stores messages in their encoded form, exactly
     as the SQL backend does, so both behave the same."""
 
@@ -248,48 +249,26 @@ class MemoryRepository:
         stored = self._by_id.get(request.session_id)
         if stored is None:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
-        # validate everything first, then mutate: all or nothing
-        previous = (stored.messages[-1].id or 0) if stored.messages else 0
-        patch: dict[str, Any] = copy.deepcopy(dict(request.metadata_patch or {}))
-        cut = request.truncation
-        drop = 0
-        if cut is not None:
-            drop = max(0, len(_visible(stored.messages, cut.upto_id)) - cut.keep)
-        gone = sum(m.byte_size() for m in stored.messages[:drop])
-        kept = len(stored.messages) - drop
-        popped = min(kept, max(0, request.drop_newest))
-        dropped = stored.messages[len(stored.messages) - popped :] if popped else []
-        gone += sum(m.byte_size() for m in dropped)
-        growth = sum(m.byte_size() for m in request.messages) - gone
-        if (
-            request.max_bytes is not None
-            and growth > 0
-            and stored.size + growth > request.max_bytes
-        ):
-            raise SessionTooLargeError(request.name, stored.size + growth, request.max_bytes)
-        stored.size -= gone
-        if popped:
-            del stored.messages[len(stored.messages) - popped :]
-        if drop:
-            del stored.messages[:drop]
-        ids = self._append(stored, list(request.messages))
-        seen = request.metadata_version
-        told = stored.metadata_version != seen  # another writer changed it since
-        if patch:
-            stored.record.metadata.update(patch)
+        # computed first, then applied: all or nothing
+        delta = save_delta(
+            request,
+            stored.messages,
+            size=stored.size,
+            metadata=stored.record.metadata,
+            metadata_version=stored.metadata_version,
+            first_id=self._next_id,
+        )
+        self._next_id += len(delta.added)
+        # in place: an append costs what it adds, not the length of the session
+        del stored.messages[delta.end :]
+        del stored.messages[: delta.start]
+        stored.messages.extend(delta.added)
+        stored.size = delta.size_bytes
+        if delta.patched:
+            stored.record.metadata = delta.metadata
             stored.metadata_version += 1
         stored.record.updated_at = request.updated_at
-        return SaveResult(
-            ids=ids,
-            message_count=len(stored.messages),
-            size_bytes=stored.size,
-            last_message_id=(stored.messages[-1].id or 0) if stored.messages else 0,
-            # unchanged metadata is not copied again: the caller has it
-            metadata=copy.deepcopy(stored.record.metadata) if told else None,
-            previous_last_id=previous,
-            metadata_version=stored.metadata_version,
-            dropped=dropped,
-        )
+        return delta.result(stored.metadata_version)
 
     @_serialized
     async def delete_session(self, session_id: str) -> bool:
@@ -310,18 +289,6 @@ class MemoryRepository:
         finally:
             if collecting:
                 gc.enable()
-
-    @_serialized
-    async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
-
-    @_serialized
-    async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
-    ) -> tuple[int, int]:
-        rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
-        chars = sum(m.text_length() for m in rows)
-        return chars, len(rows)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[MemorySnapshot]:
