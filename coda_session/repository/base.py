@@ -25,7 +25,9 @@ __all__ = [
     "check_import_size",
     "collect_import",
     "fork_count",
+    "newest",
     "not_shown",
+    "page",
     "parents_first",
     "save_delta",
 ]
@@ -68,6 +70,30 @@ def fork_count(name: str, count: int, point: int | None) -> int:
 def not_shown(message_id: int) -> InvalidMessageError:
     """The error of a fork after a message the source does not show."""
     return InvalidMessageError(f"message {message_id} is not one of the messages the source shows")
+
+
+def _id_of(message: MessageRecord) -> int:
+    return message.id or 0
+
+
+def newest(
+    messages: Sequence[MessageRecord], upto_id: int, limit: int | None
+) -> list[MessageRecord]:
+    """The newest ``limit`` (all when None) of ``messages`` (ids ascending, as a session
+    stored whole keeps them) with ``id <= upto_id``, oldest first: ``read_messages``."""
+    end = bisect.bisect_right(messages, upto_id, key=_id_of)
+    start = 0 if limit is None else end - min(end, max(0, limit))
+    return list(messages[start:end])
+
+
+def page(
+    messages: Sequence[MessageRecord], after_id: int, upto_id: int, limit: int
+) -> list[MessageRecord]:
+    """At most ``limit`` of ``messages`` (ids ascending) with ``after_id < id <= upto_id``,
+    oldest first: ``read_page``. Found by bisection, not by a scan: an export reads a long
+    session a page at a time."""
+    start = bisect.bisect_right(messages, after_id, key=_id_of)
+    return [m for m in messages[start : start + limit] if _id_of(m) <= upto_id]
 
 
 @dataclass(slots=True, frozen=True)
@@ -195,7 +221,7 @@ def save_delta(
     if cut is not None:
         # of the messages the caller had seen (id <= upto_id) keep the newest `keep`;
         # what another writer saved meanwhile (higher ids) stays
-        seen = bisect.bisect_right(stored, cut.upto_id, key=lambda m: m.id or 0)
+        seen = bisect.bisect_right(stored, cut.upto_id, key=_id_of)
         start = max(0, seen - cut.keep)
     end = total - min(total - start, max(0, request.drop_newest))
     dropped = list(stored[end:])

@@ -24,7 +24,7 @@ from .base import parents_first
 from .protocol import Repository, Snapshot
 
 __all__ = [
-    "DirectReads",
+    "RepositoryReads",
     "Snapshots",
     "TextMeasuring",
     "TreeListing",
@@ -111,20 +111,20 @@ async def text_length(
 
 
 def snapshot(repo: Repository) -> AbstractAsyncContextManager[Snapshot]:
-    """:meth:`Snapshots.snapshot`, or the repository's own reads (:class:`DirectReads`)."""
+    """:meth:`Snapshots.snapshot`, or the repository's own reads: each call is then its
+    own transaction, so an export may mix two states of a session rewritten meanwhile."""
     if can_snapshot(repo):
         return repo.snapshot()
-    return nullcontext(DirectReads(repo))
+    # nothing says a message id names one message in the store: an export compares content
+    return nullcontext(RepositoryReads(repo, global_ids=False))
 
 
-class DirectReads:
-    """The reads of a repository that takes no snapshots: each call is its own
-    transaction, so an export may mix two states of a session rewritten meanwhile."""
+class RepositoryReads:
+    """A :class:`.Snapshot` made of a repository's own reads (of a frozen copy, or of a
+    repository that takes no snapshots)."""
 
-    # nothing says a message id is unique in the store: an export compares content
-    global_ids = False
-
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, *, global_ids: bool) -> None:
+        self.global_ids = global_ids
         self.list_sessions = repo.list_sessions
         self.load_session = repo.load_session
         self.read_page = repo.read_page

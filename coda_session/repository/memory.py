@@ -23,13 +23,15 @@ from .base import (
     SaveResult,
     collect_import,
     fork_count,
+    newest,
     not_shown,
+    page,
     save_delta,
 )
-from .capabilities import Snapshots
-from .protocol import Repository
+from .capabilities import RepositoryReads, Snapshots
+from .protocol import Repository, Snapshot
 
-__all__ = ["MemoryRepository", "MemorySnapshot"]
+__all__ = ["MemoryRepository"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -68,14 +70,6 @@ def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int
             raise not_shown(after_id)
         return at + 1
     return fork_count(source.record.name, len(messages), point)
-
-
-def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]:
-    # ids ascend within a session, so the visible rows are a prefix
-    end = len(messages)
-    while end and (messages[end - 1].id or 0) > upto_id:
-        end -= 1
-    return messages[:end]
 
 
 class MemoryRepository(Repository, Snapshots):
@@ -184,12 +178,7 @@ class MemoryRepository(Repository, Snapshots):
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         stored = self._by_id.get(session_id)
-        if stored is None:
-            return []
-        visible = _visible(stored.messages, upto_id)
-        if limit is None:
-            return list(visible)
-        return visible[-limit:] if limit > 0 else []
+        return [] if stored is None else newest(stored.messages, upto_id, limit)
 
     @_serialized
     async def read_page(
@@ -202,13 +191,7 @@ class MemoryRepository(Repository, Snapshots):
         root_id: str | None = None,
     ) -> list[MessageRecord]:
         stored = self._by_id.get(session_id)
-        if stored is None:
-            return []
-        # ids ascend within a session: find the page by bisection, not by a full scan
-        # (an export reads a long session a page at a time)
-        start = bisect.bisect_right(stored.messages, after_id, key=lambda m: m.id or 0)
-        page = stored.messages[start : start + limit]
-        return [m for m in page if (m.id or 0) <= upto_id]
+        return [] if stored is None else page(stored.messages, after_id, upto_id, limit)
 
     @_serialized
     async def import_session(
@@ -291,44 +274,16 @@ class MemoryRepository(Repository, Snapshots):
                 gc.enable()
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[MemorySnapshot]:
-        """The store as it is now, unchanged by writes made while the snapshot is open."""
-        yield MemorySnapshot(self)
-
-
-class MemorySnapshot:
-    """A frozen view of a :class:`MemoryRepository` (records are immutable; the lists
-    holding them and the session rows are copied when the snapshot is taken)."""
-
-    global_ids = True
-
-    def __init__(self, repo: MemoryRepository) -> None:
-        with repo._mutex:
-            self._by_name = dict(repo._by_name)
-            self._by_id = {
+    async def snapshot(self) -> AsyncIterator[Snapshot]:
+        """The store as it is now, unchanged by writes made while the snapshot is open:
+        the reads of a copy (records are immutable; the lists holding them and the
+        session rows are copied when the snapshot is taken)."""
+        frozen = MemoryRepository()
+        with self._mutex:
+            frozen._by_name = dict(self._by_name)
+            frozen._by_id = {
                 sid: _Stored(copy.copy(s.record), list(s.messages), s.size)
-                for sid, s in repo._by_id.items()
+                for sid, s in self._by_id.items()
             }
-        self._view = MemoryRepository()
-        self._view._by_id, self._view._by_name = self._by_id, self._by_name
-
-    async def list_sessions(self) -> list[SessionInfo]:
-        return await self._view.list_sessions()
-
-    async def load_session(
-        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
-    ) -> SessionRecord | None:
-        return await self._view.load_session(name=name, session_id=session_id, tail=tail)
-
-    async def read_page(
-        self,
-        session_id: str,
-        *,
-        after_id: int,
-        upto_id: int,
-        limit: int,
-        root_id: str | None = None,
-    ) -> list[MessageRecord]:
-        return await self._view.read_page(
-            session_id, after_id=after_id, upto_id=upto_id, limit=limit
-        )
+        # a message id names one message in the whole store: one counter numbers them all
+        yield RepositoryReads(frozen, global_ids=True)

@@ -33,7 +33,9 @@ from .base import (
     SaveResult,
     collect_import,
     fork_count,
+    newest,
     not_shown,
+    page,
     save_delta,
 )
 from .capabilities import Snapshots
@@ -287,12 +289,7 @@ class StorageAdapter(Repository, Snapshots):
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         data = await self.get(None, session_id)
-        if data is None:
-            return []
-        records = [r for r in self.records_of(data) if (r.id or 0) <= upto_id]
-        if limit is None:
-            return records
-        return records[-limit:] if limit > 0 else []
+        return [] if data is None else newest(self.records_of(data), upto_id, limit)
 
     async def read_page(
         self,
@@ -304,9 +301,7 @@ class StorageAdapter(Repository, Snapshots):
         root_id: str | None = None,
     ) -> list[MessageRecord]:
         data = await self.get(None, session_id)
-        if data is None:
-            return []
-        return [r for r in self.records_of(data) if after_id < (r.id or 0) <= upto_id][:limit]
+        return [] if data is None else page(self.records_of(data), after_id, upto_id, limit)
 
     @_one_writer
     async def import_session(
@@ -451,5 +446,4 @@ class StorageSnapshot:
         data = await self._data(None, session_id)
         if data is None:
             return []
-        records = self._adapter.records_of(data)
-        return [r for r in records if after_id < (r.id or 0) <= upto_id][:limit]
+        return page(self._adapter.records_of(data), after_id, upto_id, limit)
