@@ -8,7 +8,8 @@ import pytest
 
 from coda_session import SessionTooLargeError
 from coda_session.codec import encode_message
-from coda_session.repository.base import SaveRequest, Truncation, save_delta
+from coda_session.repository.base import SaveRequest, Truncation
+from coda_session.repository.delta import save_delta
 from tests.support import user
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -13,22 +13,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..errors import (
-    SessionExistsError,
-    SessionNotFoundError,
-)
+from ..errors import SessionExistsError, SessionNotFoundError
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import (
     SaveRequest,
     SaveResult,
     collect_import,
     fork_count,
-    newest,
     not_shown,
-    page,
-    save_delta,
 )
 from .capabilities import RepositoryReads, Snapshots
+from .delta import newest, page, save_delta
 from .protocol import Repository, Snapshot
 
 __all__ = ["MemoryRepository"]

@@ -2,7 +2,7 @@
 
 A custom storage saves and loads whole sessions with blocking calls: the adapter runs
 them on a worker thread one at a time, keeps each session's message keys, and applies a
-save with :func:`.base.save_delta` to the whole session it loads.
+save with :func:`.delta.save_delta` to the whole session it loads.
 """
 
 from __future__ import annotations
@@ -33,13 +33,11 @@ from .base import (
     SaveResult,
     collect_import,
     fork_count,
-    newest,
     not_shown,
-    page,
-    save_delta,
 )
 from .capabilities import Snapshots
 from .custom import SessionData, SessionStorage, derived_id
+from .delta import newest, page, save_delta
 from .protocol import Repository
 
 __all__ = ["StorageAdapter", "StorageSnapshot", "running_storage"]
