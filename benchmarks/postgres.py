@@ -60,7 +60,7 @@ from harness import (
 from coda_session import AsyncSessionManager, SessionConfig, SessionManager
 from coda_session.repository.sql.postgresql import statements as pg_sql
 
-#: The size limit the library passes with every save ($9 of APPEND); the baseline checks
+#: The size limit the library passes with every save (APPEND's max_bytes); the baseline checks
 #: the same one.
 MAX_BYTES = SessionConfig().max_session_bytes
 
@@ -146,22 +146,22 @@ async def raw_append_rows(
     roles, texts, stamps, sizes, chars = (list(c) for c in zip(*rows, strict=True))
     nothing = [None] * len(rows)
     size = sum(sizes)
-    found = await conn.fetch(
-        pg_sql.APPEND,
-        sid,
-        roles,
-        texts,
-        stamps,
-        nothing,
-        nothing,
-        sizes,
-        chars,
-        MAX_BYTES,
-        version,
-        datetime.now(UTC),
-        size,
-        sid,  # the tree's key: a session that is no branch is its own root
-    )
+    params = {
+        "session_id": sid,
+        "roles": roles,
+        "contents": texts,
+        "timestamps": stamps,
+        "extras": nothing,
+        "packed": nothing,
+        "sizes": sizes,
+        "chars": chars,
+        "max_bytes": MAX_BYTES,
+        "metadata_version": version,
+        "updated_at": datetime.now(UTC),
+        "size_delta": size,
+        "root_id": sid,  # the tree's key: a session that is no branch is its own root
+    }
+    found = await conn.fetch(pg_sql.APPEND.sql, *pg_sql.APPEND.args(params))
     if not found or found[0][3] is None:
         raise RuntimeError("raw append: session gone or full")
     return [int(i) for i in found[0][2]]
@@ -435,14 +435,16 @@ async def bench_resume(server: Server, sizes: Sizes, table: Table) -> None:
             got = [{"role": m["role"], "content": m["content"]} for m in tail]
             assert got == [{"role": w["role"], "content": w["content"]} for w in want]
             assert tail[-1]["timestamp"].endswith("+00:00")
-            rows = await conn.fetch(pg_sql.LOAD_BY_NAME, "big", TAIL)
+            load = pg_sql.LOAD_BY_NAME
+            rows = await conn.fetch(load.sql, *load.args({"name": "big", "tail": TAIL}))
             assert raw_tail(rows) == tail
 
             with SessionManager(cfg) as sm:
 
                 async def resume_raw(name: str) -> float:
                     t0 = time.perf_counter()
-                    got = raw_tail(await conn.fetch(pg_sql.LOAD_BY_NAME, name, TAIL))
+                    args = load.args({"name": name, "tail": TAIL})
+                    got = raw_tail(await conn.fetch(load.sql, *args))
                     took = time.perf_counter() - t0
                     assert len(got) == TAIL
                     return took

@@ -29,9 +29,12 @@ from .errors import (
 from .exithook import before_threads_join
 from .loopsafe import LoopSafeLock
 from .models import SessionInfo, SessionRecord
-from .repository.custom import SessionStorage, StorageAdapter
+from .repository import capabilities
+from .repository.custom import SessionStorage
+from .repository.factory import open_repository
 from .repository.memory import MemoryRepository
-from .repository.protocol import Repository, open_repository
+from .repository.protocol import Repository
+from .repository.storage_adapter import StorageAdapter
 from .session import AsyncSession, SessionHost
 from .timeutil import utcnow
 from .transfer import Source, Target
@@ -461,7 +464,9 @@ class AsyncSessionManager:
         found = await self._find(name)
         repo = await self._ready()
         return [
-            i for i in await repo.list_tree(found.root_id or found.id) if i.parent_id == found.id
+            i
+            for i in await capabilities.list_tree(repo, found.root_id or found.id)
+            if i.parent_id == found.id
         ]
 
     async def get_tree(self, name: str) -> list[SessionInfo]:
@@ -470,7 +475,7 @@ class AsyncSessionManager:
         after finding it. SessionNotFoundError if there is none."""
         found = await self._find(name)
         repo = await self._ready()
-        return await repo.list_tree(found.root_id or found.id)
+        return await capabilities.list_tree(repo, found.root_id or found.id)
 
     async def _find(self, name: str) -> SessionRecord:
         name = check_name(name, lookup=True)

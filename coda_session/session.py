@@ -23,6 +23,7 @@ from .errors import (
 )
 from .loopsafe import LoopSafeLock
 from .models import MessageRecord, SessionInfo, SessionRecord, as_dicts, naming_session
+from .repository import capabilities
 from .repository.base import SaveRequest, SaveResult, Truncation
 from .repository.protocol import Repository
 from .timeutil import utcnow
@@ -509,8 +510,12 @@ class AsyncSession:
                 # get_messages() answers from
                 chars, count = sum(r.text_length() for r in cached), len(cached)
             elif stored:
-                chars, count = await self._host.repository.text_length(
-                    self._id, upto_id=upto, limit=stored, root_id=self._root_id
+                chars, count = await capabilities.text_length(
+                    self._host.repository,
+                    self._id,
+                    upto_id=upto,
+                    limit=stored,
+                    root_id=self._root_id,
                 )
         chars += sum(r.text_length() for r in pending)
         count += len(pending)
@@ -648,7 +653,8 @@ class AsyncSession:
         walk: the list then starts below it. SessionNotFoundError once this session is
         deleted."""
         self._usable()
-        infos = {i.id: i for i in await self._host.repository.list_tree(self._root_id)}
+        tree = await capabilities.list_tree(self._host.repository, self._root_id)
+        infos = {i.id: i for i in tree}
         if self._id not in infos:
             raise SessionNotFoundError(f"session {self._name!r} was deleted")
         chain = [infos[self._id]]

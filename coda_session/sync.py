@@ -19,8 +19,9 @@ from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
 from .manager import autosave_once, blocking_manager, describe, repository_of
 from .models import SessionInfo
-from .repository.custom import SessionData, SessionStorage, running_storage
+from .repository.custom import SessionData, SessionStorage
 from .repository.protocol import Repository
+from .repository.storage_adapter import running_storage
 from .runtime import CANCEL_WAIT, CLOSE_WAIT, LoopRunner, close_at_exit, forget_at_exit
 from .session import AsyncSession, cached_messages
 from .session import describe as describe_session

@@ -26,7 +26,7 @@ from coda_session import (
 from coda_session.codec import encode_message
 from coda_session.repository import open_repository
 from coda_session.repository.base import SaveRequest
-from coda_session.repository.custom import StorageAdapter
+from coda_session.repository.storage_adapter import StorageAdapter
 from coda_session.timeutil import utcnow
 from tests.support import DictStorage, Store
 

@@ -13,11 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..errors import (
-    SessionExistsError,
-    SessionNotFoundError,
-    SessionTooLargeError,
-)
+from ..errors import SessionExistsError, SessionNotFoundError
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import (
     SaveRequest,
@@ -25,10 +21,12 @@ from .base import (
     collect_import,
     fork_count,
     not_shown,
-    parents_first,
 )
+from .capabilities import RepositoryReads, Snapshots
+from .delta import newest, page, save_delta
+from .protocol import Repository, Snapshot
 
-__all__ = ["MemoryRepository", "MemorySnapshot"]
+__all__ = ["MemoryRepository"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,15 +67,7 @@ def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int
     return fork_count(source.record.name, len(messages), point)
 
 
-def _visible(messages: list[MessageRecord], upto_id: int) -> list[MessageRecord]:
-    # ids ascend within a session, so the visible rows are a prefix
-    end = len(messages)
-    while end and (messages[end - 1].id or 0) > upto_id:
-        end -= 1
-    return messages[:end]
-
-
-class MemoryRepository:
+class MemoryRepository(Repository, Snapshots):
     """Sessions kept in this process only. Stores messages in their encoded form, exactly
     as the SQL backend does, so both behave the same."""
 
@@ -183,12 +173,7 @@ class MemoryRepository:
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         stored = self._by_id.get(session_id)
-        if stored is None:
-            return []
-        visible = _visible(stored.messages, upto_id)
-        if limit is None:
-            return list(visible)
-        return visible[-limit:] if limit > 0 else []
+        return [] if stored is None else newest(stored.messages, upto_id, limit)
 
     @_serialized
     async def read_page(
@@ -201,13 +186,7 @@ class MemoryRepository:
         root_id: str | None = None,
     ) -> list[MessageRecord]:
         stored = self._by_id.get(session_id)
-        if stored is None:
-            return []
-        # ids ascend within a session: find the page by bisection, not by a full scan
-        # (an export reads a long session a page at a time)
-        start = bisect.bisect_right(stored.messages, after_id, key=lambda m: m.id or 0)
-        page = stored.messages[start : start + limit]
-        return [m for m in page if (m.id or 0) <= upto_id]
+        return [] if stored is None else page(stored.messages, after_id, upto_id, limit)
 
     @_serialized
     async def import_session(
@@ -248,48 +227,26 @@ class MemoryRepository:
         stored = self._by_id.get(request.session_id)
         if stored is None:
             raise SessionNotFoundError(f"session {request.name!r} was deleted")
-        # validate everything first, then mutate: all or nothing
-        previous = (stored.messages[-1].id or 0) if stored.messages else 0
-        patch: dict[str, Any] = copy.deepcopy(dict(request.metadata_patch or {}))
-        cut = request.truncation
-        drop = 0
-        if cut is not None:
-            drop = max(0, len(_visible(stored.messages, cut.upto_id)) - cut.keep)
-        gone = sum(m.byte_size() for m in stored.messages[:drop])
-        kept = len(stored.messages) - drop
-        popped = min(kept, max(0, request.drop_newest))
-        dropped = stored.messages[len(stored.messages) - popped :] if popped else []
-        gone += sum(m.byte_size() for m in dropped)
-        growth = sum(m.byte_size() for m in request.messages) - gone
-        if (
-            request.max_bytes is not None
-            and growth > 0
-            and stored.size + growth > request.max_bytes
-        ):
-            raise SessionTooLargeError(request.name, stored.size + growth, request.max_bytes)
-        stored.size -= gone
-        if popped:
-            del stored.messages[len(stored.messages) - popped :]
-        if drop:
-            del stored.messages[:drop]
-        ids = self._append(stored, list(request.messages))
-        seen = request.metadata_version
-        told = stored.metadata_version != seen  # another writer changed it since
-        if patch:
-            stored.record.metadata.update(patch)
+        # computed first, then applied: all or nothing
+        delta = save_delta(
+            request,
+            stored.messages,
+            size=stored.size,
+            metadata=stored.record.metadata,
+            metadata_version=stored.metadata_version,
+            first_id=self._next_id,
+        )
+        self._next_id += len(delta.added)
+        # in place: an append costs what it adds, not the length of the session
+        del stored.messages[delta.end :]
+        del stored.messages[: delta.start]
+        stored.messages.extend(delta.added)
+        stored.size = delta.size_bytes
+        if delta.patched:
+            stored.record.metadata = delta.metadata
             stored.metadata_version += 1
         stored.record.updated_at = request.updated_at
-        return SaveResult(
-            ids=ids,
-            message_count=len(stored.messages),
-            size_bytes=stored.size,
-            last_message_id=(stored.messages[-1].id or 0) if stored.messages else 0,
-            # unchanged metadata is not copied again: the caller has it
-            metadata=copy.deepcopy(stored.record.metadata) if told else None,
-            previous_last_id=previous,
-            metadata_version=stored.metadata_version,
-            dropped=dropped,
-        )
+        return delta.result(stored.metadata_version)
 
     @_serialized
     async def delete_session(self, session_id: str) -> bool:
@@ -311,57 +268,17 @@ class MemoryRepository:
             if collecting:
                 gc.enable()
 
-    @_serialized
-    async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return parents_first([i for i in await self.list_sessions() if i.root_id == root_id])
-
-    @_serialized
-    async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
-    ) -> tuple[int, int]:
-        rows = await self.read_messages(session_id, upto_id=upto_id, limit=limit)
-        chars = sum(m.text_length() for m in rows)
-        return chars, len(rows)
-
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[MemorySnapshot]:
-        """The store as it is now, unchanged by writes made while the snapshot is open."""
-        yield MemorySnapshot(self)
-
-
-class MemorySnapshot:
-    """A frozen view of a :class:`MemoryRepository` (records are immutable; the lists
-    holding them and the session rows are copied when the snapshot is taken)."""
-
-    global_ids = True
-
-    def __init__(self, repo: MemoryRepository) -> None:
-        with repo._mutex:
-            self._by_name = dict(repo._by_name)
-            self._by_id = {
+    async def snapshot(self) -> AsyncIterator[Snapshot]:
+        """The store as it is now, unchanged by writes made while the snapshot is open:
+        the reads of a copy (records are immutable; the lists holding them and the
+        session rows are copied when the snapshot is taken)."""
+        frozen = MemoryRepository()
+        with self._mutex:
+            frozen._by_name = dict(self._by_name)
+            frozen._by_id = {
                 sid: _Stored(copy.copy(s.record), list(s.messages), s.size)
-                for sid, s in repo._by_id.items()
+                for sid, s in self._by_id.items()
             }
-        self._view = MemoryRepository()
-        self._view._by_id, self._view._by_name = self._by_id, self._by_name
-
-    async def list_sessions(self) -> list[SessionInfo]:
-        return await self._view.list_sessions()
-
-    async def load_session(
-        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
-    ) -> SessionRecord | None:
-        return await self._view.load_session(name=name, session_id=session_id, tail=tail)
-
-    async def read_page(
-        self,
-        session_id: str,
-        *,
-        after_id: int,
-        upto_id: int,
-        limit: int,
-        root_id: str | None = None,
-    ) -> list[MessageRecord]:
-        return await self._view.read_page(
-            session_id, after_id=after_id, upto_id=upto_id, limit=limit
-        )
+        # a message id names one message in the whole store: one counter numbers them all
+        yield RepositoryReads(frozen, global_ids=True)

@@ -1,34 +1,32 @@
-"""The repository protocol: the contract every storage backend implements."""
+"""The repository protocol: the contract every storage backend implements.
+
+It names no backend: the backends import it (and inherit it), :mod:`.factory` chooses
+one for a configuration.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ..config import SessionConfig
-from ..errors import InvalidConfigError
 from ..models import MessageRecord, SessionInfo, SessionRecord
 from .base import SaveRequest, SaveResult
-from .custom import SessionStorage, StorageAdapter
-from .memory import MemoryRepository
 
-__all__ = ["Repository", "Snapshot", "open_repository"]
+__all__ = ["Repository", "SessionReads", "Snapshot"]
 
 
-class Snapshot(Protocol):
-    """Reads of one committed state of the store, for as long as it is open."""
+class SessionReads(Protocol):
+    """The reads an export makes: a repository's, and a snapshot's of one state."""
 
-    #: True when a message id names one message in the whole store (a branch shows its
-    #: parent's messages under their ids): an export then finds what a branch shares
-    #: with its parent by a few reads instead of reading all it shares
-    global_ids: bool
-
-    async def list_sessions(self) -> list[SessionInfo]: ...
+    async def list_sessions(self) -> list[SessionInfo]:
+        """Every session's info, oldest created first, in one query."""
+        ...
 
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
-    ) -> SessionRecord | None: ...
+    ) -> SessionRecord | None:
+        """One session by name or id, with its newest ``tail`` messages; None if missing."""
+        ...
 
     async def read_page(
         self,
@@ -38,15 +36,28 @@ class Snapshot(Protocol):
         upto_id: int,
         limit: int,
         root_id: str | None = None,
-    ) -> list[MessageRecord]: ...
+    ) -> list[MessageRecord]:
+        """At most ``limit`` messages with ``after_id < id <= upto_id``, oldest first."""
+        ...
+
+
+class Snapshot(SessionReads, Protocol):
+    """Reads of one committed state of the store, for as long as it is open."""
+
+    #: True when a message id names one message in the whole store (a branch shows its
+    #: parent's messages under their ids): an export then finds what a branch shares
+    #: with its parent by a few reads instead of reading all it shares
+    global_ids: bool
 
 
 @runtime_checkable
-class Repository(Protocol):
+class Repository(SessionReads, Protocol):
     """Async storage of sessions and their messages.
 
     Implementations raise only :mod:`coda_session.errors` exceptions. Every method is one
-    transaction: it either happens entirely or not at all.
+    transaction: it either happens entirely or not at all. A backend may inherit this
+    class (the shipped ones do) or only match it: :func:`isinstance` checks the methods.
+    What a backend may lack is in :mod:`.capabilities`.
     """
 
     async def open(self) -> None:
@@ -81,28 +92,10 @@ class Repository(Protocol):
         """
         ...
 
-    async def load_session(
-        self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
-    ) -> SessionRecord | None:
-        """One session by name or id, with its newest ``tail`` messages; None if missing."""
-        ...
-
     async def read_messages(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
         """The newest ``limit`` (all when None) messages with ``id <= upto_id``, oldest first."""
-        ...
-
-    async def read_page(
-        self,
-        session_id: str,
-        *,
-        after_id: int,
-        upto_id: int,
-        limit: int,
-        root_id: str | None = None,
-    ) -> list[MessageRecord]:
-        """At most ``limit`` messages with ``after_id < id <= upto_id``, oldest first."""
         ...
 
     async def import_session(
@@ -134,50 +127,3 @@ class Repository(Protocol):
         """Delete a session and its messages; False if it did not exist. Its branches
         keep showing what they showed."""
         ...
-
-    async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        """Every session of the branching tree whose ``root_id`` is given, oldest created
-        first, in one query."""
-        ...
-
-    async def list_sessions(self) -> list[SessionInfo]:
-        """Every session's info, oldest created first, in one query."""
-        ...
-
-    def snapshot(self) -> AbstractAsyncContextManager[Snapshot]:
-        """``async with repo.snapshot() as snap:`` reads of one committed state: an export
-        made through it never mixes two generations of a session another writer rewrites
-        meanwhile (a read transaction spanning the pages, on SQL databases)."""
-        ...
-
-    async def text_length(
-        self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
-    ) -> tuple[int, int]:
-        """(characters of role + content + extra keys, message count) of the newest
-        ``limit`` messages with ``id <= upto_id``, summed by the storage."""
-        ...
-
-
-def open_repository(
-    config: SessionConfig, storage: Any = None, *, private_loop: bool = False
-) -> Repository:
-    """The repository for a configuration, or the one that serves ``storage``.
-
-    ``storage`` is a :class:`~coda_session.SessionStorage` of the caller's, or a ready
-    repository. ``private_loop`` says the caller's event loop serves no one else (the
-    blocking API's), so the SQLite backend may run its short transactions on it directly.
-    The SQL backend is imported only here, so a memory-only program never loads it.
-    """
-    if storage is None:
-        if config.backend == "memory":
-            return MemoryRepository()
-        from .sql import SqlRepository
-
-        return SqlRepository(config, inline=private_loop)
-    if isinstance(storage, SessionStorage):
-        return StorageAdapter(storage)
-    if isinstance(storage, Repository):
-        return storage
-    raise InvalidConfigError(
-        f"storage must be a SessionStorage or a Repository, not {type(storage).__name__}"
-    )

@@ -18,6 +18,7 @@ from ..config import SessionConfig
 from ..errors import FileFormatError, SessionExistsError, SessionNotFoundError
 from ..models import MessageRecord, SessionRecord, as_dicts
 from ..repository.base import check_import_size, parents_first
+from ..repository.capabilities import snapshot
 from ..repository.protocol import Repository, Snapshot
 from . import format as fmt_
 from .files import PAGE, Puller, Sink, Source, Spool, Target, export_format, open_source
@@ -174,7 +175,7 @@ async def export_session(
     sink = Sink(target, overwrite)  # first: a target that cannot be written fails before any read
     ok = False
     try:
-        async with repo.snapshot() as snap:
+        async with snapshot(repo) as snap:
             record = await snap.load_session(name=name)
             if record is None:
                 raise SessionNotFoundError(f"no session with name {name!r}")
@@ -193,7 +194,7 @@ async def export_store(repo: Repository, target: Target, overwrite: bool = False
     ok = False
     try:
         await sink.write(fmt_.dumps({"coda_session": fmt_.FORMAT_VERSION, "kind": "store"}) + "\n")
-        async with repo.snapshot() as snap:  # the whole store as of one moment
+        async with snapshot(repo) as snap:  # the whole store as of one moment
             infos = parents_first(await snap.list_sessions())
             # branches still to write, per parent: a parent's messages are kept until
             # its last branch is written (a chain of forks keeps one level, not all)

@@ -25,6 +25,8 @@ from ...config import SessionConfig
 from ...errors import ManagerClosedError, SessionError
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..base import SaveRequest, SaveResult
+from ..capabilities import Snapshots
+from ..protocol import Repository
 from .dialect import WRITE_OPTION, Dialect, Operation, Runner
 from .engine import create_engine, database_url
 from .errors import DRIVER_ERRORS, translate
@@ -101,7 +103,7 @@ class SqlSnapshot:
         return done
 
 
-class SqlRepository:
+class SqlRepository(Repository, Snapshots):
     """Sessions in a SQL database through SQLAlchemy 2 (async).
 
     On a SQLite file every operation runs as one transaction in a single trip to a

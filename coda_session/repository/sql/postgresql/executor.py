@@ -45,14 +45,17 @@ class PgExecutor:
         sql, names, defaults = self._sql(stmt)
         return sql, [params[n] if n in params else defaults[n] for n in names]
 
-    def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
-        """A PostgreSQL statement of :mod:`.statements`, as is."""
+    def fetch(self, stmt: pg_sql.Prepared, params: Params) -> Sequence[Sequence[Any]]:
+        """A PostgreSQL statement of :mod:`.statements`, its binds given by name."""
+        return self._fetch(stmt.sql, stmt.args(params))
+
+    def _fetch(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         rows: Sequence[Sequence[Any]] = wait(self._conn.fetch(sql, *args))
         return rows
 
     def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
         sql, args = self._args(stmt, params)
-        return self.fetch(sql, *args)
+        return self._fetch(sql, args)
 
     def run(self, stmt: sa.Executable, params: Params) -> int:
         sql, args = self._args(stmt, params)
@@ -63,20 +66,21 @@ class PgExecutor:
     def insert_messages(
         self, session_id: str, root_id: str, records: Sequence[MessageRecord]
     ) -> list[int]:
-        found = self.fetch(pg_sql.INSERT_MESSAGES, session_id, *message_arrays(records), root_id)
+        params = {"session_id": session_id, "root_id": root_id, **message_arrays(records)}
+        found = self.fetch(pg_sql.INSERT_MESSAGES, params)
         ids = found[0][0] if found else None
         return [int(i) for i in ids or ()]
 
 
-def message_arrays(records: Sequence[MessageRecord]) -> tuple[list[Any], ...]:
-    """The records as one array per column (roles, contents, timestamps, extra keys,
-    compressed contents, sizes, characters): the parameters $2..$8 of :mod:`.statements`."""
-    return (
-        [r.role for r in records],
-        [r.content for r in records],
-        [r.timestamp for r in records],
-        [r.extra for r in records],
-        [r.zcontent for r in records],
-        [r.size for r in records],
-        [r.chars for r in records],
-    )
+def message_arrays(records: Sequence[MessageRecord]) -> dict[str, list[Any]]:
+    """The records as one array per column, named as :data:`.statements.INSERT_MESSAGES`'
+    binds."""
+    return {
+        "roles": [r.role for r in records],
+        "contents": [r.content for r in records],
+        "timestamps": [r.timestamp for r in records],
+        "extras": [r.extra for r in records],
+        "packed": [r.zcontent for r in records],
+        "sizes": [r.size for r in records],
+        "chars": [r.chars for r in records],
+    }

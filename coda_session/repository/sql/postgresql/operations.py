@@ -17,26 +17,6 @@ from .executor import PgExecutor, message_arrays
 
 __all__ = ["PgOperations"]
 
-#: ``INSERT_SESSION``'s parameters in ``statements.INSERT_FORK``'s order
-_INSERT_SESSION_ORDER = (
-    "id",
-    "name",
-    "created_at",
-    "updated_at",
-    "metadata",
-    "message_count",
-    "size_bytes",
-    "root_id",
-    "parent_id",
-    "fork_point",
-    "last_id",
-    "holder",
-    "inherit_id",
-    "inherit_upto",
-    "inherit_count",
-    "inherit_size",
-)
-
 
 class PgOperations(Operations[PgExecutor]):
     """The operations on asyncpg connections (:class:`~.executor.PgExecutor`)."""
@@ -56,9 +36,9 @@ class PgOperations(Operations[PgExecutor]):
     ) -> SessionRecord | None:
         """:meth:`Operations.load` as one statement (the session row and its tail in one snapshot)."""
         if session_id is not None:
-            rows = cx.fetch(pg_sql.LOAD_BY_ID, session_id, max(tail, 0))
+            rows = cx.fetch(pg_sql.LOAD_BY_ID, {"session_id": session_id, "tail": max(tail, 0)})
         else:
-            rows = cx.fetch(pg_sql.LOAD_BY_NAME, name, max(tail, 0))
+            rows = cx.fetch(pg_sql.LOAD_BY_NAME, {"name": name, "tail": max(tail, 0)})
         if not rows:
             return None
         messages = [message_of(r[12:]) for r in reversed(rows) if r[12] is not None]
@@ -74,11 +54,12 @@ class PgOperations(Operations[PgExecutor]):
         root_id: str | None = None,
     ) -> list[MessageRecord]:
         """:meth:`Operations.read` as one statement."""
+        params = {"session_id": session_id, "upto_id": upto_id, "limit": limit, "root_id": root_id}
         if limit is None:
-            return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, session_id, upto_id, root_id)]
+            return [message_of(r) for r in cx.fetch(pg_sql.READ_ALL, params)]
         if limit <= 0:
             return []
-        rows = cx.fetch(pg_sql.READ_TAIL, session_id, upto_id, limit, root_id)
+        rows = cx.fetch(pg_sql.READ_TAIL, params)
         return [message_of(r) for r in reversed(rows)]
 
     @one_statement
@@ -92,7 +73,14 @@ class PgOperations(Operations[PgExecutor]):
         root_id: str | None = None,
     ) -> list[MessageRecord]:
         """:meth:`Operations.read_page` as one statement."""
-        rows = cx.fetch(pg_sql.READ_PAGE, session_id, after_id, upto_id, limit, root_id)
+        params = {
+            "session_id": session_id,
+            "after_id": after_id,
+            "upto_id": upto_id,
+            "limit": limit,
+            "root_id": root_id,
+        }
+        rows = cx.fetch(pg_sql.READ_PAGE, params)
         return [message_of(r) for r in rows]
 
     @one_statement
@@ -105,7 +93,8 @@ class PgOperations(Operations[PgExecutor]):
         root_id: str | None = None,
     ) -> tuple[int, int]:
         """:meth:`Operations.text_length` as one statement."""
-        row = cx.fetch(pg_sql.TEXT_LENGTH, session_id, upto_id, limit, root_id)[0]
+        params = {"session_id": session_id, "upto_id": upto_id, "limit": limit, "root_id": root_id}
+        row = cx.fetch(pg_sql.TEXT_LENGTH, params)[0]
         return int(row[0]), int(row[1])
 
     @one_statement
@@ -113,18 +102,17 @@ class PgOperations(Operations[PgExecutor]):
         """A save of new messages only (no truncation, no metadata patch) as one statement,
         its own transaction: see :data:`.statements.APPEND`."""
         size_delta = sum(r.size for r in req.messages)
-        arrays = message_arrays(req.messages)
+        params = {
+            "session_id": req.session_id,
+            "max_bytes": req.max_bytes,
+            "metadata_version": req.metadata_version,
+            "updated_at": req.updated_at,
+            "size_delta": size_delta,
+            "root_id": req.root_id,
+            **message_arrays(req.messages),
+        }
         while True:
-            found = cx.fetch(
-                pg_sql.APPEND,
-                req.session_id,
-                *arrays,
-                req.max_bytes,
-                req.metadata_version,
-                req.updated_at,
-                size_delta,
-                req.root_id,
-            )
+            found = cx.fetch(pg_sql.APPEND, params)
             if not found:
                 raise SessionNotFoundError(f"session {req.name!r} was deleted")
             # stale: another writer of the session committed while this one waited for its
@@ -164,13 +152,15 @@ class PgOperations(Operations[PgExecutor]):
             return super()._insert_session(cx, values, parts, whole_of, tail)
         rows = cx.fetch(
             pg_sql.INSERT_FORK,
-            *(values[k] for k in _INSERT_SESSION_ORDER),
-            [p.owner for p in parts],
-            [p.lo for p in parts],
-            [p.hi for p in parts],
-            [p.count for p in parts],
-            [p.size for p in parts],
-            max(tail, 0) if whole_of is not None else 0,
+            {
+                **values,
+                "owners": [p.owner for p in parts],
+                "los": [p.lo for p in parts],
+                "his": [p.hi for p in parts],
+                "counts": [p.count for p in parts],
+                "sizes": [p.size for p in parts],
+                "tail": max(tail, 0) if whole_of is not None else 0,
+            },
         )
         newest = [message_of(r) for r in reversed(rows)]
         if tail > 0 and whole_of is None:
