@@ -58,7 +58,7 @@ from harness import (
 )
 
 from coda_session import AsyncSessionManager, SessionConfig, SessionManager
-from coda_session.repository.sql import pg_sql
+from coda_session.repository.sql.postgresql import statements as pg_sql
 
 #: The size limit the library passes with every save (APPEND's max_bytes); the baseline checks
 #: the same one.

@@ -13,9 +13,9 @@ from sqlalchemy.engine import Connection
 
 from .config import SessionConfig
 from .errors import SchemaVersionError
-from .repository.sql.dialect import dialect_for
 from .repository.sql.engine import create_engine, database_url
 from .repository.sql.errors import translated
+from .repository.sql.registry import dialect_for
 from .repository.sql.schema import (
     BASELINE_REVISION,
     HEAD_REVISION,

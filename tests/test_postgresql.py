@@ -853,7 +853,8 @@ async def _serialization_failure(url: str) -> BaseException:
 
 
 async def test_deadlocks_and_serialization_failures_are_conflicts_that_are_retried() -> None:
-    from coda_session.repository.sql.dialect import POSTGRESQL, Failure, ServerError
+    from coda_session.repository.sql.dialect import Failure, ServerError
+    from coda_session.repository.sql.postgresql import POSTGRESQL
 
     url = pg_server().empty_database()
     for provoke, sqlstate in ((_deadlock, "40P01"), (_serialization_failure, "40001")):

@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from coda_session import AsyncSessionManager, SessionConfig, SessionExistsError, StorageError
 from coda_session.repository.sql import SqlRepository
 from coda_session.repository.sql import statements as q
-from coda_session.repository.sql.dialect import Failure, SqliteDialect
+from coda_session.repository.sql.dialect import Failure
 from coda_session.repository.sql.engine import create_engine
 from coda_session.repository.sql.errors import translate
-from coda_session.repository.sql.executors import RawExecutor
+from coda_session.repository.sql.sqlite import SqliteDialect
+from coda_session.repository.sql.sqlite.executor import RawExecutor
 from tests.support import SQL_BACKENDS, Store
 
 Config = Callable[..., dict[str, Any]]

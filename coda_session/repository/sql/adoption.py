@@ -30,7 +30,8 @@ from ...codec import (
 from ...errors import InvalidMessageError, SessionError
 from ...escaping import escape, escape_json
 from ...models import message_record
-from ...timeutil import read_timestamp, to_sqlite_timestamp, utcnow
+from ...timeutil import read_timestamp, utcnow
+from .registry import dialect_for
 
 __all__ = [
     "ADOPTED_KEY_PREFIX",
@@ -90,7 +91,7 @@ class _Repair:
 
     def stamp(self, value: datetime) -> Any:
         """A session timestamp as the library stores it on this database."""
-        return to_sqlite_timestamp(value) if self.conn.dialect.name == "sqlite" else value
+        return dialect_for(self.conn.dialect.name).stored_timestamp(value)
 
 
 def _epoch(value: Any) -> datetime | None:
@@ -240,7 +241,7 @@ def _messages(
     rows = conn.exec_driver_sql(
         "SELECT id, session_id, role, content IS NULL, typeof(content), content, "
         "timestamp, metadata FROM messages"
-        if conn.dialect.name == "sqlite"
+        if dialect_for(conn.dialect.name).any_type_columns
         else "SELECT id, session_id, role, content IS NULL, NULL, NULL, timestamp, metadata "
         "FROM messages"
     )
@@ -441,17 +442,12 @@ def _recount(conn: Connection, session_ids: list[str]) -> None:
                 conn.execute(write, measured)
         total = "coalesce(sum(m.size_bytes), 0)"
     else:  # an upgrade stopped short of the size columns: count as that revision did
+        dialect = dialect_for(conn.dialect.name)
         parts = " + ".join(
-            f"coalesce(length(CAST(m.{c} AS BLOB)), 0)"
-            if conn.dialect.name == "sqlite"
-            else f"coalesce(octet_length(CAST(m.{c} AS TEXT)), 0)"
+            f"coalesce({dialect.byte_length(f'm.{c}', text=True)}, 0)"
             for c in ("role", "content", "timestamp", "metadata")
         )
-        packed = (
-            "coalesce(length(m.content_zlib), 0)"
-            if conn.dialect.name == "sqlite"
-            else "coalesce(octet_length(m.content_zlib), 0)"
-        )
+        packed = f"coalesce({dialect.byte_length('m.content_zlib', text=False)}, 0)"
         total = f"coalesce(sum({parts} + {packed}), 0)"
     newest = ""
     if "last_message_id" in {c["name"] for c in sa.inspect(conn).get_columns("sessions")}:

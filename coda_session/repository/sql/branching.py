@@ -17,7 +17,7 @@ where copies of every ancestor's segments stored a number growing with the squar
 depth (1,000 forks: 500,500 segment rows); a fork of the deepest costs what a fork of the
 root does (it reads the source's row and writes two); a read of the newest messages
 follows the links only as far as those messages go, in one statement (``TAIL_ROWS`` on
-SQLite, ``pg_sql.READ_TAIL`` on PostgreSQL), a page only the links above it
+SQLite, ``postgresql.statements.READ_TAIL`` on PostgreSQL), a page only the links above it
 (``RESOLVED_ABOVE``), and a whole read resolves the chain and reads the rows in one
 (``VIEW_ROWS``). A link is the *only* thing a fork shares by reference: a session's
 view is never a function of another session's later writes, because a session that
@@ -81,7 +81,7 @@ row (shared, against the source's appends, which take no tree lock): the owners 
 segments it lists need no lock, every writer that moves or deletes their rows holding
 the tree. It then reads the source's row with its link in one statement, finds a cut in
 the source's own rows in one more, and on PostgreSQL writes its row and segments in one
-that also returns its newest messages (``pg_sql.INSERT_FORK``).
+that also returns its newest messages (``postgresql.statements.INSERT_FORK``).
 Several sessions' rows change in one operation (a release rewrites the inheritors' lists
 and links, a detach the segments on the session's rows in other lists): on a server
 database such an operation must not interleave with another one of the same tree, which

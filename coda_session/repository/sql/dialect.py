@@ -1,29 +1,53 @@
-"""The dialect seam: what differs between the databases the SQL backend runs on.
+"""The dialect seam: what the repository asks of the database it runs on.
 
-A :class:`Dialect` classifies a driver error (by the database's own error code, never by
-its message text) and says which failures are worth running the transaction again for.
-:class:`SqliteDialect` is SQLite's; a server database adds its own (SQLSTATE) beside it.
+Everything specific to one database lives in its package (:mod:`.sqlite`,
+:mod:`.postgresql`; :mod:`.alchemy` is the generic SQLAlchemy path both of them can fall
+back on, and the dialect of any other database). A :class:`Dialect` object is how the
+repository gets its runner (and with it the operations that runner runs), its error
+rules and its engine's set-up; the repository never asks which database it is on.
+:func:`.registry.dialect_for` picks the dialect for a URL.
+
+This module is the interface only: it imports no dialect package.
 """
 
 from __future__ import annotations
 
 import enum
-import sqlite3
-import sys
-from typing import Protocol
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ...config import SessionConfig
+
+if TYPE_CHECKING:
+    import sqlite3
+    from datetime import datetime
+
+    from ..base import SaveRequest
+    from .operations import Operations
 
 __all__ = [
-    "PG_UNIQUE_NAME_CONSTRAINT",
-    "POSTGRESQL",
-    "SQLITE",
+    "WRITE_OPTION",
+    "Costs",
     "Dialect",
     "Failure",
-    "PostgresDialect",
+    "NoCosts",
+    "Operation",
+    "Runner",
     "ServerError",
-    "SqliteDialect",
-    "dialect_for",
     "driver_error",
 ]
+
+T = TypeVar("T")
+
+#: The execution option telling an engine whether a transaction writes (SQLite's begin
+#: hook takes the write lock up front for one that does)
+WRITE_OPTION = "coda_session_write"
 
 
 class Failure(enum.Enum):
@@ -67,10 +91,85 @@ def driver_error(exc: BaseException) -> BaseException:
     return orig if isinstance(orig, BaseException) else exc
 
 
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """How one call of an operation runs: ``action`` names it in errors and logs,
+    ``write`` takes the write lock, ``loop_pages`` marks a small operation that may run
+    on the event loop's thread (the WAL pages it may write, 0 for a read; None: not
+    small), ``name`` is the session name a unique violation reports. Whether the
+    operation is one statement (a server runs it as its own transaction) is the
+    operation's own mark (:func:`.operations.one_statement`), not the caller's."""
+
+    action: str
+    write: bool = False
+    loop_pages: int | None = None
+    name: str | None = None
+
+
+class Runner(Protocol):
+    """Where operations run: each call is one transaction on a connection of the runner's."""
+
+    @property
+    def operations(self) -> Operations[Any]:
+        """The operations this runner's executor runs (a dialect's faster ones, or the
+        portable ones)."""
+        ...
+
+    @property
+    def own_connections(self) -> bool:
+        """True on connections of the library's own, False through SQLAlchemy's engine."""
+        ...
+
+    @property
+    def runs_small_operations_on_the_loop(self) -> bool: ...
+
+    async def run(self, op: Operation, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn(executor, *args)`` in one transaction; driver errors raised as they are."""
+        ...
+
+    def snapshot(self) -> AbstractAsyncContextManager[Callable[..., Any]]:
+        """A read transaction held open across calls: yields ``step(fn, *args)``."""
+        ...
+
+    async def on_connection(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Test hook: ``fn`` with a raw ``sqlite3`` connection (StorageError elsewhere)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Costs(Protocol):
+    """Which operations are small enough to run on the event loop's thread, and the WAL
+    pages each may write there (None: not small). Only a runner that runs operations on
+    the loop reads the figures; the other dialects answer None."""
+
+    def read(self, rows: int | None) -> int | None:
+        """A read of at most ``rows`` messages (None: unbounded)."""
+        ...
+
+    def create(
+        self, copy_from: str | None, fork_point: int | None, fork_after: int | None
+    ) -> int | None:
+        """A new session, or a fork of ``copy_from``."""
+        ...
+
+    def save(self, request: SaveRequest) -> int | None:
+        """A save."""
+        ...
+
+
 class Dialect(Protocol):
-    """What the repository asks of a database beyond the shared SQLAlchemy statements."""
+    """One database: its error rules, its engine's set-up and its runner."""
 
     name: str
+    #: whether a column may hold a value of any type (SQLite's dynamic typing): the
+    #: adoption of a database the library did not write then checks each stored type
+    any_type_columns: bool
+
+    @property
+    def costs(self) -> Costs:
+        """Which calls are small enough for the event loop's thread (see :class:`Costs`)."""
+        ...
 
     def classify(self, exc: BaseException) -> Failure:
         """What a driver (or SQLAlchemy-wrapped driver) error means."""
@@ -80,157 +179,54 @@ class Dialect(Protocol):
         """Whether a transaction that failed so, rolled back whole, may simply run again."""
         ...
 
+    def database_file(self, url: URL) -> Path | None:
+        """The file behind ``url``, or None for a database that is not one file."""
+        ...
 
-# SQLite's result codes (https://sqlite.org/rescode.html): the primary code is the low
-# byte of the extended one
-_SQLITE_PRIMARY = {
-    5: Failure.BUSY,  # SQLITE_BUSY
-    6: Failure.BUSY,  # SQLITE_LOCKED
-    8: Failure.READ_ONLY,  # SQLITE_READONLY
-    9: Failure.INTERRUPTED,  # SQLITE_INTERRUPT
-    10: Failure.IO,  # SQLITE_IOERR
-    11: Failure.CORRUPT,  # SQLITE_CORRUPT
-    13: Failure.FULL,  # SQLITE_FULL
-    14: Failure.CANT_OPEN,  # SQLITE_CANTOPEN
-    26: Failure.CORRUPT,  # SQLITE_NOTADB
-}
-#: SQLITE_CONSTRAINT_UNIQUE. The schema's one UNIQUE constraint is ``sessions.name``
-#: (primary keys report SQLITE_CONSTRAINT_PRIMARYKEY), and a test keeps it so.
-_SQLITE_CONSTRAINT_UNIQUE = 2067
+    def engine_options(
+        self, config: SessionConfig, url: URL, *, migrations: bool
+    ) -> dict[str, Any]:
+        """``create_async_engine`` options (a file database's file is prepared here)."""
+        ...
 
+    def prepare_engine(self, engine: AsyncEngine) -> None:
+        """Hooks on a new engine (how its transactions begin)."""
+        ...
 
-class SqliteDialect:
-    """SQLite: errors by ``sqlite3.Error.sqlite_errorcode``."""
+    def hold_migration_lock(self, conn: Connection, key: int) -> None:
+        """Wait for and hold, until the transaction ends, the lock ``key`` migrations
+        take (nothing where the write lock already runs them one at a time)."""
+        ...
 
-    name = "sqlite"
+    def stored_timestamp(self, value: datetime) -> Any:
+        """A timestamp as the library stores it on this database."""
+        ...
 
-    def classify(self, exc: BaseException) -> Failure:
-        err = driver_error(exc)
-        if isinstance(err, UnicodeDecodeError):
-            # sqlite3's, in place of an error whose message quotes the damaged file
-            return Failure.CORRUPT
-        if not isinstance(err, sqlite3.Error):
-            return Failure.OTHER
-        code = getattr(err, "sqlite_errorcode", None)
-        if not isinstance(code, int):
-            return Failure.OTHER
-        if code == _SQLITE_CONSTRAINT_UNIQUE:
-            return Failure.UNIQUE_NAME
-        return _SQLITE_PRIMARY.get(code & 0xFF, Failure.OTHER)
+    def byte_length(self, expr: str, *, text: bool) -> str:
+        """SQL for the size in bytes of ``expr``: its UTF-8 text when ``text``, else its
+        binary value (for the one-time repairs written as SQL text)."""
+        ...
 
-    def retryable(self, failure: Failure) -> bool:
-        return failure is Failure.BUSY
-
-
-# SQLSTATE codes (https://www.postgresql.org/docs/current/errcodes-appendix.html): exact
-# codes first, then the two-character class
-_PG_CODES = {
-    "40001": Failure.CONFLICT,  # serialization_failure
-    "40P01": Failure.CONFLICT,  # deadlock_detected
-    "55P03": Failure.BUSY,  # lock_not_available: lock_timeout (busy_timeout) ran out
-    "57014": Failure.INTERRUPTED,  # query_canceled (a cancelled operation)
-    "57P01": Failure.CONNECTION,  # admin_shutdown: the server is stopping
-    "57P02": Failure.CONNECTION,  # crash_shutdown
-    "57P03": Failure.CONNECTION,  # cannot_connect_now: the server is starting
-    "53100": Failure.FULL,  # disk_full
-    "25006": Failure.READ_ONLY,  # read_only_sql_transaction
-    "28P01": Failure.AUTH,  # invalid_password
-    "28000": Failure.AUTH,  # invalid_authorization_specification
-    "3D000": Failure.NO_DATABASE,  # invalid_catalog_name
-    "XX001": Failure.CORRUPT,  # data_corrupted
-    "XX002": Failure.CORRUPT,  # index_corrupted
-}
-_PG_CLASSES = {"08": Failure.CONNECTION, "58": Failure.IO}
-#: The unique constraint on ``sessions.name`` (the naming convention in tables.py); a
-#: duplicate primary key (pk_sessions) is another failure, not "the name is taken".
-PG_UNIQUE_NAME_CONSTRAINT = "uq_sessions_name"
+    async def open_runner(
+        self,
+        config: SessionConfig,
+        url: URL,
+        make_engine: Callable[[], AsyncEngine],
+        *,
+        fast_path: bool | None,
+        inline: bool,
+    ) -> Runner:
+        """The runner for ``url``: on connections of the library's own when the dialect has
+        a fast path and ``fast_path`` is not False, else through ``make_engine``'s engine."""
+        ...
 
 
-def _sqlstate(err: BaseException) -> str | None:
-    code = getattr(err, "sqlstate", None)
-    if isinstance(code, str):
-        return code
-    # SQLAlchemy's asyncpg adapter keeps the asyncpg error as the cause
-    cause = err.__cause__
-    code = getattr(cause, "sqlstate", None)
-    return code if isinstance(code, str) else None
-
-
-def _constraint(err: BaseException) -> str | None:
-    for candidate in (err, err.__cause__):
-        name = getattr(candidate, "constraint_name", None)
-        if isinstance(name, str):
-            return name
+def no_cost(*_args: Any) -> None:
+    """The cost of every operation for a runner that runs nothing on the loop: none."""
     return None
 
 
-class PostgresDialect:
-    """PostgreSQL: errors by SQLSTATE (asyncpg's ``sqlstate``, also through SQLAlchemy's
-    adapter); connections that fail or drop are told apart from database errors."""
+class NoCosts:
+    """:class:`Costs` of a dialect whose runners never run on the event loop's thread."""
 
-    name = "postgresql"
-
-    def classify(self, exc: BaseException) -> Failure:
-        err = driver_error(exc)
-        code = _sqlstate(err)
-        if code is None:
-            if isinstance(err, TimeoutError):
-                return Failure.TIMEOUT
-            if isinstance(err, OSError) or _is_connection_error(err):
-                return Failure.CONNECTION
-            return Failure.OTHER
-        if code == "23505":  # unique_violation
-            constraint = _constraint(err)
-            return Failure.UNIQUE_NAME if constraint == PG_UNIQUE_NAME_CONSTRAINT else Failure.OTHER
-        return _PG_CODES.get(code) or _PG_CLASSES.get(code[:2], Failure.OTHER)
-
-    def retryable(self, failure: Failure) -> bool:
-        # the transaction was rolled back whole: running it again is safe. A lost
-        # connection is not retried here: a write may or may not have committed.
-        return failure in (Failure.BUSY, Failure.CONFLICT)
-
-
-def _is_connection_error(err: BaseException) -> bool:
-    """asyncpg's errors for an operation on a closed connection (a plain InterfaceError,
-    without SQLSTATE) or on one whose protocol is out of step (InternalClientError, as
-    after a server restart the client had not noticed), recognised by type, never by
-    message. asyncpg is looked up, not
-    imported: when it was never imported, no error can be one of its own."""
-    asyncpg = sys.modules.get("asyncpg")
-    if asyncpg is None:
-        return False
-    interface = asyncpg.exceptions.InterfaceError
-    internal = asyncpg.exceptions.InternalClientError  # its protocol out of step: unusable
-    for candidate in (err, err.__cause__):
-        if candidate is not None and (
-            type(candidate) is interface or isinstance(candidate, internal)
-        ):
-            return True
-    return False
-
-
-class GenericDialect:
-    """A database the library has no error table for: nothing is retried, every failure
-    is a plain StorageError."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def classify(self, exc: BaseException) -> Failure:
-        return Failure.OTHER
-
-    def retryable(self, failure: Failure) -> bool:
-        return False
-
-
-SQLITE = SqliteDialect()
-POSTGRESQL = PostgresDialect()
-
-
-def dialect_for(backend_name: str) -> Dialect:
-    """The dialect for a SQLAlchemy backend name (``url.get_backend_name()``)."""
-    if backend_name == "sqlite":
-        return SQLITE
-    if backend_name == "postgresql":
-        return POSTGRESQL
-    return GenericDialect(backend_name)
+    read = create = save = staticmethod(no_cost)

@@ -1,10 +1,12 @@
 """The SQL repository: the protocol's methods mapped onto operations and a runner.
 
-The operations (:mod:`.ops`) are written once; a runner decides where they run
-(:class:`~.sqlite_runner.SqliteRunner` for a SQLite file, :class:`~.alchemy_runner.AlchemyRunner`
-for any database through SQLAlchemy). Every runner call passes through :meth:`SqlRepository._run`,
-the one edge: a failure the dialect calls retryable (SQLite busy) is run again, up to
-:data:`BUSY_ATTEMPTS` times, and every driver error is translated there.
+The database's dialect (:mod:`.dialect`, picked by :func:`.registry.dialect_for`) gives the
+runner, which decides where operations run and which operations it runs (the portable
+ones of :mod:`.operations`, or a dialect's faster equals), the cost model that says which
+calls are small, and the error rules. The repository never asks which database it is on.
+Every runner call passes through :meth:`SqlRepository._edge`, the one edge: a failure the
+dialect calls retryable (SQLite busy) is run again, up to :data:`BUSY_ATTEMPTS` times, and
+every driver error is translated there.
 """
 
 from __future__ import annotations
@@ -15,24 +17,22 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 
 from ...config import SessionConfig
-from ...errors import ManagerClosedError, SessionError, StorageError
+from ...errors import ManagerClosedError, SessionError
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..base import SaveRequest, SaveResult
-from . import ops
-from .alchemy_runner import AlchemyRunner
-from .dialect import Dialect, dialect_for
-from .engine import WRITE_OPTION, create_engine, database_url, sqlite_path
+from ..capabilities import Snapshots
+from ..protocol import Repository
+from .dialect import WRITE_OPTION, Dialect, Operation, Runner
+from .engine import create_engine, database_url
 from .errors import DRIVER_ERRORS, translate
+from .operations import Operations
+from .registry import dialect_for
 from .schema import HEAD_REVISION, current_revision, ensure_schema, migration_guard
-from .sqlite_runner import SqliteRunner
-
-if TYPE_CHECKING:
-    from .pg_runner import PgRunner
 
 __all__ = ["BUSY_ATTEMPTS", "SqlRepository", "SqlSnapshot"]
 
@@ -45,14 +45,13 @@ logger = logging.getLogger("coda_session")
 #: rolled back whole, so running it again is safe.
 BUSY_ATTEMPTS = 3
 
-# Small operations may run on the event loop's own thread (see SqliteRunner):
-#: most new messages, and their bytes, a save may carry to run on the loop
-LOOP_MAX_MESSAGES = 64
-LOOP_MAX_BYTES = 256 * 1024
-#: most messages a read may return to run on the loop
-LOOP_MAX_ROWS = 200
-
-Runner: TypeAlias = "SqliteRunner | AlchemyRunner | PgRunner"
+# the calls whose spec never varies
+_APPEND = Operation("saving a session", write=True)
+_DELETE = Operation("deleting a session", write=True)
+_TEXT_LENGTH = Operation("counting tokens")
+_LIST = Operation("listing sessions")
+_LIST_TREE = Operation("listing a tree")
+_READ_SNAPSHOT = Operation("reading a snapshot")
 
 
 class SqlSnapshot:
@@ -61,19 +60,24 @@ class SqlSnapshot:
 
     global_ids = True
 
-    def __init__(self, step: Callable[..., Any], edge: Callable[..., Any]) -> None:
+    def __init__(
+        self, step: Callable[..., Any], edge: Callable[..., Any], ops: Operations[Any]
+    ) -> None:
         self._step = step
         self._edge = edge
+        self._ops = ops
 
     async def list_sessions(self) -> list[SessionInfo]:
-        done: list[SessionInfo] = await self._edge("listing sessions", self._step, ops.list_all)
+        done: list[SessionInfo] = await self._edge(
+            "listing sessions", self._step, self._ops.list_all
+        )
         return done
 
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
     ) -> SessionRecord | None:
         done: SessionRecord | None = await self._edge(
-            "loading a session", self._step, ops.load, name, session_id, tail
+            "loading a session", self._step, self._ops.load, name, session_id, tail
         )
         return done
 
@@ -89,7 +93,7 @@ class SqlSnapshot:
         done: list[MessageRecord] = await self._edge(
             "reading messages",
             self._step,
-            ops.read_page,
+            self._ops.read_page,
             session_id,
             after_id,
             upto_id,
@@ -99,7 +103,7 @@ class SqlSnapshot:
         return done
 
 
-class SqlRepository:
+class SqlRepository(Repository, Snapshots):
     """Sessions in a SQL database through SQLAlchemy 2 (async).
 
     On a SQLite file every operation runs as one transaction in a single trip to a
@@ -111,7 +115,7 @@ class SqlRepository:
     ``inline=True`` runs the SQLite operations on the event loop's own thread: only for
     a loop nobody else uses (the blocking :class:`~coda_session.SessionManager` owns one).
     Otherwise, with ``connection_pool_size >= 2``, small operations also run on the event
-    loop's thread on a connection that never waits (see :mod:`.sqlite_runner`).
+    loop's thread on a connection that never waits (see :mod:`.sqlite.runner`).
     """
 
     def __init__(
@@ -128,11 +132,10 @@ class SqlRepository:
         else:
             self._url = url if isinstance(url, URL) else make_url(url)
         self._dialect: Dialect = dialect_for(self._url.get_backend_name())
-        has_fast = self._url.get_backend_name() in ("sqlite", "postgresql")
-        self._fast_wanted = has_fast if fast_path is None else (fast_path and has_fast)
+        self._costs = self._dialect.costs
+        self._fast_path = fast_path
         self._inline_wanted = inline
         self._runner: Runner | None = None
-        self._runner_kind = ""
         self._closed = False
 
     @property
@@ -143,17 +146,12 @@ class SqlRepository:
     def uses_fast_path(self) -> bool:
         """True when operations run on connections of the library's own (SQLite's, or
         asyncpg's), not through SQLAlchemy's engine."""
-        return self._runner is not None and not isinstance(self._runner, AlchemyRunner)
-
-    @property
-    def _one_statement(self) -> bool:
-        # PostgreSQL's runner: the operations of ops.pg_* and single-statement reads
-        return self._runner is not None and self._runner_kind == "postgresql"
+        return self._runner is not None and self._runner.own_connections
 
     @property
     def runs_small_operations_on_the_loop(self) -> bool:
         runner = self._runner
-        return isinstance(runner, SqliteRunner) and runner.runs_small_operations_on_the_loop
+        return runner is not None and runner.runs_small_operations_on_the_loop
 
     # -- the edge -------------------------------------------------------------------------
 
@@ -184,35 +182,15 @@ class SqlRepository:
                     continue
                 raise translate(exc, action, self._dialect, name=name) from exc
 
-    async def _run(
-        self,
-        action: str,
-        write: bool,
-        fn: Callable[..., T],
-        *args: Any,
-        loop_pages: int | None = None,
-        name: str | None = None,
-        single: bool = False,
-    ) -> T:
-        """Run ``fn`` in one transaction. ``loop_pages`` marks a small operation that may
-        run on the event loop's thread: the WAL pages it may write (0 for a read);
-        ``single`` one that is a single statement (a server runs it as its own
-        transaction, in one round trip)."""
-        runner = self._runner if self._runner is not None else await self._open_runner()
-        done: T = await self._edge(
-            action, runner.run, write, fn, args, loop_pages, single, name=name
-        )
+    async def _run(self, runner: Runner, op: Operation, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` (an operation of ``runner``'s) in one transaction, as ``op`` says."""
+        done: T = await self._edge(op.action, runner.run, op, fn, args, name=op.name)
         return done
 
     # -- opening and closing --------------------------------------------------------------
 
     async def open(self) -> None:
         await self._open_runner()
-
-    async def _ready(self) -> None:
-        """Open now if not yet (the choice of operation depends on the runner)."""
-        if self._runner is None:
-            await self._open_runner()
 
     async def _open_runner(self) -> Runner:
         if self._closed:
@@ -244,24 +222,13 @@ class SqlRepository:
             await migrator.dispose()
 
     async def _connect(self) -> Runner:
-        if self._fast_wanted and self._url.get_backend_name() == "postgresql":
-            from .pg_runner import PgRunner  # asyncpg is imported only for PostgreSQL
-
-            pg = PgRunner(self._url, self._config)
-            await pg.open()
-            self._runner_kind = "postgresql"
-            return pg
-        path = sqlite_path(self._url)
-        if self._fast_wanted and path is not None:
-            runner = SqliteRunner(
-                str(path),
-                self._config.busy_timeout,
-                self._config.connection_pool_size,
-                inline=self._inline_wanted,
-            )
-            await runner.open()
-            return runner
-        return AlchemyRunner(lambda: create_engine(self._config, self._url))
+        return await self._dialect.open_runner(
+            self._config,
+            self._url,
+            lambda: create_engine(self._config, self._url),
+            fast_path=self._fast_path,
+            inline=self._inline_wanted,
+        )
 
     async def aclose(self) -> None:
         self._closed = True
@@ -279,9 +246,7 @@ class SqlRepository:
         own thread (the fast path only; StorageError otherwise). For tests that play a
         fault SQLite's own way (``PRAGMA max_page_count``) or read the connection's PRAGMAs;
         not part of the storage contract."""
-        runner = self._runner if self._runner is not None else await self._open_runner()
-        if not isinstance(runner, SqliteRunner):
-            raise StorageError("this repository runs on the SQLAlchemy engine: no raw connection")
+        runner = self._runner or await self._open_runner()
         done: T = await runner.on_connection(fn)
         return done
 
@@ -296,50 +261,38 @@ class SqlRepository:
         fork_after: int | None = None,
         tail: int = 0,
     ) -> SessionRecord:
-        return await self._run(
+        runner = self._runner or await self._open_runner()
+        op = Operation(
             "creating a session",
-            True,
-            ops.create,
+            write=True,
+            loop_pages=self._costs.create(copy_from, fork_point, fork_after),
+            name=record.name,
+        )
+        return await self._run(
+            runner,
+            op,
+            runner.operations.create,
             record,
             copy_from,
             fork_point,
             fork_after,
             tail,
-            # a fork inside the source counts the rows it cuts: not on the loop
-            loop_pages=4 if copy_from is None else 8 if fork_point is fork_after is None else None,
-            name=record.name,
         )
 
     async def load_session(
         self, *, name: str | None = None, session_id: str | None = None, tail: int = 0
     ) -> SessionRecord | None:
-        await self._ready()
-        return await self._run(
-            "loading a session",
-            False,
-            ops.pg_load if self._one_statement else ops.load,
-            name,
-            session_id,
-            tail,
-            loop_pages=0 if tail <= LOOP_MAX_ROWS else None,
-            single=self._one_statement,
-        )
+        runner = self._runner or await self._open_runner()
+        op = Operation("loading a session", loop_pages=self._costs.read(tail))
+        return await self._run(runner, op, runner.operations.load, name, session_id, tail)
 
     async def read_messages(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> list[MessageRecord]:
-        small = limit is not None and limit <= LOOP_MAX_ROWS
-        await self._ready()
+        runner = self._runner or await self._open_runner()
+        op = Operation("reading messages", loop_pages=self._costs.read(limit))
         return await self._run(
-            "reading messages",
-            False,
-            ops.pg_read if self._one_statement else ops.read,
-            session_id,
-            upto_id,
-            limit,
-            root_id,
-            loop_pages=0 if small else None,
-            single=True,
+            runner, op, runner.operations.read, session_id, upto_id, limit, root_id
         )
 
     async def read_page(
@@ -351,18 +304,17 @@ class SqlRepository:
         limit: int,
         root_id: str | None = None,
     ) -> list[MessageRecord]:
-        await self._ready()
+        runner = self._runner or await self._open_runner()
+        op = Operation("reading messages", loop_pages=self._costs.read(limit))
         return await self._run(
-            "reading messages",
-            False,
-            ops.pg_read_page if self._one_statement else ops.read_page,
+            runner,
+            op,
+            runner.operations.read_page,
             session_id,
             after_id,
             upto_id,
             limit,
             root_id,
-            loop_pages=0 if limit <= LOOP_MAX_ROWS else None,
-            single=True,
         )
 
     async def import_session(
@@ -373,77 +325,52 @@ class SqlRepository:
         max_bytes: int | None = None,
         fork: tuple[str, int] | None = None,
     ) -> SessionRecord:
+        runner = self._runner or await self._open_runner()
+        op = Operation("importing a session", write=True, name=record.name)
         return await self._run(
-            "importing a session",
-            True,
-            ops.import_all,
-            record,
-            batches,
-            max_bytes,
-            fork,
-            name=record.name,
+            runner, op, runner.operations.import_all, record, batches, max_bytes, fork
         )
 
     async def save(self, request: SaveRequest) -> SaveResult:
-        await self._ready()
-        if (
-            self._one_statement
-            and request.messages
-            and request.truncation is None
-            and not request.metadata_patch
-            and not request.drop_newest
-        ):
-            return await self._run("saving a session", True, ops.pg_append, request, single=True)
-        return await self._run(
-            "saving a session", True, ops.save, request, loop_pages=_save_pages(request)
-        )
+        runner = self._runner or await self._open_runner()
+        ops = runner.operations
+        if ops.appends_alone(request):
+            return await self._run(runner, _APPEND, ops.append, request)
+        op = Operation("saving a session", write=True, loop_pages=self._costs.save(request))
+        return await self._run(runner, op, ops.save, request)
 
     async def delete_session(self, session_id: str) -> bool:
-        return await self._run("deleting a session", True, ops.delete, session_id)
+        runner = self._runner or await self._open_runner()
+        return await self._run(runner, _DELETE, runner.operations.delete, session_id)
 
     async def list_sessions(self) -> list[SessionInfo]:
-        return await self._run("listing sessions", False, ops.list_all, single=True)
+        runner = self._runner or await self._open_runner()
+        return await self._run(runner, _LIST, runner.operations.list_all)
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None
     ) -> tuple[int, int]:
-        await self._ready()
+        runner = self._runner or await self._open_runner()
         return await self._run(
-            "counting tokens",
-            False,
-            ops.pg_text_length if self._one_statement else ops.text_length,
+            runner,
+            _TEXT_LENGTH,
+            runner.operations.text_length,
             session_id,
             upto_id,
             limit,
             root_id,
-            single=True,
         )
 
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
-        return await self._run("listing a tree", False, ops.tree, root_id, single=True)
+        runner = self._runner or await self._open_runner()
+        return await self._run(runner, _LIST_TREE, runner.operations.tree, root_id)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[SqlSnapshot]:
         """Reads of one committed state (a read transaction spanning them), for exports."""
-        runner = self._runner if self._runner is not None else await self._open_runner()
+        runner = self._runner or await self._open_runner()
         async with contextlib.AsyncExitStack() as stack:
             step = await self._edge(
-                "reading a snapshot", stack.enter_async_context, runner.snapshot()
+                _READ_SNAPSHOT.action, stack.enter_async_context, runner.snapshot()
             )
-            yield SqlSnapshot(step, self._edge)
-
-
-def _save_pages(request: SaveRequest) -> int | None:
-    """The WAL pages a save may write if it is small enough for the loop, else None."""
-    if (
-        request.truncation is not None
-        or request.drop_newest
-        or len(request.messages) > LOOP_MAX_MESSAGES
-    ):
-        return None  # a truncation or a drop deletes (or moves) any number of rows
-    size = sum(r.byte_size() for r in request.messages)
-    if request.metadata_patch:
-        size += len(str(request.metadata_patch))
-    if size > LOOP_MAX_BYTES:
-        return None
-    return 4 + size // 2048
+            yield SqlSnapshot(step, self._edge, runner.operations)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ...errors import SchemaVersionError
+from .registry import dialect_for
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -87,9 +88,9 @@ MIGRATION_LOCK_KEY = 0x636F6461
 
 
 def hold_migration_lock(conn: Connection) -> None:
-    """On PostgreSQL, wait for and hold (until the transaction ends) the migration lock."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    """Wait for and hold (until the transaction ends) the migration lock, where the
+    database's write lock does not already serialise migrations (PostgreSQL)."""
+    dialect_for(conn.dialect.name).hold_migration_lock(conn, MIGRATION_LOCK_KEY)
 
 
 def current_revision(conn: Connection) -> str | None:

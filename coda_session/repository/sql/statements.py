@@ -72,6 +72,7 @@ __all__ = [
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
     "VIEW_ROWS",
+    "TreeLock",
     "is_constant",
 ]
 
@@ -96,23 +97,39 @@ _MESSAGE_COLS = (
     m.c.char_count,
 )
 
+# -- the rules every statement keeps: build them with these, never by hand ---------------
+
+
+def in_tree(table: sa.FromClause) -> sa.ColumnElement[bool]:
+    """``table``'s rows of one branching tree. Every statement on a tree's sessions,
+    segments or messages names the tree's key (``:tree``): it is the shard key (see the
+    README), and the index every such statement reads leads with it."""
+    return table.c.root_id == sa.bindparam("tree")
+
+
+def tree_key(alias: str) -> str:
+    """:func:`in_tree` in a text statement, for the table aliased ``alias`` (cast:
+    PostgreSQL infers no parameter's type there)."""
+    return f"{alias}.root_id = CAST(:tree AS TEXT)"
+
+
+def visible(table: sa.FromClause = s) -> sa.ColumnElement[bool]:
+    """Sessions a caller may see: never a holder (the hidden row that keeps the rows only
+    other sessions' segments show)."""
+    return table.c.holder == sa.false()
+
+
 _TREE_COLS = (s.c.root_id, s.c.parent_id, s.c.fork_point)
 _RECORD_COLS = (*_SESSION_COLS, s.c.metadata_version, s.c.last_message_id, *_TREE_COLS)
-SESSION_BY_NAME = sa.select(*_RECORD_COLS).where(
-    s.c.name == sa.bindparam("name"), s.c.holder == sa.false()
-)
-SESSION_BY_ID = sa.select(*_RECORD_COLS).where(
-    s.c.id == sa.bindparam("session_id"), s.c.holder == sa.false()
-)
+SESSION_BY_NAME = sa.select(*_RECORD_COLS).where(s.c.name == sa.bindparam("name"), visible())
+SESSION_BY_ID = sa.select(*_RECORD_COLS).where(s.c.id == sa.bindparam("session_id"), visible())
 LIST_SESSIONS = (
-    sa.select(*_SESSION_COLS, *_TREE_COLS)
-    .where(s.c.holder == sa.false())
-    .order_by(s.c.created_at, s.c.name)
+    sa.select(*_SESSION_COLS, *_TREE_COLS).where(visible()).order_by(s.c.created_at, s.c.name)
 )
 # every session of one tree (the tree's key names the shard)
 LIST_TREE = (
     sa.select(*_SESSION_COLS, *_TREE_COLS)
-    .where(s.c.root_id == sa.bindparam("tree"), s.c.holder == sa.false())
+    .where(in_tree(s), visible())
     .order_by(s.c.created_at, s.c.name)
 )
 ROOT_OF = sa.select(s.c.root_id).where(s.c.id == sa.bindparam("session_id"))
@@ -159,7 +176,7 @@ _bump = {
 # The metadata comes back only when its version is not the one the caller saw.
 UPDATE_SESSION = (
     sa.update(s)
-    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
+    .where(s.c.id == sa.bindparam("session_id"), in_tree(s))
     .values(**_bump)
     .returning(
         s.c.message_count,
@@ -174,7 +191,7 @@ UPDATE_SESSION = (
 )
 UPDATE_SESSION_METADATA = (
     sa.update(s)
-    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
+    .where(s.c.id == sa.bindparam("session_id"), in_tree(s))
     .values(
         **_bump,
         metadata=sa.bindparam("metadata", type_=s.c["metadata"].type),
@@ -190,18 +207,18 @@ UPDATE_SESSION_METADATA = (
 )
 SET_LAST_MESSAGE_ID = (
     sa.update(s)
-    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
+    .where(s.c.id == sa.bindparam("session_id"), in_tree(s))
     .values(last_message_id=sa.bindparam("last_id", type_=sa.BigInteger))
 )
 # lock the session row first on server databases (SQLite's write lock already does)
 SESSION_METADATA = (
     sa.select(s.c["metadata"], s.c.metadata_version)
-    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
+    .where(s.c.id == sa.bindparam("session_id"), in_tree(s))
     .with_for_update()
 )
 SESSION_LOCK = (
     sa.select(s.c.metadata_version)
-    .where(s.c.id == sa.bindparam("session_id"), s.c.root_id == sa.bindparam("tree"))
+    .where(s.c.id == sa.bindparam("session_id"), in_tree(s))
     .with_for_update()
 )
 INSERT_MESSAGE = sa.insert(m).values(
@@ -227,7 +244,7 @@ DELETE_LOCK = sa.select(s.c.id).where(s.c.id == sa.bindparam("session_id")).with
 
 # every statement of a branch's rows names the tree's key (the shard key, see the README)
 _range = (
-    m.c.root_id == sa.bindparam("tree"),
+    in_tree(m),
     m.c.session_id == sa.bindparam("owner"),
     m.c.id > sa.bindparam("lo", type_=sa.BigInteger),
     m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
@@ -236,13 +253,13 @@ _range = (
 #: ``hi`` strictly; ``lo`` may be 0 for several, a run of a session's own rows starts there)
 SEGMENTS = (
     sa.select(g.c.owner_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes, g.c.id)
-    .where(g.c.root_id == sa.bindparam("tree"), g.c.session_id == sa.bindparam("session_id"))
+    .where(in_tree(g), g.c.session_id == sa.bindparam("session_id"))
     .order_by(g.c.hi)
 )
 #: the segments that show rows of ``owner`` (other sessions' views of them)
 SEGMENTS_ON = sa.select(
     g.c.id, g.c.session_id, g.c.lo, g.c.hi, g.c.message_count, g.c.size_bytes
-).where(g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree"))
+).where(g.c.owner_id == sa.bindparam("owner"), in_tree(g))
 INSERT_SEGMENT = sa.insert(g).values(
     root_id=sa.bindparam("root_id"),
     session_id=sa.bindparam("session_id"),
@@ -267,7 +284,7 @@ _own_list = sa.select(
     sa.func.max(g.c.hi).label("hi"),
     sa.func.coalesce(sa.func.sum(g.c.message_count), 0).label("count"),
     sa.func.coalesce(sa.func.sum(g.c.size_bytes), 0).label("size"),
-).where(g.c.session_id == sa.bindparam("session_id"), g.c.root_id == sa.bindparam("tree"))
+).where(g.c.session_id == sa.bindparam("session_id"), in_tree(g))
 _own = _own_list.subquery()
 #: a session's inheritance link (the session, the bound, what it shows through it), and
 #: the newest ``hi`` and the totals of its own segments
@@ -294,8 +311,8 @@ SESSION_TO_FORK = (
     .select_from(s.join(_own, sa.true()))
     .where(
         s.c.id == sa.bindparam("session_id"),
-        s.c.holder == sa.false(),
-        s.c.root_id == sa.bindparam("tree"),
+        visible(),
+        in_tree(s),
     )
     .with_for_update(read=True, of=s)
 )
@@ -350,9 +367,9 @@ _CHAIN = (
     "WHERE s.inherit_id IS NOT NULL)"
 )
 _PARTS = (
-    "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "
+    "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "  # noqa: S608
     "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
-    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut ORDER BY g.hi"
+    f"AND {tree_key('g')} AND g.hi <= c.cut ORDER BY g.hi"
 )
 #: a session's view's segments, inherited and its own, oldest first, with the session
 #: whose list holds each (``session_id``)
@@ -361,13 +378,13 @@ RESOLVED = sa.text(f"WITH RECURSIVE {_CHAIN} {_PARTS}")
 #: bound is ``floor`` or less (all it and the lists below show is older), so a page of a
 #: deep branch's newest messages reads only the links it needs
 RESOLVED_ABOVE = sa.text(
-    "WITH RECURSIVE chain(sid, cut) AS (SELECT CAST(:session_id AS TEXT), "
+    "WITH RECURSIVE chain(sid, cut) AS (SELECT CAST(:session_id AS TEXT), "  # noqa: S608
     "CAST(:beyond AS BIGINT) UNION SELECT s.inherit_id, CASE WHEN s.inherit_upto < c.cut "
     "THEN s.inherit_upto ELSE c.cut END FROM chain c JOIN sessions s ON s.id = c.sid "
     "WHERE s.inherit_id IS NOT NULL AND s.inherit_upto > CAST(:floor AS BIGINT)) "
     "SELECT g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, g.session_id "
     "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
-    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut "
+    f"AND {tree_key('g')} AND g.hi <= c.cut "
     "AND g.hi > CAST(:floor AS BIGINT) ORDER BY g.hi"
 )
 #: the same, only down the chain until the lists passed show ``need`` messages (one more
@@ -378,7 +395,7 @@ TAIL_PARTS = sa.text(
     "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
     "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END, c.acc + CAST(("
     "SELECT coalesce(sum(x.message_count), 0) FROM session_segments x "
-    "WHERE x.session_id = c.sid AND x.root_id = CAST(:tree AS TEXT) AND x.hi <= c.cut) "
+    f"WHERE x.session_id = c.sid AND {tree_key('x')} AND x.hi <= c.cut) "
     "AS BIGINT), "
     "c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
     "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
@@ -406,7 +423,7 @@ LINKED_WITHIN = (
 )
 #: the newest ``hi`` of the segments on ``owner``'s rows
 OWNER_MAX_HI = sa.select(sa.func.max(g.c.hi)).where(
-    g.c.owner_id == sa.bindparam("owner"), g.c.root_id == sa.bindparam("tree")
+    g.c.owner_id == sa.bindparam("owner"), in_tree(g)
 )
 #: the place and running size of a session's newest row (where its next rows continue)
 # ordered by (session_id, id), the index's order: a server's planner may otherwise walk the
@@ -447,7 +464,7 @@ RANGE_BY_ORD = sa.select(m.c.id, m.c.cum_size).where(
 )
 _m = m.alias("k")
 _kth_from_end = (
-    _m.c.root_id == sa.bindparam("tree"),
+    in_tree(_m),
     _m.c.session_id == sa.bindparam("owner"),
     _m.c.id > sa.bindparam("lo", type_=sa.BigInteger),
     _m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
@@ -469,9 +486,9 @@ _ROW_COLS = (
 VIEW_ROWS = sa.text(
     f"WITH RECURSIVE {_CHAIN}, parts(owner_id, lo, hi) AS (SELECT g.owner_id, g.lo, g.hi "  # noqa: S608
     "FROM chain c JOIN session_segments g ON g.session_id = c.sid "
-    "AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut UNION ALL "
+    f"AND {tree_key('g')} AND g.hi <= c.cut UNION ALL "
     "SELECT CAST(:session_id AS TEXT), CAST(-1 AS BIGINT), CAST(:upto AS BIGINT)) "
-    f"SELECT {_ROW_COLS} FROM parts p JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
+    f"SELECT {_ROW_COLS} FROM parts p JOIN messages m ON {tree_key('m')} "
     "AND m.session_id = p.owner_id AND m.id > p.lo AND m.id <= p.hi ORDER BY m.id"
 )
 #: the newest ``need`` messages a session shows through its segments, newest first, in
@@ -484,14 +501,14 @@ TAIL_ROWS = sa.text(
     "CAST(:beyond AS BIGINT), CAST(0 AS BIGINT), 0 UNION ALL SELECT s.inherit_id, "
     "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END, c.acc + CAST(("
     "SELECT coalesce(sum(x.message_count), 0) FROM session_segments x "
-    "WHERE x.session_id = c.sid AND x.root_id = CAST(:tree AS TEXT) AND x.hi <= c.cut) "
+    f"WHERE x.session_id = c.sid AND {tree_key('x')} AND x.hi <= c.cut) "
     "AS BIGINT), c.depth + 1 FROM chain c JOIN sessions s ON s.id = c.sid "
     "WHERE s.inherit_id IS NOT NULL AND c.acc < CAST(:need AS BIGINT) "
     "AND c.depth < CAST(:depth AS INTEGER)), "
     "parts(owner_id, lo, hi, n, newer) AS (SELECT g.owner_id, g.lo, g.hi, g.message_count, "
     "coalesce(sum(g.message_count) OVER (ORDER BY g.hi DESC ROWS BETWEEN UNBOUNDED "
     "PRECEDING AND 1 PRECEDING), 0) FROM chain c JOIN session_segments g "
-    "ON g.session_id = c.sid AND g.root_id = CAST(:tree AS TEXT) AND g.hi <= c.cut), "
+    f"ON g.session_id = c.sid AND {tree_key('g')} AND g.hi <= c.cut), "
     "wanted(owner_id, lo, hi, floor) AS (SELECT p.owner_id, p.lo, p.hi, CASE WHEN "
     "p.n <= CAST(:need AS BIGINT) - p.newer THEN p.lo ELSE coalesce(("
     "SELECT x.id FROM messages x WHERE x.session_id = p.owner_id AND x.id > p.lo "
@@ -499,7 +516,7 @@ TAIL_ROWS = sa.text(
     "p.owner_id AND y.id > p.lo AND y.id <= p.hi ORDER BY y.id DESC LIMIT 1) "
     "- (CAST(:need AS BIGINT) - p.newer) + 1), p.lo) END FROM parts p "
     "WHERE p.newer < CAST(:need AS BIGINT)) "
-    f"SELECT {_ROW_COLS} FROM wanted w JOIN messages m ON m.root_id = CAST(:tree AS TEXT) "
+    f"SELECT {_ROW_COLS} FROM wanted w JOIN messages m ON {tree_key('m')} "
     "AND m.session_id = w.owner_id AND m.id >= w.floor AND m.id > w.lo AND m.id <= w.hi "
     "ORDER BY m.id DESC LIMIT CAST(:need AS BIGINT)"
 )
@@ -550,28 +567,24 @@ HOLDER_LOCK = (
 DELETE_HOLDER = sa.delete(s).where(s.c.id == sa.bindparam("session_id"), s.c.holder == sa.true())
 
 
-class _TreeLock(sa.sql.functions.FunctionElement[Any]):
-    """A transaction's lock on one branching tree, by its key (an integer): on
-    PostgreSQL an advisory lock held until the transaction ends; elsewhere nothing,
-    because SQLite's write transactions (BEGIN IMMEDIATE) already run one at a time."""
+class TreeLock(sa.sql.functions.FunctionElement[Any]):
+    """A transaction's lock on one branching tree, by its key (an integer): nothing by
+    default, because SQLite's write transactions (BEGIN IMMEDIATE) already run one at a
+    time; a dialect whose writers run side by side compiles it to a lock held until the
+    transaction ends (PostgreSQL's advisory lock, registered in its package)."""
 
     name = "tree_lock"
     inherit_cache = True
 
 
-@compiles(_TreeLock)
-def _no_tree_lock(element: _TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(TreeLock)
+def _no_tree_lock(element: TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
     return "NULL"
-
-
-@compiles(_TreeLock, "postgresql")
-def _advisory_tree_lock(element: _TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"pg_advisory_xact_lock({compiler.process(element.clauses, **kw)})"
 
 
 #: the tree whose key is ``key`` held by this transaction until it ends (see
 #: :func:`.branching.lock_tree`)
-TREE_LOCK = sa.select(_TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
+TREE_LOCK = sa.select(TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
 
 
 # The compile cache of the SQLite fast path holds these and nothing else: they live as

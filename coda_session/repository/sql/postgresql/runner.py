@@ -2,18 +2,19 @@
 
 SQLAlchemy's pooled async engine costs several hundred microseconds per operation here
 (checkout, reset, result processing), as much as the round trips themselves; this runner
-keeps a small pool of plain asyncpg connections and runs each operation, written once in
-:mod:`.ops`, through the greenlet bridge (:mod:`.bridge`). An operation marked
-``single`` is one statement and runs as its own transaction (one round trip); any other
+keeps a small pool of plain asyncpg connections and runs each operation (the portable
+ones of :mod:`..operations`, with PostgreSQL's faster equals: :mod:`.operations`) through
+the greenlet bridge (:mod:`.bridge`). An operation marked
+:func:`~..operations.one_statement` is one statement and runs as its own transaction (one round trip); any other
 runs in a transaction: READ COMMITTED for writes, whatever the server's default (each
 statement after a lock wait, a tree's included, then sees the newest committed rows),
 REPEATABLE READ READ ONLY for reads of several statements (one snapshot).
 
 Connections are made with ``connect_timeout`` and the session settings of
-:func:`.engine.postgres_server_settings` (``lock_timeout`` from ``busy_timeout``). One
+:func:`.settings.postgres_server_settings` (``lock_timeout`` from ``busy_timeout``). One
 that fails or was closed by the server (a restart) is dropped, with every idle one, and
 the next operation connects again: the manager recovers by itself once the server is back.
-asyncpg's errors leave as :class:`.dialect.ServerError` (SQLSTATE kept) for the edge.
+asyncpg's errors leave as :class:`..dialect.ServerError` (SQLSTATE kept) for the edge.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL
 
-from ...config import SessionConfig
-from ...loopsafe import loop_shutting_down
+from ....config import SessionConfig
+from ....errors import StorageError
+from ....loopsafe import loop_shutting_down
+from ..dialect import Operation, ServerError
+from ..operations import ONE_STATEMENT
 from .bridge import run_bridged
-from .dialect import ServerError
-from .engine import postgres_server_settings
-from .executors import PgExecutor
+from .executor import PgExecutor
+from .operations import PgOperations
+from .settings import postgres_server_settings
 
 __all__ = ["PgRunner"]
 
@@ -194,6 +198,10 @@ class _Pool:
 class PgRunner:
     """Runs each operation on a pooled asyncpg connection (see the module's docstring)."""
 
+    operations = PgOperations()
+    own_connections = True
+    runs_small_operations_on_the_loop = False
+
     def __init__(self, url: URL, config: SessionConfig) -> None:
         args = url.translate_connect_args(username="user")
         self._connect_args: dict[str, Any] = {
@@ -234,21 +242,14 @@ class PgRunner:
         conn = await pool.acquire()
         pool.release(conn)
 
-    async def run(
-        self,
-        write: bool,
-        fn: Op[T],
-        args: tuple[Any, ...],
-        loop_pages: int | None,
-        single: bool = False,
-    ) -> T:
+    async def run(self, op: Operation, fn: Op[T], args: tuple[Any, ...]) -> T:
         pool = self._pool
         conn = await pool.acquire()
         broken = True
         try:
-            if single:
+            if getattr(fn, ONE_STATEMENT, False):
                 done: T = await run_bridged(_call, conn, fn, args)
-            elif write:
+            elif op.write:
                 # READ COMMITTED whatever the server's default: a write that waited for a
                 # lock (a tree's, a row's) then reads what the holder committed; at
                 # REPEATABLE READ its snapshot would predate the wait
@@ -300,6 +301,10 @@ class PgRunner:
             broken = False
         finally:
             pool.release(conn, broken=broken)
+
+    async def on_connection(self, fn: Callable[..., T]) -> T:
+        """No raw connection here: the test hook is the SQLite runner's."""
+        raise StorageError("this repository runs on the SQLAlchemy engine: no raw connection")
 
     async def aclose(self) -> None:
         """Close this loop's connections; those of other loops still running are dropped

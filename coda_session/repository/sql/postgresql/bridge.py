@@ -1,6 +1,6 @@
 """Synchronous operations over an async driver: a greenlet bridge.
 
-The repository's operations (:mod:`.ops`) are plain functions over a synchronous executor.
+The repository's operations (:mod:`..operations`) are plain methods over a synchronous executor.
 On PostgreSQL the driver (asyncpg) is async: :func:`run_bridged` runs an operation in a
 greenlet of its own, and each :func:`wait` inside it hands one awaitable back to the
 event loop's side, which awaits it and resumes the operation with the result (or throws

@@ -12,6 +12,9 @@ The runner is in exactly one mode at a time:
   taken there runs on a worker instead, which waits up to ``busy_timeout``;
 * :class:`Closed`.
 
+Which operations are small enough for the loop is the cost model here (:class:`SqliteCosts`):
+a read of a few hundred messages, a save of a few dozen, each with the WAL pages it may add.
+
 Nothing here is bound to one event loop: every wait is a future of the caller's loop, so
 several loops (in several threads) may use one runner at the same time. The loop
 connection serves one of them at a time: a loop that finds it in use by another thread
@@ -29,11 +32,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .engine import connect_sqlite, connect_sqlite_for_loop, is_busy
-from .executors import RawExecutor
+from ...base import SaveRequest
+from ..dialect import Operation
+from ..operations import Operations
+from .connect import connect_sqlite, connect_sqlite_for_loop
+from .errors import is_busy
+from .executor import RawExecutor
 from .worker import Worker
 
-__all__ = ["Closed", "Inline", "SqliteRunner", "Threaded"]
+__all__ = [
+    "LOOP_MAX_BYTES",
+    "LOOP_MAX_MESSAGES",
+    "LOOP_MAX_ROWS",
+    "Closed",
+    "Inline",
+    "SqliteCosts",
+    "SqliteRunner",
+    "Threaded",
+]
 
 T = TypeVar("T")
 Op = Callable[..., T]
@@ -41,6 +57,44 @@ Op = Callable[..., T]
 #: WAL pages (estimated) the loop connection may add before the next write goes to the
 #: writer thread, whose commit checkpoints the WAL once it passes SQLite's default of 1000
 LOOP_WAL_PAGES = 800
+
+# Small operations may run on the event loop's own thread:
+#: most new messages, and their bytes, a save may carry to run on the loop
+LOOP_MAX_MESSAGES = 64
+LOOP_MAX_BYTES = 256 * 1024
+#: most messages a read may return to run on the loop
+LOOP_MAX_ROWS = 200
+
+
+class SqliteCosts:
+    """The WAL pages an operation may write if it is small enough for the loop, else None
+    (see :class:`~..dialect.Costs`)."""
+
+    @staticmethod
+    def read(rows: int | None) -> int | None:
+        return 0 if rows is not None and rows <= LOOP_MAX_ROWS else None
+
+    @staticmethod
+    def create(copy_from: str | None, fork_point: int | None, fork_after: int | None) -> int | None:
+        # a fork inside the source counts the rows it cuts: not on the loop
+        if copy_from is None:
+            return 4
+        return 8 if fork_point is fork_after is None else None
+
+    @staticmethod
+    def save(request: SaveRequest) -> int | None:
+        if (
+            request.truncation is not None
+            or request.drop_newest
+            or len(request.messages) > LOOP_MAX_MESSAGES
+        ):
+            return None  # a truncation or a drop deletes (or moves) any number of rows
+        size = sum(r.byte_size() for r in request.messages)
+        if request.metadata_patch:
+            size += len(str(request.metadata_patch))
+        if size > LOOP_MAX_BYTES:
+            return None
+        return 4 + size // 2048
 
 
 @dataclass(slots=True)
@@ -101,12 +155,11 @@ def _end_snapshot(conn: sqlite3.Connection) -> None:
         conn.rollback()
 
 
-def _connection(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    return fn(conn)
-
-
 class SqliteRunner:
     """The connections of one SQLite file, in one of the modes above."""
+
+    operations: Operations[RawExecutor] = Operations()
+    own_connections = True
 
     def __init__(self, path: str, busy_timeout: float, pool_size: int, *, inline: bool) -> None:
         self._path = path
@@ -144,16 +197,10 @@ class SqliteRunner:
         mode = self.mode
         return isinstance(mode, Threaded) and mode.loop_conn is not None
 
-    async def run(
-        self,
-        write: bool,
-        fn: Op[T],
-        args: tuple[Any, ...],
-        loop_pages: int | None,
-        single: bool = False,
-    ) -> T:
-        """Run ``fn`` in one transaction. ``loop_pages`` marks a small operation that may
-        run on the event loop's thread: the WAL pages it may write (0 for a read)."""
+    async def run(self, op: Operation, fn: Op[T], args: tuple[Any, ...]) -> T:
+        """Run ``fn`` in one transaction. ``op.loop_pages`` marks a small operation that
+        may run on the event loop's thread: the WAL pages it may write (0 for a read)."""
+        write, loop_pages = op.write, op.loop_pages
         mode = self.mode
         if isinstance(mode, Inline):
             return in_transaction(mode.conn, write, fn, args)
@@ -243,7 +290,7 @@ class SqliteRunner:
             return fn(mode.conn)
         if not isinstance(mode, Threaded):
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-        done: T = await mode.writer.call(_connection, fn)
+        done: T = await mode.writer.call(fn)
         return done
 
     async def aclose(self) -> None:

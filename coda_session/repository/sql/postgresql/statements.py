@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from .tables import messages, segments, sessions
+from ..tables import messages, segments, sessions
 
 __all__ = [
     "APPEND",

@@ -1,7 +1,9 @@
 """The generic runner: the repository's operations through SQLAlchemy's async engine.
 
-Used for every database the SQLite fast path does not serve (and, in the test suite, for
-SQLite itself as the ``sqlite-core`` backend, so this path is proven on every run).
+Used for every database without a fast path of its own, for PostgreSQL and SQLite with
+``fast_path=False`` (in the test suite, SQLite as the ``sqlite-core`` backend, so this path
+is proven on every run), and for a SQLite database that is not a file. A dialect tells it
+how its transactions begin (``transaction_options``); it asks no database's name.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ...loopsafe import loop_shutting_down
-from .engine import WRITE_OPTION
-from .executors import AlchemyExecutor
+from ....errors import StorageError
+from ....loopsafe import loop_shutting_down
+from ..dialect import Operation
+from ..operations import Operations
+from .executor import AlchemyExecutor
 
 __all__ = ["AlchemyRunner"]
 
@@ -116,12 +120,21 @@ class _Checkout:
 
 class AlchemyRunner:
     """Runs each operation in one transaction on a pooled connection of the running
-    loop's engine (made by ``make_engine`` on the loop's first operation)."""
+    loop's engine (made by ``make_engine`` on the loop's first operation), with the
+    execution options ``transaction_options(write)``."""
 
-    def __init__(self, make_engine: Callable[[], AsyncEngine]) -> None:
+    operations: Operations[AlchemyExecutor] = Operations()
+    own_connections = False
+    runs_small_operations_on_the_loop = False
+
+    def __init__(
+        self,
+        make_engine: Callable[[], AsyncEngine],
+        transaction_options: Callable[[bool], dict[str, Any]],
+    ) -> None:
         self._make_engine = make_engine
+        self._options = transaction_options
         first = make_engine()
-        self._dialect_name = first.dialect.name
         self._spare: AsyncEngine | None = first  # for the first loop (made, not connected)
         self._engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEngine] = (
             weakref.WeakKeyDictionary()
@@ -142,31 +155,11 @@ class AlchemyRunner:
         await entry.watch()
         return entry
 
-    async def run(
-        self,
-        write: bool,
-        fn: Op[T],
-        args: tuple[Any, ...],
-        loop_pages: int | None,
-        single: bool = False,
-    ) -> T:
+    async def run(self, op: Operation, fn: Op[T], args: tuple[Any, ...]) -> T:
         entry = await self._engine()
-        async with entry.connection(self._options(write)) as conn, conn.begin():
+        async with entry.connection(self._options(op.write)) as conn, conn.begin():
             done: T = await conn.run_sync(_call, fn, args)
             return done
-
-    def _options(self, write: bool) -> dict[str, Any]:
-        # a server database reads several statements in one snapshot (REPEATABLE READ, read
-        # only), as the library's own PostgreSQL runner does; SQLite's read transaction is one
-        options: dict[str, Any] = {WRITE_OPTION: write}
-        if self._dialect_name == "postgresql":
-            if write:
-                # whatever the server's default: a write that waited for a lock (a tree's,
-                # a row's) then reads what the holder committed, as on the own runner
-                options.update(isolation_level="READ COMMITTED")
-            else:
-                options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-        return options
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Callable[..., Any]]:
@@ -179,6 +172,10 @@ class AlchemyRunner:
                 return done
 
             yield step
+
+    async def on_connection(self, fn: Callable[..., T]) -> T:
+        """No raw connection here: the test hook is the SQLite runner's."""
+        raise StorageError("this repository runs on the SQLAlchemy engine: no raw connection")
 
     async def aclose(self) -> None:
         """Dispose of this loop's engine; those of other loops still running are disposed
