@@ -1,6 +1,6 @@
-"""PostgreSQL's own statements: what the shared ones (:mod:`.statements`) do in several
-round trips, done in one. SQLAlchemy Core with named binds, compiled once (see
-:class:`Prepared`)."""
+"""PostgreSQL's own statements: what the shared ones
+(:mod:`coda_session.repository.sql.statements`) do in several round trips, done in one.
+SQLAlchemy Core with named binds, compiled once (see :class:`Prepared`)."""
 
 from __future__ import annotations
 
