@@ -60,3 +60,6 @@ def bench(session: nox.Session) -> None:
     # copy-on-write branching (fork cost, deep-branch reads, storage of forks): SQLite, and
     # PostgreSQL when a server is configured (as above)
     session.run("python", "benchmarks/branching.py", *session.posargs)
+    # statement and round-trip counts of the common operations on every SQL path (no
+    # timing: counts, the same on any machine; takes no --quick)
+    session.run("python", "benchmarks/statements.py")
