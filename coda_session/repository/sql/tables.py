@@ -13,6 +13,7 @@ from sqlalchemy.types import TypeDecorator
 from ...timeutil import from_db_timestamp, to_sqlite_timestamp
 
 __all__ = [
+    "UTC_TIMESTAMP",
     "AdoptionNote",
     "Base",
     "JsonText",
@@ -21,6 +22,7 @@ __all__ = [
     "SegmentRow",
     "SessionRow",
     "TextTimestamp",
+    "TextUtcTimestamp",
     "UtcTimestamp",
 ]
 
@@ -34,21 +36,32 @@ NAMING_CONVENTION = {
 
 
 class UtcTimestamp(TypeDecorator[datetime]):
-    """TIMESTAMP holding aware UTC datetimes on every database.
-
-    SQLite has no timestamp type; there the value is ISO-8601 text that sorts in time order.
-    """
+    """TIMESTAMP holding aware UTC datetimes on every database (the column type is
+    :data:`UTC_TIMESTAMP`, which gives SQLite :class:`TextUtcTimestamp`)."""
 
     impl = sa.TIMESTAMP(timezone=True)
     cache_ok = True
 
-    def bind_processor(self, dialect: Dialect) -> Any:
-        if dialect.name == "sqlite":
-            return lambda v: None if v is None else to_sqlite_timestamp(v)
-        return super().bind_processor(dialect)
-
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         return _read_timestamp
+
+
+class TextUtcTimestamp(UtcTimestamp):
+    """:class:`UtcTimestamp` on a database without a timestamp type (SQLite): the value is
+    ISO-8601 text that sorts in time order."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return _text_timestamp
+
+
+def _text_timestamp(value: datetime | None) -> str | None:
+    return None if value is None else to_sqlite_timestamp(value)
+
+
+#: The session timestamps' column type: declared per database, as :data:`BigId` is
+UTC_TIMESTAMP = UtcTimestamp().with_variant(TextUtcTimestamp(), "sqlite")
 
 
 def _read_timestamp(value: Any) -> Any:
@@ -121,8 +134,8 @@ class SessionRow(Base):
 
     id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     name: Mapped[str] = mapped_column(sa.Text, unique=True, nullable=False)
-    created_at: Mapped[datetime | None] = mapped_column(UtcTimestamp)
-    updated_at: Mapped[datetime | None] = mapped_column(UtcTimestamp)
+    created_at: Mapped[datetime | None] = mapped_column(UTC_TIMESTAMP)
+    updated_at: Mapped[datetime | None] = mapped_column(UTC_TIMESTAMP)
     metadata_: Mapped[str | None] = mapped_column("metadata", JsonText)
     message_count: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
     size_bytes: Mapped[int] = mapped_column(BigId, nullable=False, server_default=sa.text("0"))
@@ -226,7 +239,7 @@ class AdoptionNote(Base):
     __tablename__ = "adoption_notes"
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    noted_at: Mapped[datetime] = mapped_column(UtcTimestamp, nullable=False)
+    noted_at: Mapped[datetime] = mapped_column(UTC_TIMESTAMP, nullable=False)
     session_id: Mapped[str | None] = mapped_column(sa.Text)
     message_id: Mapped[int | None] = mapped_column(BigId)
     field: Mapped[str] = mapped_column(sa.Text, nullable=False)
