@@ -7,6 +7,8 @@
     ├── SessionExistsError            a session of that name exists already
     ├── InvalidMessageError           (also ValueError) a message, name or metadata rejected
     ├── InvalidConfigError            (also ValueError) a configuration key rejected
+    ├── InvalidQueryError             (also ValueError) a search or listing argument rejected
+    ├── InvalidCursorError            (also ValueError) a paging cursor is bad or another query's
     ├── SessionTooLargeError          a save or add would take a session past max_session_size
     ├── FileFormatError               (also ValueError) an import file is malformed or truncated
     ├── ImportFileNotFoundError       (also FileNotFoundError) no file to import at that path
@@ -34,7 +36,9 @@ __all__ = [
     "FileFormatError",
     "ImportFileNotFoundError",
     "InvalidConfigError",
+    "InvalidCursorError",
     "InvalidMessageError",
+    "InvalidQueryError",
     "ManagerClosedError",
     "ReadOnlyError",
     "SchemaVersionError",
@@ -102,6 +106,17 @@ class ImportFileNotFoundError(_FileError, FileNotFoundError):
 class ExportFileExistsError(_FileError, FileExistsError):
     """An export's target file exists already (pass ``overwrite=True`` to replace it);
     ``filename`` is its path. Nothing was written."""
+
+
+class InvalidCursorError(SessionError, ValueError):
+    """A paging cursor (``search`` or ``list_sessions``) is malformed, from another version,
+    or was made for another query or other filters than the call it is passed to."""
+
+
+class InvalidQueryError(SessionError, ValueError):
+    """A search or listing argument other than the query string is rejected (a bad
+    ``order``, a ``limit`` below 1, a filter of the wrong type). Any query *string* is
+    valid and never raises this."""
 
 
 class ManagerClosedError(SessionError):
