@@ -46,6 +46,7 @@ from .branching import (
 )
 from .executors import Executor
 from .rows import infos_of, message_of, session_of
+from .search import SearchStatements
 
 __all__ = ["ONE_STATEMENT", "Operations", "one_statement"]
 
@@ -177,7 +178,12 @@ def _fork_plan(
 
 class Operations(Generic[X]):
     """Every operation of the repository over an executor of type ``X``; each method is
-    one transaction's work (the runner begins and ends it)."""
+    one transaction's work (the runner begins and ends it). ``search`` is the dialect's
+    full-text index (:attr:`.dialect.Dialect.search`; None: none, every message is
+    searched in Python): every write keeps it in step in its own transaction."""
+
+    def __init__(self, search: SearchStatements | None = None) -> None:
+        self.search = search
 
     def appends_alone(self, request: SaveRequest) -> bool:
         """Whether :meth:`append` runs ``request`` faster than :meth:`save` (here never:
