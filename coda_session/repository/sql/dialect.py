@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...config import SessionConfig
-from .search import IndexRow, IndexStats, SearchScope, SearchStatements
+from .search import IndexRow, SearchScope, SearchStatements
 
 if TYPE_CHECKING:
     import sqlite3
@@ -38,7 +38,6 @@ __all__ = [
     "Dialect",
     "Failure",
     "IndexRow",
-    "IndexStats",
     "NoCosts",
     "Operation",
     "Runner",
