@@ -26,6 +26,8 @@ from coda_session.search.analysis import (
     terms,
 )
 from coda_session.search.query import Phrase, Query, matches, parse, to_fts5, to_tsquery
+from coda_session.search.ranking import rank, score
+from coda_session.search.snippet import make_snippet
 
 TS = "2024-05-01T10:00:00+00:00"
 
@@ -511,3 +513,124 @@ def test_fts5_agrees_with_matches(fts5: sqlite3.Connection) -> None:
         if q.excluded and not q.has_terms:
             continue
         assert fts5_rows(fts5, q) == [i for i in expected_rows(q, CORPUS)], ascii(text)
+
+
+# -- ranking ------------------------------------------------------------------------------
+
+
+def bodies(*texts: str) -> list[tuple[int, str]]:
+    return [(i + 1, index_body(terms(text))) for i, text in enumerate(texts)]
+
+
+def test_rank_prefers_more_occurrences_rarer_terms_and_shorter_messages() -> None:
+    window = bodies(
+        "the migration failed",  # 1
+        "migration migration migration failed again",  # 2
+        "a very long message that mentions the migration once among many other words",  # 3
+        "the rollback failed",  # 4
+        "rollback",  # 5
+    )
+    order = [ident for ident, _ in rank(parse("migration"), window)]
+    assert order[:3] == [2, 1, 3]
+    assert set(order[3:]) == {4, 5}
+    # "rollback" is rarer in the window than "failed": it weighs more
+    scores = dict(rank(parse("rollback OR failed"), window))
+    assert scores[4] > scores[5] > scores[1]
+
+
+def test_rank_ties_and_termless_queries_are_newest_first() -> None:
+    window = bodies("same text", "same text", "same text")
+    assert [ident for ident, _ in rank(parse("same"), window)] == [3, 2, 1]
+    assert rank(parse(""), window) == [(3, 0.0), (2, 0.0), (1, 0.0)]
+    assert rank(parse("-other"), window) == [(3, 0.0), (2, 0.0), (1, 0.0)]
+
+
+def test_rank_counts_phrases_and_prefixes() -> None:
+    window = bodies("brown fox", "fox brown", "foxes and foxglove", "")
+    scores = dict(rank(parse('"brown fox"'), window))
+    assert scores[1] > 0 and scores[2] == 0 and scores[4] == 0
+    scores = dict(rank(parse("fox*"), window))
+    assert scores[3] > scores[1] > 0
+
+
+def test_score_is_rank_on_term_lists() -> None:
+    texts = ["alpha beta", "beta beta gamma", "gamma"]
+    q = parse("beta OR gamma")
+    by_rank = dict(rank(q, bodies(*texts)))
+    assert score(q, [terms(t) for t in texts]) == [by_rank[1], by_rank[2], by_rank[3]]
+    assert rank(q, []) == [] and score(q, []) == []
+
+
+def test_rank_is_deterministic() -> None:
+    window = bodies(*[f"word{i % 7} common text {i}" for i in range(200)])
+    q = parse("common word3 OR word5")
+    assert rank(q, window) == rank(q, list(window))
+    assert rank(q, window) == rank(q, list(reversed(window)))
+
+
+# -- snippets -----------------------------------------------------------------------------
+
+
+def test_snippet_marks_the_matches_where_they_are_written() -> None:
+    text = "Before. The SessionManagers saved 会话管理 in two queries. After."
+    snippet = make_snippet(text, parse("manager 会话 query"), markers=("<<", ">>"))
+    assert (
+        str(snippet)
+        == "Before. The Session<<Managers>> saved <<会话>>管理 in two <<queries>>. After."
+    )
+    assert (
+        snippet.render("*", "*")
+        == "Before. The Session*Managers* saved *会话*管理 in two *queries*. After."
+    )
+    assert snippet.text == text
+    assert [t for t, hit in snippet.fragments if hit] == ["Managers", "会话", "queries"]
+
+
+def test_snippet_marks_a_phrase_as_one_match() -> None:
+    snippet = make_snippet("see src/app/main.py now", parse("src/app/main.py"))
+    assert str(snippet) == "see [src/app/main.py] now"
+
+
+def test_snippet_html_escapes_everything() -> None:
+    text = '<script>alert("x")</script> & the <b>bold</b> match'
+    snippet = make_snippet(text, parse("match script"))
+    assert snippet.html() == (
+        "&lt;<mark>script</mark>&gt;alert(&quot;x&quot;)&lt;/<mark>script</mark>&gt; "
+        "&amp; the &lt;b&gt;bold&lt;/b&gt; <mark>match</mark>"
+    )
+
+
+def test_snippet_neutralises_terminal_controls() -> None:
+    text = "red \x1b[31mALERT\x1b[0m \x00 \x07 \x7f \x9b2J \u202egnp.exe\u202c \u2066x\u2069 \ud800\nnext\tline"
+    snippet = make_snippet(text, parse("alert"))
+    shown = str(snippet)
+    assert (
+        shown
+        == "red ␛[31m[ALERT]␛[0m ␀ ␇ ␡ \ufffd2J \ufffdgnp.exe\ufffd \ufffdx\ufffd \ufffd next line"
+    )
+    for rendered in (shown, snippet.html(), snippet.render("", "")):
+        assert not any(
+            ord(c) < 0x20
+            or 0x7F <= ord(c) < 0xA0
+            or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+            or "\ud800" <= c <= "\udfff"
+            for c in rendered
+        )
+
+
+def test_snippet_window_goes_where_the_matches_cluster() -> None:
+    filler = "lorem ipsum dolor sit amet " * 20
+    text = f"needle early. {filler} needle and haystack and needle again. {filler}"
+    snippet = make_snippet(text, parse("needle haystack"), width=80)
+    shown = str(snippet)
+    assert shown.startswith("…") and shown.endswith("…")
+    assert shown.count("[needle]") == 2 and "[haystack]" in shown
+    assert len(snippet.text) <= 80 + 2
+
+
+def test_snippet_without_a_match_is_the_start() -> None:
+    text = "word " * 100
+    snippet = make_snippet(text, parse("absent"), width=30)
+    assert not any(hit for _, hit in snippet.fragments)
+    assert snippet.text.startswith("word word") and snippet.text.endswith("…")
+    assert str(make_snippet("", parse("x"))) == ""
