@@ -37,6 +37,14 @@ depends_on: str | Sequence[str] | None = None
 
 #: how many levels of mappings and lists a metadata filter reaches (the same on every backend)
 DEPTH = 8
+#: the characters of a path and of a string that the indexes hold (``path_key``,
+#: ``txt_key``): a PostgreSQL index entry must stay under 2,704 bytes; a lookup also
+#: compares the whole ``path`` and ``txt``
+KEY_CHARS = 200
+#: on PostgreSQL, a number whose numeric takes more bytes (about 400 significant digits)
+#: is stored without ``num`` (no filter finds it): it could need an index entry larger
+#: than a page (SQLite's numbers are 64-bit integers and doubles, 8 bytes at most)
+NUMBER_BYTES = 200
 
 _TRIGGERS = (
     "coda_session_fields_insert",
@@ -54,13 +62,19 @@ def upgrade() -> None:
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("num", sa.Numeric(), nullable=True),
         sa.Column("txt", sa.Text(), nullable=True),
+        sa.Column("path_key", sa.Text(), nullable=False),
+        sa.Column("txt_key", sa.Text(), nullable=True),
     )
     op.create_index("ix_session_fields_session_id", "session_fields", ["session_id"])
     op.create_index(
-        "ix_session_fields_path_kind_txt", "session_fields", ["path", "kind", "txt", "session_id"]
+        "ix_session_fields_path_key_kind_txt_key",
+        "session_fields",
+        ["path_key", "kind", "txt_key", "session_id"],
     )
     op.create_index(
-        "ix_session_fields_path_kind_num", "session_fields", ["path", "kind", "num", "session_id"]
+        "ix_session_fields_path_key_kind_num",
+        "session_fields",
+        ["path_key", "kind", "num", "session_id"],
     )
     op.create_table(
         "session_tags",
@@ -113,8 +127,9 @@ def _sqlite_level(depth: int, row: str, source: str) -> str:
     last = names[-1]
     path = " || ".join(_SQLITE_SEGMENT.format(e=e) for e in names)
     select = (
-        f"SELECT {row}.id, {path}, {_SQLITE_KIND.format(e=last)}, "  # noqa: S608 - constant
-        f"{_SQLITE_NUM.format(e=last)}, CASE WHEN {last}.type = 'text' THEN {last}.atom END "
+        f"SELECT {row}.id AS session_id, {path} AS path, "  # noqa: S608 - constant
+        f"{_SQLITE_KIND.format(e=last)} AS kind, {_SQLITE_NUM.format(e=last)} AS num, "
+        f"CASE WHEN {last}.type = 'text' THEN {last}.atom END AS txt "
         f"FROM {', '.join(sources)}"
     )
     return select + (f" WHERE {' AND '.join(where)}" if where else "")
@@ -130,7 +145,9 @@ def _sqlite_fill(row: str, source: tuple[str, ...] = ()) -> list[str]:
         "ELSE '[]' END"
     )
     return [
-        f"INSERT INTO session_fields (session_id, path, kind, num, txt) {levels}",
+        "INSERT INTO session_fields (session_id, path, kind, num, txt, path_key, txt_key) "  # noqa: S608
+        f"SELECT v.*, substr(v.path, 1, {KEY_CHARS}), substr(v.txt, 1, {KEY_CHARS}) "
+        f"FROM ({levels}) v",
         f"INSERT INTO session_tags (session_id, tag) SELECT DISTINCT {row}.id, t.atom "  # noqa: S608
         f"FROM {', '.join([*source, f'json_each({tags}) t'])} WHERE t.type = 'text'",
     ]
@@ -171,6 +188,21 @@ LANGUAGE sql IMMUTABLE AS $$
 $$
 """
 
+_PG_NUMERIC = f"""
+CREATE FUNCTION coda_json_numeric(t text) RETURNS numeric LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    n numeric;
+BEGIN
+    n := CAST(t AS numeric);
+    IF pg_column_size(n) > {NUMBER_BYTES} THEN
+        RETURN NULL;
+    END IF;
+    RETURN n;
+EXCEPTION WHEN others THEN
+    RETURN NULL;  -- past numeric's range (1e200000): filtered as no number
+END $$
+"""
+
 _PG_INDEX = f"""
 CREATE FUNCTION coda_index_session_metadata(sid text, meta text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -186,7 +218,7 @@ BEGIN
     IF jsonb_typeof(doc) IS DISTINCT FROM 'object' THEN
         RETURN;
     END IF;
-    INSERT INTO session_fields (session_id, path, kind, num, txt)
+    INSERT INTO session_fields (session_id, path, kind, num, txt, path_key, txt_key)
     WITH RECURSIVE w(path, v, depth) AS (
         SELECT c.seg, c.child, 1 FROM coda_json_children(doc) c
         UNION ALL
@@ -197,10 +229,13 @@ BEGIN
         CASE jsonb_typeof(w.v) WHEN 'string' THEN 's' WHEN 'number' THEN 'n'
             WHEN 'boolean' THEN CASE WHEN w.v = 'true'::jsonb THEN 't' ELSE 'f' END
             WHEN 'null' THEN 'z' WHEN 'object' THEN 'o' ELSE 'a' END,
-        CASE jsonb_typeof(w.v) WHEN 'number' THEN CAST(w.v #>> '{{}}' AS numeric)
+        CASE jsonb_typeof(w.v)
+            WHEN 'number' THEN coda_json_numeric(w.v #>> '{{}}')
             WHEN 'array' THEN jsonb_array_length(w.v)
             WHEN 'object' THEN (SELECT count(*) FROM jsonb_object_keys(w.v)) END,
-        CASE WHEN jsonb_typeof(w.v) = 'string' THEN w.v #>> '{{}}' END
+        CASE WHEN jsonb_typeof(w.v) = 'string' THEN w.v #>> '{{}}' END,
+        substr(w.path, 1, {KEY_CHARS}),
+        CASE WHEN jsonb_typeof(w.v) = 'string' THEN substr(w.v #>> '{{}}', 1, {KEY_CHARS}) END
     FROM w;
     INSERT INTO session_tags (session_id, tag)
     SELECT DISTINCT sid, t.value #>> '{{}}'
@@ -228,6 +263,7 @@ END $$
 
 def _postgresql() -> None:
     op.execute(_PG_CHILDREN)
+    op.execute(_PG_NUMERIC)
     op.execute(_PG_INDEX)
     op.execute(_PG_TRIGGER)
     op.execute(
@@ -257,11 +293,12 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS coda_session_fields()")
         op.execute("DROP FUNCTION IF EXISTS coda_index_session_metadata(text, text)")
         op.execute("DROP FUNCTION IF EXISTS coda_json_children(jsonb)")
+        op.execute("DROP FUNCTION IF EXISTS coda_json_numeric(text)")
     op.drop_index("ix_sessions_updated_at_name", table_name="sessions")
     op.drop_index("ix_sessions_created_at_name", table_name="sessions")
     op.drop_index("ix_session_tags_tag_session_id", table_name="session_tags")
     op.drop_table("session_tags")
-    op.drop_index("ix_session_fields_path_kind_num", table_name="session_fields")
-    op.drop_index("ix_session_fields_path_kind_txt", table_name="session_fields")
+    op.drop_index("ix_session_fields_path_key_kind_num", table_name="session_fields")
+    op.drop_index("ix_session_fields_path_key_kind_txt_key", table_name="session_fields")
     op.drop_index("ix_session_fields_session_id", table_name="session_fields")
     op.drop_table("session_fields")

@@ -259,9 +259,15 @@ SESSION_FIELDS = sa.Table(
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("num", sa.Numeric, nullable=True),
     sa.Column("txt", sa.Text, nullable=True),
+    # the first 200 characters of path and txt: what the indexes hold (an index entry on
+    # PostgreSQL must stay under 2,704 bytes); a lookup compares path and txt too
+    sa.Column("path_key", sa.Text, nullable=False),
+    sa.Column("txt_key", sa.Text, nullable=True),
     sa.Index("ix_session_fields_session_id", "session_id"),
-    sa.Index("ix_session_fields_path_kind_txt", "path", "kind", "txt", "session_id"),
-    sa.Index("ix_session_fields_path_kind_num", "path", "kind", "num", "session_id"),
+    sa.Index(
+        "ix_session_fields_path_key_kind_txt_key", "path_key", "kind", "txt_key", "session_id"
+    ),
+    sa.Index("ix_session_fields_path_key_kind_num", "path_key", "kind", "num", "session_id"),
 )
 
 
