@@ -118,7 +118,7 @@ def _sqlite_doc(row: str) -> str:
     )
 
 
-def _sqlite_level(depth: int, row: str, source: str) -> str:
+def _sqlite_level(depth: int, row: str, source: tuple[str, ...]) -> str:
     """The SELECT of every value ``depth`` levels down in the metadata of ``row``."""
     names = [f"e{i}" for i in range(1, depth + 1)]
     sources = [*source, f"json_each({_sqlite_doc(row)}) e1"]
