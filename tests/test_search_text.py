@@ -866,11 +866,16 @@ def random_corpus_and_queries(seed: int) -> tuple[list[str], list[str]]:
     chance = random.Random(seed)
     words = ["abc", "xyz", "Abc", "会话", "😀", "OR", "-abc", "abc*", '"abc xyz"', "col:x"]
 
+    def piece() -> str:
+        roll = chance.random()
+        if roll < 0.3:
+            return chance.choice(words) + " "
+        if roll < 0.4:
+            return chr(chance.randrange(0x110000))  # any code point, surrogates too
+        return chance.choice(ALPHABET)
+
     def text(size: int) -> str:
-        return "".join(
-            chance.choice(words) + " " if chance.random() < 0.3 else chance.choice(ALPHABET)
-            for _ in range(chance.randint(0, size))
-        )
+        return "".join(piece() for _ in range(chance.randint(0, size)))
 
     return [text(40) for _ in range(30)], [text(12) for _ in range(200)]
 

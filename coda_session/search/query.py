@@ -107,7 +107,11 @@ _FILTERS = ("role", "tag", "session", "after", "before")
 #: it bounds what a query costs the engines.
 MAX_ITEMS = 100
 
-_OPERATORS = frozenset({"AND", "NOT", "NEAR"})
+_OPERATORS = {
+    "AND": "'AND' is read as a word (all words must match anyway)",
+    "NOT": "'NOT' is read as a word (-word excludes a word)",
+    "NEAR": "'NEAR' is read as a word",
+}
 _MAX_NOTES = 10
 _FILTER = re.compile(r"(role|tag|session|after|before):", re.IGNORECASE)
 
@@ -233,7 +237,7 @@ def parse(text: str) -> Query:
     for item in items:
         words = item.text
         if item.text in _OPERATORS and not item.quoted:
-            state.note(f"{item.text!r} is read as a word (all words must match anyway)")
+            state.note(_OPERATORS[item.text])
         if item.filter is not None:
             if item.negated:
                 state.note(f"{_shown(item.raw)}: a filter cannot be excluded; read as words")
