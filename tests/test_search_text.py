@@ -978,7 +978,7 @@ def assert_valid_terms(text: str) -> None:
     assert query_terms(text) == found[: len(query_terms(text))]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(TEXTS)
 def test_terms_are_well_formed(text: str) -> None:
     assert_valid_terms(text)
@@ -994,7 +994,7 @@ def scratch() -> Iterator[sqlite3.Connection]:
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(TEXTS, min_size=1, max_size=5), QUERIES)
 def test_fts5_agrees_with_matches_on_any_text_and_query(
