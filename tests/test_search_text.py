@@ -680,7 +680,7 @@ def test_snippet_without_a_match_is_the_start() -> None:
 
 # -- adversarial queries: never an error, never a wrong match, on every engine ------------
 
-ALPHABET = [
+ALPHABET: list[str] = [
     *"abcxyzABCXYZ019 _-./:*\"'\\()^{}+|&!<>~OR\t\n",
     *["\x00", "\x1b", "\x7f", "\x85", "\x9b", "\ud800", "\udc80", "\u241b", "\u0301"],
     *["\u00df", "\u0130", "\uff21", "\u2474", "\u3000", "\u200b", "\u202e", "\u2028"],
