@@ -21,7 +21,7 @@ from .errors import (
     UnsavedChangesWarning,
 )
 from .manager import AsyncSessionManager
-from .models import Message, SessionInfo
+from .models import Message, SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .repository.searching import SearchIndexReport
 from .search.results import SearchHit, SearchResult, SessionRef
@@ -55,6 +55,7 @@ __all__ = [
     "SessionError",
     "SessionExistsError",
     "SessionInfo",
+    "SessionList",
     "SessionManager",
     "SessionNotFoundError",
     "SessionRef",

@@ -8,7 +8,6 @@ so every backend ranks, pages and cuts snippets alike.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -17,6 +16,7 @@ from .codec import check_name
 from .errors import InvalidMessageError, InvalidQueryError, SessionNotFoundError
 from .models import SessionInfo
 from .repository import capabilities
+from .repository.filters import make_filter
 from .repository.protocol import Repository
 from .repository.searching import (
     Candidates,
@@ -151,15 +151,15 @@ def check_search(
     roles = _strings(role, "role")
     start, end = _moment(after, "after"), _moment(before, "before")
     wanted: dict[str, Any] | None = None
+    tag_list = _strings(tags, "tags") or ()
     if metadata is not None:
         if not isinstance(metadata, Mapping):
             raise _bad("metadata", metadata, "a mapping of keys to values")
-        wanted = dict(metadata)
-        try:
-            json.dumps(wanted, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidQueryError(f"search metadata must be JSON values: {exc}") from None
-    tag_list = _strings(tags, "tags") or ()
+        # the listing's own check (a JSON value, nesting, keys): the same rules
+        checked = make_filter(metadata=metadata, tags=tag_list or None).metadata
+        wanted = None if checked is None else dict(checked)
+    elif tag_list:
+        make_filter(tags=tag_list)
     if order not in ORDERS:
         raise _bad("order", order, "'relevance' or 'newest'")
     size = _count(limit, "limit", MAX_LIMIT)
@@ -221,38 +221,16 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _json_equal(stored: Any, wanted: Any) -> bool:
-    """Equality of JSON values with their JSON types (True is not 1; 1 is 1.0); a wanted
-    mapping matches a stored one holding at least its keys, recursively."""
-    if isinstance(wanted, Mapping):
-        return isinstance(stored, Mapping) and all(
-            k in stored and _json_equal(stored[k], v) for k, v in wanted.items()
-        )
-    if isinstance(wanted, bool) or isinstance(stored, bool):
-        return type(wanted) is type(stored) and wanted == stored
-    if isinstance(wanted, (int, float)):
-        return isinstance(stored, (int, float)) and stored == wanted
-    if isinstance(wanted, list):
-        return (
-            isinstance(stored, list)
-            and len(stored) == len(wanted)
-            and all(_json_equal(s, w) for s, w in zip(stored, wanted, strict=True))
-        )
-    return type(stored) is type(wanted) and stored == wanted
-
-
-def _filtered(info: SessionInfo, metadata: Mapping[str, Any] | None, tags: tuple[str, ...]) -> bool:
-    if metadata is not None and not _json_equal(info.metadata, metadata):
-        return False
-    held = info.metadata.get("tags")
-    return not tags or (isinstance(held, list) and all(t in held for t in tags))
-
-
 async def _sessions_with(
     repo: Repository, metadata: Mapping[str, Any] | None, tags: tuple[str, ...]
 ) -> set[str]:
-    """The ids of the sessions whose metadata has these keys and values and these tags."""
-    return {i.id for i in await repo.list_sessions() if _filtered(i, metadata, tags)}
+    """The ids of the sessions whose metadata has these keys and values and these tags
+    (``list_sessions``' filter: one query on SQL)."""
+    try:
+        flt = make_filter(metadata=metadata, tags=tags or None)
+    except InvalidQueryError:
+        return set()  # a query's tag: that no tag can be finds nothing (metadata was checked)
+    return {i.id for i in (await capabilities.find_sessions(repo, flt)).sessions}
 
 
 async def _named(repo: Repository, names: Iterable[str]) -> set[str]:
