@@ -25,7 +25,15 @@ from .base import (
 from .capabilities import RepositoryReads, Snapshots
 from .delta import newest, page, save_delta
 from .protocol import Repository, Snapshot
-from .searching import Candidates, Evaluation, Searching, SearchRequest, SessionView, record_terms
+from .searching import (
+    Candidates,
+    Evaluation,
+    Indexed,
+    Searching,
+    SearchRequest,
+    SessionView,
+    record_terms,
+)
 
 __all__ = ["MemoryRepository"]
 
@@ -84,7 +92,7 @@ class MemoryRepository(Repository, Snapshots, Searching):
         # message id -> (the record, its index terms): a search computes the terms of a
         # stored message once, not at every search (records are immutable; the identity
         # check drops an entry whose id now names another record)
-        self._terms: dict[int, tuple[MessageRecord, Sequence[str] | None]] = {}
+        self._terms: dict[int, tuple[MessageRecord, Indexed | None]] = {}
 
     async def open(self) -> None:
         return None
@@ -283,14 +291,16 @@ class MemoryRepository(Repository, Snapshots, Searching):
         message's terms computed once and kept while it is stored."""
         cache = self._terms
 
-        def terms_of(record: MessageRecord) -> Sequence[str] | None:
+        def terms_of(record: MessageRecord) -> Indexed | None:
             key = record.id or 0
             kept = cache.get(key)
             if kept is not None and kept[0] is record:
                 return kept[1]
-            terms = record_terms(record)
-            cache[key] = (record, terms)
-            return terms
+            found = record_terms(record)
+            if found is not None:
+                found = Indexed(found.terms, frozenset(found.terms))
+            cache[key] = (record, found)
+            return found
 
         evaluation = Evaluation(request, global_ids=True, terms_of=terms_of)
         upto = request.upto_id

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeGuard
+from typing import NamedTuple, Protocol, TypeGuard
 
 from ..errors import DamagedDataError
 from ..models import MessageRecord
@@ -24,6 +24,7 @@ __all__ = [
     "Candidates",
     "Evaluation",
     "IndexMaintenance",
+    "Indexed",
     "SearchIndexReport",
     "SearchRequest",
     "Searching",
@@ -143,11 +144,20 @@ _NO_PIN = 2**63 - 1
 _PAGE = 5000
 
 
-def record_terms(record: MessageRecord) -> list[str] | None:
+class Indexed(NamedTuple):
+    """A stored message's index terms, and (when kept between searches) their set."""
+
+    terms: Sequence[str]
+    #: the terms as a set: a query whose every term is missing from it is rejected
+    #: without looking for its phrases (worth building only where it is kept)
+    term_set: frozenset[str] | None = None
+
+
+def record_terms(record: MessageRecord) -> Indexed | None:
     """The index terms of a stored message; None for a damaged one (never a hit: a search
     does not fail because one stored message cannot be read)."""
     try:
-        return analysis.terms(analysis.record_text(record))
+        return Indexed(analysis.terms(analysis.record_text(record)))
     except DamagedDataError:
         return None
 
@@ -189,7 +199,7 @@ class Evaluation:
         request: SearchRequest,
         *,
         global_ids: bool,
-        terms_of: Callable[[MessageRecord], Sequence[str] | None] = record_terms,
+        terms_of: Callable[[MessageRecord], Indexed | None] = record_terms,
     ) -> None:
         self.request = request
         self.global_ids = global_ids
@@ -202,6 +212,13 @@ class Evaluation:
             datetime.fromisoformat(pinned) if pinned is not None and not global_ids else None
         )
         self._late: str | None = None  # the pin, for messages of sessions updated after it
+        # per group without a prefix phrase: the term sets of its phrases (a message can
+        # match the group only if it holds every term of one of them)
+        self._needed = [
+            tuple(frozenset(p.terms) for p in group)
+            for group in request.query.groups
+            if not any(p.prefix for p in group)
+        ]
 
     def wants(self, view: SessionView) -> bool:
         """Whether ``view``'s messages are searched (its messages are then :meth:`add` ed)."""
@@ -257,10 +274,17 @@ class Evaluation:
             request.before is not None and stamp >= request.before
         ):
             return None
-        terms = self.terms_of(record)
-        if terms is None or not matches(request.query, terms):
+        indexed = self.terms_of(record)
+        if indexed is None:
             return None
-        return _Match(record, root_id, terms)
+        held = indexed.term_set
+        if held is not None and not all(
+            any(need <= held for need in group) for group in self._needed
+        ):
+            return None
+        if not matches(request.query, indexed.terms):
+            return None
+        return _Match(record, root_id, indexed.terms)
 
     def candidates(self) -> Candidates:
         """The newest ``window`` matches, newest first, and how many matched."""
