@@ -8,12 +8,18 @@ table (tokenize='ascii'), the tsquery cases the real PostgreSQL server
 
 from __future__ import annotations
 
+import functools
+import os
 import sqlite3
 import unicodedata
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import make_url
 
 from coda_session.codec import encode_message
 from coda_session.search.analysis import (
@@ -21,11 +27,15 @@ from coda_session.search.analysis import (
     MAX_TERM_LENGTH,
     index_body,
     message_text,
+    query_terms,
     record_text,
     term_spans,
     terms,
 )
-from coda_session.search.query import Phrase, Query, matches, parse, to_fts5, to_tsquery
+from coda_session.search.query import MAX_ITEMS, Phrase, Query, matches, parse, to_fts5, to_tsquery
+from coda_session.search.ranking import rank, score
+from coda_session.search.snippet import make_snippet
+from tests.support import PG_URL_VARIABLE
 
 TS = "2024-05-01T10:00:00+00:00"
 
@@ -421,6 +431,13 @@ def test_unusable_filters_are_words(text: str, words: tuple[str, ...] | None) ->
         assert q.groups == ((Phrase(words),),)
 
 
+def test_only_the_first_items_are_used() -> None:
+    q = parse(" ".join(f"w{i}" for i in range(MAX_ITEMS + 50)))
+    assert len(q.groups) == MAX_ITEMS
+    assert q.groups[-1] == (Phrase((f"w{MAX_ITEMS - 1}",)),)
+    assert any(str(MAX_ITEMS) in note for note in q.notes)
+
+
 def test_translations_quote_every_term() -> None:
     q = parse('"a b"* -c d OR e')
     assert to_fts5(q) == ('((body : "a" + "b" *) AND (body : "d" OR body : "e")) NOT (body : "c")')
@@ -464,6 +481,9 @@ CORPUS = [
     "AND OR NOT NEAR are just words here, as are col and x in col:x",
     "a b c d e f g",
     "",
+    # longer than a tsvector's positions reach (16383), and a lexeme with over 256 of them
+    "filler words " * 9000 + "quick brown fox and the lazy dog",
+    "hello world " * 300 + "the quick fox said hello",
 ]
 
 
@@ -480,8 +500,13 @@ def fts5() -> Iterator[sqlite3.Connection]:
     db.close()
 
 
+@functools.lru_cache(maxsize=512)
+def cached_terms(text: str) -> list[str]:
+    return terms(text)
+
+
 def expected_rows(q: Query, corpus: Sequence[str]) -> list[int]:
-    return [i for i, text in enumerate(corpus) if matches(q, terms(text))]
+    return [i for i, text in enumerate(corpus) if matches(q, cached_terms(text))]
 
 
 def fts5_rows(db: sqlite3.Connection, q: Query) -> list[int]:
@@ -511,3 +536,476 @@ def test_fts5_agrees_with_matches(fts5: sqlite3.Connection) -> None:
         if q.excluded and not q.has_terms:
             continue
         assert fts5_rows(fts5, q) == [i for i in expected_rows(q, CORPUS)], ascii(text)
+
+
+# -- ranking ------------------------------------------------------------------------------
+
+
+def bodies(*texts: str) -> list[tuple[int, str]]:
+    return [(i + 1, index_body(terms(text))) for i, text in enumerate(texts)]
+
+
+def test_rank_prefers_more_occurrences_rarer_terms_and_shorter_messages() -> None:
+    window = bodies(
+        "the migration failed",  # 1
+        "migration migration migration failed again",  # 2
+        "a very long message that mentions the migration once among many other words",  # 3
+        "the rollback failed",  # 4
+        "rollback",  # 5
+    )
+    order = [ident for ident, _ in rank(parse("migration"), window)]
+    assert order[:3] == [2, 1, 3]
+    assert set(order[3:]) == {4, 5}
+    # "rollback" is rarer in the window than "failed": it weighs more
+    scores = dict(rank(parse("rollback OR failed"), window))
+    assert scores[4] > scores[5] > scores[1]
+
+
+def test_rank_ties_and_termless_queries_are_newest_first() -> None:
+    window = bodies("same text", "same text", "same text")
+    assert [ident for ident, _ in rank(parse("same"), window)] == [3, 2, 1]
+    assert rank(parse(""), window) == [(3, 0.0), (2, 0.0), (1, 0.0)]
+    assert rank(parse("-other"), window) == [(3, 0.0), (2, 0.0), (1, 0.0)]
+
+
+def test_rank_counts_phrases_and_prefixes() -> None:
+    window = bodies("brown fox", "fox brown", "foxes and foxglove", "")
+    scores = dict(rank(parse('"brown fox"'), window))
+    assert scores[1] > 0 and scores[2] == 0 and scores[4] == 0
+    scores = dict(rank(parse("fox*"), window))
+    assert scores[3] > scores[1] > 0
+
+
+def test_score_is_rank_on_term_lists() -> None:
+    texts = ["alpha beta", "beta beta gamma", "gamma"]
+    q = parse("beta OR gamma")
+    by_rank = dict(rank(q, bodies(*texts)))
+    assert score(q, [terms(t) for t in texts]) == [by_rank[1], by_rank[2], by_rank[3]]
+    assert rank(q, []) == [] and score(q, []) == []
+
+
+def test_rank_is_deterministic() -> None:
+    window = bodies(*[f"word{i % 7} common text {i}" for i in range(200)])
+    q = parse("common word3 OR word5")
+    assert rank(q, window) == rank(q, list(window))
+    assert rank(q, window) == rank(q, list(reversed(window)))
+
+
+# -- snippets -----------------------------------------------------------------------------
+
+
+def test_snippet_marks_the_matches_where_they_are_written() -> None:
+    text = "Before. The SessionManagers saved 会话管理 in two queries. After."
+    snippet = make_snippet(text, parse("manager 会话 query"), markers=("<<", ">>"))
+    assert (
+        str(snippet)
+        == "Before. The Session<<Managers>> saved <<会话>>管理 in two <<queries>>. After."
+    )
+    assert (
+        snippet.render("*", "*")
+        == "Before. The Session*Managers* saved *会话*管理 in two *queries*. After."
+    )
+    assert snippet.text == text
+    assert [t for t, hit in snippet.fragments if hit] == ["Managers", "会话", "queries"]
+
+
+def test_snippet_marks_a_phrase_as_one_match() -> None:
+    snippet = make_snippet("see src/app/main.py now", parse("src/app/main.py"))
+    assert str(snippet) == "see [src/app/main.py] now"
+
+
+def test_snippet_html_escapes_everything() -> None:
+    text = '<script>alert("x")</script> & the <b>bold</b> match'
+    snippet = make_snippet(text, parse("match script"))
+    assert snippet.html() == (
+        "&lt;<mark>script</mark>&gt;alert(&quot;x&quot;)&lt;/<mark>script</mark>&gt; "
+        "&amp; the &lt;b&gt;bold&lt;/b&gt; <mark>match</mark>"
+    )
+
+
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_snippet_neutralises_terminal_controls() -> None:
+    text = "red \x1b[31mALERT\x1b[0m \x00 \x07 \x7f \x9b2J \u202egnp.exe\u202c \u2066x\u2069 \ud800\nnext\tline"
+    snippet = make_snippet(text, parse("alert"))
+    shown = str(snippet)
+    assert (
+        shown
+        == "red ␛[31m[ALERT]␛[0m ␀ ␇ ␡ \ufffd2J \ufffdgnp.exe\ufffd \ufffdx\ufffd \ufffd next line"
+    )
+    for rendered in (shown, snippet.html(), snippet.render("", "")):
+        assert not any(
+            ord(c) < 0x20
+            or 0x7F <= ord(c) < 0xA0
+            or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+            or "\ud800" <= c <= "\udfff"
+            for c in rendered
+        )
+
+
+def test_snippet_window_goes_where_the_matches_cluster() -> None:
+    filler = "lorem ipsum dolor sit amet " * 20
+    text = f"needle early. {filler} needle and haystack and needle again. {filler}"
+    snippet = make_snippet(text, parse("needle haystack"), width=80)
+    shown = str(snippet)
+    assert shown.startswith("…") and shown.endswith("…")
+    assert shown.count("[needle]") == 2 and "[haystack]" in shown
+    assert len(snippet.text) <= 80 + 2
+
+
+def test_snippet_without_a_match_is_the_start() -> None:
+    text = "word " * 100
+    snippet = make_snippet(text, parse("absent"), width=30)
+    assert not any(hit for _, hit in snippet.fragments)
+    assert snippet.text.startswith("word word") and snippet.text.endswith("…")
+    assert str(make_snippet("", parse("x"))) == ""
+
+
+# -- adversarial queries: never an error, never a wrong match, on every engine ------------
+
+ALPHABET = [
+    *"abcxyzABCXYZ019 _-./:*\"'\\()^{}+|&!<>~OR\t\n",
+    *["\x00", "\x1b", "\x7f", "\x85", "\x9b", "\ud800", "\udc80", "\u241b", "\u0301"],
+    *["\u00df", "\u0130", "\uff21", "\u2474", "\u3000", "\u200b", "\u202e", "\u2028"],
+    *["会", "话", "管", "理", "セ", "ッ", "シ", "ョ", "ン", "ー", "한", "국"],
+    *["😀", "👍", "🏽", "\ufe0f", "\u200d", "→", "€", "\ue000", "\U000e0001"],
+    *["ह", "ि", "न", "्", "द", "ी", "é", "e"],
+]
+
+LONG_MIXED = ('ab"c -x NEAR( * OR "q:w" ^ \\ \' 会话 ' * 4000)[:100_000]
+ADVERSARIAL = [
+    "",
+    " ",
+    "\t\n  \r",
+    '"',
+    '""',
+    '"""',
+    "'",
+    "''",
+    "\\",
+    "\\\\",
+    '\\"',
+    "*",
+    "**",
+    "-",
+    "--",
+    "-x",
+    "--x",
+    "- x",
+    "x-",
+    "a-b",
+    '-"quick brown"',
+    "^",
+    "^x",
+    "x^2",
+    ":",
+    "a:",
+    ":a",
+    "col:x",
+    "body:fox",
+    "scope:hello",
+    "{body}:fox",
+    "NEAR(quick brown)",
+    "NEAR",
+    "AND",
+    "OR",
+    "NOT",
+    "a AND",
+    "OR b",
+    "a OR",
+    "a OR OR b",
+    "NOT fox",
+    "fox NOT dog",
+    "(",
+    ")",
+    "()",
+    "(fox OR dog)",
+    "[fox]",
+    "{fox}",
+    "a*b",
+    "*a",
+    "fox**",
+    '"fox*"',
+    'ab"c',
+    'ab"c d"e',
+    '"nested "quotes" inside"',
+    '"unterminated phrase',
+    "it's",
+    "'; DROP TABLE messages; --",
+    "DROP TABLE",
+    "1; DELETE FROM docs",
+    "%",
+    "_",
+    "x' OR '1'='1",
+    "\x00",
+    "a\x00b",
+    "before\x00after",
+    "\ud800",
+    "\udc80",
+    "\udfff\ud800",
+    "😀",
+    "🎉",
+    "👍🏽",
+    "🎉 OR 👍🏽",
+    "\u241b",
+    "\u241bd800",
+    "\u202e",
+    "role:",
+    "role:user",
+    "Role:user fox",
+    'tag:"',
+    'session:"a b',
+    "after:notadate",
+    "before:2024-13-01",
+    "after:2024-01-01 fox",
+    "-role:user",
+    "hello world",
+    '"hello world"',
+    "hell*",
+    "migrat* -bug",
+    "E501 OR 会话",
+    "会",
+    "会话管理器",
+    "セ",
+    "\u3000",
+    "&",
+    "|",
+    "!",
+    "<->",
+    ":*",
+    "'a':*",
+    "a & b",
+    "!x",
+    "x <-> y",
+    "fox | dog",
+    "MATCH",
+    "rowid",
+    "hello -hello",
+    '-"" quick',
+    "sqlite3.OperationalError",
+    "src/app/main.py",
+    "get_items -SessionManager",
+    "x" * 100_000,
+    LONG_MIXED,
+]
+
+
+def excluded_query(q: Query) -> Query:
+    """A query matching what any of ``q``'s excluded phrases matches (to test how the
+    exclusions translate when ``q`` has no positive term)."""
+    return Query(groups=(q.excluded,))
+
+
+def test_at_least_sixty_adversarial_queries() -> None:
+    assert len(set(ADVERSARIAL)) >= 60
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL, ids=lambda text: ascii(text[:24]))
+def test_adversarial_queries_on_fts5(fts5: sqlite3.Connection, text: str) -> None:
+    q = parse(text)
+    expression = to_fts5(q)
+    if expression is None:
+        assert not q.has_terms
+        if q.excluded:
+            banned = set(fts5_rows(fts5, excluded_query(q)))
+            assert banned == set(expected_rows(excluded_query(q), CORPUS))
+        return
+    assert fts5_rows(fts5, q) == expected_rows(q, CORPUS)
+
+
+def tsvector(doc_terms: Sequence[str]) -> str:
+    """A tsvector literal for these terms at positions 1, 2, ... (as the SQL side builds)."""
+    positions: dict[str, list[int]] = {}
+    for position, term in enumerate(doc_terms, start=1):
+        positions.setdefault(term, []).append(position)
+    return " ".join(
+        "'" + term.replace("\\", "\\\\").replace("'", "''") + "':" + ",".join(map(str, where))
+        for term, where in positions.items()
+    )
+
+
+POSTGRES_URL = os.environ.get(PG_URL_VARIABLE)
+
+
+async def postgresql_rows(conn: asyncpg.Connection, q: Query, corpus: Sequence[str]) -> list[int]:
+    """The rows of ``docs`` that PostgreSQL finds for ``q``, as the SQL side does it: the
+    positional tsquery on messages of at most 256 terms, the loose one (a superset) checked
+    by ``matches`` on the longer ones."""
+    exact, loose = to_tsquery(q), to_tsquery(q, positions=False)
+    assert exact is not None and loose is not None
+    rows = await conn.fetch(
+        "SELECT id, size <= 256 AS exact FROM docs"
+        " WHERE CASE WHEN size <= 256 THEN tsv @@ CAST($1 AS tsquery)"
+        " ELSE tsv @@ CAST($2 AS tsquery) END ORDER BY id",
+        exact,
+        loose,
+    )
+    return [row["id"] for row in rows if row["exact"] or matches(q, terms(corpus[row["id"]]))]
+
+
+def random_corpus_and_queries(seed: int) -> tuple[list[str], list[str]]:
+    import random
+
+    chance = random.Random(seed)
+    words = ["abc", "xyz", "Abc", "会话", "😀", "OR", "-abc", "abc*", '"abc xyz"', "col:x"]
+
+    def text(size: int) -> str:
+        return "".join(
+            chance.choice(words) + " " if chance.random() < 0.3 else chance.choice(ALPHABET)
+            for _ in range(chance.randint(0, size))
+        )
+
+    return [text(40) for _ in range(30)], [text(12) for _ in range(200)]
+
+
+@pytest.mark.postgresql
+@pytest.mark.skipif(not POSTGRES_URL, reason=f"{PG_URL_VARIABLE} is not set")
+async def test_postgresql_agrees_with_matches() -> None:
+    assert POSTGRES_URL is not None
+    args = make_url(POSTGRES_URL).translate_connect_args(username="user")
+    conn = await asyncpg.connect(**args, timeout=10)
+    random_docs, random_queries = random_corpus_and_queries(18)
+    cases = [(CORPUS, ADVERSARIAL), (random_docs, random_queries)]
+    try:
+        await conn.execute(
+            "CREATE TEMPORARY TABLE docs (id integer PRIMARY KEY, size integer, tsv tsvector)"
+        )
+        for corpus, queries in cases:
+            await conn.execute("DELETE FROM docs")
+            await conn.executemany(
+                "INSERT INTO docs (id, size, tsv) VALUES ($1, $2, CAST($3 AS tsvector))",
+                [(i, len(terms(text)), tsvector(terms(text))) for i, text in enumerate(corpus)],
+            )
+            wrong = []
+            for text in queries:
+                q = parse(text)
+                if not q.has_terms:
+                    assert to_tsquery(q) is None
+                    if not q.excluded:
+                        continue
+                    q = excluded_query(q)
+                if await postgresql_rows(conn, q, corpus) != expected_rows(q, corpus):
+                    wrong.append(ascii(text[:60]))
+            assert wrong == []
+    finally:
+        await conn.close()
+
+
+def test_fts5_agrees_with_matches_on_random_queries() -> None:
+    corpus, queries = random_corpus_and_queries(18)
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE VIRTUAL TABLE docs USING fts5(body, scope, tokenize='ascii')")
+        db.executemany(
+            "INSERT INTO docs(rowid, body, scope) VALUES (?, ?, '')",
+            [(i, index_body(terms(text))) for i, text in enumerate(corpus)],
+        )
+        for text in queries:
+            q = parse(text)
+            if not q.has_terms and q.excluded:
+                q = excluded_query(q)
+            if q.has_terms:
+                assert fts5_rows(db, q) == expected_rows(q, corpus), ascii(text)
+    finally:
+        db.close()
+
+
+# -- properties -------------------------------------------------------------------------
+
+CHARACTERS = st.one_of(st.sampled_from(ALPHABET), st.characters())
+TEXTS = st.text(CHARACTERS, max_size=60)
+QUERY_WORDS = st.sampled_from(
+    [
+        "OR",
+        "AND",
+        "NOT",
+        "NEAR",
+        "-",
+        "*",
+        '"',
+        "role:user",
+        "tag:x",
+        "after:2024-01-01",
+        "before:x",
+        "col:x",
+        "abc",
+        "xyz",
+        "会话",
+        "😀",
+        "Abc",
+        "abc*",
+        "-abc",
+        '"abc xyz"',
+    ]
+)
+QUERIES = st.one_of(TEXTS, st.lists(st.one_of(QUERY_WORDS, TEXTS), max_size=6).map(" ".join))
+
+
+def assert_valid_terms(text: str) -> None:
+    found = terms(text)
+    assert [term for term, _, _ in term_spans(text)] == found
+    for _term, start, end in term_spans(text):
+        assert 0 <= start < end <= len(text)
+    for term in found:
+        assert 0 < len(term) <= MAX_TERM_LENGTH
+        assert not any(ord(c) < 128 and not c.isalnum() for c in term), ascii(term)
+        assert not any(c.isupper() for c in term if c.isascii()), ascii(term)
+        assert not any("\ud800" <= c <= "\udfff" or c.isspace() for c in term), ascii(term)
+    if found:
+        assert index_body(found).split(" ") == found
+    assert query_terms(text) == found[: len(query_terms(text))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS)
+def test_terms_are_well_formed(text: str) -> None:
+    assert_valid_terms(text)
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE docs USING fts5(body, scope, tokenize='ascii')")
+    db.execute("CREATE VIRTUAL TABLE words USING fts5vocab(docs, 'instance')")
+    yield db
+    db.close()
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(TEXTS, min_size=1, max_size=5), QUERIES)
+def test_fts5_agrees_with_matches_on_any_text_and_query(
+    scratch: sqlite3.Connection, corpus: list[str], text: str
+) -> None:
+    scratch.execute("DELETE FROM docs")
+    scratch.executemany(
+        "INSERT INTO docs(rowid, body, scope) VALUES (?, ?, 'x')",
+        [(i, index_body(terms(doc))) for i, doc in enumerate(corpus)],
+    )
+    # the ascii tokenizer reads each body back as exactly our terms
+    for i, doc in enumerate(corpus):
+        seen = scratch.execute(
+            "SELECT term FROM words WHERE doc = ? AND col = 'body' ORDER BY offset", (i,)
+        )
+        assert [term for (term,) in seen] == terms(doc)
+    q = parse(text)
+    if not q.has_terms and q.excluded:
+        q = excluded_query(q)
+    if q.has_terms:
+        assert fts5_rows(scratch, q) == expected_rows(q, corpus)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(CHARACTERS, max_size=400), QUERIES, st.integers(min_value=1, max_value=200))
+def test_snippets_are_printable_and_come_from_the_text(text: str, query: str, width: int) -> None:
+    snippet = make_snippet(text, parse(query), width=width, markers=("<", ">"))
+    for shown in (str(snippet), snippet.html(), snippet.text):
+        assert not any(
+            ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or "\ud800" <= c <= "\udfff" or c in BIDI
+            for c in shown
+        ), ascii(shown)
+    assert all(piece for piece, _ in snippet.fragments)
+    if not text.strip():
+        assert snippet.text in ("", "…")

@@ -46,7 +46,7 @@ or invalid value (``after:someday`` is the phrase ``after someday``), an exclude
 (``-role:user`` excludes the phrase ``role user``). An item that gives no term at all
 (``*``, ``-``, ``()``, a lone punctuation mark) is dropped. A query with no positive item
 has no terms (:attr:`Query.has_terms` is false): it matches by its filters and exclusions
-alone.
+alone. Only the first :data:`MAX_ITEMS` (100) items of a query are used.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 
 from .analysis import query_terms
 
-__all__ = ["Phrase", "Query", "matches", "parse", "to_fts5", "to_tsquery"]
+__all__ = ["MAX_ITEMS", "Phrase", "Query", "matches", "parse", "to_fts5", "to_tsquery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,10 @@ class Query:
 # Parsing
 
 _FILTERS = ("role", "tag", "session", "after", "before")
+#: A query's items beyond this many are ignored (a note says so): no one types more, and
+#: it bounds what a query costs the engines.
+MAX_ITEMS = 100
+
 _OPERATORS = frozenset({"AND", "NOT", "NEAR"})
 _MAX_NOTES = 10
 _FILTER = re.compile(r"(role|tag|session|after|before):", re.IGNORECASE)
@@ -121,10 +125,11 @@ _NOT_SPACE = re.compile(r"\S*")
 
 
 def _scan(text: str) -> list[_Item]:
+    """The query's items, at most MAX_ITEMS + 1 of them."""
     items: list[_Item] = []
     n = len(text)
     i = _skip(_SPACE, text, 0)
-    while i < n:
+    while i < n and len(items) <= MAX_ITEMS:
         start = i
         negated = text[i] == "-" and i + 1 < n and not text[i + 1].isspace()
         if negated:
@@ -211,7 +216,11 @@ def parse(text: str) -> Query:
     state = _Parsed()
     # each entry: a phrase (positive or excluded), or the marker "OR"
     entries: list[tuple[Phrase, bool] | str] = []
-    for item in _scan(text):
+    items = _scan(text)
+    if len(items) > MAX_ITEMS:
+        del items[MAX_ITEMS:]
+        state.note(f"only the first {MAX_ITEMS} items of the query are used")
+    for item in items:
         words = item.text
         if item.text in _OPERATORS and not item.quoted:
             state.note(f"{item.text!r} is read as a word (all words must match anyway)")
@@ -332,16 +341,26 @@ def _lexeme(term: str) -> str:
     return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _ts_phrase(phrase: Phrase) -> str:
-    body = " <-> ".join(_lexeme(term) for term in phrase.terms)
+def _ts_phrase(phrase: Phrase, positions: bool = True) -> str:
+    body = (" <-> " if positions else " & ").join(_lexeme(term) for term in phrase.terms)
     return "(" + (body + ":*" if phrase.prefix else body) + ")"
 
 
-def to_tsquery(q: Query) -> str | None:
+def to_tsquery(q: Query, *, positions: bool = True) -> str | None:
     """A PostgreSQL ``tsquery`` literal for the query's terms (for ``CAST(:q AS tsquery)``),
-    every lexeme single-quoted and escaped; None when the query has no positive term."""
+    every lexeme single-quoted and escaped; None when the query has no positive term.
+
+    A ``tsvector`` keeps at most 256 positions of a lexeme and none beyond 16383, so on a
+    message with more terms than that a phrase (``<->``) can miss. With ``positions=False``
+    the literal is a superset for those rows: a phrase is the AND of its terms, and an
+    excluded phrase of several terms is left out (one term's presence is exact at any
+    length); the caller keeps the rows :func:`matches` accepts. Both literals agree with
+    :func:`matches` on a message of at most 256 terms.
+    """
     if not q.groups:
         return None
-    parts = ["(" + " | ".join(_ts_phrase(p) for p in group) + ")" for group in q.groups]
-    parts.extend("!" + _ts_phrase(p) for p in q.excluded)
+    parts = ["(" + " | ".join(_ts_phrase(p, positions) for p in group) + ")" for group in q.groups]
+    parts.extend(
+        "!" + _ts_phrase(p, positions) for p in q.excluded if positions or len(p.terms) == 1
+    )
     return " & ".join(parts)
