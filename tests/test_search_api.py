@@ -246,7 +246,10 @@ async def test_cursors_of_other_searches_and_malformed_ones_raise(store: Store) 
         for query, other in others:
             with pytest.raises(InvalidCursorError):
                 await m.search(query, cursor=cursor, **other)
-        for bad in ("", "not a cursor", cursor[:-3], "e30", cursor + "!!"):
+        await saved(m, "t")
+        listing = await m.list_sessions(limit=1)
+        assert listing.next_cursor is not None
+        for bad in ("", "not a cursor", cursor[:-3], "e30", cursor + "!!", listing.next_cursor):
             with pytest.raises(InvalidCursorError):
                 await m.search("needle", cursor=bad)
 
