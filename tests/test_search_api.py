@@ -384,6 +384,13 @@ async def test_deleted_and_dropped_messages_are_not_found(store: Store) -> None:
         await m.save_session(s)
         await m.delete_session("gone")
         assert texts(await m.search("needle")) == ["needle three"]
+        # a deleted session's messages a branch still shows are found, in the branch
+        await saved(m, "parent", user("haystack kept"), user("haystack dropped"))
+        await m.fork_session("parent", 1, name="child")
+        await m.delete_session("parent")
+        (hit,) = await m.search("haystack")
+        assert (hit.message["content"], hit.session, hit.position) == ("haystack kept", "child", 0)
+        assert [r.name for r in hit.shown_in] == ["child"]
 
 
 async def test_rebuild_and_check_the_index(store: Store) -> None:
