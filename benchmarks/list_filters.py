@@ -49,8 +49,9 @@ FILTERS: list[tuple[str, dict[str, Any], Callable[[SessionInfo], bool]]] = [
     (
         "metadata owner.team=team3, priority=3 (2%)",
         {"metadata": {"owner": {"team": "team3"}, "priority": 3}},
-        lambda i: i.metadata.get("owner", {}).get("team") == "team3"
-        and i.metadata.get("priority") == 3,
+        lambda i: (
+            i.metadata.get("owner", {}).get("team") == "team3" and i.metadata.get("priority") == 3
+        ),
     ),
     ("tag t7 (2%)", {"tags": "t7"}, lambda i: "t7" in i.metadata.get("tags", [])),
     ("tag u4242 (1 session)", {"tags": "u4242"}, lambda i: "u4242" in i.metadata.get("tags", [])),
@@ -178,7 +179,7 @@ def main() -> None:
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--analyze", action="store_true")
     opts = parser.parse_args()
-    global ANALYZE  # noqa: PLW0603 - a module-wide switch of a script
+    global ANALYZE
     ANALYZE = opts.analyze
     if not opts.skip_sqlite:
         asyncio.run(_sqlite(opts.sessions, opts.runs))
