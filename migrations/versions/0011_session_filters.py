@@ -193,7 +193,7 @@ def _sqlite() -> None:
 
 _PG_CHILDREN = """
 CREATE FUNCTION coda_json_children(v jsonb) RETURNS TABLE(seg text, child jsonb)
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE ROWS 8 AS $$
     SELECT length(k.key) || ':' || k.key, k.value
     FROM jsonb_each(CASE WHEN jsonb_typeof(v) = 'object' THEN v ELSE '{}'::jsonb END) k
     UNION ALL
@@ -222,7 +222,9 @@ _PG_INDEX = f"""
 CREATE FUNCTION coda_index_session_metadata(
     sid text, meta text, created timestamptz, sname text
 ) RETURNS void
-LANGUAGE plpgsql AS $$
+-- no JIT: the recursive query's estimate (a thousand-fold the few rows metadata has)
+-- made every call JIT-compile it, over a second per metadata write
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     doc jsonb;
 BEGIN
