@@ -92,7 +92,8 @@ def _conditions(
 ) -> list[sa.ColumnElement[bool]]:
     """Every filter as a condition on ``sessions`` (the one the driving table answers
     left out): the side-table lookups as correlated EXISTS on the session's own rows."""
-    where: list[sa.ColumnElement[bool]] = [q.visible()]
+    # (statements.LIST_SESSIONS, which the page extends, already leaves holders out)
+    where: list[sa.ColumnElement[bool]] = []
     for index, c in enumerate(flt.conditions):
         if index != skip_field:
             # the whole path and value, not their index keys: the probe reads the
