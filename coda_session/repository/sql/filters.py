@@ -92,19 +92,13 @@ def _conditions(
 ) -> list[sa.ColumnElement[bool]]:
     """Every filter as a condition on ``sessions`` (the one the driving table answers
     left out): the side-table lookups as correlated EXISTS on the session's own rows."""
-    where: list[sa.ColumnElement[bool]] = [q.visible()]
+    # (statements.LIST_SESSIONS, which the page extends, already leaves holders out)
+    where: list[sa.ColumnElement[bool]] = []
     for index, c in enumerate(flt.conditions):
         if index != skip_field:
-            # the whole path and value, not their index keys: the probe reads the
-            # session's own few rows (session_id leads an index), not the value's many
             probe = f.alias()
-            looked = [probe.c.session_id == s.c.id, probe.c.path == bind(c.path)]
-            looked.append(probe.c.kind == bind(c.kind))
-            if c.txt is not None:
-                looked.append(probe.c.txt == bind(c.txt))
-            if c.num is not None:
-                looked.append(probe.c.num == _number(bind, c.num))
-            where.append(sa.exists().where(*looked))
+            looked = _field_lookup(c, bind, probe)
+            where.append(sa.exists().where(probe.c.session_id == s.c.id, *looked))
     for index, tag in enumerate(flt.tags):
         if index != skip_tag:
             probe = t.alias()
