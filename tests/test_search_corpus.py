@@ -25,6 +25,7 @@ import pytest
 from coda_session import (
     AsyncSessionManager,
     InvalidCursorError,
+    InvalidQueryError,
     SearchHit,
     SearchResult,
     SessionManager,
@@ -282,6 +283,23 @@ def test_per_session_gives_one_hit_per_session(corpus: Loaded) -> None:
     assert {h.message_id for h in best.hits} <= {h.message_id for h in every}
 
 
+def test_window_says_when_only_the_newest_matches_were_ranked(corpus: Loaded) -> None:
+    narrow = corpus.manager.search("quasar", window=2)
+    assert (narrow.total, narrow.total_exact, narrow.window) == (3, True, 2)
+    assert set(keys(narrow.hits)) <= {"final.0", "draft.1"}  # the newest two
+    assert corpus.manager.search("quasar").window is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"order": "oldest"}, {"limit": 0}, {"limit": -1}, {"window": 0}, {"role": 3}],
+    ids=["order", "limit-0", "limit-negative", "window-0", "role-int"],
+)
+def test_bad_arguments_raise_invalid_query(corpus: Loaded, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidQueryError):
+        corpus.manager.search("quasar", **kwargs)
+
+
 # -- what a hit carries ---------------------------------------------------------------------
 
 _UNSAFE = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]} - {"\n", "\t"} | {
@@ -426,6 +444,45 @@ async def test_cursor_is_pinned_while_messages_are_added(store: Store) -> None:
                 cursor = page.next_cursor
             assert sorted(seen) == [f"basalt {i}" for i in range(5)], order
         assert len((await manager.search("basalt", limit=100)).hits) == 7
+
+
+SQL_STORES = [p for p in BACKENDS if p.id in ("sqlite", "sqlite-core", "postgresql")]
+
+
+@pytest.mark.parametrize("backend", SQL_STORES)
+async def test_rows_another_program_inserts_are_found(store: Store) -> None:
+    async with store.async_manager() as manager:
+        s = await manager.create_session("shared-db")
+        s.add_message(m("written by us: andesite"))
+        await manager.save_session(s)
+        sid = s.id
+    # as another program would: a plain INSERT, no search index row
+    store.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, size_bytes, char_count,"
+        " root_id) VALUES (?, 'user', ?, ?, 30, 30, ?)",
+        sid,
+        "written by another program: andesite rhyolite",
+        "2026-02-01T00:00:00+00:00",
+        sid,
+    )
+    store.execute(
+        "UPDATE sessions SET message_count = message_count + 1, size_bytes = size_bytes + 30,"
+        " last_message_id = (SELECT max(id) FROM messages) WHERE id = ?",
+        sid,
+    )
+    before = snapshot(store)
+    async with store.async_manager() as manager:
+        assert await found(manager, "rhyolite") == ["written by another program: andesite rhyolite"]
+        assert len(await found(manager, "andesite")) == 2
+        assert await found(manager, "rhyolite", session="shared-db", role="user") != []
+    assert snapshot(store) == before, "a search wrote to the store"
+    async with store.async_manager() as manager:
+        s = await manager.load_session("shared-db")
+        s.add_message(m("a later write: rhyolite again"))
+        await manager.save_session(s)
+        assert len(await found(manager, "rhyolite")) == 2
+        store.execute("DELETE FROM messages WHERE content LIKE ?", "written by another%")
+        assert await found(manager, "rhyolite") == ["a later write: rhyolite again"]
 
 
 def snapshot(store: Store) -> str:
