@@ -21,6 +21,7 @@ surrogate is a term of its own; the values under ``type``/``id``/``call_id``/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -566,8 +567,14 @@ QUERIES: tuple[Case, ...] = (
     _c("migration", "mig.0", "mig.5", "api.2", metadata={"project": {"name": "atlas"}}),
     _c("migration", "mig.0", "mig.5", metadata={"project": {"tier": 1}}),
     _c("parse_config", "refb.0", "ref.0", "ref.1", "ref.2", metadata={"topic": "refactoring"}),
-    _c("quasar", "final.0", after="2026-01-16T00:00:00+00:00"),
-    _c("quasar", "draft.0", "draft.1", before="2026-01-16T00:00:00+00:00"),
+    _c("quasar", "final.0", after=datetime(2026, 1, 16, tzinfo=UTC)),
+    _c("quasar", "draft.0", "draft.1", before=datetime(2026, 1, 16, tzinfo=UTC)),
+    _c(
+        "quasar",
+        "draft.1",
+        after=datetime(2026, 1, 15, 9, 1, tzinfo=UTC),
+        before=datetime(2026, 1, 16, tzinfo=UTC),
+    ),
     _c("migration", "mig.0", role="user", tags="client-x"),
 )
 """Queries on ordinary text, with filters; the expected hit set is the same on every
