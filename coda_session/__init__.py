@@ -21,8 +21,11 @@ from .errors import (
     UnsavedChangesWarning,
 )
 from .manager import AsyncSessionManager
-from .models import Message, SessionInfo
+from .models import Message, SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
+from .repository.searching import SearchIndexReport
+from .search.results import SearchHit, SearchResult, SessionRef
+from .search.snippet import Snippet
 from .session import AsyncSession
 from .sync import Session, SessionManager
 
@@ -43,16 +46,22 @@ __all__ = [
     "Message",
     "ReadOnlyError",
     "SchemaVersionError",
+    "SearchHit",
+    "SearchIndexReport",
+    "SearchResult",
     "Session",
     "SessionConfig",
     "SessionData",
     "SessionError",
     "SessionExistsError",
     "SessionInfo",
+    "SessionList",
     "SessionManager",
     "SessionNotFoundError",
+    "SessionRef",
     "SessionStorage",
     "SessionTooLargeError",
+    "Snippet",
     "StorageError",
     "UnsavedChangesWarning",
     "__version__",

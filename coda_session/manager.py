@@ -10,12 +10,13 @@ import threading
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any
 
+from . import finding, transfer
 from . import session as session_api
-from . import transfer
 from .codec import MAX_NAME_LENGTH, check_name
 from .config import SessionConfig
 from .errors import (
@@ -28,13 +29,16 @@ from .errors import (
 )
 from .exithook import before_threads_join
 from .loopsafe import LoopSafeLock
-from .models import SessionInfo, SessionRecord
+from .models import SessionInfo, SessionList, SessionRecord
 from .repository import capabilities
 from .repository.custom import SessionStorage
 from .repository.factory import open_repository
+from .repository.filters import SessionFilter, encode_cursor, make_filter
 from .repository.memory import MemoryRepository
 from .repository.protocol import Repository
+from .repository.searching import SearchIndexReport
 from .repository.storage_adapter import StorageAdapter
+from .search.results import SearchResult
 from .session import AsyncSession, SessionHost
 from .timeutil import utcnow
 from .transfer import Source, Target
@@ -514,10 +518,64 @@ class AsyncSessionManager:
         session_api.check_usable(session)
         await session_api.save(session)
 
-    async def list_sessions(self) -> list[SessionInfo]:
-        """Every session's :class:`SessionInfo` (one query), oldest first."""
+    async def list_sessions(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        name_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        parent: str | None = None,
+        root: str | None = None,
+        roots_only: bool = False,
+        order: str = "created",
+        descending: bool | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SessionList:
+        """The sessions' :class:`SessionInfo`, filtered, ordered and paged (one query on a
+        SQL database; the same sessions in the same order on every backend).
+
+        Without arguments: every session, oldest created first (what it always returned).
+        ``metadata``: each key must be present with an equal value (nested mappings
+        descend; values compare as JSON: ``True`` is not ``1``, ``1`` is ``1.0``).
+        ``tags``: a tag or tags, each one a string of ``metadata["tags"]``.
+        ``name_prefix``: names starting with it (case-sensitive). ``created_*`` /
+        ``updated_*``: aware datetimes, ``after`` inclusive, ``before`` exclusive.
+        ``parent``: branches of the named session; ``root``: the named session's whole
+        branching tree; ``roots_only``: no branches (an unknown name matches nothing).
+        ``order``: ``"created"`` (oldest first), ``"updated"`` (newest first) or
+        ``"name"``; ``descending`` reverses it. ``limit``: a page of at most that many,
+        whose ``next_cursor`` (None on the last page) gives the next page when passed
+        back as ``cursor`` with the same filters. See the README ("Listing and filtering
+        sessions") for how paging behaves while sessions change.
+        InvalidQueryError for a bad argument, InvalidCursorError for a bad cursor.
+        """
+        flt = make_filter(
+            metadata=metadata,
+            tags=tags,
+            name_prefix=name_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            parent=parent,
+            root=root,
+            roots_only=roots_only,
+            order=order,
+            descending=descending,
+            limit=limit,
+            cursor=cursor,
+        )
         repo = await self._ready()
-        return await repo.list_sessions()
+        everything = flt.order == "created" and not flt.descending and flt.limit is None
+        if everything and flt.unfiltered and flt.after is None:
+            # what list_sessions() always returned, by the same single query
+            return SessionList(await repo.list_sessions())
+        return await _filtered_page(repo, flt)
 
     async def get_session_info(self, name: str) -> SessionInfo | None:
         """One session's info without loading its messages, or None if there is none."""
@@ -587,6 +645,79 @@ class AsyncSessionManager:
         (the error's notes name them) and the failing one writes nothing."""
         repo = await self._ready()
         return await transfer.import_store(repo, self._config, source, self._check_open)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        session: str | None = None,
+        role: str | Sequence[str] | None = None,
+        after: datetime | date | str | None = None,
+        before: datetime | date | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        order: str = "relevance",
+        limit: int = 20,
+        cursor: str | None = None,
+        per_session: bool = False,
+        markers: tuple[str, str] = ("[", "]"),
+        window: int = 1000,
+    ) -> SearchResult:
+        """Full-text search of the saved messages of every session (or those chosen).
+
+        ``query`` uses the grammar of the README's Search section: words (all must
+        match), ``"phrases"``, ``prefix*``, ``-excluded``, ``a OR b``, and the filters
+        ``role:``, ``tag:``, ``session:``, ``after:``, ``before:``. Any string is a valid
+        query; one without a word to match returns the newest messages that pass its
+        filters. The keyword filters hold together with the query's own: ``session`` (a
+        name: everything it shows, inherited messages included; SessionNotFoundError if
+        there is none), ``role`` and ``tags`` (a string or several: any of the roles,
+        every tag in the session's ``metadata["tags"]``), ``after`` (inclusive) and
+        ``before`` (exclusive) on the message's timestamp, ``metadata`` (sessions whose
+        metadata has these keys with these values).
+
+        ``order="relevance"`` ranks the newest ``window`` matching messages by BM25 (the
+        result's ``window`` says when there were more); ``"newest"`` orders them newest
+        first. A message several sessions show is one hit naming them all (``shown_in``);
+        ``per_session=True`` gives instead each session's best hit once. Pass a result's
+        ``next_cursor`` as ``cursor`` (with the same other arguments) for the next page:
+        pages stay as they were while messages are added. Snippets mark matches with
+        ``markers``. Searches what is stored: changes not saved yet are not found.
+        Arguments other than the query are checked first (InvalidQueryError; a bad or
+        another search's cursor: InvalidCursorError).
+        """
+        args = finding.check_search(
+            query,
+            session=session,
+            role=role,
+            after=after,
+            before=before,
+            metadata=metadata,
+            tags=tags,
+            order=order,
+            limit=limit,
+            cursor=cursor,
+            per_session=per_session,
+            markers=markers,
+            window=window,
+        )
+        repo = await self._ready()
+        return await finding.run_search(repo, args)
+
+    async def rebuild_search_index(self) -> int:
+        """Index every stored message again, in bulk (after an upgrade that changed the
+        text analysis, or to repair what :meth:`check_search_index` reports); returns how
+        many messages were indexed. Memory and custom storage keep no index: 0."""
+        repo = await self._ready()
+        return await finding.rebuild_index(repo)
+
+    async def check_search_index(self) -> SearchIndexReport:
+        """Compare the search index with the stored messages, changing neither: messages
+        not indexed yet (``pending``: written by another program; still found), index
+        entries of messages gone (``orphaned``) or changed (``stale``), and the analysis
+        version the index was built with. ``report.ok`` when nothing needs a rebuild."""
+        repo = await self._ready()
+        return await finding.check_index(repo)
 
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.
@@ -711,3 +842,17 @@ def describe(manager: AsyncSessionManager) -> str:
 def repository_of(manager: AsyncSessionManager) -> Repository:
     """The repository a manager runs on."""
     return manager._repository
+
+
+async def _filtered_page(repo: Repository, flt: SessionFilter) -> SessionList:
+    """One page of a filtered listing, with the cursor of the next."""
+    # order "updated": the first page pins its time, later pages leave out what was
+    # updated after it (it moved: listing it again would show it twice)
+    upto = flt.updated_upto
+    if upto is None and flt.order == "updated":
+        upto = utcnow()
+    page = await capabilities.find_sessions(repo, flt)
+    cursor = None
+    if page.more and page.sessions:
+        cursor = encode_cursor(flt, page.sessions[-1], upto)
+    return SessionList(page.sessions, next_cursor=cursor)

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
 from .manager import autosave_once, blocking_manager, describe, repository_of
-from .models import SessionInfo
+from .models import SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .repository.protocol import Repository
+from .repository.searching import SearchIndexReport
 from .repository.storage_adapter import running_storage
 from .runtime import CANCEL_WAIT, CLOSE_WAIT, LoopRunner, close_at_exit, forget_at_exit
+from .search.results import SearchResult
 from .session import AsyncSession, cached_messages
 from .session import describe as describe_session
 from .transfer import Source, Target
@@ -338,9 +340,44 @@ class SessionManager:
             raise SessionError("save_session takes a session of this manager")
         self._call(self._async.save_session, session._inner)
 
-    def list_sessions(self) -> list[SessionInfo]:
-        """Every session's :class:`SessionInfo` (one query), oldest first."""
-        return self._call(self._async.list_sessions)
+    def list_sessions(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        name_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        parent: str | None = None,
+        root: str | None = None,
+        roots_only: bool = False,
+        order: str = "created",
+        descending: bool | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SessionList:
+        """The sessions' :class:`SessionInfo`, filtered, ordered and paged: see
+        :meth:`AsyncSessionManager.list_sessions`. Without arguments: every session,
+        oldest created first."""
+        return self._call(
+            self._async.list_sessions,
+            metadata=metadata,
+            tags=tags,
+            name_prefix=name_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            parent=parent,
+            root=root,
+            roots_only=roots_only,
+            order=order,
+            descending=descending,
+            limit=limit,
+            cursor=cursor,
+        )
 
     def get_session_info(self, name: str) -> SessionInfo | None:
         """One session's info without loading its messages, or None."""
@@ -372,6 +409,49 @@ class SessionManager:
     def import_store(self, source: Source) -> list[str]:
         """Import every session of an :meth:`export_store` stream; returns their names."""
         return self._call(self._async.import_store, source)
+
+    def search(
+        self,
+        query: str,
+        *,
+        session: str | None = None,
+        role: str | Sequence[str] | None = None,
+        after: datetime | date | str | None = None,
+        before: datetime | date | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        order: str = "relevance",
+        limit: int = 20,
+        cursor: str | None = None,
+        per_session: bool = False,
+        markers: tuple[str, str] = ("[", "]"),
+        window: int = 1000,
+    ) -> SearchResult:
+        """See :meth:`AsyncSessionManager.search`."""
+        return self._call(
+            self._async.search,
+            query,
+            session=session,
+            role=role,
+            after=after,
+            before=before,
+            metadata=metadata,
+            tags=tags,
+            order=order,
+            limit=limit,
+            cursor=cursor,
+            per_session=per_session,
+            markers=markers,
+            window=window,
+        )
+
+    def rebuild_search_index(self) -> int:
+        """See :meth:`AsyncSessionManager.rebuild_search_index`."""
+        return self._call(self._async.rebuild_search_index)
+
+    def check_search_index(self) -> SearchIndexReport:
+        """See :meth:`AsyncSessionManager.check_search_index`."""
+        return self._call(self._async.check_search_index)
 
     def close(self) -> None:
         """Flush unsaved sessions (unless autosave is off), release storage and stop the
