@@ -397,7 +397,10 @@ async def _page(
         hits=tuple(hits),
         total=found.total,
         total_exact=found.exact,
-        window=args.window if found.total > args.window else None,
+        # the window was cut: more matches than it holds (counted, or past the count)
+        window=args.window
+        if found.total > args.window or (not found.exact and len(found.hits) >= args.window)
+        else None,
         next_cursor=next_cursor,
         query=args.query,
     )

@@ -15,10 +15,14 @@ item does.
     The terms of the word (see :mod:`coda_session.search.analysis`): one term, or for an
     identifier, a path, a CJK word or anything holding punctuation, the *phrase* of its
     terms (``get_items``, ``src/app/main.py``, ``SessionManager``, ``会话``), found as
-    written. English plurals match their singular (``messages``, ``message``).
+    written. A camel-cased identifier typed in lower case (``sessionmanager``,
+    ``github``) finds it too. English plurals match their singular (``messages``,
+    ``message``). Case and full width do not matter, nor whether an accent is written
+    composed or decomposed (but ``cafe`` is not ``café``).
 ``"quoted phrase"``
-    Its terms at consecutive positions. An unterminated quote runs to the end of the query;
-    ``""`` is nothing.
+    Its terms at consecutive positions. A quote opens a phrase at the start of an item
+    only (inside a word, ``ab"c``, it separates as punctuation does); an unterminated
+    quote runs to the end of the query; ``""`` is nothing.
 ``word*`` or ``"quoted phrase"*``
     Prefix: the last term matches any term it begins (``migrat*``).
 ``-item``
@@ -37,7 +41,9 @@ item does.
 ``after:DATE``, ``before:DATE``
     Only messages stamped at or after ``DATE`` (``after:``) or strictly before it
     (``before:``); ISO 8601 dates or date-times (``2024-05-01``,
-    ``2024-05-01T12:30:00+02:00``), UTC when no offset is given. Several: all hold.
+    ``2024-05-01T12:30:00+02:00``), UTC when no offset is given; a year (``2024``) or a
+    month (``2024-05``) is its first day (so ``before:2025`` ends with 2024). Several:
+    all hold.
 
 A filter's name is read in any case (``Role:user``); its value may be quoted
 (``tag:"client x"``). Everything else is words: ``AND``, ``NOT``, ``NEAR``, a lone or
@@ -105,7 +111,11 @@ _FILTERS = ("role", "tag", "session", "after", "before")
 #: it bounds what a query costs the engines.
 MAX_ITEMS = 100
 
-_OPERATORS = frozenset({"AND", "NOT", "NEAR"})
+_OPERATORS = {
+    "AND": "'AND' is read as a word (all words must match anyway)",
+    "NOT": "'NOT' is read as a word (-word excludes a word)",
+    "NEAR": "'NEAR' is read as a word",
+}
 _MAX_NOTES = 10
 _FILTER = re.compile(r"(role|tag|session|after|before):", re.IGNORECASE)
 
@@ -151,7 +161,8 @@ def _scan(text: str) -> list[_Item]:
         else:
             end = _skip(_NOT_SPACE, text, i)
             word = text[i:end]
-            stripped = word.rstrip("*")
+            # a filter's value is taken whole; a word's trailing stars make it a prefix
+            stripped = word if name is not None else word.rstrip("*")
             prefix = len(stripped) < len(word)
             items.append(_Item(text[start:end], stripped, False, negated, prefix, name))
             i = end
@@ -168,9 +179,16 @@ def _shown(raw: str) -> str:
     return repr(raw if len(raw) <= 40 else raw[:39] + "…")
 
 
+_YEAR_OR_MONTH = re.compile(r"(\d{4})(?:-(\d{2}))?", re.ASCII)
+
+
 def _date(value: str) -> datetime | None:
+    value = value.strip()
+    partial = _YEAR_OR_MONTH.fullmatch(value)
+    if partial is not None:  # a year or a month: its first day
+        value = f"{partial.group(1)}-{partial.group(2) or '01'}-01"
     try:
-        moment = datetime.fromisoformat(value.strip())
+        moment = datetime.fromisoformat(value)
     except (ValueError, OverflowError):
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
@@ -223,7 +241,7 @@ def parse(text: str) -> Query:
     for item in items:
         words = item.text
         if item.text in _OPERATORS and not item.quoted:
-            state.note(f"{item.text!r} is read as a word (all words must match anyway)")
+            state.note(_OPERATORS[item.text])
         if item.filter is not None:
             if item.negated:
                 state.note(f"{_shown(item.raw)}: a filter cannot be excluded; read as words")
