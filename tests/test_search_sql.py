@@ -21,6 +21,7 @@ from coda_session import AsyncSessionManager
 from coda_session.repository.searching import SearchRequest
 from coda_session.repository.sql import SqlRepository
 from coda_session.repository.sql.registry import dialect_for
+from coda_session.repository.sql.search import DEFER_UNDER, FLUSH_AT
 from coda_session.search.query import parse
 from tests.support import SPEC_SCHEMA, Store, alembic, user
 
@@ -57,7 +58,9 @@ class Env:
     async def check_ok(self) -> None:
         report = await self.repo.check_search_index()
         assert report.ok, report
-        assert report.pending == 0, report
+
+    def pending(self) -> int:
+        return int(self.store.execute("SELECT count(*) FROM messages WHERE indexed IS NULL")[0][0])
 
     def indexes(self) -> bool:
         """Whether the backend's dialect keeps a full-text index (else every message is
@@ -120,12 +123,14 @@ async def test_a_branch_reindexes_nothing_and_shows_what_it_inherits(env: Env) -
     for i in range(6):
         s.add_message(user(f"shared word{i}"))
     await env.manager.save_session(s)
-    before = env.fts_rows()
+    assert await env.repo.rebuild_search_index() == 6
+    assert (env.fts_rows(), env.pending()) == (6, 0)
     b = await env.manager.fork_session("main", 4, name="branch")
-    assert env.fts_rows() == before  # shared history is indexed once
+    assert (env.fts_rows(), env.pending()) == (6, 0)  # shared history is indexed once
     b.add_message(user("branch only"))
     await env.manager.save_session(b)
-    assert env.fts_rows() == before + 1
+    # a small save leaves its message to a later write (see DEFER_UNDER); found meanwhile
+    assert (env.fts_rows(), env.pending()) == (6, 1)
 
     branch = await env.session_ids("branch")
     main = await env.session_ids("main")
@@ -236,10 +241,22 @@ async def test_rows_another_program_writes(tmp_path: Path, backend: str) -> None
         report = await env.repo.check_search_index()
         assert report.ok and report.pending == 2, report
 
-        s.add_message(user("ours second"))
-        await env.manager.save_session(s)  # indexes the pending rows too
+        # a save of DEFER_UNDER messages indexes its own; the pending rows wait until there
+        # are FLUSH_AT of them, then the next write indexes them all
+        for i in range(DEFER_UNDER):
+            s.add_message(user(f"ours bulk{i}"))
+        await env.manager.save_session(s)
+        assert env.pending() == 2
+        for i in range(FLUSH_AT - 3):
+            s.add_message(user(f"ours small{i}"))
+            await env.manager.save_session(s)
+        assert env.pending() == FLUSH_AT - 1
+        s.add_message(user("ours the last small one"))
+        await env.manager.save_session(s)
+        assert env.pending() == 0
         await env.check_ok()
         assert await env.find("theirs") == ["theirs inserted"]
+        assert await env.find("small5") == ["ours small5"]
 
         with sqlite3.connect(db) as conn:
             conn.execute("DELETE FROM messages WHERE content = 'theirs inserted'")
@@ -254,9 +271,10 @@ async def test_rebuild_and_check(env: Env) -> None:
     if not env.indexes():
         pytest.skip("this dialect keeps no full-text index")
     s = await env.manager.create_session("r")
-    for i in range(5):
+    for i in range(DEFER_UNDER):  # a save this big indexes its messages at once
         s.add_message(user(f"rebuilt m{i}"))
     await env.manager.save_session(s)
+    assert (env.fts_rows(), env.pending()) == (DEFER_UNDER, 0)
     await env.check_ok()
     if env.store.backend != "postgresql":
         env.store.execute(
@@ -268,10 +286,10 @@ async def test_rebuild_and_check(env: Env) -> None:
         )
     report = await env.repo.check_search_index()
     assert not report.ok and report.problems
-    assert await env.repo.rebuild_search_index() == 5
+    assert await env.repo.rebuild_search_index() == DEFER_UNDER
     await env.check_ok()
-    assert len(await env.find("rebuilt")) == 5
-    assert env.fts_rows() == 5
+    assert len(await env.find("rebuilt")) == DEFER_UNDER
+    assert (env.fts_rows(), env.pending()) == (DEFER_UNDER, 0)
 
 
 def _spec_database(path: Path) -> None:

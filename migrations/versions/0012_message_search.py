@@ -9,7 +9,7 @@
 * The index, per database: SQLite's FTS5 table ``message_fts(body, scope)`` (rowid = the
   message id; ``body`` the message's terms, ``scope`` a token of its tree and one of its
   role; ``tokenize='ascii'``, which splits only at ASCII whitespace and punctuation, so it
-  sees exactly the terms the library wrote); PostgreSQL's ``message_search`` side table
+  sees exactly the terms the library wrote; ``columnsize=0``: ranking is the library's); PostgreSQL's ``message_search`` side table
   (a tsvector of the terms with a GIN index, the tree and role beside it).
 * Triggers keep the index honest whoever writes: an UPDATE of a message's text, role or
   tree marks it pending and removes its entry; a DELETE removes its entry (SQLite: a
@@ -42,7 +42,8 @@ depends_on: str | Sequence[str] | None = None
 _WATCHED = "content, content_zlib, role, metadata, root_id"
 
 _SQLITE = (
-    "CREATE VIRTUAL TABLE message_fts USING fts5(body, scope, tokenize='ascii')",
+    # columnsize=0: no per-row column sizes (bm25's input): ranking is done in Python
+    "CREATE VIRTUAL TABLE message_fts USING fts5(body, scope, tokenize='ascii', columnsize=0)",
     "CREATE TRIGGER coda_messages_search_delete AFTER DELETE ON messages FOR EACH ROW "
     "WHEN OLD.indexed IS NOT NULL BEGIN DELETE FROM message_fts WHERE rowid = OLD.id; END",
     f"CREATE TRIGGER coda_messages_search_update AFTER UPDATE OF {_WATCHED} ON messages "  # noqa: S608

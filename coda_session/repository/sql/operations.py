@@ -49,12 +49,13 @@ from .branching import (
 from .executors import Executor
 from .rows import infos_of, message_of, session_of
 from .search import (
-    PENDING_PER_WRITE,
     SearchStatements,
     check,
     index_pending,
+    index_some_pending,
     index_version,
     index_written,
+    index_written_or_defer,
     reset,
     search,
 )
@@ -348,7 +349,7 @@ class Operations(Generic[X]):
             last_id = max(previous, ids[-1])
             cx.run(q.SET_LAST_MESSAGE_ID, {**key, "last_id": last_id})
             if self.search is not None:
-                index_written(cx, self.search, root, req.messages, ids, bodies)
+                index_written_or_defer(cx, self.search, sid, root, req.messages, ids, bodies)
         self.index_others(cx)
         if metadata is None:
             # unchanged by this save; sent back (and decoded) only if another writer changed it
@@ -393,11 +394,12 @@ class Operations(Generic[X]):
     # -- search (see .search) ---------------------------------------------------------
 
     def index_others(self, cx: X) -> int:
-        """Index a bounded batch of the rows another program wrote (pending): every write
-        of ours calls it, so they do not stay pending for long. Returns how many."""
+        """Index a bounded batch of the pending rows (small saves', another program's)
+        once there are enough of them (:data:`.search.FLUSH_AT`): every write of ours
+        calls it, so they do not stay pending for long. Returns how many."""
         if self.search is None:
             return 0
-        return index_pending(cx, self.search, PENDING_PER_WRITE)
+        return index_some_pending(cx, self.search)
 
     def index_batch(self, cx: X, limit: int) -> int:
         """Index the oldest ``limit`` pending rows (a bulk indexing's step)."""

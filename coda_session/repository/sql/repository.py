@@ -35,7 +35,7 @@ from .errors import DRIVER_ERRORS, translate
 from .operations import Operations
 from .registry import dialect_for
 from .schema import HEAD_REVISION, current_revision, ensure_schema, migration_guard
-from .search import BULK_ROWS, bodies_of
+from .search import BULK_ROWS, DEFER_UNDER, bodies_of
 
 __all__ = ["BUSY_ATTEMPTS", "SqlRepository", "SqlSnapshot"]
 
@@ -375,7 +375,7 @@ class SqlRepository(Repository, Snapshots):
             return await self._run(runner, _APPEND, ops.append, request)
         # the new messages' index terms, computed before the transaction takes the lock
         args: tuple[Any, ...] = (request,)
-        if ops.search is not None and request.messages:
+        if ops.search is not None and len(request.messages) >= DEFER_UNDER:
             args = (request, bodies_of(request.messages))
         op = Operation("saving a session", write=True, loop_pages=self._costs.save(request))
         return await self._run(runner, op, ops.save, *args)

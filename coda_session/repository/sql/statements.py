@@ -6,7 +6,7 @@ both executors (the one-trip SQLite path and the generic SQLAlchemy path) share 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -41,6 +41,7 @@ __all__ = [
     "LIST_TREE",
     "MARK_ALL_PENDING",
     "MARK_INDEXED",
+    "MARK_PENDING",
     "MAX_MESSAGE_ID",
     "MESSAGES_FROM",
     "MESSAGES_NEWEST",
@@ -49,6 +50,7 @@ __all__ = [
     "PENDING_COUNT",
     "PENDING_FIRST",
     "PENDING_NEWEST",
+    "PENDING_UPTO",
     "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
@@ -622,6 +624,21 @@ MESSAGES_NEWEST = (
 #: the listed sessions of a tree (where a hit is shown)
 TREE_SESSION_IDS = sa.select(s.c.id).where(in_tree(s), visible()).order_by(s.c.created_at, s.c.id)
 PENDING_COUNT = sa.select(sa.func.count()).select_from(m).where(_pending)
+#: how many rows are pending, counting at most ``n`` (reads at most ``n`` index entries)
+PENDING_UPTO = sa.select(sa.func.count()).select_from(
+    sa.select(m.c.id).where(_pending).limit(sa.bindparam("n")).subquery()
+)
+#: the rows a small save just inserted (ids ``lo`` to ``hi`` of the session): left to a
+#: later write to index, with others (see .search.DEFER_UNDER)
+MARK_PENDING = (
+    sa.update(m)
+    .where(
+        m.c.session_id == sa.bindparam("owner"),
+        m.c.id >= sa.bindparam("lo", type_=sa.BigInteger),
+        m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .values(indexed=None)
+)
 #: the pending rows ``lo <= id <= hi`` are indexed now (exactly those PENDING_FIRST gave)
 MARK_INDEXED = (
     sa.update(m)
@@ -653,6 +670,16 @@ SET_INDEX_VERSION = (
 _CONSTANTS: dict[int, object] = {
     id(value): value for name, value in list(globals().items()) if name in __all__
 }
+
+
+S = TypeVar("S")
+
+
+def constant(stmt: S) -> S:
+    """Register ``stmt`` (a statement that lives as long as the process, e.g. a dialect
+    module's) with the compile cache, as this module's own constants are."""
+    _CONSTANTS[id(stmt)] = stmt
+    return stmt
 
 
 def is_constant(stmt: object) -> bool:

@@ -280,7 +280,6 @@ _declared(
 _declared(
     "message_fts_content", ("id", sa.Integer(), True), ("c0", _NONE, False), ("c1", _NONE, False)
 )
-_declared("message_fts_docsize", ("id", sa.Integer(), True), ("sz", sa.LargeBinary(), False))
 _declared("message_fts_config", ("k", _NONE, True), ("v", _NONE, False), rowid=False)
 
 

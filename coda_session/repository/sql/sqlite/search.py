@@ -21,9 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from ....search.query import Query, to_fts5
+from .. import statements as q
 from ..branching import BEYOND
 from ..executors import Executor
 from ..search import MAX_ROOT_TOKENS, IndexRow, SearchScope
+from .executor import RawExecutor
 
 __all__ = ["SQLITE_SEARCH", "SqliteSearch"]
 
@@ -32,14 +34,31 @@ _ROW_COLS = (
     "m.char_count, m.root_id, m.session_id"
 )
 
-INDEX = sa.text(
-    "INSERT INTO message_fts (rowid, body, scope) SELECT json_extract(value, '$[0]'), "
-    "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(:rows)"
+INDEX = q.constant(
+    sa.text(
+        "INSERT INTO message_fts (rowid, body, scope) SELECT json_extract(value, '$[0]'), "
+        "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(:rows)"
+    )
 )
-ENTRIES = sa.text(
-    "SELECT rowid, scope, body FROM message_fts WHERE rowid > :lo AND rowid <= :hi ORDER BY rowid"
+ENTRIES = q.constant(
+    sa.text(
+        "SELECT rowid, scope, body FROM message_fts WHERE rowid > :lo AND rowid <= :hi "
+        "ORDER BY rowid"
+    )
 )
-CLEAR = sa.text("DELETE FROM message_fts")
+#: one entry, for ``sqlite3``'s executemany on the fast path (constant text, bound values)
+INDEX_ROW = "INSERT INTO message_fts (rowid, body, scope) VALUES (?, ?, ?)"
+CLEAR = q.constant(sa.text("DELETE FROM message_fts"))
+#: the lookups' statements by their text: a few shapes (which conditions a scope has),
+#: each compiled once per process
+_SHAPES: dict[str, sa.TextClause] = {}
+
+
+def _shape(sql: str) -> sa.TextClause:
+    stmt = _SHAPES.get(sql)
+    if stmt is None:
+        stmt = _SHAPES[sql] = q.constant(sa.text(sql))
+    return stmt
 
 
 def token(kind: str, value: str) -> str:
@@ -64,8 +83,18 @@ class SqliteSearch:
     def index(self, cx: Executor, rows: Sequence[IndexRow]) -> None:
         if not rows:
             return
-        payload = [[r.id, r.body, f"{token('t', r.root_id)} {token('r', r.role)}"] for r in rows]
-        cx.run(INDEX, {"rows": json.dumps(payload, ensure_ascii=False)})
+        scopes: dict[tuple[str, str], str] = {}
+        payload = []
+        for r in rows:
+            key = (r.root_id, r.role)
+            scope = scopes.get(key)
+            if scope is None:
+                scope = scopes[key] = f"{token('t', r.root_id)} {token('r', r.role)}"
+            payload.append((r.id, r.body, scope))
+        if isinstance(cx, RawExecutor):  # the fast path: executemany is the quickest
+            cx.connection.executemany(INDEX_ROW, payload)
+        else:
+            cx.run(INDEX, {"rows": json.dumps(payload, ensure_ascii=False)})
 
     def _where(self, match: str | None, scope: SearchScope) -> tuple[list[str], dict[str, Any]]:
         """(conditions, parameters) of a lookup in ``scope``: the FTS5 match with the
@@ -124,7 +153,7 @@ class SqliteSearch:
             source, order = "message_fts f JOIN messages m ON m.id = f.rowid", "f.rowid"
         else:
             source, order = "messages m JOIN message_fts f ON f.rowid = m.id", "m.id"
-        stmt = sa.text(
+        stmt = _shape(
             f"SELECT {_ROW_COLS}, f.body FROM {source} "  # noqa: S608 - constant text
             f"WHERE {where} ORDER BY {order} DESC LIMIT :n"
         )
@@ -139,7 +168,7 @@ class SqliteSearch:
             source = "message_fts f JOIN messages m ON m.id = f.rowid"
         else:
             source = "message_fts f"
-        stmt = sa.text(
+        stmt = _shape(
             f"SELECT count(*) FROM (SELECT 1 FROM {source} "  # noqa: S608 - constant text
             f"WHERE {where} LIMIT :cap)"
         )
