@@ -80,7 +80,9 @@ OVER = "~over"
 def _quote(lexeme: str) -> str:
     """A lexeme as a quoted ``tsvector``/``tsquery`` literal (backslash escapes the next
     character even inside quotes; a quote is doubled)."""
-    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+    if "'" in lexeme or "\\" in lexeme:
+        lexeme = lexeme.replace("\\", "\\\\").replace("'", "''")
+    return "'" + lexeme + "'"
 
 
 def tree_lexeme(root_id: str) -> str:
@@ -110,6 +112,13 @@ def tsvector_literal(terms: Sequence[str]) -> str:
     """The ``tsvector`` literal of a message with these index terms (position = index +
     1), without its tree's lexeme (:func:`with_tree_sql` adds it): see the module's
     docstring for the limits and the marks ``~long`` and ``~over``."""
+    if len(terms) <= MAX_POSITIONS:
+        # the common case: no limit can be reached (256 terms of at most 100 characters)
+        short: dict[str, str] = {}
+        for i, term in enumerate(terms, 1):
+            at = short.get(term)
+            short[term] = str(i) if at is None else f"{at},{i}"
+        return " ".join([f"{_quote(t)}:{p}" for t, p in short.items()])
     positions: dict[str, list[int]] = {}
     dropped = False
     for i, term in enumerate(terms[:MAX_POSITION], 1):
