@@ -116,8 +116,8 @@ def tsvector_literal(terms: Sequence[str]) -> str:
         # the common case: no limit can be reached (256 terms of at most 100 characters)
         short: dict[str, str] = {}
         for i, term in enumerate(terms, 1):
-            at = short.get(term)
-            short[term] = str(i) if at is None else f"{at},{i}"
+            seen = short.get(term)
+            short[term] = str(i) if seen is None else f"{seen},{i}"
         return " ".join([f"{_quote(t)}:{p}" for t, p in short.items()])
     positions: dict[str, list[int]] = {}
     dropped = False
@@ -141,8 +141,8 @@ def tsvector_literal(terms: Sequence[str]) -> str:
         if size > MAX_LEXEME_BYTES:
             over = True
             break
-        at = positions.get(term)
-        out.append(lexeme + ":" + ",".join(map(str, at)) if at else lexeme)
+        kept = positions.get(term)
+        out.append(lexeme + ":" + ",".join(map(str, kept)) if kept else lexeme)
     if long:
         head.append(_quote(LONG))
     if over:
@@ -181,14 +181,13 @@ _ROW_COLS = (
 # statement's, after five runs) would take one path, index or key order, for every term
 CUSTOM_PLANS = sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
 INDEX = sa.text(
-    "INSERT INTO message_search (id, root_id, role, body, tsv) "
+    "INSERT INTO message_search (id, root_id, role, body, tsv) "  # noqa: S608 - constants
     f"SELECT i, r, o, b, {with_tree_sql('t', 'r')} FROM unnest(CAST(:ids AS BIGINT[]), "
     "CAST(:roots AS TEXT[]), CAST(:roles AS TEXT[]), CAST(:bodies AS TEXT[]), "
     "CAST(:tsvs AS TEXT[])) AS u (i, r, o, b, t)"
 )
 ENTRIES = sa.text(
-    "SELECT id, root_id, role, body FROM message_search "
-    "WHERE id > :lo AND id <= :hi ORDER BY id"
+    "SELECT id, root_id, role, body FROM message_search WHERE id > :lo AND id <= :hi ORDER BY id"
 )
 CLEAR = sa.text("DELETE FROM message_search")
 
@@ -299,7 +298,7 @@ class PgSearch:
             shape, conditions, params, _ = self._where(match, _below(scope, upto))
             stmt = _statement(
                 ("lookup", *shape),
-                f"SELECT {_ROW_COLS} FROM message_search s JOIN messages m ON m.id = s.id "
+                f"SELECT {_ROW_COLS} FROM message_search s JOIN messages m ON m.id = s.id "  # noqa: S608
                 f"WHERE {' AND '.join(conditions)} ORDER BY s.id DESC LIMIT :n",
             )
             want = limit - len(out)
@@ -320,7 +319,7 @@ class PgSearch:
         where = " AND ".join(conditions)
         stmt = _statement(
             ("count", *shape, joined),
-            f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT :cap) AS c",
+            f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT :cap) AS c",  # noqa: S608
         )
         counted = int(cx.rows(stmt, {**params, "cap": cap})[0][0])
         query = match.query if isinstance(match, TsMatch) else None
@@ -330,11 +329,10 @@ class PgSearch:
         # matches() (they are few)
         partial = _statement(
             ("partial", *shape, joined),
-            f"SELECT s.body FROM {source} WHERE {where} AND {_INEXACT} LIMIT :cap",
+            f"SELECT s.body FROM {source} WHERE {where} AND {_INEXACT} LIMIT :cap",  # noqa: S608
         )
         wrong = sum(
-            not matches(query, str(r[0]).split())
-            for r in cx.rows(partial, {**params, "cap": cap})
+            not matches(query, str(r[0]).split()) for r in cx.rows(partial, {**params, "cap": cap})
         )
         if wrong and counted >= cap:
             again = int(cx.rows(stmt, {**params, "cap": cap + wrong})[0][0])

@@ -300,17 +300,21 @@ def _append() -> sa.Select[Any]:
         )
         .cte("upd")
     )
-    return sa.select(
-        cur.c.last_message_id.label("previous"),
-        cur.c.size_bytes.label("size_before"),
-        sa.select(_ids(ins)).scalar_subquery().label("ids"),
-        upd.c.message_count,
-        upd.c.size_bytes,
-        upd.c.metadata_version,
-        upd.c.metadata,
-        upd.c.last_message_id,
-        seen.c.stale,
-    ).select_from(cur.join(seen, sa.true()).outerjoin(upd, sa.true())).add_cte(indexed)
+    return (
+        sa.select(
+            cur.c.last_message_id.label("previous"),
+            cur.c.size_bytes.label("size_before"),
+            sa.select(_ids(ins)).scalar_subquery().label("ids"),
+            upd.c.message_count,
+            upd.c.size_bytes,
+            upd.c.metadata_version,
+            upd.c.metadata,
+            upd.c.last_message_id,
+            seen.c.stale,
+        )
+        .select_from(cur.join(seen, sa.true()).outerjoin(upd, sa.true()))
+        .add_cte(indexed)
+    )
 
 
 #: A plain append (new messages, no truncation, no metadata change) as ONE statement,
