@@ -21,7 +21,7 @@ surrogate is a term of its own; the values under ``type``/``id``/``call_id``/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 __all__ = [
@@ -576,6 +576,13 @@ QUERIES: tuple[Case, ...] = (
         before=datetime(2026, 1, 16, tzinfo=UTC),
     ),
     _c("migration", "mig.0", role="user", tags="client-x"),
+    _c("quasar", "final.0", after=date(2026, 1, 16)),
+    _c("quasar", "draft.0", "draft.1", before="2026-01-16"),
+    _c("after:2026 before:2026-02 quasar", *_QUASAR),  # a year, a month: their first day
+    _c("after:2027 quasar"),
+    _c("before:2026-01-15T09:01 quasar", "draft.0"),  # UTC, exclusive
+    _c("role:user role:system agent OR kiwifruit", "sys.0", "pop.0"),  # roles: alternatives
+    _c("tag:client-x tag:backend migration", "mig.0", "mig.5"),  # tags: all of them
 )
 """Queries on ordinary text, with filters; the expected hit set is the same on every
 backend."""

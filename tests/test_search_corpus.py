@@ -29,6 +29,7 @@ from coda_session import (
     SearchHit,
     SearchResult,
     SessionManager,
+    SessionNotFoundError,
 )
 from tests.search_corpus import (
     ADVERSARIAL,
@@ -309,6 +310,12 @@ def test_per_session_gives_one_hit_per_session(corpus: Loaded) -> None:
     sessions = [h.session for h in best.hits]
     assert len(sessions) == len(set(sessions))
     assert set(keys(best.hits)) <= set(keys(every))
+
+
+def test_a_session_keyword_naming_no_session_raises(corpus: Loaded) -> None:
+    with pytest.raises(SessionNotFoundError):
+        corpus.manager.search("quasar", session="draft-notes")  # deleted
+    assert corpus.manager.search("session:draft-notes quasar").hits == ()
 
 
 def test_window_says_when_only_the_newest_matches_were_ranked(corpus: Loaded) -> None:
