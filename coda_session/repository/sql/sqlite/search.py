@@ -31,7 +31,7 @@ __all__ = ["SQLITE_SEARCH", "SqliteSearch"]
 
 _ROW_COLS = (
     "m.id, m.role, m.content, m.timestamp, m.metadata, m.content_zlib, m.size_bytes, "
-    "m.char_count, m.root_id, m.session_id"
+    "m.char_count, m.root_id, m.session_id, m.ord"
 )
 
 INDEX = q.constant(
