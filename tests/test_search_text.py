@@ -404,6 +404,13 @@ def test_filters() -> None:
     assert q.notes == ()
 
 
+def test_years_and_months_are_their_first_day() -> None:
+    q = parse("after:2024-05 before:2025 role:user*")
+    assert q.after == datetime(2024, 5, 1, tzinfo=UTC)
+    assert q.before == datetime(2025, 1, 1, tzinfo=UTC)
+    assert q.roles == ("user*",)
+
+
 def test_several_dates_narrow_the_range() -> None:
     q = parse("after:2024-01-01 after:2024-03-01 before:2024-12-01 before:2024-06-01")
     assert q.after == datetime(2024, 3, 1, tzinfo=UTC)
@@ -652,6 +659,15 @@ def test_snippet_window_goes_where_the_matches_cluster() -> None:
     assert shown.startswith("…") and shown.endswith("…")
     assert shown.count("[needle]") == 2 and "[haystack]" in shown
     assert len(snippet.text) <= 80 + 2
+
+
+def test_snippet_of_a_long_text_finds_a_match_deep_inside() -> None:
+    filler = "nothing to see here " * 6_000  # 120,000 characters
+    for at in (0, 49_990, 50_005, 101_000, len(filler)):
+        cut = filler.rfind(" ", 0, at) + 1
+        text = filler[:cut] + "the needle in haystack " + filler[cut:]
+        snippet = make_snippet(text, parse('"needle in haystack"'), width=60)
+        assert "[needle in haystack]" in str(snippet), at
 
 
 def test_snippet_without_a_match_is_the_start() -> None:

@@ -287,7 +287,7 @@ def _other_term(char: str) -> str:
 _WORDS: dict[str, tuple[tuple[str, ...], str | None]] = {}
 _SIMPLE: dict[str, str] = {}  # words that give one term and are no identifier
 _OTHERS: dict[str, str] = {}
-_CACHE_SIZE = 1 << 16
+_CACHE_SIZE = 1 << 15
 _CACHED_WORD = 40
 # ASCII letters and digits kept, every other ASCII character a space (for bytes.translate)
 _ASCII_SEPARATE = bytes(c if chr(c).isalnum() else 32 for c in range(128)) + bytes(range(128, 256))

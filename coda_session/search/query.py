@@ -37,7 +37,9 @@ item does.
 ``after:DATE``, ``before:DATE``
     Only messages stamped at or after ``DATE`` (``after:``) or strictly before it
     (``before:``); ISO 8601 dates or date-times (``2024-05-01``,
-    ``2024-05-01T12:30:00+02:00``), UTC when no offset is given. Several: all hold.
+    ``2024-05-01T12:30:00+02:00``), UTC when no offset is given; a year (``2024``) or a
+    month (``2024-05``) is its first day (so ``before:2025`` ends with 2024). Several:
+    all hold.
 
 A filter's name is read in any case (``Role:user``); its value may be quoted
 (``tag:"client x"``). Everything else is words: ``AND``, ``NOT``, ``NEAR``, a lone or
@@ -151,7 +153,8 @@ def _scan(text: str) -> list[_Item]:
         else:
             end = _skip(_NOT_SPACE, text, i)
             word = text[i:end]
-            stripped = word.rstrip("*")
+            # a filter's value is taken whole; a word's trailing stars make it a prefix
+            stripped = word if name is not None else word.rstrip("*")
             prefix = len(stripped) < len(word)
             items.append(_Item(text[start:end], stripped, False, negated, prefix, name))
             i = end
@@ -168,9 +171,16 @@ def _shown(raw: str) -> str:
     return repr(raw if len(raw) <= 40 else raw[:39] + "…")
 
 
+_YEAR_OR_MONTH = re.compile(r"(\d{4})(?:-(\d{2}))?", re.ASCII)
+
+
 def _date(value: str) -> datetime | None:
+    value = value.strip()
+    partial = _YEAR_OR_MONTH.fullmatch(value)
+    if partial is not None:  # a year or a month: its first day
+        value = f"{partial.group(1)}-{partial.group(2) or '01'}-01"
     try:
-        moment = datetime.fromisoformat(value.strip())
+        moment = datetime.fromisoformat(value)
     except (ValueError, OverflowError):
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

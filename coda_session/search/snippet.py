@@ -76,12 +76,10 @@ class Snippet:
         return self.render(*self.markers)
 
 
-def _matched(text: str, q: Query) -> list[tuple[int, int]]:
-    """The character spans of ``text`` where the query's positive phrases occur, merged,
-    in order."""
-    spans = term_spans(text)
-    if not spans or not q.groups:
-        return []
+def _matched_in(text: str, q: Query, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The character spans of ``text[lo:hi]`` (offsets into ``text``) where the query's
+    positive phrases occur."""
+    spans = term_spans(text[lo:hi])
     doc = [term for term, _, _ in spans]
     found: list[tuple[int, int]] = []
     for group in q.groups:
@@ -96,7 +94,34 @@ def _matched(text: str, q: Query) -> list[tuple[int, int]]:
                     end = doc[start + last]
                     if end == words[last] or (phrase.prefix and end.startswith(words[last])):
                         first, final = spans[start], spans[start + last]
-                        found.append((min(first[1], final[1]), max(first[2], final[2])))
+                        found.append((lo + min(first[1], final[1]), lo + max(first[2], final[2])))
+    return found
+
+
+def _boundary(text: str, at: int) -> int:
+    """A position near ``at`` between two words (``at`` itself when none is near)."""
+    if at >= len(text):
+        return len(text)
+    space = text.find(" ", at, at + 200)
+    return at if space < 0 else space
+
+
+def _matched(text: str, q: Query) -> list[tuple[int, int]]:
+    """Where the query's positive phrases occur in ``text``, merged, in order.
+
+    A long text is read in chunks, stopping after the first chunk that holds a match: a
+    snippet of a megabyte of tool output costs no more than its first matching part.
+    """
+    if not q.groups:
+        return []
+    found: list[tuple[int, int]] = []
+    start = 0
+    while start < len(text) and not found:
+        end = _boundary(text, start + _CHUNK)
+        # each chunk but the first starts a little earlier, for a phrase across the cut
+        lo = _boundary(text, start - _OVERLAP) if start else 0
+        found = _matched_in(text, q, min(lo, start), end)
+        start = max(end, start + 1)
     found.sort()
     merged: list[tuple[int, int]] = []
     for lo, hi in found:
@@ -105,6 +130,10 @@ def _matched(text: str, q: Query) -> list[tuple[int, int]]:
         else:
             merged.append((lo, hi))
     return merged
+
+
+_CHUNK = 50_000
+_OVERLAP = 2_000
 
 
 def _window(size: int, hits: list[tuple[int, int]], width: int) -> tuple[int, int]:
@@ -144,7 +173,11 @@ def make_snippet(
     text: str, q: Query, *, markers: tuple[str, str] = ("[", "]"), width: int = 160
 ) -> Snippet:
     """A snippet of about ``width`` characters of ``text`` around the place where the most
-    of the query's matches are close together (the start of ``text`` when none is)."""
+    of the query's matches are close together (the start of ``text`` when none is).
+
+    A text longer than 50,000 characters is read in parts up to the first that holds a
+    match, and the snippet is taken from what was read.
+    """
     width = max(1, width)
     hits = _matched(text, q)
     start, end = _window(len(text), hits, width)

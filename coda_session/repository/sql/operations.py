@@ -563,7 +563,7 @@ class Operations(Generic[X]):
         for batch in batches:
             ids = cx.insert_messages(base.id, root, batch)
             if self.search is not None:
-                index_written(cx, self.search, root, batch, ids, None)
+                index_written(cx, self.search, base.id, root, batch, ids, None)
             size += sum(r.byte_size() for r in batch)
             count += len(batch)
             check_import_size(record.name, size, max_bytes)

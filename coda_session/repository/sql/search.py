@@ -86,10 +86,13 @@ class SearchStatements(Protocol):
 
     The contract every implementation keeps:
 
-    * A message is either *indexed* (an entry written by :meth:`index`, whose id is the
-      message's id) or *pending* (``messages.indexed IS NULL``: written by another program,
-      or changed by one): never both. Our inserts write ``indexed = 1`` and call
-      :meth:`index` in the same transaction; an UPDATE of the message's content,
+    * A message is either *indexed* (``messages.indexed = 1``, with an entry written by
+      :meth:`index` whose id is the message's id) or *pending* (``messages.indexed IS
+      NULL``, no entry: written by another program, changed by one, or by a small save of
+      ours, :data:`DEFER_UNDER`): never both. Every insert leaves its rows pending; the
+      shared code calls :meth:`index` and marks them indexed in the same transaction (a
+      save of many messages), or in a later write of ours with other pending rows
+      (:data:`FLUSH_AT`), or a rebuild. An UPDATE of the message's content,
       ``content_zlib``, ``role`` or ``metadata`` by anyone sets ``indexed`` to NULL and
       removes the entry (a trigger), and a deleted message's entry goes with it (a
       trigger or ON DELETE CASCADE), so no statement of ours deletes entries but
@@ -168,12 +171,14 @@ def bodies_of(records: Sequence[MessageRecord]) -> list[str]:
 def index_written(
     cx: Executor,
     statements: SearchStatements,
+    session_id: str,
     root: str,
     records: Sequence[MessageRecord],
     ids: Sequence[int],
     bodies: Sequence[str] | None,
 ) -> None:
-    """Index the rows a write of ours just inserted (``ids``, ``records`` in order)."""
+    """Index the rows a write of ours just inserted into ``session_id`` (``ids``,
+    ``records`` in order), and mark them indexed."""
     if not ids:
         return
     if bodies is None:
@@ -182,6 +187,7 @@ def index_written(
         cx,
         [IndexRow(i, root, r.role, b) for i, r, b in zip(ids, records, bodies, strict=True)],
     )
+    cx.run(q.MARK_WRITTEN, {"owner": session_id, "lo": min(ids), "hi": max(ids)})
 
 
 def _row_entry(row: Sequence[Any]) -> IndexRow:
@@ -206,10 +212,8 @@ def index_written_or_defer(
     (:data:`DEFER_UNDER`)."""
     if not ids:
         return
-    if len(ids) < DEFER_UNDER:
-        cx.run(q.MARK_PENDING, {"owner": session_id, "lo": min(ids), "hi": max(ids)})
-        return
-    index_written(cx, statements, root, records, ids, bodies)
+    if len(ids) >= DEFER_UNDER:  # else they stay pending, as inserted
+        index_written(cx, statements, session_id, root, records, ids, bodies)
 
 
 def index_some_pending(cx: Executor, statements: SearchStatements) -> int:

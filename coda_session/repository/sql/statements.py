@@ -41,7 +41,7 @@ __all__ = [
     "LIST_TREE",
     "MARK_ALL_PENDING",
     "MARK_INDEXED",
-    "MARK_PENDING",
+    "MARK_WRITTEN",
     "MAX_MESSAGE_ID",
     "MESSAGES_FROM",
     "MESSAGES_NEWEST",
@@ -247,8 +247,6 @@ INSERT_MESSAGE = sa.insert(m).values(
     root_id=sa.bindparam("root_id"),
     ord=sa.bindparam("ord", type_=sa.BigInteger),
     cum_size=sa.bindparam("cum_size", type_=sa.BigInteger),
-    # indexed by the same transaction (see .search): not pending
-    indexed=sa.literal_column("1"),
 )
 INSERT_MESSAGE_RETURNING = INSERT_MESSAGE.returning(m.c.id, sort_by_parameter_order=True)
 DELETE_SESSION = sa.delete(s).where(s.c.id == sa.bindparam("session_id"))
@@ -628,16 +626,17 @@ PENDING_COUNT = sa.select(sa.func.count()).select_from(m).where(_pending)
 PENDING_UPTO = sa.select(sa.func.count()).select_from(
     sa.select(m.c.id).where(_pending).limit(sa.bindparam("n")).subquery()
 )
-#: the rows a small save just inserted (ids ``lo`` to ``hi`` of the session): left to a
-#: later write to index, with others (see .search.DEFER_UNDER)
-MARK_PENDING = (
+#: the rows a save just inserted (ids ``lo`` to ``hi`` of the session) are indexed now;
+#: every insert leaves its rows pending (NULL), so a small save writes nothing more (see
+#: .search.DEFER_UNDER)
+MARK_WRITTEN = (
     sa.update(m)
     .where(
         m.c.session_id == sa.bindparam("owner"),
         m.c.id >= sa.bindparam("lo", type_=sa.BigInteger),
         m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
     )
-    .values(indexed=None)
+    .values(indexed=sa.literal_column("1"))
 )
 #: the pending rows ``lo <= id <= hi`` are indexed now (exactly those PENDING_FIRST gave)
 MARK_INDEXED = (
