@@ -205,3 +205,27 @@ async def test_rows_another_program_writes_and_deletes(env: Env) -> None:
     report = await env.repo.check_search_index()
     assert report.ok and report.pending == 0 and report.indexed == 2, report
     assert (await env.find("theirs"))[0] == ["theirs inserted"]
+
+
+async def test_the_sqlalchemy_path_writes_the_same_index(tmp_path: Path) -> None:
+    store = Store("postgresql", tmp_path / "sessions")
+    repo = SqlRepository(store.config, fast_path=False)
+    manager = AsyncSessionManager(store.config, repo)
+    try:
+        s = await manager.create_session("a")
+        for i in range(20):  # a save this big indexes its own messages
+            s.add_message(user(f"it's the migration bug {i}"))
+        await manager.save_session(s)
+        s.add_message(user("one more migration"))  # a small one leaves it pending
+        await manager.save_session(s)
+        found = await repo.search_messages(SearchRequest(parse('"migration bug"')))
+        assert (len(found.hits), found.total, found.exact) == (20, 20, True)
+        scoped = SearchRequest(parse("migration"), session_ids=frozenset({s.id}))
+        found = await repo.search_messages(scoped)
+        assert found.total == 21 and found.hits[0].record.content == "one more migration"
+        report = await repo.check_search_index()
+        assert report.ok and (report.indexed, report.pending) == (20, 1), report
+        literals = store.execute("SELECT tsv::text FROM message_search ORDER BY id LIMIT 1")
+        assert literals[0][0] == f"'0':6 'bug':5 'it':1 'migration':4 's':2 'the':3 '~r{s.id}'"
+    finally:
+        await manager.close()

@@ -141,7 +141,11 @@ def _unnest() -> Any:
 
 
 def _inserted(
-    session: sa.ColumnElement[Any], tree: sa.ColumnElement[Any], lo: sa.Subquery, r: Any
+    session: sa.ColumnElement[Any],
+    tree: sa.ColumnElement[Any],
+    lo: sa.Subquery,
+    r: Any,
+    indexed: bool = False,
 ) -> tuple[sa.ColumnElement[Any], ...]:
     """A new row's values in :data:`_INSERTED`'s order: its ord and cum_size continue
     ``lo`` (in the order ``r.ord``)."""
@@ -165,8 +169,9 @@ def _inserted(
         tree,
         ord_,
         cum,
-        # indexed in the same statement or transaction (see .search): not pending
-        sa.literal_column("1", sa.SmallInteger()),
+        # 1: indexed by the same statement (APPEND); NULL: pending, until the transaction
+        # (a save of many messages) or a later write indexes it (see ..search)
+        sa.literal_column("1" if indexed else "NULL", sa.SmallInteger()),
     )
 
 
@@ -265,7 +270,7 @@ def _append() -> sa.Select[Any]:
     )
     lo, r = _last(_SESSION_ID), _unnest()
     rows = (
-        sa.select(*_inserted(fits.c.id, sa.func.coalesce(fits.c.root_id, fits.c.id), lo, r))
+        sa.select(*_inserted(fits.c.id, sa.func.coalesce(fits.c.root_id, fits.c.id), lo, r, True))
         .select_from(fits, lo, r)
         .order_by(r.c.ord)
     )
