@@ -192,7 +192,7 @@ def index_written(
 
 def _row_entry(row: Sequence[Any]) -> IndexRow:
     """The entry of a message row (``_SEARCH_COLS``: the message's columns, root_id,
-    session_id)."""
+    session_id, ord)."""
     record = message_of(row[:8])
     role = row[1] if isinstance(row[1], str) else ""
     root = row[8] if isinstance(row[8], str) else ""
@@ -255,18 +255,28 @@ def reset(cx: Executor, statements: SearchStatements | None) -> None:
 
 @dataclass(slots=True)
 class _Found:
-    """A matching message: its id, record, tree, owner (``messages.session_id``) and body."""
+    """A matching message: its id, record, tree, owner (``messages.session_id``), body and
+    place among its owner's rows (``messages.ord``; None when it has none)."""
 
     id: int
     record: MessageRecord
     root: str
     owner: str
     body: str
+    place: int | None
 
 
 def _found(row: Sequence[Any], body: str) -> _Found:
     """A lookup's row (the message's columns, root_id, session_id[, body])."""
-    return _Found(int(row[0]), message_of(row[:8]), str(row[8] or ""), str(row[9] or ""), body)
+    place = row[10]
+    return _Found(
+        int(row[0]),
+        message_of(row[:8]),
+        str(row[8] or ""),
+        str(row[9] or ""),
+        body,
+        int(place) if isinstance(place, int) else None,
+    )
 
 
 def _scope(cx: Executor, request: SearchRequest, upto: int) -> SearchScope | None:
@@ -342,12 +352,12 @@ def _indexed_matches(
     window, cap = max(request.window, 0), max(request.count_cap, 0)
     if match is not None:
         rows = statements.lookup(cx, match, scope, window) if window else []
-        found = [_found(r, str(r[10])) for r in rows]
+        found = [_found(r, str(r[11])) for r in rows]
         total = statements.count(cx, match, scope, cap + 1) if cap else 0
         return found, min(total, cap), total <= cap
     if not request.query.excluded:
         rows = statements.lookup(cx, None, scope, window) if window else []
-        found = [_found(r, str(r[10])) for r in rows]
+        found = [_found(r, str(r[11])) for r in rows]
         total = statements.count(cx, None, scope, cap + 1) if cap else 0
         return found, min(total, cap), total <= cap
     # no positive term but excluded ones: the newest messages, each evaluated in Python,
@@ -359,7 +369,7 @@ def _indexed_matches(
     while True:
         rows = statements.lookup(cx, None, replace(scope, upto_id=upto), page)
         for r in rows:
-            body = str(r[10])
+            body = str(r[11])
             if matches(request.query, body.split()):
                 total += 1
                 if len(found) < window:
@@ -414,10 +424,18 @@ def _shown_in(
         for sid in sessions:
             before = 0
             for part in _view(cx, root, sid):
-                for hit in hits:
-                    if hit.owner == part.owner and part.lo < hit.id <= part.hi:
+                inside = [h for h in hits if h.owner == part.owner and part.lo < h.id <= part.hi]
+                first: _Found | None = None
+                first_count = 0
+                for hit in sorted(inside, key=lambda h: h.id):
+                    # a part's rows are consecutive among its owner's (see branching.span):
+                    # past the first hit, places tell how many rows lie between
+                    if first is not None and first.place is not None and hit.place is not None:
+                        count = first_count + hit.place - first.place
+                    else:
                         count, _ = span(cx, root, part.owner, part.lo, hit.id)
-                        out.setdefault(hit.id, []).append((sid, before + count - 1))
+                        first, first_count = hit, count
+                    out.setdefault(hit.id, []).append((sid, before + count - 1))
                 before += part.count
     return {k: tuple(v) for k, v in out.items()}
 
@@ -442,7 +460,7 @@ def check(cx: Executor, statements: SearchStatements | None) -> SearchIndexRepor
         for row in rows:
             id_ = int(row[0])
             entry = entries.pop(id_, None)
-            if row[10] is None:
+            if row[11] is None:
                 pending += 1
                 both += entry is not None
             elif entry is None:

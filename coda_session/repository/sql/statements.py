@@ -603,7 +603,7 @@ TREE_LOCK = sa.select(TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
 
 # -- search (see .search): the pending rows, the index's version --------------------------
 
-_SEARCH_COLS = (*_MESSAGE_COLS, m.c.root_id, m.c.session_id)
+_SEARCH_COLS = (*_MESSAGE_COLS, m.c.root_id, m.c.session_id, m.c.ord)
 _pending = m.c.indexed.is_(None)
 #: the oldest ``n`` pending rows (a write indexes them; ``ix_messages_pending``)
 PENDING_FIRST = sa.select(*_SEARCH_COLS).where(_pending).order_by(m.c.id).limit(sa.bindparam("n"))
