@@ -172,11 +172,11 @@ def _sql_string(text: str) -> str:
 
 #: whether ``tsv`` holds a message only in part (``~long``, ``~over``)
 _INEXACT = f"s.tsv @@ CAST({_sql_string(_quote(LONG) + ' | ' + _quote(OVER))} AS tsquery)"
-#: a message's columns as .rows.message_of reads them, its tree and owner, the entry's
-#: body and whether ``tsv`` holds it only in part
+#: a message's columns as .rows.message_of reads them, its tree, owner and place, the
+#: entry's body and whether ``tsv`` holds it only in part
 _ROW_COLS = (
     "m.id, m.role, m.content, m.timestamp, CAST(m.metadata AS TEXT), m.content_zlib, "
-    f"m.size_bytes, m.char_count, m.root_id, m.session_id, s.body, {_INEXACT}"
+    f"m.size_bytes, m.char_count, m.root_id, m.session_id, m.ord, s.body, {_INEXACT}"
 )
 # The planner settings of a lookup, for its statements only (then restored): GIN is read
 # through bitmap scans, which the library's connections turn off for their other reads
@@ -336,9 +336,9 @@ class PgSearch:
             want = limit - len(out)
             rows = cx.rows(stmt, {**params, "n": want})
             for row in rows:
-                if row[11] and query is not None and not matches(query, str(row[10]).split()):
+                if row[12] and query is not None and not matches(query, str(row[11]).split()):
                     continue
-                out.append(row[:11])
+                out.append(row[:12])
             if len(rows) < want:
                 break
             upto = int(rows[-1][0]) - 1
