@@ -342,3 +342,26 @@ async def test_adoption_and_migration_index_stored_rows(tmp_path: Path) -> None:
         assert env.fts_rows() == 30
     finally:
         await env.manager.close()
+
+
+async def test_an_indexed_lookup_with_every_scope_at_once(env: Env) -> None:
+    s = await env.manager.create_session("scoped")
+    for i in range(DEFER_UNDER * 2):  # saved at once: in the index, not pending
+        role = "assistant" if i % 2 else "user"
+        words = "alpha beta" if i % 3 else "alpha gamma"
+        stamp = f"2024-01-01T00:{i:02d}:00"
+        s.add_message({"role": role, "content": f"{words} n{i}", "timestamp": stamp})
+    await env.manager.save_session(s)
+    other = await env.manager.create_session("other")
+    other.add_message({"role": "assistant", "content": "alpha beta elsewhere"})
+    await env.manager.save_session(other)
+    found = await env.find(
+        '"alpha beta" OR gamma -n7',  # a phrase, an alternative and an exclusion
+        session_ids=await env.session_ids("scoped"),
+        roles=frozenset({"assistant"}),
+        after="2024-01-01T00:04",
+        before="2024-01-01T00:12",
+    )
+    # the assistant's (odd) rows of minutes 4 to 11, but n7
+    assert found == ["alpha beta n11", "alpha gamma n9", "alpha beta n5"]
+    assert "alpha beta elsewhere" in await env.find('"alpha beta"', window=100)

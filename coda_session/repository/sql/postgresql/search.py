@@ -39,7 +39,8 @@ term.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -171,15 +172,41 @@ def _sql_string(text: str) -> str:
 
 #: whether ``tsv`` holds a message only in part (``~long``, ``~over``)
 _INEXACT = f"s.tsv @@ CAST({_sql_string(_quote(LONG) + ' | ' + _quote(OVER))} AS tsquery)"
-#: a message's columns as .rows.message_of reads them, its tree and owner, the entry's
-#: body and whether ``tsv`` holds it only in part
+#: a message's columns as .rows.message_of reads them, its tree, owner and place, the
+#: entry's body and whether ``tsv`` holds it only in part
 _ROW_COLS = (
     "m.id, m.role, m.content, m.timestamp, CAST(m.metadata AS TEXT), m.content_zlib, "
-    f"m.size_bytes, m.char_count, m.root_id, m.session_id, s.body, {_INEXACT}"
+    f"m.size_bytes, m.char_count, m.root_id, m.session_id, m.ord, s.body, {_INEXACT}"
 )
-# each lookup and count is planned for its own tsquery: a generic plan (a prepared
-# statement's, after five runs) would take one path, index or key order, for every term
-CUSTOM_PLANS = sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+# The planner settings of a lookup, for its statements only (then restored): GIN is read
+# through bitmap scans, which the library's connections turn off for their other reads
+# (settings.py); each lookup is planned for its own tsquery, as a generic plan (a prepared
+# statement's, after five runs) would take one path, index or key order, for every term;
+# no parallel workers, whose start costs more than a lookup of the window.
+PLANNING = sa.text(
+    "SELECT current_setting('enable_bitmapscan'), current_setting('plan_cache_mode'), "
+    "current_setting('max_parallel_workers_per_gather'), "
+    "set_config('enable_bitmapscan', 'on', true), "
+    "set_config('plan_cache_mode', 'force_custom_plan', true), "
+    "set_config('max_parallel_workers_per_gather', '0', true)"
+)
+RESTORE = sa.text(
+    "SELECT set_config('enable_bitmapscan', :bitmap, true), "
+    "set_config('plan_cache_mode', :plans, true), "
+    "set_config('max_parallel_workers_per_gather', :workers, true)"
+)
+
+
+@contextmanager
+def _planned(cx: Executor) -> Iterator[None]:
+    """The lookup's planner settings (:data:`PLANNING`) while the block runs."""
+    bitmap, plans, workers = cx.rows(PLANNING, {})[0][:3]
+    try:
+        yield
+    finally:
+        cx.rows(RESTORE, {"bitmap": bitmap, "plans": plans, "workers": workers})
+
+
 INDEX = sa.text(
     "INSERT INTO message_search (id, root_id, role, body, tsv) "  # noqa: S608 - constants
     f"SELECT i, r, o, b, {with_tree_sql('t', 'r')} FROM unnest(CAST(:ids AS BIGINT[]), "
@@ -290,8 +317,13 @@ class PgSearch:
     def lookup(
         self, cx: Executor, match: str | None, scope: SearchScope, limit: int
     ) -> list[Sequence[Any]]:
+        with _planned(cx):
+            return self._lookup(cx, match, scope, limit)
+
+    def _lookup(
+        self, cx: Executor, match: str | None, scope: SearchScope, limit: int
+    ) -> list[Sequence[Any]]:
         query = match.query if isinstance(match, TsMatch) else None
-        cx.rows(CUSTOM_PLANS, {})
         out: list[Sequence[Any]] = []
         upto = scope.upto_id
         while len(out) < limit:
@@ -304,16 +336,19 @@ class PgSearch:
             want = limit - len(out)
             rows = cx.rows(stmt, {**params, "n": want})
             for row in rows:
-                if row[11] and query is not None and not matches(query, str(row[10]).split()):
+                if row[12] and query is not None and not matches(query, str(row[11]).split()):
                     continue
-                out.append(row[:11])
+                out.append(row[:12])
             if len(rows) < want:
                 break
             upto = int(rows[-1][0]) - 1
         return out
 
     def count(self, cx: Executor, match: str | None, scope: SearchScope, cap: int) -> int:
-        cx.rows(CUSTOM_PLANS, {})
+        with _planned(cx):
+            return self._count(cx, match, scope, cap)
+
+    def _count(self, cx: Executor, match: str | None, scope: SearchScope, cap: int) -> int:
         shape, conditions, params, joined = self._where(match, scope)
         source = "message_search s JOIN messages m ON m.id = s.id" if joined else "message_search s"
         where = " AND ".join(conditions)

@@ -152,7 +152,9 @@ class SqliteSearch:
         if match is not None:
             source, order = "message_fts f JOIN messages m ON m.id = f.rowid", "f.rowid"
         else:
-            source, order = "messages m JOIN message_fts f ON f.rowid = m.id", "m.id"
+            # CROSS JOIN keeps messages the outer loop (newest first by its key, stopping at
+            # the limit): the planner would otherwise scan the whole index and sort
+            source, order = "messages m CROSS JOIN message_fts f ON f.rowid = m.id", "m.id"
         stmt = _shape(
             f"SELECT {_ROW_COLS}, f.body FROM {source} "  # noqa: S608 - constant text
             f"WHERE {where} ORDER BY {order} DESC LIMIT :n"
