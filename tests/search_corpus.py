@@ -429,7 +429,6 @@ class Case:
     order: tuple[str, ...] | None = None
     relevance: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
-    why: str = ""
 
     @property
     def id(self) -> str:
