@@ -628,6 +628,7 @@ ADVERSARIAL: tuple[Case, ...] = (
     _adv('quasar"', _QUASAR),
     _adv("'quasar'", _QUASAR),
     _adv("QUASAR", _QUASAR),
+    _adv("ｑｕａｓａｒ", _QUASAR),  # noqa: RUF001 (full-width letters: NFKC gives the ASCII word)
     _adv("quasars", _QUASAR),
     _adv("quas*", _QUASAR),
     _adv("quas**", _QUASAR),
