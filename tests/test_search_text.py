@@ -385,7 +385,7 @@ def phrase(*words: str, prefix: bool = False) -> Phrase:
         ("col:x", [[phrase("col", "x")]], []),
         ('ab"c', [[phrase("ab", "c")]], []),
         ("get_items", [[phrase("get", "item")]], []),
-        ("SessionManager", [[phrase("sessionmanager")]], []),
+        ("SessionManager", [[phrase("sessionmanager"), phrase("session", "manager")]], []),
         ("会话管理", [[phrase("会话", "话管", "管理")]], []),
         ("* - ^ ()", [], []),
         ("", [], []),

@@ -91,6 +91,7 @@ __all__ = [
     "MAX_TERM_LENGTH",
     "index_body",
     "message_text",
+    "query_parts",
     "query_terms",
     "record_text",
     "term_spans",
@@ -349,7 +350,13 @@ def query_terms(text: str) -> list[str]:
     return _terms(text, False)
 
 
-def _terms(text: str, parts_too: bool) -> list[str]:
+def query_parts(text: str) -> list[str]:
+    """:func:`query_terms` with each split identifier as its parts instead of its whole
+    (``getItems`` is the phrase ``get item``, which ``get_items`` matches too)."""
+    return _terms(text, False, True)
+
+
+def _terms(text: str, parts_too: bool, parts_only: bool = False) -> list[str]:
     # ASCII separators become spaces (bytes.translate, a table lookup per byte), so that
     # str.split() gives chunks that are mostly one word each, looked up in _SIMPLE at C
     # speed; only a chunk holding non-ASCII characters goes through the tokenizer.
@@ -369,7 +376,7 @@ def _terms(text: str, parts_too: bool) -> list[str]:
             append(term)
         elif chunk.isascii():
             parts, whole = _word_terms(chunk)
-            if whole is None:
+            if whole is None or parts_only:
                 found.extend(parts)
             else:
                 append(whole)
@@ -379,7 +386,7 @@ def _terms(text: str, parts_too: bool) -> list[str]:
             for word, run, other in _TOKEN.findall(chunk):
                 if word:
                     parts, whole = _word_terms(word)
-                    if whole is None:
+                    if whole is None or parts_only:
                         found.extend(parts)
                     else:
                         append(whole)
