@@ -284,13 +284,13 @@ def parse(text: str) -> Query:
             state.note("'OR' is not between two items; read as a word")
             entry = ((Phrase(("or",)),), False)
         assert isinstance(entry, tuple)
-        phrases, negated = entry
+        alternatives, negated = entry
         if negated:
-            excluded.extend(phrases)
+            excluded.extend(alternatives)
         elif joining:
-            groups[-1].extend(phrases)
+            groups[-1].extend(alternatives)
         else:
-            groups.append(list(phrases))
+            groups.append(list(alternatives))
         joining = False
     return Query(
         groups=tuple(tuple(group) for group in groups),
