@@ -927,9 +927,11 @@ async def test_deleting_every_session_of_a_tree_leaves_nothing(store: Store) -> 
 @pytest.mark.parametrize("backend", SQL_BACKENDS)
 async def test_a_chain_of_forks_stores_rows_linear_in_its_length(store: Store) -> None:
     """An agent regenerating at every turn: each session a fork of the one before with
-    one message of its own. 1,000 forks store one segment each (copies of every
-    ancestor's segments stored 500,500), and every level shows its whole conversation."""
-    depth = 1_000
+    one message of its own. 400 forks store one segment each (copies of every ancestor's
+    segments would store 80,200), and every level shows its whole conversation. (The
+    benchmarks take chains to 1,000 and beyond; 400 keeps the suite's run short.)"""
+    depth = 400
+    mid = depth // 2
     async with opened(store) as m:
         await seed(m, "c0", ["m0"])
         for k in range(1, depth + 1):
@@ -940,7 +942,7 @@ async def test_a_chain_of_forks_stores_rows_linear_in_its_length(store: Store) -
         assert (sessions, rows) == (depth + 1, depth + 1)
         assert segments == depth, "a fork copied its source's segments"
         async with reading(store) as reader:
-            for k in (1, 2, 500, depth):
+            for k in (1, 2, mid, depth):
                 assert await shown(reader, f"c{k}") == words("m", k + 1), k
             deepest = await reader.load_session(f"c{depth}")
             assert texts(await deepest.get_messages(50)) == words("m", depth + 1)[-50:]
@@ -951,13 +953,13 @@ async def test_a_chain_of_forks_stores_rows_linear_in_its_length(store: Store) -
         async with reading(store) as reader:
             assert await shown(reader, "f-mid") == words("m", depth // 2)
         # changes in the middle of the chain reach none of the others
-        middle = await m.load_session("c500")
+        middle = await m.load_session(f"c{mid}")
         middle.truncate_messages(3)
         await m.save_session(middle)
-        await m.delete_session("c501")
+        await m.delete_session(f"c{mid + 1}")
         async with reading(store) as reader:
-            assert await shown(reader, "c500") == ["m498", "m499", "m500"]
-            assert await shown(reader, "c502") == words("m", 503)
+            assert await shown(reader, f"c{mid}") == [f"m{mid - 2}", f"m{mid - 1}", f"m{mid}"]
+            assert await shown(reader, f"c{mid + 2}") == words("m", mid + 3)
             assert await shown(reader, f"c{depth}") == words("m", depth + 1)
         for info in await m.list_sessions():
             await m.delete_session(info.name)
