@@ -21,7 +21,7 @@ from .errors import (
     UnsavedChangesWarning,
 )
 from .manager import AsyncSessionManager
-from .models import Message, SessionInfo
+from .models import Message, SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .session import AsyncSession
 from .sync import Session, SessionManager
@@ -49,6 +49,7 @@ __all__ = [
     "SessionError",
     "SessionExistsError",
     "SessionInfo",
+    "SessionList",
     "SessionManager",
     "SessionNotFoundError",
     "SessionStorage",

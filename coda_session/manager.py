@@ -10,7 +10,8 @@ import threading
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -28,10 +29,11 @@ from .errors import (
 )
 from .exithook import before_threads_join
 from .loopsafe import LoopSafeLock
-from .models import SessionInfo, SessionRecord
+from .models import SessionInfo, SessionList, SessionRecord
 from .repository import capabilities
 from .repository.custom import SessionStorage
 from .repository.factory import open_repository
+from .repository.filters import SessionFilter, encode_cursor, make_filter
 from .repository.memory import MemoryRepository
 from .repository.protocol import Repository
 from .repository.storage_adapter import StorageAdapter
@@ -514,10 +516,64 @@ class AsyncSessionManager:
         session_api.check_usable(session)
         await session_api.save(session)
 
-    async def list_sessions(self) -> list[SessionInfo]:
-        """Every session's :class:`SessionInfo` (one query), oldest first."""
+    async def list_sessions(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        name_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        parent: str | None = None,
+        root: str | None = None,
+        roots_only: bool = False,
+        order: str = "created",
+        descending: bool | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SessionList:
+        """The sessions' :class:`SessionInfo`, filtered, ordered and paged (one query on a
+        SQL database; the same sessions in the same order on every backend).
+
+        Without arguments: every session, oldest created first (what it always returned).
+        ``metadata``: each key must be present with an equal value (nested mappings
+        descend; values compare as JSON: ``True`` is not ``1``, ``1`` is ``1.0``).
+        ``tags``: a tag or tags, each one a string of ``metadata["tags"]``.
+        ``name_prefix``: names starting with it (case-sensitive). ``created_*`` /
+        ``updated_*``: aware datetimes, ``after`` inclusive, ``before`` exclusive.
+        ``parent``: branches of the named session; ``root``: the named session's whole
+        branching tree; ``roots_only``: no branches (an unknown name matches nothing).
+        ``order``: ``"created"`` (oldest first), ``"updated"`` (newest first) or
+        ``"name"``; ``descending`` reverses it. ``limit``: a page of at most that many,
+        whose ``next_cursor`` (None on the last page) gives the next page when passed
+        back as ``cursor`` with the same filters. See the README ("Listing and filtering
+        sessions") for how paging behaves while sessions change.
+        InvalidQueryError for a bad argument, InvalidCursorError for a bad cursor.
+        """
+        flt = make_filter(
+            metadata=metadata,
+            tags=tags,
+            name_prefix=name_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            parent=parent,
+            root=root,
+            roots_only=roots_only,
+            order=order,
+            descending=descending,
+            limit=limit,
+            cursor=cursor,
+        )
         repo = await self._ready()
-        return await repo.list_sessions()
+        everything = flt.order == "created" and not flt.descending and flt.limit is None
+        if everything and flt.unfiltered and flt.after is None:
+            # what list_sessions() always returned, by the same single query
+            return SessionList(await repo.list_sessions())
+        return await _filtered_page(repo, flt)
 
     async def get_session_info(self, name: str) -> SessionInfo | None:
         """One session's info without loading its messages, or None if there is none."""
@@ -711,3 +767,17 @@ def describe(manager: AsyncSessionManager) -> str:
 def repository_of(manager: AsyncSessionManager) -> Repository:
     """The repository a manager runs on."""
     return manager._repository
+
+
+async def _filtered_page(repo: Repository, flt: SessionFilter) -> SessionList:
+    """One page of a filtered listing, with the cursor of the next."""
+    # order "updated": the first page pins its time, later pages leave out what was
+    # updated after it (it moved: listing it again would show it twice)
+    upto = flt.updated_upto
+    if upto is None and flt.order == "updated":
+        upto = utcnow()
+    page = await capabilities.find_sessions(repo, flt)
+    cursor = None
+    if page.more and page.sessions:
+        cursor = encode_cursor(flt, page.sessions[-1], upto)
+    return SessionList(page.sessions, next_cursor=cursor)

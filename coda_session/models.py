@@ -19,6 +19,7 @@ __all__ = [
     "Message",
     "MessageRecord",
     "SessionInfo",
+    "SessionList",
     "SessionRecord",
     "as_dicts",
     "message_record",
@@ -299,6 +300,21 @@ def as_dicts(records: Iterable[MessageRecord], session: str) -> list[dict[str, A
     """``[r.to_dict() for r in records]``; a damaged one raises naming ``session``."""
     with naming_session(session):
         return [r.to_dict() for r in records]
+
+
+class SessionList(list[SessionInfo]):
+    """What ``list_sessions()`` returns: a list of :class:`SessionInfo` (compares, copies
+    and pickles as one) with ``next_cursor``: the cursor of the next page when a
+    ``limit`` cut the listing short, else None."""
+
+    next_cursor: str | None
+
+    def __init__(self, items: Iterable[SessionInfo] = (), next_cursor: str | None = None) -> None:
+        super().__init__(items)
+        self.next_cursor = next_cursor
+
+    def __reduce__(self) -> Any:
+        return (SessionList, (list(self), self.next_cursor))
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
 from .manager import autosave_once, blocking_manager, describe, repository_of
-from .models import SessionInfo
+from .models import SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .repository.protocol import Repository
 from .repository.storage_adapter import running_storage
@@ -338,9 +338,44 @@ class SessionManager:
             raise SessionError("save_session takes a session of this manager")
         self._call(self._async.save_session, session._inner)
 
-    def list_sessions(self) -> list[SessionInfo]:
-        """Every session's :class:`SessionInfo` (one query), oldest first."""
-        return self._call(self._async.list_sessions)
+    def list_sessions(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        name_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        parent: str | None = None,
+        root: str | None = None,
+        roots_only: bool = False,
+        order: str = "created",
+        descending: bool | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SessionList:
+        """The sessions' :class:`SessionInfo`, filtered, ordered and paged: see
+        :meth:`AsyncSessionManager.list_sessions`. Without arguments: every session,
+        oldest created first."""
+        return self._call(
+            self._async.list_sessions,
+            metadata=metadata,
+            tags=tags,
+            name_prefix=name_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            parent=parent,
+            root=root,
+            roots_only=roots_only,
+            order=order,
+            descending=descending,
+            limit=limit,
+            cursor=cursor,
+        )
 
     def get_session_info(self, name: str) -> SessionInfo | None:
         """One session's info without loading its messages, or None."""

@@ -224,7 +224,7 @@ def walk_all(storage: Path, scratch: Path) -> None:
     try:
         with SessionManager({"session": {"storage_path": str(storage)}}) as m:
             try:
-                infos = m.list_sessions()
+                infos: list[Any] = m.list_sessions()
             except SessionError:
                 infos = []
             names = [i.name for i in infos] or ["a", "b", "c"]

@@ -268,7 +268,8 @@ def test_history_reads_as_a_changelog() -> None:
     assert "0006 -> 0007, Strings are stored in the codec's escaped form" in run.stdout
     assert "0007 -> 0008, Ready for a database server: 64-bit ids" in run.stdout
     assert "0008 -> 0009, Copy-on-write branches: a fork shares its source" in run.stdout
-    assert "0009 -> 0010 (head), Trees that grow linearly: a fork inherits its source" in run.stdout
+    assert "0009 -> 0010, Trees that grow linearly: a fork inherits its source" in run.stdout
+    assert "0010 -> 0011 (head), Sessions are filtered by metadata and tags" in run.stdout
 
 
 def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:

@@ -21,16 +21,20 @@ from typing import Protocol, TypeGuard
 
 from ..models import SessionInfo
 from .base import parents_first
+from .filters import SessionFilter, SessionPage, page_of
 from .protocol import Repository, Snapshot
 
 __all__ = [
     "RepositoryReads",
+    "SessionFiltering",
     "Snapshots",
     "TextMeasuring",
     "TreeListing",
+    "can_filter_sessions",
     "can_list_tree",
     "can_measure_text",
     "can_snapshot",
+    "find_sessions",
     "list_tree",
     "snapshot",
     "text_length",
@@ -128,3 +132,24 @@ class RepositoryReads:
         self.list_sessions = repo.list_sessions
         self.load_session = repo.load_session
         self.read_page = repo.read_page
+
+
+class SessionFiltering(Protocol):
+    """Filters, orders and pages the listing itself (the SQL backends: one query)."""
+
+    async def find_sessions(self, flt: SessionFilter) -> SessionPage:
+        """The page of sessions ``flt`` asks for, as :func:`.filters.page_of` defines it."""
+        ...
+
+
+def can_filter_sessions(repo: Repository) -> TypeGuard[SessionFiltering]:
+    """True when ``repo`` filters listings itself (:class:`SessionFiltering`)."""
+    return _has(repo, "find_sessions")
+
+
+async def find_sessions(repo: Repository, flt: SessionFilter) -> SessionPage:
+    """:meth:`SessionFiltering.find_sessions`, or the page picked out of the whole listing
+    in Python (memory, custom storage): the same sessions in the same order."""
+    if can_filter_sessions(repo):
+        return await repo.find_sessions(flt)
+    return page_of(flt, await repo.list_sessions())

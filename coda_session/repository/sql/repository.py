@@ -25,11 +25,13 @@ from ...config import SessionConfig
 from ...errors import ManagerClosedError, SessionError
 from ...models import MessageRecord, SessionInfo, SessionRecord
 from ..base import SaveRequest, SaveResult
-from ..capabilities import Snapshots
+from ..capabilities import SessionFiltering, Snapshots
+from ..filters import SessionFilter, SessionPage
 from ..protocol import Repository
 from .dialect import WRITE_OPTION, Dialect, Operation, Runner
 from .engine import create_engine, database_url
 from .errors import DRIVER_ERRORS, translate
+from .filters import find_page
 from .operations import Operations
 from .registry import dialect_for
 from .schema import HEAD_REVISION, current_revision, ensure_schema, migration_guard
@@ -50,6 +52,7 @@ _APPEND = Operation("saving a session", write=True)
 _DELETE = Operation("deleting a session", write=True)
 _TEXT_LENGTH = Operation("counting tokens")
 _LIST = Operation("listing sessions")
+_FIND = Operation("listing sessions")
 _LIST_TREE = Operation("listing a tree")
 _READ_SNAPSHOT = Operation("reading a snapshot")
 
@@ -103,7 +106,7 @@ class SqlSnapshot:
         return done
 
 
-class SqlRepository(Repository, Snapshots):
+class SqlRepository(Repository, Snapshots, SessionFiltering):
     """Sessions in a SQL database through SQLAlchemy 2 (async).
 
     On a SQLite file every operation runs as one transaction in a single trip to a
@@ -346,6 +349,11 @@ class SqlRepository(Repository, Snapshots):
     async def list_sessions(self) -> list[SessionInfo]:
         runner = self._runner or await self._open_runner()
         return await self._run(runner, _LIST, runner.operations.list_all)
+
+    async def find_sessions(self, flt: SessionFilter) -> SessionPage:
+        """A filtered, ordered page of sessions in one query (see sql/filters.py)."""
+        runner = self._runner or await self._open_runner()
+        return await self._run(runner, _FIND, find_page, flt)
 
     async def text_length(
         self, session_id: str, *, upto_id: int, limit: int | None, root_id: str | None = None

@@ -13,6 +13,7 @@ from sqlalchemy.types import TypeDecorator
 from ...timeutil import from_db_timestamp, to_sqlite_timestamp
 
 __all__ = [
+    "SESSION_FIELDS",
     "UTC_TIMESTAMP",
     "AdoptionNote",
     "Base",
@@ -21,6 +22,7 @@ __all__ = [
     "RawBytes",
     "SegmentRow",
     "SessionRow",
+    "SessionTagRow",
     "TextTimestamp",
     "TextUtcTimestamp",
     "UtcTimestamp",
@@ -247,6 +249,45 @@ class AdoptionNote(Base):
     interpreted_as: Mapped[str | None] = mapped_column(sa.Text)
 
 
+#: ``session_fields``: each value in a session's metadata, by path (see migration 0011):
+#: derived from ``sessions.metadata`` by triggers, for filtered listings; no key of its own
+SESSION_FIELDS = sa.Table(
+    "session_fields",
+    Base.metadata,
+    sa.Column("session_id", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("num", sa.Numeric, nullable=True),
+    sa.Column("txt", sa.Text, nullable=True),
+    # the first 200 characters of path and txt: what the indexes hold (an index entry on
+    # PostgreSQL must stay under 2,704 bytes); a lookup compares path and txt too
+    sa.Column("path_key", sa.Text, nullable=False),
+    sa.Column("txt_key", sa.Text, nullable=True),
+    sa.Index("ix_session_fields_session_id", "session_id"),
+    sa.Index(
+        "ix_session_fields_path_key_kind_txt_key", "path_key", "kind", "txt_key", "session_id"
+    ),
+    sa.Index("ix_session_fields_path_key_kind_num", "path_key", "kind", "num", "session_id"),
+)
+
+
+class SessionTagRow(Base):
+    """``session_tags``: each distinct string of a session's ``metadata["tags"]`` (see
+    migration 0011), kept by the same triggers."""
+
+    __tablename__ = "session_tags"
+    __table_args__ = (sa.Index("ix_session_tags_tag_session_id", "tag", "session_id"),)
+
+    session_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    tag: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+
+
+# the orders of a listing, name the tie-break (see migration 0011)
+sa.Index("ix_sessions_created_at_name", SessionRow.created_at, SessionRow.name)
+sa.Index("ix_sessions_updated_at_name", SessionRow.updated_at, SessionRow.name)
+
 sessions = cast(sa.Table, SessionRow.__table__)
 messages = cast(sa.Table, MessageRow.__table__)
 segments = cast(sa.Table, SegmentRow.__table__)
+session_fields = SESSION_FIELDS
+session_tags = cast(sa.Table, SessionTagRow.__table__)
