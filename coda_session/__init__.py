@@ -23,6 +23,9 @@ from .errors import (
 from .manager import AsyncSessionManager
 from .models import Message, SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
+from .repository.searching import SearchIndexReport
+from .search.results import SearchHit, SearchResult, SessionRef
+from .search.snippet import Snippet
 from .session import AsyncSession
 from .sync import Session, SessionManager
 
@@ -43,6 +46,9 @@ __all__ = [
     "Message",
     "ReadOnlyError",
     "SchemaVersionError",
+    "SearchHit",
+    "SearchIndexReport",
+    "SearchResult",
     "Session",
     "SessionConfig",
     "SessionData",
@@ -52,8 +58,10 @@ __all__ = [
     "SessionList",
     "SessionManager",
     "SessionNotFoundError",
+    "SessionRef",
     "SessionStorage",
     "SessionTooLargeError",
+    "Snippet",
     "StorageError",
     "UnsavedChangesWarning",
     "__version__",

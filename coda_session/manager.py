@@ -11,12 +11,12 @@ import uuid
 import warnings
 import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any
 
+from . import finding, transfer
 from . import session as session_api
-from . import transfer
 from .codec import MAX_NAME_LENGTH, check_name
 from .config import SessionConfig
 from .errors import (
@@ -36,7 +36,9 @@ from .repository.factory import open_repository
 from .repository.filters import SessionFilter, encode_cursor, make_filter
 from .repository.memory import MemoryRepository
 from .repository.protocol import Repository
+from .repository.searching import SearchIndexReport
 from .repository.storage_adapter import StorageAdapter
+from .search.results import SearchResult
 from .session import AsyncSession, SessionHost
 from .timeutil import utcnow
 from .transfer import Source, Target
@@ -643,6 +645,79 @@ class AsyncSessionManager:
         (the error's notes name them) and the failing one writes nothing."""
         repo = await self._ready()
         return await transfer.import_store(repo, self._config, source, self._check_open)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        session: str | None = None,
+        role: str | Sequence[str] | None = None,
+        after: datetime | date | str | None = None,
+        before: datetime | date | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        order: str = "relevance",
+        limit: int = 20,
+        cursor: str | None = None,
+        per_session: bool = False,
+        markers: tuple[str, str] = ("[", "]"),
+        window: int = 1000,
+    ) -> SearchResult:
+        """Full-text search of the saved messages of every session (or those chosen).
+
+        ``query`` uses the grammar of the README's Search section: words (all must
+        match), ``"phrases"``, ``prefix*``, ``-excluded``, ``a OR b``, and the filters
+        ``role:``, ``tag:``, ``session:``, ``after:``, ``before:``. Any string is a valid
+        query; one without a word to match returns the newest messages that pass its
+        filters. The keyword filters hold together with the query's own: ``session`` (a
+        name: everything it shows, inherited messages included; SessionNotFoundError if
+        there is none), ``role`` and ``tags`` (a string or several: any of the roles,
+        every tag in the session's ``metadata["tags"]``), ``after`` (inclusive) and
+        ``before`` (exclusive) on the message's timestamp, ``metadata`` (sessions whose
+        metadata has these keys with these values).
+
+        ``order="relevance"`` ranks the newest ``window`` matching messages by BM25 (the
+        result's ``window`` says when there were more); ``"newest"`` orders them newest
+        first. A message several sessions show is one hit naming them all (``shown_in``);
+        ``per_session=True`` gives instead each session's best hit once. Pass a result's
+        ``next_cursor`` as ``cursor`` (with the same other arguments) for the next page:
+        pages stay as they were while messages are added. Snippets mark matches with
+        ``markers``. Searches what is stored: changes not saved yet are not found.
+        Arguments other than the query are checked first (InvalidQueryError; a bad or
+        another search's cursor: InvalidCursorError).
+        """
+        args = finding.check_search(
+            query,
+            session=session,
+            role=role,
+            after=after,
+            before=before,
+            metadata=metadata,
+            tags=tags,
+            order=order,
+            limit=limit,
+            cursor=cursor,
+            per_session=per_session,
+            markers=markers,
+            window=window,
+        )
+        repo = await self._ready()
+        return await finding.run_search(repo, args)
+
+    async def rebuild_search_index(self) -> int:
+        """Index every stored message again, in bulk (after an upgrade that changed the
+        text analysis, or to repair what :meth:`check_search_index` reports); returns how
+        many messages were indexed. Memory and custom storage keep no index: 0."""
+        repo = await self._ready()
+        return await finding.rebuild_index(repo)
+
+    async def check_search_index(self) -> SearchIndexReport:
+        """Compare the search index with the stored messages, changing neither: messages
+        not indexed yet (``pending``: written by another program; still found), index
+        entries of messages gone (``orphaned``) or changed (``stale``), and the analysis
+        version the index was built with. ``report.ok`` when nothing needs a rebuild."""
+        repo = await self._ready()
+        return await finding.check_index(repo)
 
     async def close(self) -> None:
         """Flush unsaved sessions (when ``autosave_interval`` > 0) and release storage.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -21,8 +21,10 @@ from .manager import autosave_once, blocking_manager, describe, repository_of
 from .models import SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .repository.protocol import Repository
+from .repository.searching import SearchIndexReport
 from .repository.storage_adapter import running_storage
 from .runtime import CANCEL_WAIT, CLOSE_WAIT, LoopRunner, close_at_exit, forget_at_exit
+from .search.results import SearchResult
 from .session import AsyncSession, cached_messages
 from .session import describe as describe_session
 from .transfer import Source, Target
@@ -407,6 +409,49 @@ class SessionManager:
     def import_store(self, source: Source) -> list[str]:
         """Import every session of an :meth:`export_store` stream; returns their names."""
         return self._call(self._async.import_store, source)
+
+    def search(
+        self,
+        query: str,
+        *,
+        session: str | None = None,
+        role: str | Sequence[str] | None = None,
+        after: datetime | date | str | None = None,
+        before: datetime | date | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: str | Sequence[str] | None = None,
+        order: str = "relevance",
+        limit: int = 20,
+        cursor: str | None = None,
+        per_session: bool = False,
+        markers: tuple[str, str] = ("[", "]"),
+        window: int = 1000,
+    ) -> SearchResult:
+        """See :meth:`AsyncSessionManager.search`."""
+        return self._call(
+            self._async.search,
+            query,
+            session=session,
+            role=role,
+            after=after,
+            before=before,
+            metadata=metadata,
+            tags=tags,
+            order=order,
+            limit=limit,
+            cursor=cursor,
+            per_session=per_session,
+            markers=markers,
+            window=window,
+        )
+
+    def rebuild_search_index(self) -> int:
+        """See :meth:`AsyncSessionManager.rebuild_search_index`."""
+        return self._call(self._async.rebuild_search_index)
+
+    def check_search_index(self) -> SearchIndexReport:
+        """See :meth:`AsyncSessionManager.check_search_index`."""
+        return self._call(self._async.check_search_index)
 
     def close(self) -> None:
         """Flush unsaved sessions (unless autosave is off), release storage and stop the

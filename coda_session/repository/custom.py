@@ -123,6 +123,19 @@ class SessionStorage(ABC):
     The methods are plain (blocking) functions; the manager calls them from a worker thread,
     one at a time. Each ``save`` receives the whole session, so this contract suits small
     stores; the built-in backends write only what changed.
+
+    Search (``manager.search``) works on every storage: without more, it loads every
+    session and evaluates the query in Python. A storage that keeps an index of its own
+    may also define ``search(self, request)``, taking a
+    :class:`~coda_session.repository.searching.SearchRequest` (``request.query`` is the
+    parsed query: its ``groups`` of phrases of index terms, computed by
+    :func:`coda_session.search.analysis.terms`; ``request.session_ids``, ``roles``,
+    ``after``/``before``, ``upto_id``) and returning ``(session name, message key)``
+    pairs, the key being the message's entry in ``SessionData.message_ids`` (its
+    1-based position when the session has none): at least every message that matches,
+    in any order. Only the sessions named are loaded, and each message named is checked
+    against the whole request in Python, so returning more than the matches (a coarse
+    prefilter) gives the same answers, only slower; leaving a match out loses it.
     """
 
     @abstractmethod

@@ -25,6 +25,15 @@ from .base import (
 from .capabilities import RepositoryReads, Snapshots
 from .delta import newest, page, save_delta
 from .protocol import Repository, Snapshot
+from .searching import (
+    Candidates,
+    Evaluation,
+    Indexed,
+    Searching,
+    SearchRequest,
+    SessionView,
+    record_terms,
+)
 
 __all__ = ["MemoryRepository"]
 
@@ -55,6 +64,10 @@ class _Stored:
     metadata_version: int = 0  # bumped by every change of record.metadata
 
 
+def _id(record: MessageRecord) -> int:
+    return record.id or 0
+
+
 def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int:
     """How many of the source's messages a fork at ``point`` or after message
     ``after_id`` starts with (all when neither)."""
@@ -67,7 +80,7 @@ def _fork_index(source: _Stored, point: int | None, after_id: int | None) -> int
     return fork_count(source.record.name, len(messages), point)
 
 
-class MemoryRepository(Repository, Snapshots):
+class MemoryRepository(Repository, Snapshots, Searching):
     """Sessions kept in this process only. Stores messages in their encoded form, exactly
     as the SQL backend does, so both behave the same."""
 
@@ -76,6 +89,10 @@ class MemoryRepository(Repository, Snapshots):
         self._by_name: dict[str, str] = {}
         self._next_id = 1
         self._mutex = threading.RLock()
+        # message id -> (the record, its index terms): a search computes the terms of a
+        # stored message once, not at every search (records are immutable; the identity
+        # check drops an entry whose id now names another record)
+        self._terms: dict[int, tuple[MessageRecord, Indexed | None]] = {}
 
     async def open(self) -> None:
         return None
@@ -267,6 +284,44 @@ class MemoryRepository(Repository, Snapshots):
         finally:
             if collecting:
                 gc.enable()
+
+    @_serialized
+    async def search_messages(self, request: SearchRequest) -> Candidates:
+        """The Python evaluation (:class:`.Evaluation`) over the store, each stored
+        message's terms computed once and kept while it is stored."""
+        cache = self._terms
+
+        def terms_of(record: MessageRecord) -> Indexed | None:
+            key = record.id or 0
+            kept = cache.get(key)
+            if kept is not None and kept[0] is record:
+                return kept[1]
+            found = record_terms(record)
+            if found is not None:
+                found = Indexed(found.terms, frozenset(found.terms))
+            cache[key] = (record, found)
+            return found
+
+        evaluation = Evaluation(request, global_ids=True, terms_of=terms_of)
+        upto = request.upto_id
+        held = 0
+        for stored in sorted(
+            self._by_id.values(), key=lambda s: (s.record.created_at, s.record.name)
+        ):
+            rec = stored.record
+            messages = stored.messages
+            held += len(messages)
+            view = SessionView(rec.id, rec.root_id or rec.id, rec.created_at, rec.updated_at)
+            if not evaluation.wants(view):
+                continue
+            end = len(messages) if upto is None else bisect.bisect_right(messages, upto, key=_id)
+            for position in range(end):
+                evaluation.add(view, position, messages[position])
+        if len(cache) > 2 * held + 1024:
+            # entries of messages no longer stored: keep only what the store still holds
+            live = {id(m) for s in self._by_id.values() for m in s.messages}
+            self._terms = {k: v for k, v in cache.items() if id(v[0]) in live}
+        return evaluation.candidates()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Snapshot]:

@@ -39,6 +39,14 @@ from .capabilities import Snapshots
 from .custom import SessionData, SessionStorage, derived_id
 from .delta import newest, page, save_delta
 from .protocol import Repository
+from .searching import (
+    Candidates,
+    Evaluation,
+    Searching,
+    SearchRequest,
+    SessionView,
+    scan_messages,
+)
 
 __all__ = ["StorageAdapter", "StorageSnapshot", "running_storage"]
 
@@ -106,6 +114,27 @@ def _as_data(loaded: object) -> SessionData:
         raise StorageError(f"custom storage load() returned an invalid session: {exc}") from exc
 
 
+def _named_messages(
+    find: Callable[[SearchRequest], Any], request: SearchRequest
+) -> dict[str, set[int]]:
+    """What a storage's ``search`` returned, as session name -> message keys (run on the
+    worker thread, so a generator it returns runs there too)."""
+    named: dict[str, set[int]] = {}
+    for item in find(request):
+        if (
+            not isinstance(item, tuple)
+            or len(item) != 2
+            or type(item[0]) is not str
+            or type(item[1]) is not int
+        ):
+            raise StorageError(
+                f"custom storage search() gave {item!r:.80}: expected (session name, message "
+                "key) pairs"
+            )
+        named.setdefault(item[0], set()).add(item[1])
+    return named
+
+
 _running = threading.local()
 
 
@@ -137,7 +166,7 @@ def _one_writer(
     return run
 
 
-class StorageAdapter(Repository, Snapshots):
+class StorageAdapter(Repository, Snapshots, Searching):
     """Serves the repository protocol from a :class:`SessionStorage`.
 
     Message ids are the per-session keys kept in :attr:`SessionData.message_ids`
@@ -395,6 +424,27 @@ class StorageAdapter(Repository, Snapshots):
             for i in await self._call(self._storage.list_all)
         ]
         return sorted(infos, key=lambda i: (i.created_at, i.name))
+
+    async def search_messages(self, request: SearchRequest) -> Candidates:
+        """The storage's own ``search`` (see :class:`SessionStorage`) names the messages
+        that may match, and only their sessions are loaded; without one, every session is
+        (:func:`.scan_messages`). Either way each message is checked in Python."""
+        find = getattr(self._storage, "search", None)
+        if not callable(find):
+            return await scan_messages(self, request)
+        named = await self._call(_named_messages, find, request)
+        loaded = [d for d in [await self.get(name, None) for name in named] if d is not None]
+        loaded.sort(key=lambda d: (d.created_at, d.name))
+        evaluation = Evaluation(request, global_ids=False)
+        for data in loaded:
+            view = SessionView(data.id, data.root_id or data.id, data.created_at, data.updated_at)
+            if not evaluation.wants(view):
+                continue
+            keys = named[data.name]
+            for position, record in enumerate(self.records_of(data)):
+                if record.id in keys:
+                    evaluation.add(view, position, record)
+        return evaluation.candidates()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[StorageSnapshot]:

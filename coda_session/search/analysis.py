@@ -22,19 +22,23 @@ The index terms (:func:`terms`)
 1. **Words.** A word is a maximal run of letters, digits and combining marks (Unicode
    categories L, N, M; Han, kana and Hangul excepted, see 3). Everything else separates
    words: whitespace, punctuation (``_``, ``.``, ``/``, ``-``, ``:``, quotes, ...), ASCII
-   symbols (``+ $ < = > ^ ` | ~``), NUL and the other control and format characters. So
-   ``get_items`` gives ``get``, ``items``; ``src/app/main.py`` gives ``src``, ``app``,
+   symbols (``+ $ < = > ^ ` | ~``), NUL and the other control and format characters, and
+   a combining mark that follows no word (as the variation selector of an emoji). So
+   ``get_items`` gives ``get``, ``item`` (see 7); ``src/app/main.py`` gives ``src``, ``app``,
    ``main``, ``py``; ``sqlite3.OperationalError`` gives ``sqlite3``, ``operational``,
    ``error``; and written in a query, each is the phrase of those terms: found as written.
 2. **Identifier parts.** A word splits where its case turns from lower (or a digit) to
    upper, and before the last capital of a run of capitals followed by a lower-case letter:
    ``SessionManager`` gives ``session``, ``manager``; ``HTTPServer`` gives ``http``,
-   ``server``; ``utf8Decoder`` gives ``utf8``, ``decoder``. A word without such a turn is
-   kept whole: ``sqlite3``, ``E501``, ``ERR`` (and ``ERR_CONNECTION_REFUSED`` is the
-   phrase ``err connection refused``). The whole of every split word is also indexed
-   (``sessionmanager``, ``github`` for ``GitHub``), after the message's positional terms,
-   so a word typed in lower case finds its camel-cased spelling. A query's words give
-   their parts only (:func:`query_terms`).
+   ``server``; ``utf8Decoder`` gives ``utf8``, ``decoder``; ``IPv6`` gives ``i``,
+   ``pv6``. A word without such a turn is kept whole: ``sqlite3``, ``E501``, ``ERR`` (and
+   ``ERR_CONNECTION_REFUSED`` is the phrase ``err connection refused``). The whole of
+   every split word is also indexed (``sessionmanager``; ``github`` for ``GitHub``,
+   ``ipv6`` for ``IPv6``), after all the message's other terms, so a word typed in lower
+   case finds its camel-cased spelling; a query's words give their parts only
+   (:func:`query_terms`), so a camel-cased query word is the phrase of its parts. (These
+   wholes sit together at the end: a quoted phrase of several such lower-cased wholes can
+   match words that are apart in the text.)
 3. **Chinese, Japanese, Korean.** A run of Han, Hiragana, Katakana or Hangul characters
    gives its overlapping bigrams (``会话管理`` gives ``会话``, ``话管``, ``管理``); a lone
    such character gives itself. A word of two or more characters typed in a query is the
@@ -45,16 +49,17 @@ The index terms (:func:`terms`)
 5. **Lone surrogates** (from bytes decoded with ``surrogateescape``) are terms of their
    own, written ``␛`` + four hex digits (``␛dc80``): ASCII-safe, and no text can produce
    them otherwise, since ``␛`` is a symbol and never joins the letters after it.
-6. **Normalisation.** A word is NFKC-normalised (full-width letters and digits are ASCII ones, a
-   decomposed ``é`` is the composed one; NFC instead when NFKC would turn it into
+6. **Normalisation.** A word is NFKC-normalised (full-width letters and digits are the
+   ASCII ones, a decomposed ``é`` the composed one; NFC instead when NFKC would turn it into
    something that is not a word, as ``⑴`` would become ``(1)``) and case-folded
-   (``Straße`` is ``strasse``); Han, kana, Hangul and symbols are case-folded only.
+   (``Straße`` is ``strasse``); Han, kana and Hangul are kept as they are, symbols are
+   case-folded.
 7. **English plurals.** An ASCII word of three or more letters loses a plural ``s`` (the
    S-stemmer): ``-ies`` becomes ``-y`` (not after ``a`` or ``e``), ``-es`` becomes ``-e``
    (kept whole after ``a``, ``e``, ``i``, ``o``), ``-s`` is dropped, except after ``s``,
    ``u`` or ``i`` (``class``, ``status``, ``analysis`` are kept). ``messages`` and
-   ``message``, ``queries`` and ``query`` are the same term. Applied alike to the text and
-   the query, so it only merges forms; it never loses a match.
+   ``message``, ``queries`` and ``query`` are the same term; applied alike to the text
+   and the query (a prefix too: ``queries*`` is ``query*``).
 8. **Length.** A term longer than :data:`MAX_TERM_LENGTH` characters (100) is cut to its
    first 100.
 
@@ -172,7 +177,8 @@ def index_body(terms: Sequence[str]) -> str:
 # The scanner
 
 # Han (with its iteration and numeral marks), Hiragana, Katakana, Hangul; the kana
-# punctuation inside those blocks (U+309B, U+309C, U+30A0, U+30FB) is left out, so it separates as punctuation.
+# punctuation inside those blocks (U+309B, U+309C, U+30A0, U+30FB) is left out, so it
+# separates as punctuation does.
 _CJK = (
     "\u1100-\u11ff\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3041-\u3096\u3099-\u309a"
     "\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u3131-\u318e\u31f0-\u31ff\u3400-\u4dbf"
@@ -183,7 +189,6 @@ _WORD_CHAR = rf"[^\W_{_CJK}]"
 # A word, a CJK run, or one non-ASCII character that is neither (a symbol, a mark on its
 # own, punctuation, a format character, a surrogate: sorted out by its category).
 _TOKEN: re.Pattern[str]
-_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
 _ASCII_CAMEL = re.compile(r"[a-z0-9][A-Z]|[A-Z][A-Z][a-z]")
 # Over a word's case pattern ("A" an upper-case character, "a" a lower-case one, "0"
 # anything else): the parts of an identifier. Capitals before a capitalised part form their
@@ -222,7 +227,7 @@ def _finish(word: str) -> str:
         term = unicodedata.normalize("NFKC", word)
         if term != word and not _WORD.fullmatch(term):
             term = unicodedata.normalize("NFC", word)
-        term = term.casefold()
+        term = term.casefold() or word
         if term.isascii() and term[-1] == "s" and term.isalpha():
             term = _stem(term)
     return term[:MAX_TERM_LENGTH]

@@ -15,10 +15,14 @@ item does.
     The terms of the word (see :mod:`coda_session.search.analysis`): one term, or for an
     identifier, a path, a CJK word or anything holding punctuation, the *phrase* of its
     terms (``get_items``, ``src/app/main.py``, ``SessionManager``, ``会话``), found as
-    written. English plurals match their singular (``messages``, ``message``).
+    written. A camel-cased identifier typed in lower case (``sessionmanager``,
+    ``github``) finds it too. English plurals match their singular (``messages``,
+    ``message``). Case and full width do not matter, nor whether an accent is written
+    composed or decomposed (but ``cafe`` is not ``café``).
 ``"quoted phrase"``
-    Its terms at consecutive positions. An unterminated quote runs to the end of the query;
-    ``""`` is nothing.
+    Its terms at consecutive positions. A quote opens a phrase at the start of an item
+    only (inside a word, ``ab"c``, it separates as punctuation does); an unterminated
+    quote runs to the end of the query; ``""`` is nothing.
 ``word*`` or ``"quoted phrase"*``
     Prefix: the last term matches any term it begins (``migrat*``).
 ``-item``
@@ -107,7 +111,11 @@ _FILTERS = ("role", "tag", "session", "after", "before")
 #: it bounds what a query costs the engines.
 MAX_ITEMS = 100
 
-_OPERATORS = frozenset({"AND", "NOT", "NEAR"})
+_OPERATORS = {
+    "AND": "'AND' is read as a word (all words must match anyway)",
+    "NOT": "'NOT' is read as a word (-word excludes a word)",
+    "NEAR": "'NEAR' is read as a word",
+}
 _MAX_NOTES = 10
 _FILTER = re.compile(r"(role|tag|session|after|before):", re.IGNORECASE)
 
@@ -233,7 +241,7 @@ def parse(text: str) -> Query:
     for item in items:
         words = item.text
         if item.text in _OPERATORS and not item.quoted:
-            state.note(f"{item.text!r} is read as a word (all words must match anyway)")
+            state.note(_OPERATORS[item.text])
         if item.filter is not None:
             if item.negated:
                 state.note(f"{_shown(item.raw)}: a filter cannot be excluded; read as words")
