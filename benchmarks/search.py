@@ -93,7 +93,7 @@ FULL = Sizes(
 QUICK = Sizes(
     stores=(10_000,),
     search_repeats=5,
-    list_sessions=2_000,
+    list_sessions=5_000,
     list_repeats=5,
     append_ops=100,
     append_rounds=2,
@@ -611,6 +611,7 @@ class Run:
     baseline: Path | None
     baseline_why: str
     corpus: Corpus
+    jit_off: bool = False  # PostgreSQL: ALTER DATABASE ... SET jit = off on this run's
     stores: list[Store] = field(default_factory=list)
 
     def sqlite_config(self, where: str) -> dict[str, Any]:
@@ -622,6 +623,8 @@ class Run:
             return self.sqlite_config(where), where
         assert self.server is not None
         database = await self.server.create(where.replace("-", "_"))
+        if self.jit_off:
+            await self.server.admin(f'ALTER DATABASE "{database}" SET jit = off')
         return self.server.library_config(database), database
 
 
@@ -949,6 +952,9 @@ async def fill_listing(run: Run, backend: str, config: dict[str, Any], where: st
         assert run.server is not None
         pg = await run.server.connect(where)
         try:
+            # the inserts are setup, not timed: JIT compiling the metadata trigger's
+            # statement for each row would make them take minutes
+            await pg.execute("SET jit = off")
             async with pg.transaction():
                 await pg.executemany(
                     INSERT_SESSION_PG,
@@ -1163,6 +1169,14 @@ async def run_all(run: Run, parts: set[str]) -> None:
                 await bench_writes(run, backend)
 
 
+async def server_jit(server: Server) -> str:
+    conn = await server.connect()
+    try:
+        return str(await conn.fetchval("SHOW jit"))
+    finally:
+        await conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:] == ["--worker"]:
         _worker_main()
@@ -1174,6 +1188,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the library without the index, for the import and write figures: a git ref of "
         "this repository or a directory holding coda_session and migrations (default: the "
         "tag issue18-base)",
+    )
+    parser.add_argument(
+        "--postgres-jit-off",
+        action="store_true",
+        help="ALTER DATABASE ... SET jit = off on this run's PostgreSQL databases",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -1193,8 +1212,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline (no index): {why}")
         if server is not None:
             found, durability = asyncio.run(server.version())
-            print(f"PostgreSQL {found} ({durability})")
+            jit = asyncio.run(server_jit(server))
+            jit = "jit=off here (--postgres-jit-off)" if args.postgres_jit_off else f"jit={jit}"
+            print(f"PostgreSQL {found} ({durability}; {jit})")
         run = Run(sizes, work, table, backends, server, baseline, why, Corpus())
+        run.jit_off = args.postgres_jit_off
         try:
             asyncio.run(run_all(run, parts))
         finally:
