@@ -31,6 +31,7 @@ prints PASS or MISS; nothing fails on timing and the script exits 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import os
@@ -1190,12 +1191,21 @@ def main(argv: list[str] | None = None) -> int:
         "tag issue18-base)",
     )
     parser.add_argument(
+        "--stores",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="messages of each generated store (default: 200,000 and 1,000,000; quick 10,000)",
+    )
+    parser.add_argument(
         "--postgres-jit-off",
         action="store_true",
         help="ALTER DATABASE ... SET jit = off on this run's PostgreSQL databases",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.stores:
+        sizes = dataclasses.replace(sizes, stores=tuple(args.stores))
     parts = set(args.only or "1234")
     wanted = tuple(args.backend or ("sqlite", "postgresql"))
     url = postgres_url() if "postgresql" in wanted else None
