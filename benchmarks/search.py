@@ -811,7 +811,7 @@ async def bench_search(run: Run, backend: str, store: Store) -> None:
         assert run.server is not None and store.postgres is not None
         config = run.server.library_config(store.postgres)
         scan.pg = await run.server.connect(store.postgres)
-    largest = store.size == max(run.sizes.stores)
+    largest = store.size >= 1_000_000  # the targets are for a 1M-message store
     try:
         async with AsyncSessionManager(config) as am:
             searchable = hasattr(am, "search")
