@@ -82,9 +82,9 @@ class Sizes:
 
 FULL = Sizes(
     stores=(200_000, 1_000_000),
-    search_repeats=9,
+    search_repeats=7,
     list_sessions=100_000,
-    list_repeats=9,
+    list_repeats=7,
     append_ops=1_000,
     append_rounds=10,
     bulk_messages=20_000,
