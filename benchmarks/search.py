@@ -1,6 +1,6 @@
 """Full-text search and filtered listing (issue 18) against the scans they replace.
 
-Run ``python benchmarks/search.py`` (the 200k- and 1M-message stores: several minutes) or
+Run ``python benchmarks/search.py`` (the 200k- and 1M-message stores: tens of minutes) or
 ``python benchmarks/search.py --quick`` (small sizes, well under a minute; the CI smoke run).
 ``--only`` picks parts: ``1`` building the stores (an import of a generated export), ``2``
 search, ``3`` filtered ``list_sessions``, ``4`` what the index costs the writes (2 needs 1).
