@@ -63,7 +63,7 @@ async def test_schema_matches_spec_names(sqlite_config: Callable[..., dict[str, 
     }
     assert cols["sessions"][:5] == ["id", "name", "created_at", "updated_at", "metadata"]
     spec = ["id", "session_id", "role", "content", "timestamp", "metadata"]
-    extra = ["content_zlib", "size_bytes", "char_count", "root_id", "ord", "cum_size"]
+    extra = ["content_zlib", "size_bytes", "char_count", "root_id", "ord", "cum_size", "indexed"]
     assert cols["messages"] == [*spec, *extra]
     fks = conn.execute("PRAGMA foreign_key_list(messages)").fetchall()
     assert [(f[2], f[3], f[4]) for f in fks] == [("sessions", "session_id", "id")]

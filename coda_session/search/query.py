@@ -14,9 +14,9 @@ item does.
 ``word``
     The terms of the word (see :mod:`coda_session.search.analysis`): one term, or for an
     identifier, a path, a CJK word or anything holding punctuation, the *phrase* of its
-    terms (``get_items``, ``src/app/main.py``, ``SessionManager``, ``会话``), found as
-    written. A camel-cased identifier typed in lower case (``sessionmanager``,
-    ``github``) finds it too. English plurals match their singular (``messages``,
+    terms (``get_items``, ``src/app/main.py``, ``会话``), found as written. A camel-cased
+    word (``SessionManager``) is its whole, in any case (``sessionmanager`` finds it too),
+    or, outside quotes, the phrase of its parts (``getItems`` finds ``get_items``). English plurals match their singular (``messages``,
     ``message``). Case and full width do not matter, nor whether an accent is written
     composed or decomposed (but ``cafe`` is not ``café``).
 ``"quoted phrase"``
@@ -62,7 +62,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .analysis import query_terms
+from .analysis import query_parts, query_terms
 
 __all__ = ["MAX_ITEMS", "Phrase", "Query", "matches", "parse", "to_fts5", "to_tsquery"]
 
@@ -232,8 +232,8 @@ def parse(text: str) -> Query:
     if not isinstance(text, str):
         raise TypeError(f"a search query is a str, not {type(text).__name__}")
     state = _Parsed()
-    # each entry: a phrase (positive or excluded), or the marker "OR"
-    entries: list[tuple[Phrase, bool] | str] = []
+    # each entry: phrases that are alternatives (positive or excluded), or the marker "OR"
+    entries: list[tuple[tuple[Phrase, ...], bool] | str] = []
     items = _scan(text)
     if len(items) > MAX_ITEMS:
         del items[MAX_ITEMS:]
@@ -258,7 +258,13 @@ def parse(text: str) -> Query:
         if not found:
             state.note(f"{_shown(item.raw)} gives no search term; ignored")
             continue
-        entries.append((Phrase(tuple(found), item.prefix), item.negated))
+        phrases = [Phrase(tuple(found), item.prefix)]
+        if not item.quoted:
+            # a camelCase word is itself or the phrase of its parts (getItems, get_items)
+            parts = query_parts(words)
+            if parts != found:
+                phrases.append(Phrase(tuple(parts), item.prefix))
+        entries.append((tuple(phrases), item.negated))
     groups: list[list[Phrase]] = []
     excluded: list[Phrase] = []
     joining = False  # the previous entry was a valid OR
@@ -276,15 +282,15 @@ def parse(text: str) -> Query:
                 joining = True
                 continue
             state.note("'OR' is not between two items; read as a word")
-            entry = (Phrase(("or",)), False)
+            entry = ((Phrase(("or",)),), False)
         assert isinstance(entry, tuple)
-        phrase, negated = entry
+        alternatives, negated = entry
         if negated:
-            excluded.append(phrase)
+            excluded.extend(alternatives)
         elif joining:
-            groups[-1].append(phrase)
+            groups[-1].extend(alternatives)
         else:
-            groups.append([phrase])
+            groups.append(list(alternatives))
         joining = False
     return Query(
         groups=tuple(tuple(group) for group in groups),

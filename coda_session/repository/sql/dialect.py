@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...config import SessionConfig
+from .search import IndexRow, SearchScope, SearchStatements
 
 if TYPE_CHECKING:
     import sqlite3
@@ -36,9 +37,12 @@ __all__ = [
     "Costs",
     "Dialect",
     "Failure",
+    "IndexRow",
     "NoCosts",
     "Operation",
     "Runner",
+    "SearchScope",
+    "SearchStatements",
     "ServerError",
     "driver_error",
 ]
@@ -162,6 +166,8 @@ class Dialect(Protocol):
     """One database: its error rules, its engine's set-up and its runner."""
 
     name: str
+    #: the database's full-text index; None: search evaluates every message in Python
+    search: SearchStatements | None
     #: whether a column may hold a value of any type (SQLite's dynamic typing): the
     #: adoption of a database the library did not write then checks each stored type
     any_type_columns: bool

@@ -20,7 +20,9 @@ from typing import Any, Generic, TypeVar
 from ...codec import decode_metadata, dumps_metadata
 from ...errors import SessionNotFoundError, SessionTooLargeError
 from ...models import MessageRecord, SessionInfo, SessionRecord
+from ...search.analysis import INDEX_VERSION
 from ..base import SaveRequest, SaveResult, check_import_size, fork_count, parents_first
+from ..searching import Candidates, SearchIndexReport, SearchRequest
 from . import statements as q
 from .branching import (
     BEYOND,
@@ -46,6 +48,17 @@ from .branching import (
 )
 from .executors import Executor
 from .rows import infos_of, message_of, session_of
+from .search import (
+    SearchStatements,
+    check,
+    index_pending,
+    index_some_pending,
+    index_version,
+    index_written,
+    index_written_or_defer,
+    reset,
+    search,
+)
 
 __all__ = ["ONE_STATEMENT", "Operations", "one_statement"]
 
@@ -177,7 +190,12 @@ def _fork_plan(
 
 class Operations(Generic[X]):
     """Every operation of the repository over an executor of type ``X``; each method is
-    one transaction's work (the runner begins and ends it)."""
+    one transaction's work (the runner begins and ends it). ``search`` is the dialect's
+    full-text index (:attr:`.dialect.Dialect.search`; None: none, every message is
+    searched in Python): every write keeps it in step in its own transaction."""
+
+    def __init__(self, search: SearchStatements | None = None) -> None:
+        self.search = search
 
     def appends_alone(self, request: SaveRequest) -> bool:
         """Whether :meth:`append` runs ``request`` faster than :meth:`save` (here never:
@@ -268,7 +286,9 @@ class Operations(Generic[X]):
             count += int(row[1])
         return chars, count
 
-    def save(self, cx: X, req: SaveRequest) -> SaveResult:
+    def save(self, cx: X, req: SaveRequest, bodies: Sequence[str] | None = None) -> SaveResult:
+        """A save; ``bodies`` are the new messages' index bodies when the caller computed
+        them before the transaction (:func:`.search.bodies_of`), else computed here."""
         sid = req.session_id
         root = _root(cx, sid, req.root_id)
         key = {"session_id": sid, "tree": root}
@@ -328,6 +348,9 @@ class Operations(Generic[X]):
             ids = cx.insert_messages(sid, root, req.messages)
             last_id = max(previous, ids[-1])
             cx.run(q.SET_LAST_MESSAGE_ID, {**key, "last_id": last_id})
+            if self.search is not None:
+                index_written_or_defer(cx, self.search, sid, root, req.messages, ids, bodies)
+        self.index_others(cx)
         if metadata is None:
             # unchanged by this save; sent back (and decoded) only if another writer changed it
             if version != req.metadata_version:
@@ -350,6 +373,7 @@ class Operations(Generic[X]):
         detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
         deleted = cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
         reclaim(cx, (p.owner for p in parts), root)
+        self.index_others(cx)
         return deleted
 
     @one_statement
@@ -363,8 +387,45 @@ class Operations(Generic[X]):
         return infos_of(cx.rows(q.LIST_SESSIONS, {}))
 
     def append(self, cx: X, req: SaveRequest) -> SaveResult:
-        """A save of new messages only (see :meth:`appends_alone`)."""
+        """A save of new messages only (see :meth:`appends_alone`); it indexes them as
+        :meth:`save` does (computing their terms in the transaction)."""
         return self.save(cx, req)
+
+    # -- search (see .search) ---------------------------------------------------------
+
+    def index_others(self, cx: X) -> int:
+        """Index a bounded batch of the pending rows (small saves', another program's)
+        once there are enough of them (:data:`.search.FLUSH_AT`): every write of ours
+        calls it, so they do not stay pending for long. Returns how many."""
+        if self.search is None:
+            return 0
+        return index_some_pending(cx, self.search)
+
+    def index_batch(self, cx: X, limit: int) -> int:
+        """Index the oldest ``limit`` pending rows (a bulk indexing's step)."""
+        if self.search is None:
+            return 0
+        return index_pending(cx, self.search, limit)
+
+    def index_version(self, cx: X) -> int:
+        """The analysis rules' version the stored index was built with (0: never)."""
+        return index_version(cx)
+
+    def reset_index(self, cx: X, force: bool) -> bool:
+        """Empty the index and mark every row pending (then indexed in batches), when
+        ``force`` or the stored index's rules are not the library's; True when it did."""
+        if not force and index_version(cx) == INDEX_VERSION:
+            return False
+        reset(cx, self.search)
+        return True
+
+    def search_messages(self, cx: X, request: SearchRequest) -> Candidates:
+        """The candidates of ``request`` (see :func:`.search.search`)."""
+        return search(cx, self.search, request)
+
+    def check_index(self, cx: X) -> SearchIndexReport:
+        """Compare the index with the stored messages (see :func:`.search.check`)."""
+        return check(cx, self.search)
 
     def create(
         self,
@@ -500,10 +561,13 @@ class Operations(Generic[X]):
         count, size = base.message_count, base.size_bytes
         root = base.root_id or base.id
         for batch in batches:
-            cx.insert_messages(base.id, root, batch)
+            ids = cx.insert_messages(base.id, root, batch)
+            if self.search is not None:
+                index_written(cx, self.search, base.id, root, batch, ids, None)
             size += sum(r.byte_size() for r in batch)
             count += len(batch)
             check_import_size(record.name, size, max_bytes)
+        self.index_others(cx)
         last = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
         if fork is not None:
             last = max(base.last_message_id, last)

@@ -22,12 +22,14 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import URL, make_url
 
 from ...config import SessionConfig
-from ...errors import ManagerClosedError, SessionError
+from ...errors import ManagerClosedError, SessionError, StorageError
 from ...models import MessageRecord, SessionInfo, SessionRecord
+from ...search.analysis import INDEX_VERSION
 from ..base import SaveRequest, SaveResult
 from ..capabilities import SessionFiltering, Snapshots
 from ..filters import SessionFilter, SessionPage
 from ..protocol import Repository
+from ..searching import Candidates, SearchIndexReport, SearchRequest
 from .dialect import WRITE_OPTION, Dialect, Operation, Runner
 from .engine import create_engine, database_url
 from .errors import DRIVER_ERRORS, translate
@@ -35,6 +37,7 @@ from .filters import find_page
 from .operations import Operations
 from .registry import dialect_for
 from .schema import HEAD_REVISION, current_revision, ensure_schema, migration_guard
+from .search import BULK_ROWS, DEFER_UNDER, bodies_of
 
 __all__ = ["BUSY_ATTEMPTS", "SqlRepository", "SqlSnapshot"]
 
@@ -55,6 +58,11 @@ _LIST = Operation("listing sessions")
 _FIND = Operation("listing sessions")
 _LIST_TREE = Operation("listing a tree")
 _READ_SNAPSHOT = Operation("reading a snapshot")
+_SEARCH = Operation("searching messages")
+_CHECK_INDEX = Operation("checking the search index")
+_INDEX_VERSION = Operation("reading the search index's version", loop_pages=0)
+_RESET_INDEX = Operation("resetting the search index", write=True)
+_INDEX_BATCH = Operation("indexing messages for search", write=True)
 
 
 class SqlSnapshot:
@@ -206,7 +214,36 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
             await runner.aclose()
             raise ManagerClosedError("the storage was closed")
         self._runner = runner
+        await self._index_outdated(runner)
         return runner
+
+    async def _index_outdated(self, runner: Runner) -> None:
+        """Index every message again when the stored index was built with other rules
+        than this library's (or never: a database just upgraded to it). A store that
+        cannot be written now (read-only, busy) still opens: its searches evaluate the
+        rows not indexed yet in Python, and a later open or write indexes them."""
+        ops = runner.operations
+        if ops.search is None:
+            return
+        try:
+            version = await self._run(runner, _INDEX_VERSION, ops.index_version)
+            if version != INDEX_VERSION:
+                await self._reindex(runner, force=False)
+        except StorageError as exc:
+            logger.warning("the search index was not brought up to date: %s", exc)
+
+    async def _reindex(self, runner: Runner, *, force: bool) -> int:
+        """Empty the index (when ``force``, or its version is not the library's: another
+        process may have done it meanwhile) and index every pending row, in batches of
+        their own transactions (writers and readers go on between them)."""
+        ops = runner.operations
+        await self._run(runner, _RESET_INDEX, ops.reset_index, force)
+        done = 0
+        while True:
+            n = await self._run(runner, _INDEX_BATCH, ops.index_batch, BULK_ROWS)
+            done += n
+            if n < BULK_ROWS:
+                return done
 
     async def _migrate(self) -> None:
         migrator = create_engine(self._config, self._url, migrations=True)
@@ -339,8 +376,12 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
         ops = runner.operations
         if ops.appends_alone(request):
             return await self._run(runner, _APPEND, ops.append, request)
+        # the new messages' index terms, computed before the transaction takes the lock
+        args: tuple[Any, ...] = (request,)
+        if ops.search is not None and len(request.messages) >= DEFER_UNDER:
+            args = (request, bodies_of(request.messages))
         op = Operation("saving a session", write=True, loop_pages=self._costs.save(request))
-        return await self._run(runner, op, ops.save, request)
+        return await self._run(runner, op, ops.save, *args)
 
     async def delete_session(self, session_id: str) -> bool:
         runner = self._runner or await self._open_runner()
@@ -372,6 +413,29 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
     async def list_tree(self, root_id: str) -> list[SessionInfo]:
         runner = self._runner or await self._open_runner()
         return await self._run(runner, _LIST_TREE, runner.operations.tree, root_id)
+
+    # -- search (the Searching and IndexMaintenance capabilities) ----------------------------
+
+    async def search_messages(self, request: SearchRequest) -> Candidates:
+        """The newest messages matching ``request`` (at most its window), newest first,
+        looked up in the database's full-text index in one read transaction; rows not
+        indexed yet (another program's) are evaluated in Python, so they are found too."""
+        runner = self._runner or await self._open_runner()
+        return await self._run(runner, _SEARCH, runner.operations.search_messages, request)
+
+    async def rebuild_search_index(self) -> int:
+        """Index every stored message again, in bulk (batches of their own transactions;
+        searches stay complete meanwhile); returns how many messages were indexed."""
+        runner = self._runner or await self._open_runner()
+        if runner.operations.search is None:
+            return 0
+        return await self._reindex(runner, force=True)
+
+    async def check_search_index(self) -> SearchIndexReport:
+        """Compare the index with the stored messages (recomputing every message's terms),
+        changing neither: see :class:`~coda_session.repository.searching.SearchIndexReport`."""
+        runner = self._runner or await self._open_runner()
+        return await self._run(runner, _CHECK_INDEX, runner.operations.check_index)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[SqlSnapshot]:

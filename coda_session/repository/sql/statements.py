@@ -6,13 +6,14 @@ both executors (the one-trip SQLite path and the generic SQLAlchemy path) share 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from .tables import messages as m
+from .tables import search_index as x
 from .tables import segments as g
 from .tables import sessions as s
 
@@ -26,6 +27,7 @@ __all__ = [
     "DELETE_SEGMENTS_OF",
     "DELETE_SESSION",
     "HOLDER_LOCK",
+    "INDEX_VERSION_OF",
     "INHERIT_OF",
     "INSERT_MESSAGE",
     "INSERT_MESSAGE_RETURNING",
@@ -37,8 +39,18 @@ __all__ = [
     "LIST_SESSIONS",
     "LIST_STATS",
     "LIST_TREE",
+    "MARK_ALL_PENDING",
+    "MARK_INDEXED",
+    "MARK_WRITTEN",
+    "MAX_MESSAGE_ID",
+    "MESSAGES_FROM",
+    "MESSAGES_NEWEST",
     "MOVE_RANGE",
     "OWNER_MAX_HI",
+    "PENDING_COUNT",
+    "PENDING_FIRST",
+    "PENDING_NEWEST",
+    "PENDING_UPTO",
     "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
@@ -62,12 +74,14 @@ __all__ = [
     "SESSION_LOCK",
     "SESSION_METADATA",
     "SESSION_TO_FORK",
+    "SET_INDEX_VERSION",
     "SET_INHERIT",
     "SET_LAST_MESSAGE_ID",
     "SET_SESSION_TOTALS",
     "TAIL_PARTS",
     "TAIL_ROWS",
     "TREE_LOCK",
+    "TREE_SESSION_IDS",
     "UPDATE_SEGMENT",
     "UPDATE_SESSION",
     "UPDATE_SESSION_METADATA",
@@ -587,12 +601,84 @@ def _no_tree_lock(element: TreeLock, compiler: SQLCompiler, **kw: Any) -> str:
 TREE_LOCK = sa.select(TreeLock(sa.bindparam("key", type_=sa.BigInteger)))
 
 
+# -- search (see .search): the pending rows, the index's version --------------------------
+
+_SEARCH_COLS = (*_MESSAGE_COLS, m.c.root_id, m.c.session_id, m.c.ord)
+_pending = m.c.indexed.is_(None)
+#: the oldest ``n`` pending rows (a write indexes them; ``ix_messages_pending``)
+PENDING_FIRST = sa.select(*_SEARCH_COLS).where(_pending).order_by(m.c.id).limit(sa.bindparam("n"))
+#: every pending row up to ``upto``, newest first (a search evaluates them in Python)
+PENDING_NEWEST = (
+    sa.select(*_SEARCH_COLS)
+    .where(_pending, m.c.id <= sa.bindparam("upto", type_=sa.BigInteger))
+    .order_by(m.c.id.desc())
+)
+#: every row up to ``upto``, newest first (a search on a database without an index)
+MESSAGES_NEWEST = (
+    sa.select(*_SEARCH_COLS)
+    .where(m.c.id <= sa.bindparam("upto", type_=sa.BigInteger))
+    .order_by(m.c.id.desc())
+)
+#: the listed sessions of a tree (where a hit is shown)
+TREE_SESSION_IDS = sa.select(s.c.id).where(in_tree(s), visible()).order_by(s.c.created_at, s.c.id)
+PENDING_COUNT = sa.select(sa.func.count()).select_from(m).where(_pending)
+#: how many rows are pending, counting at most ``n`` (reads at most ``n`` index entries)
+PENDING_UPTO = sa.select(sa.func.count()).select_from(
+    sa.select(m.c.id).where(_pending).limit(sa.bindparam("n")).subquery()
+)
+#: the rows a save just inserted (ids ``lo`` to ``hi`` of the session) are indexed now;
+#: every insert leaves its rows pending (NULL), so a small save writes nothing more (see
+#: .search.DEFER_UNDER)
+MARK_WRITTEN = (
+    sa.update(m)
+    .where(
+        m.c.session_id == sa.bindparam("owner"),
+        m.c.id >= sa.bindparam("lo", type_=sa.BigInteger),
+        m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .values(indexed=sa.literal_column("1"))
+)
+#: the pending rows ``lo <= id <= hi`` are indexed now (exactly those PENDING_FIRST gave)
+MARK_INDEXED = (
+    sa.update(m)
+    .where(
+        _pending,
+        m.c.id >= sa.bindparam("lo", type_=sa.BigInteger),
+        m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .values(indexed=sa.literal_column("1"))
+)
+MARK_ALL_PENDING = sa.update(m).where(m.c.indexed.is_not(None)).values(indexed=None)
+#: every row after ``after``, oldest first, at most ``n`` (a rebuild and a check page by id)
+MESSAGES_FROM = (
+    sa.select(*_SEARCH_COLS, m.c.indexed)
+    .where(m.c.id > sa.bindparam("after", type_=sa.BigInteger))
+    .order_by(m.c.id)
+    .limit(sa.bindparam("n"))
+)
+MAX_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(m.c.id), 0))
+INDEX_VERSION_OF = sa.select(x.c.version).where(x.c.id == 1)
+SET_INDEX_VERSION = (
+    sa.update(x).where(x.c.id == 1).values(version=sa.bindparam("version", type_=sa.Integer))
+)
+
+
 # The compile cache of the SQLite fast path holds these and nothing else: they live as
 # long as the process, so their ids are never reused. A statement built per call is not
 # here, and is compiled per call.
 _CONSTANTS: dict[int, object] = {
     id(value): value for name, value in list(globals().items()) if name in __all__
 }
+
+
+S = TypeVar("S")
+
+
+def constant(stmt: S) -> S:
+    """Register ``stmt`` (a statement that lives as long as the process, e.g. a dialect
+    module's) with the compile cache, as this module's own constants are."""
+    _CONSTANTS[id(stmt)] = stmt
+    return stmt
 
 
 def is_constant(stmt: object) -> bool:

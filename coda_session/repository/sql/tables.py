@@ -20,6 +20,7 @@ __all__ = [
     "JsonText",
     "MessageRow",
     "RawBytes",
+    "SearchIndexRow",
     "SegmentRow",
     "SessionRow",
     "SessionTagRow",
@@ -203,6 +204,12 @@ class MessageRow(Base):
     __table_args__ = (
         sa.Index("ix_messages_session_id_id", "session_id", "id"),
         sa.Index("ix_messages_session_id_ord", "session_id", "ord"),
+        sa.Index(
+            "ix_messages_pending",
+            "id",
+            sqlite_where=sa.text("indexed IS NULL"),
+            postgresql_where=sa.text("indexed IS NULL"),
+        ),
         # ids are never handed out twice (see migration 0004)
         {"sqlite_autoincrement": True},
     )
@@ -232,6 +239,50 @@ class MessageRow(Base):
     # its two ends, without reading what lies between (see migration 0010)
     ord: Mapped[int | None] = mapped_column(sa.BigInteger)
     cum_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # 1: in the search index; NULL: pending (another program's row, or one it changed):
+    # searched in Python until a write of the library's indexes it (see migration 0012)
+    indexed: Mapped[int | None] = mapped_column(sa.SmallInteger)
+
+
+class SearchIndexRow(Base):
+    """``search_index``: one row, the version of the analysis rules
+    (``search.analysis.INDEX_VERSION``) the search index was built with; 0: never built."""
+
+    __tablename__ = "search_index"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+
+
+def _declared(name: str, *columns: tuple[str, Any, bool], rowid: bool = True) -> sa.Table:
+    """A table SQLite's FTS5 made, declared as SQLite reports it (so the models describe
+    the whole migrated schema); nothing creates or queries it through this declaration:
+    migration 0012 creates ``message_fts``, FTS5 its shadow tables."""
+    return sa.Table(
+        name,
+        Base.metadata,
+        # SQLite reports a rowid table's INTEGER PRIMARY KEY as nullable, and the key of a
+        # WITHOUT ROWID table as not
+        *(sa.Column(c, t, primary_key=pk, nullable=rowid or not pk) for c, t, pk in columns),
+        info={"fts5": True},
+    )
+
+
+_NONE = sa.types.NullType()
+#: the FTS5 table of the search index (see .sqlite.search) and its shadow tables
+message_fts = _declared("message_fts", ("body", _NONE, False), ("scope", _NONE, False))
+_declared("message_fts_data", ("id", sa.Integer(), True), ("block", sa.LargeBinary(), False))
+_declared(
+    "message_fts_idx",
+    ("segid", _NONE, True),
+    ("term", _NONE, True),
+    ("pgno", _NONE, False),
+    rowid=False,
+)
+_declared(
+    "message_fts_content", ("id", sa.Integer(), True), ("c0", _NONE, False), ("c1", _NONE, False)
+)
+_declared("message_fts_config", ("k", _NONE, True), ("v", _NONE, False), rowid=False)
 
 
 class AdoptionNote(Base):
@@ -263,11 +314,26 @@ SESSION_FIELDS = sa.Table(
     # PostgreSQL must stay under 2,704 bytes); a lookup compares path and txt too
     sa.Column("path_key", sa.Text, nullable=False),
     sa.Column("txt_key", sa.Text, nullable=True),
-    sa.Index("ix_session_fields_session_id", "session_id"),
+    # the session's, copied: a filtered listing's page is one range of an index
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=True),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Index("ix_session_fields_session_id_path_key", "session_id", "path_key"),
     sa.Index(
-        "ix_session_fields_path_key_kind_txt_key", "path_key", "kind", "txt_key", "session_id"
+        "ix_session_fields_path_key_kind_txt_key_created_at",
+        "path_key",
+        "kind",
+        "txt_key",
+        "created_at",
+        "name",
     ),
-    sa.Index("ix_session_fields_path_key_kind_num", "path_key", "kind", "num", "session_id"),
+    sa.Index(
+        "ix_session_fields_path_key_kind_num_created_at",
+        "path_key",
+        "kind",
+        "num",
+        "created_at",
+        "name",
+    ),
 )
 
 
@@ -276,10 +342,13 @@ class SessionTagRow(Base):
     migration 0011), kept by the same triggers."""
 
     __tablename__ = "session_tags"
-    __table_args__ = (sa.Index("ix_session_tags_tag_session_id", "tag", "session_id"),)
+    __table_args__ = (sa.Index("ix_session_tags_tag_created_at_name", "tag", "created_at", "name"),)
 
     session_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     tag: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    # the session's, copied: a filtered listing's page is one range of the index
+    created_at: Mapped[datetime | None] = mapped_column(sa.TIMESTAMP(timezone=True))
+    name: Mapped[str | None] = mapped_column(sa.Text)
 
 
 # the orders of a listing, name the tie-break (see migration 0011)
@@ -289,5 +358,6 @@ sa.Index("ix_sessions_updated_at_name", SessionRow.updated_at, SessionRow.name)
 sessions = cast(sa.Table, SessionRow.__table__)
 messages = cast(sa.Table, MessageRow.__table__)
 segments = cast(sa.Table, SegmentRow.__table__)
+search_index = cast(sa.Table, SearchIndexRow.__table__)
 session_fields = SESSION_FIELDS
 session_tags = cast(sa.Table, SessionTagRow.__table__)

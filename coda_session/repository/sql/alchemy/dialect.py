@@ -12,7 +12,8 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ....config import SessionConfig
-from ..dialect import WRITE_OPTION, Costs, Failure, NoCosts, Runner
+from ..dialect import WRITE_OPTION, Costs, Failure, NoCosts, Runner, SearchStatements
+from ..operations import Operations
 from .runner import AlchemyRunner
 
 __all__ = ["AlchemyDialect", "GenericDialect"]
@@ -26,6 +27,8 @@ class AlchemyDialect:
     name: str
     costs: Costs = NoCosts()
     any_type_columns = False
+    #: no full-text index of its own: search evaluates every message in Python
+    search: SearchStatements | None = None
 
     def classify(self, exc: BaseException) -> Failure:
         return Failure.OTHER
@@ -75,7 +78,7 @@ class AlchemyDialect:
             runner = await self.fast_runner(config, url, inline=inline)
             if runner is not None:
                 return runner
-        return AlchemyRunner(make_engine, self.transaction_options)
+        return AlchemyRunner(make_engine, self.transaction_options, Operations(self.search))
 
 
 class GenericDialect(AlchemyDialect):

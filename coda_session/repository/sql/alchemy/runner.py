@@ -121,9 +121,9 @@ class _Checkout:
 class AlchemyRunner:
     """Runs each operation in one transaction on a pooled connection of the running
     loop's engine (made by ``make_engine`` on the loop's first operation), with the
-    execution options ``transaction_options(write)``."""
+    execution options ``transaction_options(write)``; ``operations`` are the dialect's
+    (with its search index)."""
 
-    operations: Operations[AlchemyExecutor] = Operations()
     own_connections = False
     runs_small_operations_on_the_loop = False
 
@@ -131,7 +131,9 @@ class AlchemyRunner:
         self,
         make_engine: Callable[[], AsyncEngine],
         transaction_options: Callable[[bool], dict[str, Any]],
+        operations: Operations[Any] | None = None,
     ) -> None:
+        self.operations: Operations[Any] = operations or Operations()
         self._make_engine = make_engine
         self._options = transaction_options
         first = make_engine()

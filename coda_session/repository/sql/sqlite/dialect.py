@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ....config import SessionConfig
 from ....timeutil import to_sqlite_timestamp
 from ..alchemy import AlchemyDialect
-from ..dialect import WRITE_OPTION, Failure, Runner
+from ..dialect import WRITE_OPTION, Failure, Runner, SearchStatements
 from .connect import connect_aiosqlite, prepare_sqlite_file
 from .errors import classify
 from .runner import SqliteCosts, SqliteRunner
+from .search import SQLITE_SEARCH
 
 __all__ = ["SQLITE", "SqliteDialect"]
 
@@ -28,6 +29,7 @@ class SqliteDialect(AlchemyDialect):
     name = "sqlite"
     costs = SqliteCosts()
     any_type_columns = True
+    search: SearchStatements | None = SQLITE_SEARCH
 
     def classify(self, exc: BaseException) -> Failure:
         return classify(exc)

@@ -30,6 +30,11 @@ class RawExecutor:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The ``sqlite3`` connection (for the statements of this package's own)."""
+        return self._conn
+
     @classmethod
     def _sql(cls, stmt: sa.Executable) -> Compiled:
         return cls._compiler.compile(stmt)

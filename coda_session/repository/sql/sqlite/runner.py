@@ -38,6 +38,7 @@ from ..operations import Operations
 from .connect import connect_sqlite, connect_sqlite_for_loop
 from .errors import is_busy
 from .executor import RawExecutor
+from .search import SQLITE_SEARCH
 from .worker import Worker
 
 __all__ = [
@@ -158,7 +159,7 @@ def _end_snapshot(conn: sqlite3.Connection) -> None:
 class SqliteRunner:
     """The connections of one SQLite file, in one of the modes above."""
 
-    operations: Operations[RawExecutor] = Operations()
+    operations: Operations[RawExecutor] = Operations(SQLITE_SEARCH)
     own_connections = True
 
     def __init__(self, path: str, busy_timeout: float, pool_size: int, *, inline: bool) -> None:

@@ -1,0 +1,195 @@
+"""SQLite's search index: the FTS5 table ``message_fts`` (see migration 0012).
+
+``body`` holds a message's index terms joined by spaces; ``scope`` one token of its tree
+and one of its role: ``t`` and ``r`` followed by the UTF-8 bytes of the tree's key and the
+role in hex (collision-free, and words of the ``ascii`` tokenizer, which splits only at
+ASCII whitespace and punctuation, so it sees exactly the terms the library wrote). A
+scoped lookup matches the scope tokens with the query, so FTS5 intersects the term's
+rows with the tree's instead of ranking the whole store; it walks rowids newest first
+and stops at the window.
+
+Every statement binds its values; the match string is built only from
+``search.query.to_fts5`` (each term a quoted literal) and the hex tokens here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ....search.query import Query, to_fts5
+from .. import statements as q
+from ..branching import BEYOND
+from ..executors import Executor
+from ..search import MAX_ROOT_TOKENS, IndexRow, SearchScope
+from .executor import RawExecutor
+
+__all__ = ["SQLITE_SEARCH", "SqliteSearch"]
+
+_ROW_COLS = (
+    "m.id, m.role, m.content, m.timestamp, m.metadata, m.content_zlib, m.size_bytes, "
+    "m.char_count, m.root_id, m.session_id, m.ord"
+)
+
+INDEX = q.constant(
+    sa.text(
+        "INSERT INTO message_fts (rowid, body, scope) SELECT json_extract(value, '$[0]'), "
+        "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(:rows)"
+    )
+)
+ENTRIES = q.constant(
+    sa.text(
+        "SELECT rowid, scope, body FROM message_fts WHERE rowid > :lo AND rowid <= :hi "
+        "ORDER BY rowid"
+    )
+)
+#: one entry, for ``sqlite3``'s executemany on the fast path (constant text, bound values)
+INDEX_ROW = "INSERT INTO message_fts (rowid, body, scope) VALUES (?, ?, ?)"
+CLEAR = q.constant(sa.text("DELETE FROM message_fts"))
+#: the lookups' statements by their text: a few shapes (which conditions a scope has),
+#: each compiled once per process
+_SHAPES: dict[str, sa.TextClause] = {}
+
+
+def _shape(sql: str) -> sa.TextClause:
+    stmt = _SHAPES.get(sql)
+    if stmt is None:
+        stmt = _SHAPES[sql] = q.constant(sa.text(sql))
+    return stmt
+
+
+def token(kind: str, value: str) -> str:
+    """A scope token: ``kind`` (``t`` tree, ``r`` role) and ``value``'s UTF-8 in hex."""
+    return kind + value.encode("utf-8", "surrogatepass").hex()
+
+
+def _value(tok: str) -> str:
+    return bytes.fromhex(tok[1:]).decode("utf-8", "surrogatepass")
+
+
+def _any_of(tokens: Sequence[str]) -> str:
+    return "scope : (" + " OR ".join(f'"{t}"' for t in tokens) + ")"
+
+
+class SqliteSearch:
+    """:class:`~..search.SearchStatements` on FTS5."""
+
+    def compile(self, query: Query) -> str | None:
+        return to_fts5(query)
+
+    def index(self, cx: Executor, rows: Sequence[IndexRow]) -> None:
+        if not rows:
+            return
+        scopes: dict[tuple[str, str], str] = {}
+        payload = []
+        for r in rows:
+            key = (r.root_id, r.role)
+            scope = scopes.get(key)
+            if scope is None:
+                scope = scopes[key] = f"{token('t', r.root_id)} {token('r', r.role)}"
+            payload.append((r.id, r.body, scope))
+        if isinstance(cx, RawExecutor):  # the fast path: executemany is the quickest
+            cx.connection.executemany(INDEX_ROW, payload)
+        else:
+            cx.run(INDEX, {"rows": json.dumps(payload, ensure_ascii=False)})
+
+    def _where(self, match: str | None, scope: SearchScope) -> tuple[list[str], dict[str, Any]]:
+        """(conditions, parameters) of a lookup in ``scope``: the FTS5 match with the
+        scope's tokens (``f``), and conditions on the message's row (``m``)."""
+        params: dict[str, Any] = {"upto": scope.upto_id}
+        conditions: list[str] = []
+        roots = scope.roots
+        if roots is not None and scope.parts is not None and len(roots) > MAX_ROOT_TOKENS:
+            roots = None  # the views scope it alone
+        if match is not None:
+            expr = f"({match})"
+            if roots is not None:
+                expr += " AND " + _any_of([token("t", r) for r in roots])
+            if scope.roles is not None:
+                expr += " AND " + _any_of([token("r", r) for r in scope.roles])
+            params["match"] = expr
+            conditions += ["message_fts MATCH :match", "f.rowid <= :upto"]
+        else:
+            conditions += ["m.indexed IS NOT NULL", "m.id <= :upto"]
+            if roots is not None:
+                conditions.append("m.root_id IN (SELECT value FROM json_each(:roots))")
+                params["roots"] = json.dumps(roots)
+            if scope.roles is not None:
+                conditions.append("m.role IN (SELECT value FROM json_each(:roles))")
+                params["roles"] = json.dumps(scope.roles)
+        if scope.after is not None:
+            conditions.append("m.timestamp >= :after")
+            params["after"] = scope.after
+        if scope.before is not None:
+            conditions.append("m.timestamp < :before")
+            params["before"] = scope.before
+        if scope.parts is not None:
+            whole = [p[0] for p in scope.parts if p[1] < 0 and p[2] >= BEYOND]
+            ranges = [list(p) for p in scope.parts if not (p[1] < 0 and p[2] >= BEYOND)]
+            alternatives = []
+            if whole:
+                alternatives.append("m.session_id IN (SELECT value FROM json_each(:owners))")
+                params["owners"] = json.dumps(whole)
+            if ranges:
+                alternatives.append(
+                    "EXISTS (SELECT 1 FROM json_each(:parts) p WHERE "
+                    "m.session_id = json_extract(p.value, '$[0]') "
+                    "AND m.id > json_extract(p.value, '$[1]') "
+                    "AND m.id <= json_extract(p.value, '$[2]'))"
+                )
+                params["parts"] = json.dumps(ranges)
+            conditions.append("(" + " OR ".join(alternatives or ["0"]) + ")")
+        return conditions, params
+
+    def lookup(
+        self, cx: Executor, match: str | None, scope: SearchScope, limit: int
+    ) -> list[Sequence[Any]]:
+        conditions, params = self._where(match, scope)
+        where = " AND ".join(conditions)
+        if match is not None:
+            source, order = "message_fts f JOIN messages m ON m.id = f.rowid", "f.rowid"
+        else:
+            # CROSS JOIN keeps messages the outer loop (newest first by its key, stopping at
+            # the limit): the planner would otherwise scan the whole index and sort
+            source, order = "messages m CROSS JOIN message_fts f ON f.rowid = m.id", "m.id"
+        stmt = _shape(
+            f"SELECT {_ROW_COLS}, f.body FROM {source} "  # noqa: S608 - constant text
+            f"WHERE {where} ORDER BY {order} DESC LIMIT :n"
+        )
+        return list(cx.rows(stmt, {**params, "n": limit}))
+
+    def count(self, cx: Executor, match: str | None, scope: SearchScope, cap: int) -> int:
+        conditions, params = self._where(match, scope)
+        where = " AND ".join(conditions)
+        if match is None:
+            source = "messages m"
+        elif len(conditions) > 2:  # conditions on the message's row besides the match
+            source = "message_fts f JOIN messages m ON m.id = f.rowid"
+        else:
+            source = "message_fts f"
+        stmt = _shape(
+            f"SELECT count(*) FROM (SELECT 1 FROM {source} "  # noqa: S608 - constant text
+            f"WHERE {where} LIMIT :cap)"
+        )
+        return int(cx.rows(stmt, {**params, "cap": cap})[0][0])
+
+    def entries(self, cx: Executor, lo: int, hi: int) -> list[IndexRow]:
+        out: list[IndexRow] = []
+        for rowid, scope, body in cx.rows(ENTRIES, {"lo": lo, "hi": hi}):
+            tree = role = ""
+            for tok in str(scope).split():
+                if tok[:1] == "t":
+                    tree = _value(tok)
+                elif tok[:1] == "r":
+                    role = _value(tok)
+            out.append(IndexRow(int(rowid), tree, role, str(body)))
+        return out
+
+    def clear(self, cx: Executor) -> None:
+        cx.run(CLEAR, {})
+
+
+SQLITE_SEARCH = SqliteSearch()
