@@ -60,6 +60,10 @@ def bench(session: nox.Session) -> None:
     # copy-on-write branching (fork cost, deep-branch reads, storage of forks): SQLite, and
     # PostgreSQL when a server is configured (as above)
     session.run("python", "benchmarks/branching.py", *session.posargs)
+    # full-text search and filtered listing against the LIKE scans and Python filters they
+    # replace, and what the index costs the writes against the library before it (the tag
+    # issue18-base, in a child process; skipped with a line when the tag is missing)
+    session.run("python", "benchmarks/search.py", *session.posargs)
     # statement and round-trip counts of the common operations on every SQL path (no
     # timing: counts, the same on any machine; takes no --quick)
     session.run("python", "benchmarks/statements.py")

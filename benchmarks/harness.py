@@ -371,6 +371,11 @@ class Server:
             await conn.close()
         return found, ", ".join(settings)
 
+    async def drop(self, name: str) -> None:
+        """Drop one database of this run (made by :meth:`create`) before the end."""
+        await self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.made.remove(name)
+
     async def drop_all(self) -> None:
         made, self.made = self.made, []
         if made:
