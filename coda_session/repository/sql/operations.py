@@ -49,6 +49,8 @@ from .branching import (
 from .executors import Executor
 from .rows import infos_of, message_of, session_of
 from .search import (
+    NotingDeletes,
+    OrphanSweeping,
     SearchStatements,
     check,
     index_pending,
@@ -58,6 +60,7 @@ from .search import (
     index_written_or_defer,
     reset,
     search,
+    sweep_some,
 )
 
 __all__ = ["ONE_STATEMENT", "Operations", "one_statement"]
@@ -314,14 +317,16 @@ class Operations(Generic[X]):
         dropped: list[MessageRecord] = []
         if req.truncation is not None or req.drop_newest:
             cut = req.truncation
+            dx = self._deleting(cx)
             if cut is not None:
-                gone, gone_size = cut_oldest(cx, sid, root, cut.upto_id, cut.keep, req.updated_at)
+                gone, gone_size = cut_oldest(dx, sid, root, cut.upto_id, cut.keep, req.updated_at)
                 count_delta -= gone
                 size_delta -= gone_size
             if req.drop_newest:
-                dropped = drop_newest(cx, sid, root, req.drop_newest, req.updated_at)
+                dropped = drop_newest(dx, sid, root, req.drop_newest, req.updated_at)
                 count_delta -= len(dropped)
                 size_delta -= sum(r.size for r in dropped)
+            self._deleted(cx, dx)
         params = {
             **key,
             "updated_at": req.updated_at,
@@ -366,13 +371,15 @@ class Operations(Generic[X]):
         lock_tree(cx, root)
         if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
             return False
+        dx = self._deleting(cx)
         # the sessions inheriting its segments take copies of those they show first
-        release(cx, root, session_id)
-        parts = [p for p in segments(cx, root, session_id) if p.listed_by == session_id]
-        cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
-        detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
-        deleted = cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
-        reclaim(cx, (p.owner for p in parts), root)
+        release(dx, root, session_id)
+        parts = [p for p in segments(dx, root, session_id) if p.listed_by == session_id]
+        dx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
+        detach(dx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
+        deleted = dx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
+        reclaim(dx, (p.owner for p in parts), root)
+        self._deleted(cx, dx)
         self.index_others(cx)
         return deleted
 
@@ -393,12 +400,25 @@ class Operations(Generic[X]):
 
     # -- search (see .search) ---------------------------------------------------------
 
+    def _deleting(self, cx: X) -> Executor:
+        """The executor a write's deletions of messages run on: one noting what they
+        remove when the index keeps the entries of deleted messages (orphans, removed
+        later: :class:`.search.OrphanSweeping`), else ``cx`` itself."""
+        return NotingDeletes(cx) if isinstance(self.search, OrphanSweeping) else cx
+
+    def _deleted(self, cx: X, dx: Executor) -> None:
+        """Note the id ranges the deletions on ``dx`` (:meth:`_deleting`) removed."""
+        if isinstance(dx, NotingDeletes) and isinstance(self.search, OrphanSweeping):
+            self.search.note_gone(cx, dx.gone)
+
     def index_others(self, cx: X) -> int:
         """Index a bounded batch of the pending rows (small saves', another program's)
         once there are enough of them (:data:`.search.FLUSH_AT`): every write of ours
         calls it, so they do not stay pending for long. Returns how many."""
         if self.search is None:
             return 0
+        # and a bounded batch of the orphans our deletes left (.search.OrphanSweeping)
+        sweep_some(cx, self.search)
         return index_some_pending(cx, self.search)
 
     def index_batch(self, cx: X, limit: int) -> int:
