@@ -448,9 +448,13 @@ async def test_orphans_are_removed_by_later_writes_in_bounded_batches(
     assert await _counted(env, "needle") == ([f"needle cut{i}" for i in range(19, 14, -1)], 5, True)
 
     other = await env.manager.create_session("writer")
+    other.add_message(user("a small save"))  # pending: it changes no index, sweeps nothing
+    await env.manager.save_session(other)
+    assert _orphan_rows(env) == orphans
     writes = 0
     while orphans:
-        other.add_message(user(f"write {writes}"))  # a small save: pending, not indexed
+        for i in range(DEFER_UNDER):  # a save that indexes its messages sweeps a batch
+            other.add_message(user(f"write {writes}.{i}"))
         await env.manager.save_session(other)
         writes += 1
         now = _orphan_rows(env)

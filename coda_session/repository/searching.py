@@ -106,9 +106,7 @@ class SearchIndexReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.stale or self.problems) and (
-            self.index_version == self.current_version
-        )
+        return not (self.stale or self.problems) and (self.index_version == self.current_version)
 
 
 class Searching(Protocol):

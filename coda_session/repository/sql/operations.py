@@ -49,6 +49,7 @@ from .branching import (
 from .executors import Executor
 from .rows import infos_of, message_of, session_of
 from .search import (
+    DEFER_UNDER,
     NotingDeletes,
     OrphanSweeping,
     SearchStatements,
@@ -355,7 +356,10 @@ class Operations(Generic[X]):
             cx.run(q.SET_LAST_MESSAGE_ID, {**key, "last_id": last_id})
             if self.search is not None:
                 index_written_or_defer(cx, self.search, sid, root, req.messages, ids, bodies)
-        self.index_others(cx)
+        self.index_others(
+            cx,
+            len(ids) >= DEFER_UNDER or req.truncation is not None or bool(req.drop_newest),
+        )
         if metadata is None:
             # unchanged by this save; sent back (and decoded) only if another writer changed it
             if version != req.metadata_version:
@@ -380,7 +384,7 @@ class Operations(Generic[X]):
         deleted = dx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
         reclaim(dx, (p.owner for p in parts), root)
         self._deleted(cx, dx)
-        self.index_others(cx)
+        self.index_others(cx, True)
         return deleted
 
     @one_statement
@@ -411,15 +415,21 @@ class Operations(Generic[X]):
         if isinstance(dx, NotingDeletes) and isinstance(self.search, OrphanSweeping):
             self.search.note_gone(cx, dx.gone)
 
-    def index_others(self, cx: X) -> int:
+    def index_others(self, cx: X, indexes: bool = False) -> int:
         """Index a bounded batch of the pending rows (small saves', another program's)
         once there are enough of them (:data:`.search.FLUSH_AT`): every write of ours
-        calls it, so they do not stay pending for long. Returns how many."""
+        calls it, so they do not stay pending for long. Returns how many.
+
+        A write that changes the index anyway (``indexes``: it indexed its messages or
+        deleted some, or this flush indexed pending rows) also removes a bounded batch of
+        the orphans our deletes left (:func:`.search.sweep_some`); a small save does not,
+        so its cost stays that of a save without an index."""
         if self.search is None:
             return 0
-        # and a bounded batch of the orphans our deletes left (.search.OrphanSweeping)
-        sweep_some(cx, self.search)
-        return index_some_pending(cx, self.search)
+        indexed = index_some_pending(cx, self.search)
+        if indexes or indexed:
+            sweep_some(cx, self.search)
+        return indexed
 
     def index_batch(self, cx: X, limit: int) -> int:
         """Index the oldest ``limit`` pending rows (a bulk indexing's step)."""
@@ -587,7 +597,7 @@ class Operations(Generic[X]):
             size += sum(r.byte_size() for r in batch)
             count += len(batch)
             check_import_size(record.name, size, max_bytes)
-        self.index_others(cx)
+        self.index_others(cx, True)
         last = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
         if fork is not None:
             last = max(base.last_message_id, last)

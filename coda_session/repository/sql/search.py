@@ -201,9 +201,11 @@ FLUSH_AT = 32
 #: ... at most this many of them (another program may have written millions)
 PENDING_PER_WRITE = 1024
 #: index entries a write of ours walks at most to remove orphans (of the ranges our
-#: deletes noted, :class:`OrphanSweeping`): removing one costs ~70 us, so a write pays at
-#: most ~20 ms, and a 100k-message delete's orphans are gone after ~400 writes (shown
-#: never: lookups join the messages)
+#: deletes noted, :class:`OrphanSweeping`), when it changes the index anyway (a save of
+#: :data:`DEFER_UNDER` messages or more, a flush of :data:`FLUSH_AT` pending rows, a
+#: truncation, a delete, an import): removing one costs ~70 us, so such a write pays at
+#: most ~20 ms more, and small saves nothing. Orphans are never shown (lookups join the
+#: messages); a backlog only makes a lookup skip them, and a rebuild removes them all.
 ORPHANS_PER_WRITE = 256
 #: rows one transaction of a bulk indexing (after an upgrade, a rebuild) indexes
 BULK_ROWS = 5000
@@ -284,7 +286,7 @@ def index_some_pending(cx: Executor, statements: SearchStatements) -> int:
 
 def sweep_some(cx: Executor, statements: SearchStatements) -> int:
     """Remove a bounded batch of the orphans our deletes left (:data:`ORPHANS_PER_WRITE`;
-    every write of ours calls it); returns how many."""
+    a write of ours that changes the index calls it); returns how many."""
     if not isinstance(statements, OrphanSweeping):
         return 0
     return statements.sweep(cx, ORPHANS_PER_WRITE)
