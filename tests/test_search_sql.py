@@ -130,8 +130,11 @@ async def test_a_branch_reindexes_nothing_and_shows_what_it_inherits(env: Env) -
     assert (env.fts_rows(), env.pending()) == (6, 0)  # shared history is indexed once
     b.add_message(user("branch only"))
     await env.manager.save_session(b)
-    # a small save leaves its message to a later write (see DEFER_UNDER); found meanwhile
-    assert (env.fts_rows(), env.pending()) == (6, 1)
+    # a small save leaves its message to a later write (see DEFER_UNDER); found meanwhile.
+    # PostgreSQL's append indexes its rows in its one statement (an append writes nothing
+    # else that could index them later)
+    deferred = (7, 0) if env.store.backend == "postgresql" else (6, 1)
+    assert (env.fts_rows(), env.pending()) == deferred
 
     branch = await env.session_ids("branch")
     main = await env.session_ids("main")

@@ -58,12 +58,12 @@ def test_index_version_is_a_positive_int() -> None:
         ("Hello, World!", ["hello", "world"]),
         ("get_items", ["get", "item"]),
         ("src/app/main.py", ["src", "app", "main", "py"]),
-        ("sqlite3.OperationalError", ["sqlite3", "operational", "error", "operationalerror"]),
+        ("sqlite3.OperationalError", ["sqlite3", "operationalerror", "operational", "error"]),
         ("E501 line too long", ["e501", "line", "too", "long"]),
         ("ERR_CONNECTION_REFUSED", ["err", "connection", "refused"]),
-        ("SessionManager", ["session", "manager", "sessionmanager"]),
-        ("HTTPServer", ["http", "server", "httpserver"]),
-        ("utf8Decoder", ["utf8", "decoder", "utf8decoder"]),
+        ("SessionManager", ["sessionmanager", "session", "manager"]),
+        ("HTTPServer", ["httpserver", "http", "server"]),
+        ("utf8Decoder", ["utf8decoder", "utf8", "decoder"]),
         (
             "queries classes messages status analysis this",
             ["query", "classe", "message", "status", "analysis", "this"],
@@ -116,17 +116,26 @@ def test_terms_hold_no_ascii_separator_nor_surrogate() -> None:
         assert term == term.casefold() or not term.isascii()
 
 
+def test_a_camel_cased_word_keeps_its_place_in_a_phrase() -> None:
+    assert found("SQLite reports the error", '"sqlite reports"')
+    assert found("call the getItems helper", '"the getitems helper"')
+    assert found("call the getItems helper", '"the getItems helper"')
+    assert found("the SessionManager saved", "session")
+    assert found("the SessionManager saved", "manager saved")
+    assert found("the SessionManager saved", '"session manager"')
+
+
 def test_term_spans_point_at_the_original_characters() -> None:
     text = "Les SessionManagers de 会话 ✓"
     spans = term_spans(text)
     assert [(t, text[a:b]) for t, a, b in spans] == [
         ("le", "Les"),
-        ("session", "Session"),
-        ("manager", "Managers"),
+        ("sessionmanager", "SessionManagers"),
         ("de", "de"),
         ("会话", "会话"),
         ("✓", "✓"),
-        ("sessionmanager", "SessionManagers"),
+        ("session", "Session"),
+        ("manager", "Managers"),
     ]
 
 
@@ -376,7 +385,7 @@ def phrase(*words: str, prefix: bool = False) -> Phrase:
         ("col:x", [[phrase("col", "x")]], []),
         ('ab"c', [[phrase("ab", "c")]], []),
         ("get_items", [[phrase("get", "item")]], []),
-        ("SessionManager", [[phrase("session", "manager")]], []),
+        ("SessionManager", [[phrase("sessionmanager")]], []),
         ("会话管理", [[phrase("会话", "话管", "管理")]], []),
         ("* - ^ ()", [], []),
         ("", [], []),

@@ -242,24 +242,24 @@ PAGED_ORDERS = [
 
 
 async def test_paging_while_sessions_are_added_and_updated(amanager: AsyncSessionManager) -> None:
+    for i in range(9):
+        s = await amanager.create_session(f"s{i:02d}")
+        s.update_metadata({"tags": ["paged"]})
+        await amanager.save_session(s)
     for order, descending in PAGED_ORDERS:
         await _page_while_changing(amanager, order, descending)
 
 
 async def _page_while_changing(amanager: AsyncSessionManager, order: str, descending: bool) -> None:
-    tag = f"{order}-{descending}"
-    for i in range(12):
-        s = await amanager.create_session(f"{tag}-s{i:02d}")
-        s.update_metadata({"tags": [tag]})
-        await amanager.save_session(s)
-    start = await amanager.list_sessions(tags=tag, order=order, descending=descending)
+    label = f"{order}-{descending}"
+    start = await amanager.list_sessions(tags="paged", order=order, descending=descending)
     updated: set[str] = set()
     seen: list[str] = []
     cursor = None
     turn = 0
     while True:
         page = await amanager.list_sessions(
-            tags=tag, order=order, descending=descending, limit=4, cursor=cursor
+            tags="paged", order=order, descending=descending, limit=4, cursor=cursor
         )
         seen += _names(page)
         cursor = page.next_cursor
@@ -267,22 +267,22 @@ async def _page_while_changing(amanager: AsyncSessionManager, order: str, descen
             break
         # between pages: a new session, and an update of one already listed and of one
         # still to come
-        new = await amanager.create_session(f"{tag}-new{turn}")
-        new.update_metadata({"tags": [tag]})
+        new = await amanager.create_session(f"{label}-new{turn}")
+        new.update_metadata({"tags": ["paged"]})
         await amanager.save_session(new)
         for name in (seen[0], _names(start)[-1 - turn]):
             s = await amanager.load_session(name)
-            s.update_metadata({"turn": turn, "tags": [tag]})
+            s.update_metadata({"turn": f"{label}-{turn}"})
             await amanager.save_session(s)
             updated.add(name)
         turn += 1
-    assert turn >= 2
-    assert len(seen) == len(set(seen)), (tag, seen)  # none twice
+    assert turn >= 2, label
+    assert len(seen) == len(set(seen)), (label, seen)  # none twice
     kept = [n for n in _names(start) if n not in updated]
-    assert set(kept) <= set(seen)  # none skipped that kept its place
-    assert [n for n in seen if n in kept] == kept  # in order
+    assert set(kept) <= set(seen), label  # none skipped that kept its place
+    assert [n for n in seen if n in kept] == kept, label  # in order
     if order == "updated":
-        assert not any("-new" in n for n in seen[4:])  # updated after the pin
+        assert not any(f"{label}-new" in n for n in seen), label  # updated after the pin
 
 
 def test_limit_pages_and_the_last_page(corpus: SessionManager) -> None:

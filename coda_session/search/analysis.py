@@ -32,13 +32,16 @@ The index terms (:func:`terms`)
    ``SessionManager`` gives ``session``, ``manager``; ``HTTPServer`` gives ``http``,
    ``server``; ``utf8Decoder`` gives ``utf8``, ``decoder``; ``IPv6`` gives ``i``,
    ``pv6``. A word without such a turn is kept whole: ``sqlite3``, ``E501``, ``ERR`` (and
-   ``ERR_CONNECTION_REFUSED`` is the phrase ``err connection refused``). The whole of
-   every split word is also indexed (``sessionmanager``; ``github`` for ``GitHub``,
-   ``ipv6`` for ``IPv6``), after all the message's other terms, so a word typed in lower
-   case finds its camel-cased spelling; a query's words give their parts only
-   (:func:`query_terms`), so a camel-cased query word is the phrase of its parts. (These
-   wholes sit together at the end: a quoted phrase of several such lower-cased wholes can
-   match words that are apart in the text.)
+   ``ERR_CONNECTION_REFUSED`` is the phrase ``err connection refused``). A split word
+   keeps its place as its whole (``sessionmanager``; ``github`` for ``GitHub``, ``ipv6``
+   for ``IPv6``), and its parts are indexed too, after all the message's other terms: so
+   ``SessionManager`` is found by ``session`` or ``manager`` alone, by
+   ``sessionmanager`` and ``SessionManager`` (a query's words give their wholes only:
+   :func:`query_terms`), and inside a quoted phrase as written in any case (``"sqlite
+   reports"`` finds "SQLite reports"). One word's parts follow each other, so the quoted
+   phrase of its parts (``"session manager"``) finds it too; parts of several such words
+   sit together at the end, so a quoted phrase of parts may match parts of words that are
+   apart in the text.
 3. **Chinese, Japanese, Korean.** A run of Han, Hiragana, Katakana or Hangul characters
    gives its overlapping bigrams (``会话管理`` gives ``会话``, ``话管``, ``管理``); a lone
    such character gives itself. A word of two or more characters typed in a query is the
@@ -95,7 +98,7 @@ __all__ = [
 ]
 
 #: The version of the rules below; stored with every SQL index (a different one rebuilds).
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 #: Terms are cut to this many characters.
 MAX_TERM_LENGTH = 100
@@ -302,8 +305,8 @@ def term_spans(text: str) -> list[tuple[str, int, int]]:
     """``(term, start, end)`` of every index term of ``text``: the characters
     ``text[start:end]`` it comes from (for snippets); the terms are :func:`terms`'s.
 
-    The whole of a split identifier comes after the positional terms, with the span of the
-    whole word.
+    The parts of a split identifier come after the positional terms, each with the span of
+    its part of the word.
     """
     out: list[tuple[str, int, int]] = []
     wholes: list[tuple[str, int, int]] = []
@@ -315,12 +318,12 @@ def term_spans(text: str) -> list[tuple[str, int, int]]:
             if whole is None:
                 out.append((found[0], start, end))
             else:
+                out.append((whole, start, end))
                 spans = _parts(word)
-                out.extend(
+                wholes.extend(
                     (term, start + lo, start + hi)
                     for term, (lo, hi) in zip(found, spans, strict=True)
                 )
-                wholes.append((whole, start, end))
         elif match.lastindex == 2:
             run = match.group()
             if len(run) == 1:
@@ -341,12 +344,12 @@ def terms(text: str) -> list[str]:
 
 
 def query_terms(text: str) -> list[str]:
-    """The terms of one word or phrase typed in a query: :func:`terms` without the wholes
-    of split identifiers (``SessionManager`` is the phrase ``session manager``)."""
+    """The terms of one word or phrase typed in a query: :func:`terms` without the parts
+    of split identifiers (``SessionManager`` is the term ``sessionmanager``)."""
     return _terms(text, False)
 
 
-def _terms(text: str, wholes_too: bool) -> list[str]:
+def _terms(text: str, parts_too: bool) -> list[str]:
     # ASCII separators become spaces (bytes.translate, a table lookup per byte), so that
     # str.split() gives chunks that are mostly one word each, looked up in _SIMPLE at C
     # speed; only a chunk holding non-ASCII characters goes through the tokenizer.
@@ -366,16 +369,22 @@ def _terms(text: str, wholes_too: bool) -> list[str]:
             append(term)
         elif chunk.isascii():
             parts, whole = _word_terms(chunk)
-            found.extend(parts)
-            if whole is not None and wholes_too:
-                wholes.append(whole)
+            if whole is None:
+                found.extend(parts)
+            else:
+                append(whole)
+                if parts_too:
+                    wholes.extend(parts)
         else:
             for word, run, other in _TOKEN.findall(chunk):
                 if word:
                     parts, whole = _word_terms(word)
-                    found.extend(parts)
-                    if whole is not None and wholes_too:
-                        wholes.append(whole)
+                    if whole is None:
+                        found.extend(parts)
+                    else:
+                        append(whole)
+                        if parts_too:
+                            wholes.extend(parts)
                 elif run:
                     if len(run) == 1:
                         append(run)

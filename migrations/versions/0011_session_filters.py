@@ -9,8 +9,11 @@
   filter becomes lookups of (path, kind, value) in its indexes.
 * ``session_tags``: one row per distinct string in each session's ``metadata["tags"]``
   list, indexed by tag.
+* Both carry their session's ``created_at`` and ``name`` (copied, kept in step), and are
+  indexed by value, then ``(created_at, name)``: a filtered listing in the default order
+  reads its page straight from one index range, however rare or common the value.
 * Both are kept in step by triggers on ``sessions`` (insert, update of ``metadata``,
-  delete), so the metadata another program writes is filtered as the library's own, and
+  ``name`` or ``created_at``, delete), so the metadata another program writes is filtered as the library's own, and
   the stored metadata stays byte for byte what the caller saved: the tables are derived
   from it, never the other way round. Metadata that is not a JSON object gives no row.
 * ``ix_sessions_created_at_name`` and ``ix_sessions_updated_at_name``: the orders of a
@@ -64,25 +67,33 @@ def upgrade() -> None:
         sa.Column("txt", sa.Text(), nullable=True),
         sa.Column("path_key", sa.Text(), nullable=False),
         sa.Column("txt_key", sa.Text(), nullable=True),
-    )
-    op.create_index("ix_session_fields_session_id", "session_fields", ["session_id"])
-    op.create_index(
-        "ix_session_fields_path_key_kind_txt_key",
-        "session_fields",
-        ["path_key", "kind", "txt_key", "session_id"],
+        sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=True),
+        sa.Column("name", sa.Text(), nullable=True),
     )
     op.create_index(
-        "ix_session_fields_path_key_kind_num",
+        "ix_session_fields_session_id_path_key", "session_fields", ["session_id", "path_key"]
+    )
+    op.create_index(
+        "ix_session_fields_path_key_kind_txt_key_created_at",
         "session_fields",
-        ["path_key", "kind", "num", "session_id"],
+        ["path_key", "kind", "txt_key", "created_at", "name"],
+    )
+    op.create_index(
+        "ix_session_fields_path_key_kind_num_created_at",
+        "session_fields",
+        ["path_key", "kind", "num", "created_at", "name"],
     )
     op.create_table(
         "session_tags",
         sa.Column("session_id", sa.Text(), nullable=False),
         sa.Column("tag", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=True),
+        sa.Column("name", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("session_id", "tag", name="pk_session_tags"),
     )
-    op.create_index("ix_session_tags_tag_session_id", "session_tags", ["tag", "session_id"])
+    op.create_index(
+        "ix_session_tags_tag_created_at_name", "session_tags", ["tag", "created_at", "name"]
+    )
     op.create_index("ix_sessions_created_at_name", "sessions", ["created_at", "name"])
     op.create_index("ix_sessions_updated_at_name", "sessions", ["updated_at", "name"])
     if bind.dialect.name == "postgresql":
@@ -145,10 +156,12 @@ def _sqlite_fill(row: str, source: tuple[str, ...] = ()) -> list[str]:
         "ELSE '[]' END"
     )
     return [
-        "INSERT INTO session_fields (session_id, path, kind, num, txt, path_key, txt_key) "  # noqa: S608
-        f"SELECT v.*, substr(v.path, 1, {KEY_CHARS}), substr(v.txt, 1, {KEY_CHARS}) "
-        f"FROM ({levels}) v",
-        f"INSERT INTO session_tags (session_id, tag) SELECT DISTINCT {row}.id, t.atom "  # noqa: S608
+        "INSERT INTO session_fields (session_id, path, kind, num, txt, path_key, txt_key, "  # noqa: S608
+        f"created_at, name) SELECT v.*, substr(v.path, 1, {KEY_CHARS}), "
+        f"substr(v.txt, 1, {KEY_CHARS}), {row}.created_at, {row}.name "
+        f"FROM ({levels}) v{', sessions ' + row + ' WHERE ' + row + '.id = v.session_id' if source else ''}",
+        f"INSERT INTO session_tags (session_id, tag, created_at, name) "  # noqa: S608
+        f"SELECT DISTINCT {row}.id, t.atom, {row}.created_at, {row}.name "
         f"FROM {', '.join([*source, f'json_each({tags}) t'])} WHERE t.type = 'text'",
     ]
 
@@ -163,8 +176,10 @@ def _sqlite() -> None:
         f"CREATE TRIGGER coda_session_fields_insert AFTER INSERT ON sessions BEGIN {fill} END"
     )
     op.execute(
-        "CREATE TRIGGER coda_session_fields_update AFTER UPDATE OF id, metadata ON sessions "
-        f"WHEN NEW.metadata IS NOT OLD.metadata OR NEW.id IS NOT OLD.id BEGIN {clear} {fill} END"
+        "CREATE TRIGGER coda_session_fields_update AFTER UPDATE OF id, name, created_at, "
+        "metadata ON sessions WHEN NEW.metadata IS NOT OLD.metadata OR NEW.id IS NOT OLD.id "
+        "OR NEW.name IS NOT OLD.name OR NEW.created_at IS NOT OLD.created_at "
+        f"BEGIN {clear} {fill} END"
     )
     op.execute(
         f"CREATE TRIGGER coda_session_fields_delete AFTER DELETE ON sessions BEGIN {clear} END"
@@ -178,7 +193,7 @@ def _sqlite() -> None:
 
 _PG_CHILDREN = """
 CREATE FUNCTION coda_json_children(v jsonb) RETURNS TABLE(seg text, child jsonb)
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE ROWS 8 AS $$
     SELECT length(k.key) || ':' || k.key, k.value
     FROM jsonb_each(CASE WHEN jsonb_typeof(v) = 'object' THEN v ELSE '{}'::jsonb END) k
     UNION ALL
@@ -204,8 +219,12 @@ END $$
 """
 
 _PG_INDEX = f"""
-CREATE FUNCTION coda_index_session_metadata(sid text, meta text) RETURNS void
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION coda_index_session_metadata(
+    sid text, meta text, created timestamptz, sname text
+) RETURNS void
+-- no JIT: the recursive query's estimate (a thousand-fold the few rows metadata has)
+-- made every call JIT-compile it, over a second per metadata write
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     doc jsonb;
 BEGIN
@@ -218,7 +237,8 @@ BEGIN
     IF jsonb_typeof(doc) IS DISTINCT FROM 'object' THEN
         RETURN;
     END IF;
-    INSERT INTO session_fields (session_id, path, kind, num, txt, path_key, txt_key)
+    INSERT INTO session_fields
+        (session_id, path, kind, num, txt, path_key, txt_key, created_at, name)
     WITH RECURSIVE w(path, v, depth) AS (
         SELECT c.seg, c.child, 1 FROM coda_json_children(doc) c
         UNION ALL
@@ -235,10 +255,11 @@ BEGIN
             WHEN 'object' THEN (SELECT count(*) FROM jsonb_object_keys(w.v)) END,
         CASE WHEN jsonb_typeof(w.v) = 'string' THEN w.v #>> '{{}}' END,
         substr(w.path, 1, {KEY_CHARS}),
-        CASE WHEN jsonb_typeof(w.v) = 'string' THEN substr(w.v #>> '{{}}', 1, {KEY_CHARS}) END
+        CASE WHEN jsonb_typeof(w.v) = 'string' THEN substr(w.v #>> '{{}}', 1, {KEY_CHARS}) END,
+        created, sname
     FROM w;
-    INSERT INTO session_tags (session_id, tag)
-    SELECT DISTINCT sid, t.value #>> '{{}}'
+    INSERT INTO session_tags (session_id, tag, created_at, name)
+    SELECT DISTINCT sid, t.value #>> '{{}}', created, sname
     FROM jsonb_array_elements(CASE WHEN jsonb_typeof(doc -> 'tags') = 'array'
         THEN doc -> 'tags' ELSE '[]'::jsonb END) t
     WHERE jsonb_typeof(t.value) = 'string';
@@ -255,7 +276,8 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
-    PERFORM coda_index_session_metadata(NEW.id, CAST(NEW.metadata AS text));
+    PERFORM coda_index_session_metadata(
+        NEW.id, CAST(NEW.metadata AS text), NEW.created_at, NEW.name);
     RETURN NEW;
 END $$
 """
@@ -271,9 +293,10 @@ def _postgresql() -> None:
         "EXECUTE FUNCTION coda_session_fields()"
     )
     op.execute(
-        "CREATE TRIGGER coda_session_fields_update AFTER UPDATE OF id, metadata ON sessions "
-        "FOR EACH ROW WHEN (CAST(NEW.metadata AS text) IS DISTINCT FROM "
-        "CAST(OLD.metadata AS text) OR NEW.id IS DISTINCT FROM OLD.id) "
+        "CREATE TRIGGER coda_session_fields_update AFTER UPDATE OF id, name, created_at, "
+        "metadata ON sessions FOR EACH ROW WHEN (CAST(NEW.metadata AS text) IS DISTINCT FROM "
+        "CAST(OLD.metadata AS text) OR NEW.id IS DISTINCT FROM OLD.id OR NEW.name IS "
+        "DISTINCT FROM OLD.name OR NEW.created_at IS DISTINCT FROM OLD.created_at) "
         "EXECUTE FUNCTION coda_session_fields()"
     )
     op.execute(
@@ -281,7 +304,10 @@ def _postgresql() -> None:
         "EXECUTE FUNCTION coda_session_fields()"
     )
     # the rows already stored, session by session inside one statement
-    op.execute("SELECT coda_index_session_metadata(id, CAST(metadata AS text)) FROM sessions")
+    op.execute(
+        "SELECT coda_index_session_metadata(id, CAST(metadata AS text), created_at, name) "
+        "FROM sessions"
+    )
 
 
 def downgrade() -> None:
@@ -291,14 +317,16 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER IF EXISTS {name}{' ON sessions' if postgresql else ''}")
     if postgresql:
         op.execute("DROP FUNCTION IF EXISTS coda_session_fields()")
-        op.execute("DROP FUNCTION IF EXISTS coda_index_session_metadata(text, text)")
+        op.execute(
+            "DROP FUNCTION IF EXISTS coda_index_session_metadata(text, text, timestamptz, text)"
+        )
         op.execute("DROP FUNCTION IF EXISTS coda_json_children(jsonb)")
         op.execute("DROP FUNCTION IF EXISTS coda_json_numeric(text)")
     op.drop_index("ix_sessions_updated_at_name", table_name="sessions")
     op.drop_index("ix_sessions_created_at_name", table_name="sessions")
-    op.drop_index("ix_session_tags_tag_session_id", table_name="session_tags")
+    op.drop_index("ix_session_tags_tag_created_at_name", table_name="session_tags")
     op.drop_table("session_tags")
-    op.drop_index("ix_session_fields_path_key_kind_num", table_name="session_fields")
-    op.drop_index("ix_session_fields_path_key_kind_txt_key", table_name="session_fields")
-    op.drop_index("ix_session_fields_session_id", table_name="session_fields")
+    op.drop_index("ix_session_fields_path_key_kind_num_created_at", table_name="session_fields")
+    op.drop_index("ix_session_fields_path_key_kind_txt_key_created_at", table_name="session_fields")
+    op.drop_index("ix_session_fields_session_id_path_key", table_name="session_fields")
     op.drop_table("session_fields")

@@ -18,7 +18,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from ...escaping import escape
-from ..filters import SessionFilter, SessionPage, name_upper_bound
+from ..filters import FieldCondition, SessionFilter, SessionPage, name_upper_bound
 from . import statements as q
 from .executors import Executor
 from .operations import one_statement
@@ -72,21 +72,39 @@ def _number(bind: _Binds, text: str) -> sa.ColumnElement[Any]:
     return sa.cast(sa.cast(bind(text), sa.Text), sa.Numeric)
 
 
-def _conditions(flt: SessionFilter, bind: _Binds) -> list[sa.ColumnElement[bool]]:
-    where: list[sa.ColumnElement[bool]] = [q.visible()]
-    for c in flt.conditions:
-        looked = [f.c.path_key == bind(c.path[:KEY_CHARS]), f.c.kind == bind(c.kind)]
-        if len(c.path) > KEY_CHARS:
-            looked.append(f.c.path == bind(c.path))
-        if c.txt is not None:
-            looked.append(f.c.txt_key == bind(c.txt[:KEY_CHARS]))
-            if len(c.txt) > KEY_CHARS:
-                looked.append(f.c.txt == bind(c.txt))
-        if c.num is not None:
-            looked.append(f.c.num == _number(bind, c.num))
-        where.append(s.c.id.in_(sa.select(f.c.session_id).where(*looked)))
-    for tag in flt.tags:
-        where.append(s.c.id.in_(sa.select(t.c.session_id).where(t.c.tag == bind(escape(tag)))))
+def _field_lookup(
+    c: FieldCondition, bind: _Binds, table: sa.FromClause
+) -> list[sa.ColumnElement[bool]]:
+    looked = [table.c.path_key == bind(c.path[:KEY_CHARS]), table.c.kind == bind(c.kind)]
+    if len(c.path) > KEY_CHARS:
+        looked.append(table.c.path == bind(c.path))
+    if c.txt is not None:
+        looked.append(table.c.txt_key == bind(c.txt[:KEY_CHARS]))
+        if len(c.txt) > KEY_CHARS:
+            looked.append(table.c.txt == bind(c.txt))
+    if c.num is not None:
+        looked.append(table.c.num == _number(bind, c.num))
+    return looked
+
+
+def _conditions(
+    flt: SessionFilter, bind: _Binds, *, skip_tag: int | None, skip_field: int | None
+) -> list[sa.ColumnElement[bool]]:
+    """Every filter as a condition on ``sessions`` (the one the driving table answers
+    left out): the side-table lookups as correlated EXISTS on the session's own rows."""
+    # (statements.LIST_SESSIONS, which the page extends, already leaves holders out)
+    where: list[sa.ColumnElement[bool]] = []
+    for index, c in enumerate(flt.conditions):
+        if index != skip_field:
+            probe = f.alias()
+            looked = _field_lookup(c, bind, probe)
+            where.append(sa.exists().where(probe.c.session_id == s.c.id, *looked))
+    for index, tag in enumerate(flt.tags):
+        if index != skip_tag:
+            probe = t.alias()
+            where.append(
+                sa.exists().where(probe.c.session_id == s.c.id, probe.c.tag == bind(escape(tag)))
+            )
     if flt.name_prefix is not None:
         prefix = escape(flt.name_prefix)
         where.append(code_points(s.c.name) >= bind(prefix))
@@ -122,12 +140,38 @@ def _conditions(flt: SessionFilter, bind: _Binds) -> list[sa.ColumnElement[bool]
 
 def page_statement(flt: SessionFilter) -> tuple[sa.Select[Any], dict[str, Any]]:
     """The SELECT of ``flt``'s page (one more row than the limit: whether more follow)
-    and its parameters; the columns of ``statements.LIST_SESSIONS``."""
+    and its parameters; the columns of ``statements.LIST_SESSIONS``.
+
+    In the default order with a tag or metadata filter, the page is read from one range
+    of the driving side table's index ``(value, created_at, name)`` (a tag if there is
+    one, else the first metadata condition), the other filters checked per row: the
+    cost follows the page, not how many sessions match. Otherwise the sessions are read
+    in their own order (``created_at, name`` and ``updated_at, name`` are indexed) with
+    every filter checked per row.
+    """
     bind = _Binds()
-    where = _conditions(flt, bind)
-    keys: list[sa.ColumnElement[Any]] = [code_points(s.c.name)]
-    if flt.order != "name":
-        keys.insert(0, s.c.created_at if flt.order == "created" else s.c.updated_at)
+    stmt = q.LIST_SESSIONS
+    keys: list[sa.ColumnElement[Any]]
+    driving: list[sa.ColumnElement[bool]] = []
+    skip_tag = skip_field = None
+    if flt.order == "created" and (flt.tags or flt.conditions):
+        # the driving rows carry their session's created_at and name (migration 0011)
+        if flt.tags:
+            skip_tag = 0
+            drive = t.alias("drive")
+            driving = [drive.c.tag == bind(escape(flt.tags[0]))]
+        else:
+            skip_field = 0
+            drive = f.alias("drive")
+            driving = _field_lookup(flt.conditions[0], bind, drive)
+        stmt = stmt.select_from(drive.join(s, s.c.id == drive.c.session_id))
+        keys = [drive.c.created_at, code_points(drive.c.name)]
+    elif flt.order == "name":
+        keys = [code_points(s.c.name)]
+    else:
+        column = s.c.created_at if flt.order == "created" else s.c.updated_at
+        keys = [column, code_points(s.c.name)]
+    where = driving + _conditions(flt, bind, skip_tag=skip_tag, skip_field=skip_field)
     if flt.after is not None:
         values: list[sa.ColumnElement[Any]] = [bind(flt.after[-1])]
         if len(keys) == 2:
@@ -137,7 +181,7 @@ def page_statement(flt: SessionFilter) -> tuple[sa.Select[Any], dict[str, Any]]:
         else:
             where.append(sa.tuple_(*keys) > sa.tuple_(*values))
     ordered = [k.desc() for k in keys] if flt.descending else keys
-    stmt = q.LIST_SESSIONS.where(*where).order_by(None).order_by(*ordered)
+    stmt = stmt.where(*where).order_by(None).order_by(*ordered)
     if flt.limit is not None:
         stmt = stmt.limit(bind(flt.limit + 1, sa.Integer))
     return stmt, bind.params

@@ -323,11 +323,26 @@ SESSION_FIELDS = sa.Table(
     # PostgreSQL must stay under 2,704 bytes); a lookup compares path and txt too
     sa.Column("path_key", sa.Text, nullable=False),
     sa.Column("txt_key", sa.Text, nullable=True),
-    sa.Index("ix_session_fields_session_id", "session_id"),
+    # the session's, copied: a filtered listing's page is one range of an index
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=True),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Index("ix_session_fields_session_id_path_key", "session_id", "path_key"),
     sa.Index(
-        "ix_session_fields_path_key_kind_txt_key", "path_key", "kind", "txt_key", "session_id"
+        "ix_session_fields_path_key_kind_txt_key_created_at",
+        "path_key",
+        "kind",
+        "txt_key",
+        "created_at",
+        "name",
     ),
-    sa.Index("ix_session_fields_path_key_kind_num", "path_key", "kind", "num", "session_id"),
+    sa.Index(
+        "ix_session_fields_path_key_kind_num_created_at",
+        "path_key",
+        "kind",
+        "num",
+        "created_at",
+        "name",
+    ),
 )
 
 
@@ -336,10 +351,13 @@ class SessionTagRow(Base):
     migration 0011), kept by the same triggers."""
 
     __tablename__ = "session_tags"
-    __table_args__ = (sa.Index("ix_session_tags_tag_session_id", "tag", "session_id"),)
+    __table_args__ = (sa.Index("ix_session_tags_tag_created_at_name", "tag", "created_at", "name"),)
 
     session_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     tag: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    # the session's, copied: a filtered listing's page is one range of the index
+    created_at: Mapped[datetime | None] = mapped_column(sa.TIMESTAMP(timezone=True))
+    name: Mapped[str | None] = mapped_column(sa.Text)
 
 
 # the orders of a listing, name the tie-break (see migration 0011)

@@ -12,8 +12,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from ....config import SessionConfig
 from ..alchemy import AlchemyDialect
-from ..dialect import WRITE_OPTION, Failure, Runner, driver_error
+from ..dialect import WRITE_OPTION, Failure, Runner, SearchStatements, driver_error
 from ..statements import TreeLock
+from .search import PG_SEARCH
 from .settings import postgres_engine_options
 
 __all__ = [
@@ -70,6 +71,7 @@ class PostgresDialect(AlchemyDialect):
     adapter); connections that fail or drop are told apart from database errors."""
 
     name = "postgresql"
+    search: SearchStatements | None = PG_SEARCH
 
     def classify(self, exc: BaseException) -> Failure:
         err = driver_error(exc)

@@ -12,8 +12,10 @@ from ...base import SaveRequest, SaveResult
 from ..branching import Part
 from ..operations import Operations, one_statement
 from ..rows import message_of, session_of
+from ..search import bodies_of
 from . import statements as pg_sql
 from .executor import PgExecutor, message_arrays
+from .search import tsvector_literal
 
 __all__ = ["PgOperations"]
 
@@ -100,8 +102,10 @@ class PgOperations(Operations[PgExecutor]):
     @one_statement
     def append(self, cx: PgExecutor, req: SaveRequest) -> SaveResult:
         """A save of new messages only (no truncation, no metadata patch) as one statement,
-        its own transaction: see :data:`.statements.APPEND`."""
+        its own transaction: see :data:`.statements.APPEND` (which indexes them for
+        search too)."""
         size_delta = sum(r.size for r in req.messages)
+        bodies = bodies_of(req.messages)
         params = {
             "session_id": req.session_id,
             "max_bytes": req.max_bytes,
@@ -110,6 +114,8 @@ class PgOperations(Operations[PgExecutor]):
             "size_delta": size_delta,
             "root_id": req.root_id,
             **message_arrays(req.messages),
+            "bodies": bodies,
+            "tsvs": [tsvector_literal(b.split()) for b in bodies],
         }
         while True:
             found = cx.fetch(pg_sql.APPEND, params)

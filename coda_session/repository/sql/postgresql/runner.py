@@ -40,6 +40,7 @@ from ..operations import ONE_STATEMENT
 from .bridge import run_bridged
 from .executor import PgExecutor
 from .operations import PgOperations
+from .search import PG_SEARCH
 from .settings import postgres_server_settings
 
 __all__ = ["PgRunner"]
@@ -198,7 +199,7 @@ class _Pool:
 class PgRunner:
     """Runs each operation on a pooled asyncpg connection (see the module's docstring)."""
 
-    operations = PgOperations()
+    operations = PgOperations(PG_SEARCH)
     own_connections = True
     runs_small_operations_on_the_loop = False
 

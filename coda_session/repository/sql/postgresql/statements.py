@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from ..tables import messages, segments, sessions
+from .search import with_tree_sql
 
 __all__ = [
     "APPEND",
@@ -93,6 +94,7 @@ _INSERTED = (
     _m.root_id,
     _m.ord,
     _m.cum_size,
+    _m.indexed,
 )
 
 
@@ -139,7 +141,11 @@ def _unnest() -> Any:
 
 
 def _inserted(
-    session: sa.ColumnElement[Any], tree: sa.ColumnElement[Any], lo: sa.Subquery, r: Any
+    session: sa.ColumnElement[Any],
+    tree: sa.ColumnElement[Any],
+    lo: sa.Subquery,
+    r: Any,
+    indexed: bool = False,
 ) -> tuple[sa.ColumnElement[Any], ...]:
     """A new row's values in :data:`_INSERTED`'s order: its ord and cum_size continue
     ``lo`` (in the order ``r.ord``)."""
@@ -163,6 +169,9 @@ def _inserted(
         tree,
         ord_,
         cum,
+        # 1: indexed by the same statement (APPEND); NULL: pending, until the transaction
+        # (a save of many messages) or a later write indexes it (see ..search)
+        sa.literal_column("1" if indexed else "NULL", sa.SmallInteger()),
     )
 
 
@@ -186,6 +195,41 @@ def _insert_messages() -> sa.Select[Any]:
 #: ``root_id`` the tree's key), in the order given; ``ids`` ascending (the sequence runs
 #: in that order).
 INSERT_MESSAGES = Prepared(_insert_messages())
+
+
+#: the search index's table (see .search and migration 0012), as the statements write it
+_search = sa.table(
+    "message_search",
+    sa.column("id"),
+    sa.column("root_id"),
+    sa.column("role"),
+    sa.column("body"),
+    sa.column("tsv"),
+)
+
+
+def _index_inserted(ins: sa.CTE) -> sa.CTE:
+    """The index entries of the rows ``ins`` inserted (their ids ascending are the
+    arrays' order): ``bodies`` and ``tsvs`` (``.search.tsvector_literal``), one each."""
+    n = sa.select(
+        ins.c.id,
+        ins.c.root_id,
+        ins.c.role,
+        sa.func.row_number().over(order_by=ins.c.id).label("k"),
+    ).subquery("n")
+    u = (
+        sa.func.unnest(_param("bodies", sa.ARRAY(_TEXT)), _param("tsvs", sa.ARRAY(_TEXT)))
+        .table_valued("b", "t", with_ordinality="k")
+        .render_derived(name="u")
+    )
+    rows = sa.select(
+        n.c.id,
+        n.c.root_id,
+        sa.func.coalesce(n.c.role, sa.literal_column("''")),
+        u.c.b,
+        sa.literal_column(with_tree_sql("u.t", "n.root_id")),
+    ).select_from(n.join(u, u.c.k == n.c.k))
+    return sa.insert(_search).from_select(list(_search.c), rows).cte("indexed")
 
 
 def _append() -> sa.Select[Any]:
@@ -226,11 +270,17 @@ def _append() -> sa.Select[Any]:
     )
     lo, r = _last(_SESSION_ID), _unnest()
     rows = (
-        sa.select(*_inserted(fits.c.id, sa.func.coalesce(fits.c.root_id, fits.c.id), lo, r))
+        sa.select(*_inserted(fits.c.id, sa.func.coalesce(fits.c.root_id, fits.c.id), lo, r, True))
         .select_from(fits, lo, r)
         .order_by(r.c.ord)
     )
-    ins = sa.insert(messages).from_select(_INSERTED, rows).returning(messages.c.id).cte("ins")
+    ins = (
+        sa.insert(messages)
+        .from_select(_INSERTED, rows)
+        .returning(messages.c.id, messages.c.root_id, messages.c.role)
+        .cte("ins")
+    )
+    indexed = _index_inserted(ins)
     newest = sa.func.coalesce(sa.select(sa.func.max(ins.c.id)).scalar_subquery(), _ZERO)
     metadata = sa.case(
         (updated.c.metadata_version == _param("metadata_version", _BIG), sa.null()),
@@ -255,17 +305,21 @@ def _append() -> sa.Select[Any]:
         )
         .cte("upd")
     )
-    return sa.select(
-        cur.c.last_message_id.label("previous"),
-        cur.c.size_bytes.label("size_before"),
-        sa.select(_ids(ins)).scalar_subquery().label("ids"),
-        upd.c.message_count,
-        upd.c.size_bytes,
-        upd.c.metadata_version,
-        upd.c.metadata,
-        upd.c.last_message_id,
-        seen.c.stale,
-    ).select_from(cur.join(seen, sa.true()).outerjoin(upd, sa.true()))
+    return (
+        sa.select(
+            cur.c.last_message_id.label("previous"),
+            cur.c.size_bytes.label("size_before"),
+            sa.select(_ids(ins)).scalar_subquery().label("ids"),
+            upd.c.message_count,
+            upd.c.size_bytes,
+            upd.c.metadata_version,
+            upd.c.metadata,
+            upd.c.last_message_id,
+            seen.c.stale,
+        )
+        .select_from(cur.join(seen, sa.true()).outerjoin(upd, sa.true()))
+        .add_cte(indexed)
+    )
 
 
 #: A plain append (new messages, no truncation, no metadata change) as ONE statement,
