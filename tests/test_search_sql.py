@@ -20,6 +20,7 @@ import pytest_asyncio
 from coda_session import AsyncSessionManager
 from coda_session.repository.searching import SearchRequest
 from coda_session.repository.sql import SqlRepository
+from coda_session.repository.sql import search as sql_search
 from coda_session.repository.sql.registry import dialect_for
 from coda_session.repository.sql.search import DEFER_UNDER, FLUSH_AT
 from coda_session.search.query import parse
@@ -365,3 +366,163 @@ async def test_an_indexed_lookup_with_every_scope_at_once(env: Env) -> None:
     # the assistant's (odd) rows of minutes 4 to 11, but n7
     assert found == ["alpha beta n11", "alpha gamma n9", "alpha beta n5"]
     assert "alpha beta elsewhere" in await env.find('"alpha beta"', window=100)
+
+
+# -- deletes leave no trace in what a search shows or counts ---------------------------------
+
+
+async def _counted(env: Env, text: str, **request: Any) -> tuple[list[Any], int, bool]:
+    """(the window's contents, the count, whether it is exact) of a lookup."""
+    found = await env.repo.search_messages(SearchRequest(parse(text), **request))
+    return [h.record.to_dict()["content"] for h in found.hits], found.total, found.exact
+
+
+def _orphan_rows(env: Env) -> int:
+    """Entries whose message is gone (SQLite keeps them: see sqlite.search)."""
+    return int(
+        env.store.execute(
+            "SELECT count(*) FROM message_fts f WHERE NOT EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.id = f.rowid)"
+        )[0][0]
+    )
+
+
+async def test_deleted_and_truncated_messages_are_neither_found_nor_counted(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_search, "ORPHANS_PER_WRITE", 1)  # SQLite: orphans stay around
+    kept = await env.manager.create_session("kept")
+    for i in range(3):
+        kept.add_message(user(f"needle kept{i}"))
+    await env.manager.save_session(kept)
+    gone = await env.manager.create_session("gone")
+    cut = await env.manager.create_session("cut")
+    for i in range(40):  # interleaved ids: a deleted and a truncated session, newest last
+        gone.add_message(user(f"needle gone{i}"))
+        cut.add_message(user(f"needle cut{i}"))
+    await env.manager.save_session(gone)
+    await env.manager.save_session(cut)
+    await env.manager.delete_session("gone")
+    cut.truncate_messages(2)  # keeps "needle cut38", "needle cut39"
+    await env.manager.save_session(cut)
+    if env.indexes() and env.store.backend != "postgresql":
+        assert _orphan_rows(env) == 40 + 38 - 2
+
+    live = ["needle cut39", "needle cut38", "needle kept2", "needle kept1", "needle kept0"]
+    assert await _counted(env, "needle") == (live, 5, True)
+    # the window is the newest live matches, however many newer entries are gone
+    assert await _counted(env, "needle", window=2, count_cap=3) == (live[:2], 3, False)
+    assert await _counted(env, "needle", count_cap=5) == (live, 5, True)
+    # no positive term: the newest messages, and all but the excluded ones
+    assert await _counted(env, "", window=3) == (live[:3], 5, True)
+    assert await _counted(env, "-kept1") == ([m for m in live if m != "needle kept1"], 4, True)
+    assert await _counted(env, "gone*") == ([], 0, True)
+    scoped = await env.session_ids("cut")
+    assert await _counted(env, "needle", session_ids=scoped) == (live[:2], 2, True)
+    await env.check_ok()
+
+
+async def test_orphans_are_removed_by_later_writes_in_bounded_batches(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env.store.backend == "postgresql":
+        pytest.skip("PostgreSQL removes a deleted message's entry (ON DELETE CASCADE)")
+    if not env.indexes():
+        pytest.skip("this dialect keeps no full-text index")
+    batch = 8
+    monkeypatch.setattr(sql_search, "ORPHANS_PER_WRITE", batch)
+    s = await env.manager.create_session("gone")
+    for i in range(40):
+        s.add_message(user(f"needle gone{i}"))
+    await env.manager.save_session(s)
+    c = await env.manager.create_session("cut")
+    for i in range(20):
+        c.add_message(user(f"needle cut{i}"))
+    await env.manager.save_session(c)
+    c.truncate_messages(5)
+    await env.manager.save_session(c)  # notes 15 gone, walks `batch` of them
+    await env.manager.delete_session("gone")  # notes 40 more, walks the next `batch`
+    # one noted range per deletion statement, not one per message
+    assert int(env.store.execute("SELECT count(*) FROM search_gone")[0][0]) <= 4
+    orphans = _orphan_rows(env)
+    assert orphans == 40 + 15 - 2 * batch
+    report = await env.repo.check_search_index()
+    assert report.orphaned == orphans and report.ok, report
+    assert await _counted(env, "needle") == ([f"needle cut{i}" for i in range(19, 14, -1)], 5, True)
+
+    other = await env.manager.create_session("writer")
+    other.add_message(user("a small save"))  # pending: it changes no index, sweeps nothing
+    await env.manager.save_session(other)
+    assert _orphan_rows(env) == orphans
+    writes = 0
+    while orphans:
+        for i in range(DEFER_UNDER):  # a save that indexes its messages sweeps a batch
+            other.add_message(user(f"write {writes}.{i}"))
+        await env.manager.save_session(other)
+        writes += 1
+        now = _orphan_rows(env)
+        assert orphans - batch <= now < orphans  # each write removes some, at most a batch
+        orphans = now
+    assert writes == -(-(40 + 15 - 2 * batch) // batch)
+    assert int(env.store.execute("SELECT count(*) FROM search_gone")[0][0]) == 0
+    report = await env.repo.check_search_index()
+    assert report.orphaned == 0 and report.ok, report
+
+
+async def test_a_rebuild_removes_every_orphan(env: Env) -> None:
+    if not env.indexes():
+        pytest.skip("this dialect keeps no full-text index")
+    s = await env.manager.create_session("gone")
+    k = await env.manager.create_session("kept")
+    for i in range(600):  # more than a write sweeps
+        s.add_message(user(f"needle gone{i}"))
+    for i in range(DEFER_UNDER):
+        k.add_message(user(f"needle kept{i}"))
+    await env.manager.save_session(s)
+    await env.manager.save_session(k)
+    await env.manager.delete_session("gone")
+    if env.store.backend != "postgresql":
+        assert _orphan_rows(env) == 600 - sql_search.ORPHANS_PER_WRITE
+        assert (await env.repo.check_search_index()).orphaned == _orphan_rows(env)
+    assert await env.repo.rebuild_search_index() == DEFER_UNDER
+    if env.store.backend != "postgresql":
+        assert _orphan_rows(env) == 0
+        assert int(env.store.execute("SELECT count(*) FROM search_gone")[0][0]) == 0
+    assert env.fts_rows() == DEFER_UNDER
+    report = await env.repo.check_search_index()
+    assert report.orphaned == 0 and report.ok, report
+    assert (await _counted(env, "needle"))[1:] == (DEFER_UNDER, True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_another_programs_deletes_are_never_shown_and_counted_by_check(
+    tmp_path: Path, backend: str
+) -> None:
+    store = Store(backend, tmp_path / "sessions")
+    env = Env(store)
+    try:
+        s = await env.manager.create_session("theirs")
+        for i in range(30):
+            s.add_message(user(f"needle theirs{i}"))
+        await env.manager.save_session(s)
+        k = await env.manager.create_session("kept")
+        k.add_message(user("needle kept"))
+        await env.manager.save_session(k)
+        db = store.database
+        assert db is not None
+        with sqlite3.connect(db) as conn:  # no trigger, nothing noted: 30 orphans
+            conn.execute("DELETE FROM messages WHERE session_id = ?", (s.id,))
+        conn.close()
+        assert await _counted(env, "needle") == (["needle kept"], 1, True)
+        assert await _counted(env, "needle", window=1, count_cap=1) == (["needle kept"], 1, True)
+        assert await _counted(env, "theirs*") == ([], 0, True)
+        assert await _counted(env, "") == (["needle kept"], 1, True)
+        report = await env.repo.check_search_index()
+        assert report.orphaned == 30 and report.ok, report
+        await env.manager.save_session(k)  # a write of ours sweeps only what it noted
+        assert _orphan_rows(env) == 30
+        await env.repo.rebuild_search_index()
+        assert _orphan_rows(env) == 0
+        assert (await env.repo.check_search_index()).orphaned == 0
+    finally:
+        await env.manager.close()

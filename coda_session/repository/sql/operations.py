@@ -49,6 +49,9 @@ from .branching import (
 from .executors import Executor
 from .rows import infos_of, message_of, session_of
 from .search import (
+    DEFER_UNDER,
+    NotingDeletes,
+    OrphanSweeping,
     SearchStatements,
     check,
     index_pending,
@@ -58,6 +61,7 @@ from .search import (
     index_written_or_defer,
     reset,
     search,
+    sweep_some,
 )
 
 __all__ = ["ONE_STATEMENT", "Operations", "one_statement"]
@@ -314,14 +318,16 @@ class Operations(Generic[X]):
         dropped: list[MessageRecord] = []
         if req.truncation is not None or req.drop_newest:
             cut = req.truncation
+            dx = self._deleting(cx)
             if cut is not None:
-                gone, gone_size = cut_oldest(cx, sid, root, cut.upto_id, cut.keep, req.updated_at)
+                gone, gone_size = cut_oldest(dx, sid, root, cut.upto_id, cut.keep, req.updated_at)
                 count_delta -= gone
                 size_delta -= gone_size
             if req.drop_newest:
-                dropped = drop_newest(cx, sid, root, req.drop_newest, req.updated_at)
+                dropped = drop_newest(dx, sid, root, req.drop_newest, req.updated_at)
                 count_delta -= len(dropped)
                 size_delta -= sum(r.size for r in dropped)
+            self._deleted(cx, dx)
         params = {
             **key,
             "updated_at": req.updated_at,
@@ -350,7 +356,10 @@ class Operations(Generic[X]):
             cx.run(q.SET_LAST_MESSAGE_ID, {**key, "last_id": last_id})
             if self.search is not None:
                 index_written_or_defer(cx, self.search, sid, root, req.messages, ids, bodies)
-        self.index_others(cx)
+        self.index_others(
+            cx,
+            len(ids) >= DEFER_UNDER or req.truncation is not None or bool(req.drop_newest),
+        )
         if metadata is None:
             # unchanged by this save; sent back (and decoded) only if another writer changed it
             if version != req.metadata_version:
@@ -366,14 +375,16 @@ class Operations(Generic[X]):
         lock_tree(cx, root)
         if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
             return False
+        dx = self._deleting(cx)
         # the sessions inheriting its segments take copies of those they show first
-        release(cx, root, session_id)
-        parts = [p for p in segments(cx, root, session_id) if p.listed_by == session_id]
-        cx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
-        detach(cx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
-        deleted = cx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
-        reclaim(cx, (p.owner for p in parts), root)
-        self.index_others(cx)
+        release(dx, root, session_id)
+        parts = [p for p in segments(dx, root, session_id) if p.listed_by == session_id]
+        dx.run(q.DELETE_SEGMENTS_OF, {"session_id": session_id})
+        detach(dx, session_id, root, -1, BEYOND, when or datetime.now(UTC))
+        deleted = dx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
+        reclaim(dx, (p.owner for p in parts), root)
+        self._deleted(cx, dx)
+        self.index_others(cx, True)
         return deleted
 
     @one_statement
@@ -393,13 +404,32 @@ class Operations(Generic[X]):
 
     # -- search (see .search) ---------------------------------------------------------
 
-    def index_others(self, cx: X) -> int:
+    def _deleting(self, cx: X) -> Executor:
+        """The executor a write's deletions of messages run on: one noting what they
+        remove when the index keeps the entries of deleted messages (orphans, removed
+        later: :class:`.search.OrphanSweeping`), else ``cx`` itself."""
+        return NotingDeletes(cx) if isinstance(self.search, OrphanSweeping) else cx
+
+    def _deleted(self, cx: X, dx: Executor) -> None:
+        """Note the id ranges the deletions on ``dx`` (:meth:`_deleting`) removed."""
+        if isinstance(dx, NotingDeletes) and isinstance(self.search, OrphanSweeping):
+            self.search.note_gone(cx, dx.gone)
+
+    def index_others(self, cx: X, indexes: bool = False) -> int:
         """Index a bounded batch of the pending rows (small saves', another program's)
         once there are enough of them (:data:`.search.FLUSH_AT`): every write of ours
-        calls it, so they do not stay pending for long. Returns how many."""
+        calls it, so they do not stay pending for long. Returns how many.
+
+        A write that changes the index anyway (``indexes``: it indexed its messages or
+        deleted some, or this flush indexed pending rows) also removes a bounded batch of
+        the orphans our deletes left (:func:`.search.sweep_some`); a small save does not,
+        so its cost stays that of a save without an index."""
         if self.search is None:
             return 0
-        return index_some_pending(cx, self.search)
+        indexed = index_some_pending(cx, self.search)
+        if indexes or indexed:
+            sweep_some(cx, self.search)
+        return indexed
 
     def index_batch(self, cx: X, limit: int) -> int:
         """Index the oldest ``limit`` pending rows (a bulk indexing's step)."""
@@ -567,7 +597,7 @@ class Operations(Generic[X]):
             size += sum(r.byte_size() for r in batch)
             count += len(batch)
             check_import_size(record.name, size, max_bytes)
-        self.index_others(cx)
+        self.index_others(cx, True)
         last = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
         if fork is not None:
             last = max(base.last_message_id, last)

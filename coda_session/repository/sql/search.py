@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ...errors import DamagedDataError
 from ...models import MessageRecord
@@ -24,15 +24,20 @@ from .branching import BEYOND, Part, segments, span
 from .rows import message_of
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from ...search.query import Query
-    from .executors import Executor
+    from .executors import Executor, Params
 
 __all__ = [
     "BULK_ROWS",
     "DEFER_UNDER",
     "FLUSH_AT",
+    "ORPHANS_PER_WRITE",
     "PENDING_PER_WRITE",
     "IndexRow",
+    "NotingDeletes",
+    "OrphanSweeping",
     "SearchScope",
     "SearchStatements",
     "bodies_of",
@@ -44,6 +49,7 @@ __all__ = [
     "index_written_or_defer",
     "reset",
     "search",
+    "sweep_some",
 ]
 
 
@@ -94,9 +100,10 @@ class SearchStatements(Protocol):
       save of many messages), or in a later write of ours with other pending rows
       (:data:`FLUSH_AT`), or a rebuild. An UPDATE of the message's content,
       ``content_zlib``, ``role`` or ``metadata`` by anyone sets ``indexed`` to NULL and
-      removes the entry (a trigger), and a deleted message's entry goes with it (a
-      trigger or ON DELETE CASCADE), so no statement of ours deletes entries but
-      :meth:`clear`.
+      removes the entry (a trigger). A deleted message's entry goes with it (ON DELETE
+      CASCADE), or stays as an *orphan* (an index implementing :class:`OrphanSweeping`,
+      which removes them later): every lookup and count joins the messages, so an orphan
+      is never shown nor counted (ids are never reused).
     * The text searched is only ever the compiled string :meth:`compile` returned, sent
       as a bound parameter; the scope's values are bound parameters too.
     * Results are newest first (id descending).
@@ -134,6 +141,52 @@ class SearchStatements(Protocol):
         ...
 
 
+@runtime_checkable
+class OrphanSweeping(Protocol):
+    """An index whose entries outlive their deleted messages (SQLite's FTS5: deleting an
+    entry re-reads and re-tokenizes it, ~70 us a row, so a delete of ours leaves them):
+    the deletes of ours note the id ranges they emptied, later writes of ours remove those
+    ranges' orphans in bounded batches (:func:`sweep_some`), :meth:`SearchStatements.clear`
+    removes them all. Another program's deletes are not noted: their orphans are never
+    shown (lookups join the messages); the integrity check counts them, a rebuild removes
+    them."""
+
+    def note_gone(self, cx: Executor, ranges: Sequence[tuple[int, int]]) -> None:
+        """Note id ranges (``lo < id <= hi``) whose messages a write of ours deleted."""
+        ...
+
+    def sweep(self, cx: Executor, limit: int) -> int:
+        """Remove the orphaned entries of the oldest noted ranges, walking at most
+        ``limit`` entries (a range walked to its end is forgotten); returns how many it
+        removed."""
+        ...
+
+
+class NotingDeletes:
+    """An executor (see :class:`.executors.Executor`) that notes the ids each deletion of
+    messages removes (``q.DELETE_RANGE``, the only statement of ours that deletes
+    messages): their smallest and largest id, one range per statement, in :attr:`gone`."""
+
+    def __init__(self, cx: Executor) -> None:
+        self.cx = cx
+        self.gone: list[tuple[int, int]] = []
+
+    def rows(self, stmt: sa.Executable, params: Params) -> Sequence[Sequence[Any]]:
+        return self.cx.rows(stmt, params)
+
+    def run(self, stmt: sa.Executable, params: Params) -> int:
+        if stmt is q.DELETE_RANGE:
+            lo, hi = self.cx.rows(q.RANGE_BOUNDS, params)[0]
+            if lo is not None:
+                self.gone.append((int(lo) - 1, int(hi)))
+        return self.cx.run(stmt, params)
+
+    def insert_messages(
+        self, session_id: str, root_id: str, records: Sequence[MessageRecord]
+    ) -> list[int]:
+        return self.cx.insert_messages(session_id, root_id, records)
+
+
 # -- the shared operations ---------------------------------------------------------------
 
 #: A save of fewer new messages than this leaves them pending (indexed by a later write,
@@ -147,6 +200,13 @@ DEFER_UNDER = 16
 FLUSH_AT = 32
 #: ... at most this many of them (another program may have written millions)
 PENDING_PER_WRITE = 1024
+#: index entries a write of ours walks at most to remove orphans (of the ranges our
+#: deletes noted, :class:`OrphanSweeping`), when it changes the index anyway (a save of
+#: :data:`DEFER_UNDER` messages or more, a flush of :data:`FLUSH_AT` pending rows, a
+#: truncation, a delete, an import): removing one costs ~70 us, so such a write pays at
+#: most ~20 ms more, and small saves nothing. Orphans are never shown (lookups join the
+#: messages); a backlog only makes a lookup skip them, and a rebuild removes them all.
+ORPHANS_PER_WRITE = 256
 #: rows one transaction of a bulk indexing (after an upgrade, a rebuild) indexes
 BULK_ROWS = 5000
 #: tree tokens a lookup puts in the index's match at most; past that, the sessions'
@@ -222,6 +282,14 @@ def index_some_pending(cx: Executor, statements: SearchStatements) -> int:
     if int(cx.rows(q.PENDING_UPTO, {"n": FLUSH_AT})[0][0]) < FLUSH_AT:
         return 0
     return index_pending(cx, statements, PENDING_PER_WRITE)
+
+
+def sweep_some(cx: Executor, statements: SearchStatements) -> int:
+    """Remove a bounded batch of the orphans our deletes left (:data:`ORPHANS_PER_WRITE`;
+    a write of ours that changes the index calls it); returns how many."""
+    if not isinstance(statements, OrphanSweeping):
+        return 0
+    return statements.sweep(cx, ORPHANS_PER_WRITE)
 
 
 def index_pending(cx: Executor, statements: SearchStatements, limit: int) -> int:

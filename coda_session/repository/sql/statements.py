@@ -54,6 +54,7 @@ __all__ = [
     "PREVIOUS_SEGMENT",
     "RANGE_ALL",
     "RANGE_ASC",
+    "RANGE_BOUNDS",
     "RANGE_BY_ORD",
     "RANGE_CUT",
     "RANGE_DESC",
@@ -562,6 +563,8 @@ RANGE_TEXT = sa.select(sa.func.coalesce(sa.func.sum(_range_tail.c.char_count), 0
 RANGE_HAS = sa.select(m.c.id).where(*_range, m.c.id == sa.bindparam("message_id"))
 MOVE_RANGE = sa.update(m).where(*_range).values(session_id=sa.bindparam("to", type_=sa.Text))
 DELETE_RANGE = sa.delete(m).where(*_range)
+#: the smallest and largest id of a range (what a DELETE_RANGE would remove)
+RANGE_BOUNDS = sa.select(sa.func.min(m.c.id), sa.func.max(m.c.id)).where(*_range)
 BUMP_TOTALS = (
     sa.update(s)
     .where(s.c.id == sa.bindparam("session_id"))

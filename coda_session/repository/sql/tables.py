@@ -283,6 +283,15 @@ _declared(
     "message_fts_content", ("id", sa.Integer(), True), ("c0", _NONE, False), ("c1", _NONE, False)
 )
 _declared("message_fts_config", ("k", _NONE, True), ("v", _NONE, False), rowid=False)
+#: SQLite only (migration 0012): id ranges ``lo < id <= hi`` the library's deletes emptied,
+#: whose index entries (orphans) its later writes remove in batches (see .sqlite.search)
+search_gone = sa.Table(
+    "search_gone",
+    Base.metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("lo", sa.BigInteger(), nullable=False),
+    sa.Column("hi", sa.BigInteger(), nullable=False),
+)
 
 
 class AdoptionNote(Base):

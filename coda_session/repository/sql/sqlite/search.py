@@ -8,6 +8,12 @@ scoped lookup matches the scope tokens with the query, so FTS5 intersects the te
 rows with the tree's instead of ranking the whole store; it walks rowids newest first
 and stops at the window.
 
+A deleted message's entry stays (an *orphan*; deleting an FTS5 row re-reads and
+re-tokenizes it, ~70 us a row): every lookup and count joins ``messages``, so it is never
+shown nor counted; ``search_gone`` notes the id ranges the library's deletes emptied, and
+:meth:`SqliteSearch.sweep` (a bounded batch per write of the library's) removes their
+orphans.
+
 Every statement binds its values; the match string is built only from
 ``search.query.to_fts5`` (each term a quoted literal) and the hex tokens here.
 """
@@ -49,6 +55,26 @@ ENTRIES = q.constant(
 #: one entry, for ``sqlite3``'s executemany on the fast path (constant text, bound values)
 INDEX_ROW = "INSERT INTO message_fts (rowid, body, scope) VALUES (?, ?, ?)"
 CLEAR = q.constant(sa.text("DELETE FROM message_fts"))
+CLEAR_GONE = q.constant(sa.text("DELETE FROM search_gone"))
+NOTE_GONE = q.constant(
+    sa.text(
+        "INSERT INTO search_gone (lo, hi) SELECT json_extract(value, '$[0]'), "
+        "json_extract(value, '$[1]') FROM json_each(:ranges)"
+    )
+)
+OLDEST_GONE = q.constant(sa.text("SELECT id, lo, hi FROM search_gone ORDER BY id LIMIT :n"))
+#: the entries of a range, oldest first, each with whether its message is gone
+GONE_WALK = q.constant(
+    sa.text(
+        "SELECT f.rowid, NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = f.rowid) "
+        "FROM message_fts f WHERE f.rowid > :lo AND f.rowid <= :hi ORDER BY f.rowid LIMIT :n"
+    )
+)
+DROP_ENTRIES = q.constant(
+    sa.text("DELETE FROM message_fts WHERE rowid IN (SELECT value FROM json_each(:ids))")
+)
+FORGET_GONE = q.constant(sa.text("DELETE FROM search_gone WHERE id = :id"))
+NARROW_GONE = q.constant(sa.text("UPDATE search_gone SET lo = :lo WHERE id = :id"))
 #: the lookups' statements by their text: a few shapes (which conditions a scope has),
 #: each compiled once per process
 _SHAPES: dict[str, sa.TextClause] = {}
@@ -164,12 +190,10 @@ class SqliteSearch:
     def count(self, cx: Executor, match: str | None, scope: SearchScope, cap: int) -> int:
         conditions, params = self._where(match, scope)
         where = " AND ".join(conditions)
-        if match is None:
-            source = "messages m"
-        elif len(conditions) > 2:  # conditions on the message's row besides the match
-            source = "message_fts f JOIN messages m ON m.id = f.rowid"
-        else:
-            source = "message_fts f"
+        # with a match, the join skips the orphans (entries of deleted messages)
+        source = (
+            "messages m" if match is None else "message_fts f JOIN messages m ON m.id = f.rowid"
+        )
         stmt = _shape(
             f"SELECT count(*) FROM (SELECT 1 FROM {source} "  # noqa: S608 - constant text
             f"WHERE {where} LIMIT :cap)"
@@ -190,6 +214,28 @@ class SqliteSearch:
 
     def clear(self, cx: Executor) -> None:
         cx.run(CLEAR, {})
+        cx.run(CLEAR_GONE, {})
+
+    def note_gone(self, cx: Executor, ranges: Sequence[tuple[int, int]]) -> None:
+        if ranges:
+            cx.run(NOTE_GONE, {"ranges": json.dumps([list(r) for r in ranges])})
+
+    def sweep(self, cx: Executor, limit: int) -> int:
+        removed = 0
+        for gone_id, lo, hi in cx.rows(OLDEST_GONE, {"n": limit}):
+            if limit <= 0:
+                break
+            walked = cx.rows(GONE_WALK, {"lo": int(lo), "hi": int(hi), "n": limit})
+            limit -= len(walked)
+            orphans = [int(r[0]) for r in walked if r[1]]
+            if orphans:
+                cx.run(DROP_ENTRIES, {"ids": json.dumps(orphans)})
+                removed += len(orphans)
+            if limit > 0:  # walked to the range's end
+                cx.run(FORGET_GONE, {"id": gone_id})
+            else:
+                cx.run(NARROW_GONE, {"id": gone_id, "lo": int(walked[-1][0])})
+        return removed
 
 
 SQLITE_SEARCH = SqliteSearch()
