@@ -299,7 +299,16 @@ def index_pending(cx: Executor, statements: SearchStatements, limit: int) -> int
     if not rows:
         return 0
     statements.index(cx, [_row_entry(r) for r in rows])
-    cx.run(q.MARK_INDEXED, {"lo": int(rows[0][0]), "hi": int(rows[-1][0])})
+    # marked run by run of consecutive ids: on a database server another transaction may
+    # commit a pending row whose id falls between two of these after they were read, and
+    # a range spanning that gap would mark it indexed without an entry
+    ids = [int(r[0]) for r in rows]
+    lo = ids[0]
+    for prev, cur in zip(ids, [*ids[1:], None], strict=True):
+        if cur != prev + 1:
+            cx.run(q.MARK_INDEXED, {"lo": lo, "hi": prev})
+            if cur is not None:
+                lo = cur
     return len(rows)
 
 

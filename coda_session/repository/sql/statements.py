@@ -641,7 +641,7 @@ MARK_WRITTEN = (
     )
     .values(indexed=sa.literal_column("1"))
 )
-#: the pending rows ``lo <= id <= hi`` are indexed now (exactly those PENDING_FIRST gave)
+#: the pending rows ``lo <= id <= hi`` are indexed now (a run of consecutive ids PENDING_FIRST gave)
 MARK_INDEXED = (
     sa.update(m)
     .where(

@@ -211,7 +211,10 @@ INDEX = sa.text(
     "INSERT INTO message_search (id, root_id, role, body, tsv) "  # noqa: S608 - constants
     f"SELECT i, r, o, b, {with_tree_sql('t', 'r')} FROM unnest(CAST(:ids AS BIGINT[]), "
     "CAST(:roots AS TEXT[]), CAST(:roles AS TEXT[]), CAST(:bodies AS TEXT[]), "
-    "CAST(:tsvs AS TEXT[])) AS u (i, r, o, b, t)"
+    "CAST(:tsvs AS TEXT[])) AS u (i, r, o, b, t) "
+    # two writers may index the same pending rows at once (each write of ours indexes a
+    # batch of them): the second finds the first's entries, made from the same stored text
+    "ON CONFLICT (id) DO NOTHING"
 )
 ENTRIES = sa.text(
     "SELECT id, root_id, role, body FROM message_search WHERE id > :lo AND id <= :hi ORDER BY id"
