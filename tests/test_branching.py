@@ -927,10 +927,10 @@ async def test_deleting_every_session_of_a_tree_leaves_nothing(store: Store) -> 
 @pytest.mark.parametrize("backend", SQL_BACKENDS)
 async def test_a_chain_of_forks_stores_rows_linear_in_its_length(store: Store) -> None:
     """An agent regenerating at every turn: each session a fork of the one before with
-    one message of its own. 400 forks store one segment each (copies of every ancestor's
-    segments would store 80,200), and every level shows its whole conversation. (The
-    benchmarks take chains to 1,000 and beyond; 400 keeps the suite's run short.)"""
-    depth = 400
+    one message of its own. 200 forks store one segment each (copies of every ancestor's
+    segments would store 20,100), and every level shows its whole conversation. (The
+    benchmarks take chains to 1,000 and beyond; 200 keeps the suite's run short.)"""
+    depth = 200
     mid = depth // 2
     async with opened(store) as m:
         await seed(m, "c0", ["m0"])
