@@ -284,13 +284,15 @@ _declared(
 )
 _declared("message_fts_config", ("k", _NONE, True), ("v", _NONE, False), rowid=False)
 #: SQLite only (migration 0012): id ranges ``lo < id <= hi`` the library's deletes emptied,
-#: whose index entries (orphans) its later writes remove in batches (see .sqlite.search)
+#: whose index entries (orphans) its later writes remove in batches (see .sqlite.search);
+#: part of the FTS5 index's bookkeeping, so marked as its tables are (compared on SQLite only)
 search_gone = sa.Table(
     "search_gone",
     Base.metadata,
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("lo", sa.BigInteger(), nullable=False),
     sa.Column("hi", sa.BigInteger(), nullable=False),
+    info={"fts5": True},
 )
 
 
