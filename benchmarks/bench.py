@@ -161,6 +161,8 @@ def library_ddl(workdir: Path) -> list[str]:
             # baseline's inserts, like another program's, carry none and would fire them
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND type != 'trigger' "
             "AND name NOT LIKE 'alembic%' AND name NOT LIKE 'sqlite%' "
+            # the FTS5 table's shadow tables: creating the virtual table creates them
+            "AND name NOT LIKE 'message\\_fts\\_%' ESCAPE '\\' "
             "ORDER BY type DESC, name DESC"
         ).fetchall()
     finally:
