@@ -59,6 +59,8 @@ from harness import (
 
 from coda_session import AsyncSessionManager, SessionConfig, SessionManager
 from coda_session.repository.sql.postgresql import statements as pg_sql
+from coda_session.repository.sql.postgresql.search import tsvector_literal
+from coda_session.search.analysis import index_body, terms
 
 #: The size limit the library passes with every save (APPEND's max_bytes); the baseline checks
 #: the same one.
@@ -146,6 +148,9 @@ async def raw_append_rows(
     roles, texts, stamps, sizes, chars = (list(c) for c in zip(*rows, strict=True))
     nothing = [None] * len(rows)
     size = sum(sizes)
+    # the statement indexes the rows for search too: their index bodies and tsvectors
+    # (issue 18), computed as the library computes them
+    bodies = [index_body(terms(t)) for t in texts]
     params = {
         "session_id": sid,
         "roles": roles,
@@ -160,6 +165,8 @@ async def raw_append_rows(
         "updated_at": datetime.now(UTC),
         "size_delta": size,
         "root_id": sid,  # the tree's key: a session that is no branch is its own root
+        "bodies": bodies,
+        "tsvs": [tsvector_literal(b.split()) for b in bodies],
     }
     found = await conn.fetch(pg_sql.APPEND.sql, *pg_sql.APPEND.args(params))
     if not found or found[0][3] is None:
