@@ -483,15 +483,10 @@ def _indexed_matches(
     cap) and whether that count is exact."""
     match = statements.compile(request.query)
     window, cap = max(request.window, 0), max(request.count_cap, 0)
-    if match is not None:
+    if match is not None or not request.query.excluded:
         rows = statements.lookup(cx, match, scope, window) if window else []
         found = [_found(r, str(r[11])) for r in rows]
-        total = statements.count(cx, match, scope, cap + 1) if cap else 0
-        return found, min(total, cap), total <= cap
-    if not request.query.excluded:
-        rows = statements.lookup(cx, None, scope, window) if window else []
-        found = [_found(r, str(r[11])) for r in rows]
-        total = statements.count(cx, None, scope, cap + 1) if cap else 0
+        total = _counted(cx, statements, match, scope, rows, window, cap)
         return found, min(total, cap), total <= cap
     # no positive term but excluded ones: the newest messages, each evaluated in Python,
     # page by page until the window is full and the count reaches the cap
@@ -512,6 +507,28 @@ def _indexed_matches(
         if len(rows) < page:
             return found, total, True
         upto = int(rows[-1][0]) - 1
+
+
+def _counted(
+    cx: Executor,
+    statements: SearchStatements,
+    match: str | None,
+    scope: SearchScope,
+    rows: Sequence[Sequence[Any]],
+    window: int,
+    cap: int,
+) -> int:
+    """How many indexed messages in ``scope`` match, counting at most ``cap + 1``, given
+    the lookup's ``rows`` (the newest ``window`` of them): a window not filled holds them
+    all; a full one is counted on from below its oldest row, so no row is walked twice."""
+    if not cap:
+        return 0
+    if not window:
+        return statements.count(cx, match, scope, cap + 1)
+    if len(rows) < window or len(rows) > cap:
+        return len(rows)
+    below = replace(scope, upto_id=int(rows[-1][0]) - 1)
+    return len(rows) + statements.count(cx, match, below, cap + 1 - len(rows))
 
 
 def search(cx: Executor, statements: SearchStatements | None, request: SearchRequest) -> Candidates:

@@ -104,13 +104,19 @@ VIEWS = q.constant(
         "AND g.root_id = c.tree AND g.hi <= c.cut ORDER BY c.origin, g.hi"
     )
 )
-#: the place of each (tree, owner, lo)'s oldest row above ``lo``
+#: the place of each (tree, owner, lo)'s oldest row above ``lo``. For a session's own rows
+#: (``lo`` < 0) that is its smallest place, read from the (session_id, ord) index alone:
+#: a listed session's places grow with its ids (it only appends, and loses only its
+#: oldest or newest rows), and a row without a place sorts first and answers None (the
+#: caller then counts the rows, as before)
 FIRST_PLACES = q.constant(
     sa.text(
-        "SELECT (SELECT m.ord FROM messages m WHERE "
-        "m.session_id = json_extract(r.value, '$[1]') "
+        "SELECT CASE WHEN json_extract(r.value, '$[2]') < 0 THEN (SELECT m.ord "
+        "FROM messages m WHERE m.session_id = json_extract(r.value, '$[1]') "
+        "ORDER BY m.ord LIMIT 1) ELSE (SELECT m.ord FROM messages m "
+        "WHERE m.session_id = json_extract(r.value, '$[1]') "
         "AND m.root_id = json_extract(r.value, '$[0]') "
-        "AND m.id > json_extract(r.value, '$[2]') ORDER BY m.id LIMIT 1) "
+        "AND m.id > json_extract(r.value, '$[2]') ORDER BY m.id LIMIT 1) END "
         "FROM json_each(:ranges) r ORDER BY r.key"
     )
 )
