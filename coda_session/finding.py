@@ -7,6 +7,7 @@ so every backend ranks, pages and cuts snippets alike.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
@@ -253,8 +254,9 @@ async def _trees(
     """session id -> (its place in the listing order, its info), for these trees."""
     infos: list[SessionInfo] = []
     if capabilities.can_list_tree(repo):
-        for root in sorted(set(roots)):
-            infos.extend(await repo.list_tree(root))
+        # the trees' listings are asked for together: their round trips overlap
+        for found in await asyncio.gather(*(repo.list_tree(r) for r in sorted(set(roots)))):
+            infos.extend(found)
     else:
         infos = await repo.list_sessions()
     return {info.id: ((info.created_at, info.name), info) for info in infos}
