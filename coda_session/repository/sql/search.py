@@ -175,9 +175,11 @@ class ViewReading(Protocol):
         """(id, tree) of the listed sessions (never a holder) among ``ids``."""
         ...
 
-    def tree_sessions(self, cx: Executor, trees: Sequence[str]) -> list[tuple[str, str]]:
-        """(id, tree) of every listed session of ``trees``, each tree's in the listing
-        order (created, then id)."""
+    def tree_sessions(self, cx: Executor, trees: Sequence[str]) -> list[tuple[str, str, bool]]:
+        """(id, tree, chained) of every listed session of ``trees``, each tree's in the
+        listing order (created, then id); ``chained`` False: the session inherits nothing
+        and its list holds no segment (its view is its own rows: :meth:`views` need not
+        read it)."""
         ...
 
     def views(
@@ -578,10 +580,13 @@ def _shown_in(
     firsts: dict[tuple[str, str, int], int | None] = {}
     if isinstance(statements, ViewReading):
         sessions: dict[str, list[str]] = {root: [] for root in by_tree}
-        for sid, root in statements.tree_sessions(cx, list(by_tree)):
+        chained: list[tuple[str, str]] = []
+        for sid, root, chain in statements.tree_sessions(cx, list(by_tree)):
             if root in sessions and (listed is None or sid in listed):
                 sessions[root].append(sid)
-        rows = statements.views(cx, [(sid, root) for root, ids in sessions.items() for sid in ids])
+                if chain:
+                    chained.append((sid, root))
+        rows = statements.views(cx, chained)
         for root, ids in sessions.items():
             views = [(sid, [*check_parts(sid, rows.get(sid, ())), _own(sid)]) for sid in ids]
             trees.append((root, views))

@@ -82,10 +82,13 @@ LISTED_SESSIONS = q.constant(
         "WHERE s.id IN (SELECT value FROM json_each(:ids)) AND s.holder = 0"
     )
 )
-#: (id, tree) of every listed session of the trees, in listing order (``TREE_SESSION_IDS``)
+#: (id, tree, whether its view may hold segments) of every listed session of the trees,
+#: in listing order (``TREE_SESSION_IDS``): a session that inherits nothing and whose list
+#: holds no segment shows its own rows alone (its chain is itself)
 TREE_SESSIONS = q.constant(
     sa.text(
-        "SELECT s.id, s.root_id FROM sessions s "
+        "SELECT s.id, s.root_id, s.inherit_id IS NOT NULL OR EXISTS (SELECT 1 FROM "
+        "session_segments g WHERE g.session_id = s.id) FROM sessions s "
         "WHERE s.root_id IN (SELECT value FROM json_each(:trees)) AND s.holder = 0 "
         "ORDER BY s.created_at, s.id"
     )
@@ -173,11 +176,11 @@ class SqliteSearch:
         rows = cx.rows(LISTED_SESSIONS, {"ids": json.dumps(list(ids))})
         return [(str(sid), str(root)) for sid, root in rows]
 
-    def tree_sessions(self, cx: Executor, trees: Sequence[str]) -> list[tuple[str, str]]:
+    def tree_sessions(self, cx: Executor, trees: Sequence[str]) -> list[tuple[str, str, bool]]:
         if not trees:
             return []
         rows = cx.rows(TREE_SESSIONS, {"trees": json.dumps(list(trees))})
-        return [(str(sid), str(root)) for sid, root in rows]
+        return [(str(sid), str(root), bool(chained)) for sid, root, chained in rows]
 
     def views(
         self, cx: Executor, sessions: Sequence[tuple[str, str]]
