@@ -570,65 +570,72 @@ def _shown_in(
     """(session id, 0-based position) of every session showing each hit (of ``listed``
     only, when given): each tree's sessions and their views are read once (all trees'
     in a few statements, where the dialect can: :class:`ViewReading`)."""
-    by_tree: dict[str, list[_Found]] = {}
-    for f in found:
-        by_tree.setdefault(f.root, []).append(f)
+    # each tree's hits by owner, oldest first
+    by_tree: dict[str, dict[str, list[_Found]]] = {}
+    for f in sorted(found, key=lambda f: f.id):
+        by_tree.setdefault(f.root, {}).setdefault(f.owner, []).append(f)
     if not by_tree:
         return {}
-    # (tree, its sessions in listing order, each with its view)
-    trees: list[tuple[str, list[tuple[str, list[Part]]]]] = []
-    firsts: dict[tuple[str, str, int], int | None] = {}
+    # (tree, session, its view) of every session that may show a hit, in listing order
+    views: list[tuple[str, str, list[Part]]] = []
     if isinstance(statements, ViewReading):
-        sessions: dict[str, list[str]] = {root: [] for root in by_tree}
-        chained: list[tuple[str, str]] = []
-        for sid, root, chain in statements.tree_sessions(cx, list(by_tree)):
-            if root in sessions and (listed is None or sid in listed):
-                sessions[root].append(sid)
-                if chain:
-                    chained.append((sid, root))
-        rows = statements.views(cx, chained)
-        for root, ids in sessions.items():
-            views = [(sid, [*check_parts(sid, rows.get(sid, ())), _own(sid)]) for sid in ids]
-            trees.append((root, views))
-        # the oldest row of each part holding a hit, all in one statement: a hit's
-        # position then follows from its place (see below)
-        wanted = {
-            (root, part.owner, part.lo)
-            for root, views in trees
-            for _, view in views
-            for part in view
-            if any(h.owner == part.owner and part.lo < h.id <= part.hi for h in by_tree[root])
-        }
-        keys = sorted(wanted)
-        firsts = dict(zip(keys, statements.first_places(cx, keys), strict=True))
+        sessions: list[tuple[str, str, bool]] = [
+            (sid, root, chain)
+            for sid, root, chain in statements.tree_sessions(cx, list(by_tree))
+            if root in by_tree and (listed is None or sid in listed)
+        ]
+        rows = statements.views(cx, [(sid, root) for sid, root, chain in sessions if chain])
+        for sid, root, _ in sessions:
+            own = [_own(sid)]
+            views.append((sid, root, [*check_parts(sid, rows[sid]), *own] if sid in rows else own))
     else:
         for root in by_tree:
-            rows = cx.rows(q.TREE_SESSION_IDS, {"tree": root})
-            ids = [str(r[0]) for r in rows if listed is None or r[0] in listed]
-            trees.append((root, [(sid, _view(cx, root, sid)) for sid in ids]))
+            rows_ = cx.rows(q.TREE_SESSION_IDS, {"tree": root})
+            for r in rows_:
+                if listed is None or r[0] in listed:
+                    views.append((str(r[0]), root, _view(cx, root, str(r[0]))))
+    # the hits inside each part of each view
+    inside: list[tuple[str, str, list[tuple[Part, list[_Found]]]]] = []
+    for sid, root, view in views:
+        owners = by_tree[root]
+        parts = []
+        for part in view:
+            held = [h for h in owners.get(part.owner, ()) if part.lo < h.id <= part.hi]
+            parts.append((part, held))
+        inside.append((sid, root, parts))
+    firsts: dict[tuple[str, str, int], int | None] = {}
+    if isinstance(statements, ViewReading):
+        # the oldest row of each part holding a hit, all in one statement: a hit's
+        # position then follows from its place (see below)
+        keys = sorted(
+            {
+                (root, part.owner, part.lo)
+                for _, root, parts in inside
+                for part, held in parts
+                if held
+            }
+        )
+        firsts = dict(zip(keys, statements.first_places(cx, keys), strict=True))
     out: dict[int, list[tuple[str, int]]] = {}
-    for root, views in trees:
-        hits = by_tree[root]
-        for sid, view in views:
-            before = 0
-            for part in view:
-                inside = [h for h in hits if h.owner == part.owner and part.lo < h.id <= part.hi]
-                first: _Found | None = None
-                first_count = 0
-                for hit in sorted(inside, key=lambda h: h.id):
-                    # a part's rows are consecutive among its owner's (see branching.span):
-                    # places tell how many rows lie between its oldest row and a hit
-                    if first is not None and first.place is not None and hit.place is not None:
-                        count = first_count + hit.place - first.place
+    for sid, root, parts in inside:
+        before = 0
+        for part, held in parts:
+            first: _Found | None = None
+            first_count = 0
+            for hit in held:
+                # a part's rows are consecutive among its owner's (see branching.span):
+                # places tell how many rows lie between its oldest row and a hit
+                if first is not None and first.place is not None and hit.place is not None:
+                    count = first_count + hit.place - first.place
+                else:
+                    oldest = firsts.get((root, part.owner, part.lo))
+                    if oldest is not None and hit.place is not None and hit.place >= oldest:
+                        count = hit.place - oldest + 1
                     else:
-                        oldest = firsts.get((root, part.owner, part.lo))
-                        if oldest is not None and hit.place is not None and hit.place >= oldest:
-                            count = hit.place - oldest + 1
-                        else:
-                            count, _ = span(cx, root, part.owner, part.lo, hit.id)
-                        first, first_count = hit, count
-                    out.setdefault(hit.id, []).append((sid, before + count - 1))
-                before += part.count
+                        count, _ = span(cx, root, part.owner, part.lo, hit.id)
+                    first, first_count = hit, count
+                out.setdefault(hit.id, []).append((sid, before + count - 1))
+            before += part.count
     return {k: tuple(v) for k, v in out.items()}
 
 
