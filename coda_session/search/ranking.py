@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from .query import Phrase, Query
 
-__all__ = ["K1", "B", "rank", "score"]
+__all__ = ["K1", "B", "rank", "score", "score_bodies"]
 
 #: BM25's term-frequency saturation.
 K1 = 1.2
@@ -91,6 +91,12 @@ def _scores(q: Query, bodies: Sequence[str]) -> list[float]:
             if count:
                 scores[i] += idf * count * (K1 + 1) / (count + norms[i])
     return scores
+
+
+def score_bodies(q: Query, bodies: Sequence[str]) -> list[float]:
+    """The BM25 score of each index body (terms joined by single spaces) within
+    ``bodies``, the window, in their order (what :func:`rank` orders)."""
+    return _scores(q, bodies)
 
 
 def score(q: Query, docs: Sequence[Sequence[str]]) -> list[float]:
