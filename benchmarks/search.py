@@ -26,6 +26,14 @@ before issue 18 (``--baseline``, a git ref or a directory holding ``coda_session
 a child process of its own (``PYTHONPATH``), driven in alternating rounds (ABAB) with the same
 messages. Without a baseline those rows are skipped with a line saying why. Each target
 prints PASS or MISS; nothing fails on timing and the script exits 0.
+
+``--store-dir DIR`` keeps the SQLite stores of parts 1-2 for later runs: the store of ``N``
+messages is ``DIR/store-N/`` (``sqlite/sessions.db`` and ``plan.json``, what the probes need
+to know about it). A store found there is reused as it is (part 1 then neither generates nor
+imports it, and prints no import row for it); one not found is built there and kept.
+PostgreSQL stores are always built afresh. Part 2 only reads a store, but opening it runs
+the library's migrations, so keep a copy of a store you want to reuse with an older
+checkout.
 """
 
 from __future__ import annotations
@@ -621,6 +629,7 @@ class Run:
     corpus: Corpus
     jit_off: bool = False  # PostgreSQL: ALTER DATABASE ... SET jit = off on this run's
     stores: list[Store] = field(default_factory=list)
+    store_dir: Path | None = None  # --store-dir: SQLite stores kept for later runs
 
     def sqlite_config(self, where: str) -> dict[str, Any]:
         return {"session": {"storage_path": str(self.work / where)}}
@@ -648,18 +657,32 @@ async def build_stores(run: Run) -> None:
     baseline's (timed, then dropped), in alternating order."""
     table = run.table
     for index, size in enumerate(run.sizes.stores):
+        kept = run.store_dir / f"store-{size}" if run.store_dir is not None else None
+        reused = kept is not None and (kept / "plan.json").is_file()
+        if reused:
+            assert kept is not None
+            plan = Plan(**json.loads((kept / "plan.json").read_text()))
+            table.notes.append(
+                f"note 1: reused the {plan.messages:,}-message SQLite store in {kept}"
+            )
         export = run.work / f"store-{size}.jsonl"
-        t0 = time.perf_counter()
-        plan = run.corpus.write_store(export, size)
-        table.notes.append(
-            f"note 1: generated the {plan.messages:,}-message export in "
-            f"{time.perf_counter() - t0:.1f} s: {plan.sessions:,} sessions ({plan.branches:,} "
-            f"branches), {plan.bytes / 1e6:,.0f} MB; planted: "
-            + ", ".join(f"{term!r} in {n:,}" for term, n in plan.planted.items())
-        )
+        if not reused or "postgresql" in run.backends:
+            t0 = time.perf_counter()
+            plan = run.corpus.write_store(export, size)
+            table.notes.append(
+                f"note 1: generated the {plan.messages:,}-message export in "
+                f"{time.perf_counter() - t0:.1f} s: {plan.sessions:,} sessions "
+                f"({plan.branches:,} branches), {plan.bytes / 1e6:,.0f} MB; planted: "
+                + ", ".join(f"{term!r} in {n:,}" for term, n in plan.planted.items())
+            )
         store = Store(size, plan, export)
+        if reused:
+            assert kept is not None
+            store.sqlite = kept / "sqlite"
         run.stores.append(store)
         for backend in run.backends:
+            if reused and backend == "sqlite":
+                continue
             contenders: list[tuple[str, Path]] = [("ours", OURS)]
             if run.baseline is not None and (
                 backend == "sqlite" or size <= run.sizes.pg_baseline_import
@@ -667,6 +690,14 @@ async def build_stores(run: Run) -> None:
                 contenders.append(("baseline", run.baseline))
             got: dict[str, dict[str, Any]] = {}
             for label, root in rotate(contenders, index):
+                if label == "ours" and backend == "sqlite" and kept is not None:
+                    shutil.rmtree(kept, ignore_errors=True)  # what an interrupted build left
+                    kept.mkdir(parents=True)
+                    config = {"session": {"storage_path": str(kept / "sqlite")}}
+                    got[label] = await asyncio.to_thread(import_once, root, label, config, export)
+                    store.sqlite = kept / "sqlite"
+                    (kept / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+                    continue
                 config, where = await run.config(backend, f"{label}-{size}")
                 got[label] = await asyncio.to_thread(import_once, root, label, config, export)
                 if label == "ours":
@@ -1213,6 +1244,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ALTER DATABASE ... SET jit = off on this run's PostgreSQL databases",
     )
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the SQLite stores of parts 1-2 in DIR/store-N/ and reuse those found there",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.stores:
@@ -1238,6 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PostgreSQL {found} ({durability}; {jit})")
         run = Run(sizes, work, table, backends, server, baseline, why, Corpus())
         run.jit_off = args.postgres_jit_off
+        run.store_dir = args.store_dir.resolve() if args.store_dir is not None else None
         try:
             asyncio.run(run_all(run, parts))
         finally:

@@ -7,6 +7,7 @@ so every backend ranks, pages and cuts snippets alike.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
@@ -27,7 +28,7 @@ from .repository.searching import (
 )
 from .search.analysis import INDEX_VERSION, record_text
 from .search.query import Query, parse
-from .search.ranking import rank
+from .search.ranking import score_bodies
 from .search.results import Cursor, SearchHit, SearchResult, SessionRef, digest
 from .search.snippet import make_snippet
 from .timeutil import utcnow
@@ -253,8 +254,9 @@ async def _trees(
     """session id -> (its place in the listing order, its info), for these trees."""
     infos: list[SessionInfo] = []
     if capabilities.can_list_tree(repo):
-        for root in sorted(set(roots)):
-            infos.extend(await repo.list_tree(root))
+        # the trees' listings are asked for together: their round trips overlap
+        for found in await asyncio.gather(*(repo.list_tree(r) for r in sorted(set(roots)))):
+            infos.extend(found)
     else:
         infos = await repo.list_sessions()
     return {info.id: ((info.created_at, info.name), info) for info in infos}
@@ -318,10 +320,9 @@ def _scores(args: SearchArgs, query: Query, found: Candidates) -> list[float]:
     n = len(found.hits)
     if args.order != "relevance" or not query.has_terms or not n:
         return [0.0] * n
-    # the window is newest first: a larger stand-in id is a newer message, so ties
-    # rank newest first as the ids of one store would, also where ids are per session
-    ranked = dict(rank(query, [(n - i, body) for i, body in enumerate(found.bodies)]))
-    return [float(ranked.get(n - i, 0.0)) for i in range(n)]
+    # each candidate's BM25 score over the window; the page's sort key orders them (ties
+    # by id: newest first)
+    return score_bodies(query, found.bodies)
 
 
 async def _page(
@@ -347,7 +348,9 @@ async def _page(
         if args.per_session:
             entries.extend(((scores[i], key_id, sid), i, sid, pos) for sid, pos in shown_in[i])
         else:
-            entries.append(((scores[i], key_id, min(s for s, _ in shown_in[i])), i, None, 0))
+            where = shown_in[i]
+            first = where[0][0] if len(where) == 1 else min(s for s, _ in where)
+            entries.append(((scores[i], key_id, first), i, None, 0))
     entries.sort(key=lambda e: e[0], reverse=True)
     if args.per_session:
         seen: set[str] = set()

@@ -19,11 +19,11 @@ without terms, which all score 0) are ordered newest (largest id) first.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .query import Phrase, Query
 
-__all__ = ["K1", "B", "rank", "score"]
+__all__ = ["K1", "B", "rank", "score", "score_bodies"]
 
 #: BM25's term-frequency saturation.
 K1 = 1.2
@@ -40,9 +40,36 @@ def _phrases(q: Query) -> list[Phrase]:
 
 
 def _pattern(phrase: Phrase) -> str:
-    # the phrase as it appears in a double-spaced, space-padded body (see _scores)
+    # the phrase as it appears in a double-spaced, space-padded body (see _count)
     text = " " + "  ".join(phrase.terms)
     return text if phrase.prefix else text + " "
+
+
+def _counter(phrase: Phrase) -> Callable[[str], int]:
+    """How many times ``phrase`` occurs in a body (see :func:`_scores`).
+
+    With every separator doubled and the body padded, an occurrence of a phrase is a
+    substring (" a  b ", or " a  b" for a prefix) and occurrences of a term never share a
+    space, so str.count, at C speed, counts them. Doubling copies the body, so the body is
+    first searched as it is, padded only: there two occurrences miss each other only when
+    one ends at the space the next begins with (" a b a b "), which a prefix never does,
+    and only a body holding that is doubled.
+    """
+    doubled = _pattern(phrase)
+    core = " ".join(phrase.terms)
+    if phrase.prefix:
+        single = " " + core
+        return lambda body: (" " + body).count(single)
+    single, twice = f" {core} ", f" {core} {core} "
+
+    def count(body: str) -> int:
+        padded = " " + body + " "
+        found = padded.count(single)
+        if found and twice in padded:
+            return (" " + body.replace(" ", "  ") + " ").count(doubled)
+        return found
+
+    return count
 
 
 def _scores(q: Query, bodies: Sequence[str]) -> list[float]:
@@ -50,17 +77,12 @@ def _scores(q: Query, bodies: Sequence[str]) -> list[float]:
     size = len(bodies)
     if not phrases or not size:
         return [0.0] * size
-    # With every separator doubled and the body padded, an occurrence of a phrase is a
-    # substring (" a  b ", or " a  b" for a prefix) and occurrences of a term never share a
-    # space, so str.count, at C speed, counts them.
-    padded = [" " + body.replace(" ", "  ") + " " for body in bodies]
     lengths = [body.count(" ") + 1 if body else 0 for body in bodies]
     average = sum(lengths) / size or 1.0
     norms = [K1 * (1 - B + B * length / average) for length in lengths]
     scores = [0.0] * size
     for phrase in phrases:
-        pattern = _pattern(phrase)
-        counts = [text.count(pattern) for text in padded]
+        counts = list(map(_counter(phrase), bodies))
         held = size - counts.count(0)
         if not held:
             continue
@@ -69,6 +91,12 @@ def _scores(q: Query, bodies: Sequence[str]) -> list[float]:
             if count:
                 scores[i] += idf * count * (K1 + 1) / (count + norms[i])
     return scores
+
+
+def score_bodies(q: Query, bodies: Sequence[str]) -> list[float]:
+    """The BM25 score of each index body (terms joined by single spaces) within
+    ``bodies``, the window, in their order (what :func:`rank` orders)."""
+    return _scores(q, bodies)
 
 
 def score(q: Query, docs: Sequence[Sequence[str]]) -> list[float]:

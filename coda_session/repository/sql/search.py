@@ -20,7 +20,7 @@ from ...search.analysis import INDEX_VERSION, index_body, record_text, terms
 from ...search.query import matches
 from ..searching import Candidates, SearchIndexReport, SearchRequest, StoredHit
 from . import statements as q
-from .branching import BEYOND, Part, segments, span
+from .branching import BEYOND, Part, check_parts, segments, span
 from .rows import message_of
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ __all__ = [
     "OrphanSweeping",
     "SearchScope",
     "SearchStatements",
+    "ViewReading",
     "bodies_of",
     "check",
     "entries_of",
@@ -162,6 +163,40 @@ class OrphanSweeping(Protocol):
         """Remove the orphaned entries of the oldest noted ranges, walking at most
         ``limit`` entries (a range walked to its end is forgotten); returns how many it
         removed."""
+        ...
+
+
+@runtime_checkable
+class ViewReading(Protocol):
+    """A dialect that reads many sessions' views in one statement each (SQLite, over JSON
+    arrays): a search scoped to many sessions (``tags=``, ``metadata=``) and the sessions
+    showing the hits of many trees then cost a few statements, not a few per session or
+    per tree. The answers are those of the per-session statements (``SESSION_BY_ID``,
+    ``TREE_SESSION_IDS``, :func:`.branching.segments`, :func:`.branching.span`)."""
+
+    def listed_sessions(self, cx: Executor, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(id, tree) of the listed sessions (never a holder) among ``ids``."""
+        ...
+
+    def tree_sessions(self, cx: Executor, trees: Sequence[str]) -> list[tuple[str, str, bool]]:
+        """(id, tree, chained) of every listed session of ``trees``, each tree's in the
+        listing order (created, then id); ``chained`` False: the session inherits nothing
+        and its list holds no segment (its view is its own rows: :meth:`views` need not
+        read it)."""
+        ...
+
+    def views(
+        self, cx: Executor, sessions: Sequence[tuple[str, str]]
+    ) -> dict[str, list[Sequence[Any]]]:
+        """Each (session id, tree)'s segment rows, oldest first (``RESOLVED``'s columns,
+        for :func:`.branching.check_parts`)."""
+        ...
+
+    def first_places(
+        self, cx: Executor, ranges: Sequence[tuple[str, str, int]]
+    ) -> list[int | None]:
+        """For each (tree, owner, lo): the place (``ord``) of ``owner``'s oldest row with
+        ``id > lo``; None when it has none or no place."""
         ...
 
 
@@ -398,29 +433,52 @@ def _found(row: Sequence[Any], body: str) -> _Found:
     )
 
 
-def _scope(cx: Executor, request: SearchRequest, upto: int) -> SearchScope | None:
+def _scope(
+    cx: Executor, statements: SearchStatements | None, request: SearchRequest, upto: int
+) -> SearchScope | None:
     """The request's scope; None when it names no session that exists."""
     roles = tuple(sorted(request.roles)) if request.roles is not None else None
     if request.session_ids is None:
         return SearchScope(upto, None, None, roles, request.after, request.before)
     roots: dict[str, None] = {}
     parts: dict[tuple[str, int, int], None] = {}
-    for sid in sorted(request.session_ids):
-        found = cx.rows(q.SESSION_BY_ID, {"session_id": sid})
-        if not found:
-            continue
-        root = str(found[0][9] or sid)
+    for _, root, view in _views_of(cx, statements, sorted(request.session_ids)):
         roots[root] = None
-        for part in _view(cx, root, sid):
+        for part in view:
             parts[(part.owner, part.lo, part.hi)] = None
     if not roots:
         return None
     return SearchScope(upto, tuple(roots), tuple(parts), roles, request.after, request.before)
 
 
+def _views_of(
+    cx: Executor, statements: SearchStatements | None, ids: Sequence[str]
+) -> list[tuple[str, str, list[Part]]]:
+    """(id, tree, view) of the listed sessions among ``ids``, in their order."""
+    if isinstance(statements, ViewReading):
+        listed = dict(statements.listed_sessions(cx, ids))
+        found = [(sid, listed[sid]) for sid in ids if sid in listed]
+        rows = statements.views(cx, found)
+        return [
+            (sid, root, [*check_parts(sid, rows.get(sid, ())), _own(sid)]) for sid, root in found
+        ]
+    out = []
+    for sid in ids:
+        row = cx.rows(q.SESSION_BY_ID, {"session_id": sid})
+        if row:
+            root = str(row[0][9] or sid)
+            out.append((sid, root, _view(cx, root, sid)))
+    return out
+
+
+def _own(session_id: str) -> Part:
+    """A session's own rows, as the last part of its view (count unknown)."""
+    return Part(session_id, -1, BEYOND, 0, 0)
+
+
 def _view(cx: Executor, root: str, session_id: str) -> list[Part]:
     """A session's view: its segments, then its own rows (count unknown)."""
-    return [*segments(cx, root, session_id), Part(session_id, -1, BEYOND, 0, 0)]
+    return [*segments(cx, root, session_id), _own(session_id)]
 
 
 def _in_scope(row: Sequence[Any], scope: SearchScope) -> bool:
@@ -469,15 +527,10 @@ def _indexed_matches(
     cap) and whether that count is exact."""
     match = statements.compile(request.query)
     window, cap = max(request.window, 0), max(request.count_cap, 0)
-    if match is not None:
+    if match is not None or not request.query.excluded:
         rows = statements.lookup(cx, match, scope, window) if window else []
         found = [_found(r, str(r[11])) for r in rows]
-        total = statements.count(cx, match, scope, cap + 1) if cap else 0
-        return found, min(total, cap), total <= cap
-    if not request.query.excluded:
-        rows = statements.lookup(cx, None, scope, window) if window else []
-        found = [_found(r, str(r[11])) for r in rows]
-        total = statements.count(cx, None, scope, cap + 1) if cap else 0
+        total = _counted(cx, statements, match, scope, rows, window, cap)
         return found, min(total, cap), total <= cap
     # no positive term but excluded ones: the newest messages, each evaluated in Python,
     # page by page until the window is full and the count reaches the cap
@@ -500,13 +553,35 @@ def _indexed_matches(
         upto = int(rows[-1][0]) - 1
 
 
+def _counted(
+    cx: Executor,
+    statements: SearchStatements,
+    match: str | None,
+    scope: SearchScope,
+    rows: Sequence[Sequence[Any]],
+    window: int,
+    cap: int,
+) -> int:
+    """How many indexed messages in ``scope`` match, counting at most ``cap + 1``, given
+    the lookup's ``rows`` (the newest ``window`` of them): a window not filled holds them
+    all; a full one is counted on from below its oldest row, so no row is walked twice."""
+    if not cap:
+        return 0
+    if not window:
+        return statements.count(cx, match, scope, cap + 1)
+    if len(rows) < window or len(rows) > cap:
+        return len(rows)
+    below = replace(scope, upto_id=int(rows[-1][0]) - 1)
+    return len(rows) + statements.count(cx, match, below, cap + 1 - len(rows))
+
+
 def search(cx: Executor, statements: SearchStatements | None, request: SearchRequest) -> Candidates:
     """The newest messages matching ``request`` (at most its window), newest first, with
     the sessions showing each; see :class:`..searching.SearchRequest`."""
     store_max = int(cx.rows(q.MAX_MESSAGE_ID, {})[0][0])
     upto = store_max if request.upto_id is None else min(request.upto_id, store_max)
     pinned = store_max if request.upto_id is None else request.upto_id
-    scope = _scope(cx, request, upto)
+    scope = _scope(cx, statements, request, upto)
     if scope is None:
         return Candidates([], [], 0, True, pinned)
     cap = max(request.count_cap, 0)
@@ -523,39 +598,86 @@ def search(cx: Executor, statements: SearchStatements | None, request: SearchReq
         if total > cap:
             total, exact = cap, False
     found = found[: max(request.window, 0)]
-    shown = _shown_in(cx, found, request.session_ids)
+    shown = _shown_in(cx, statements, found, request.session_ids)
     hits = [StoredHit(f.record, f.root, shown.get(f.id, ())) for f in found]
     return Candidates(hits, [f.body for f in found], total, exact, pinned)
 
 
 def _shown_in(
-    cx: Executor, found: Sequence[_Found], listed: frozenset[str] | None
+    cx: Executor,
+    statements: SearchStatements | None,
+    found: Sequence[_Found],
+    listed: frozenset[str] | None,
 ) -> dict[int, tuple[tuple[str, int], ...]]:
     """(session id, 0-based position) of every session showing each hit (of ``listed``
-    only, when given): each tree's sessions and their views are read once."""
-    by_tree: dict[str, list[_Found]] = {}
-    for f in found:
-        by_tree.setdefault(f.root, []).append(f)
+    only, when given): each tree's sessions and their views are read once (all trees'
+    in a few statements, where the dialect can: :class:`ViewReading`)."""
+    # each tree's hits by owner, oldest first
+    by_tree: dict[str, dict[str, list[_Found]]] = {}
+    for f in sorted(found, key=lambda f: f.id):
+        by_tree.setdefault(f.root, {}).setdefault(f.owner, []).append(f)
+    if not by_tree:
+        return {}
+    # (tree, session, its view) of every session that may show a hit, in listing order
+    views: list[tuple[str, str, list[Part]]] = []
+    if isinstance(statements, ViewReading):
+        sessions: list[tuple[str, str, bool]] = [
+            (sid, root, chain)
+            for sid, root, chain in statements.tree_sessions(cx, list(by_tree))
+            if root in by_tree and (listed is None or sid in listed)
+        ]
+        rows = statements.views(cx, [(sid, root) for sid, root, chain in sessions if chain])
+        for sid, root, _ in sessions:
+            own = [_own(sid)]
+            views.append((sid, root, [*check_parts(sid, rows[sid]), *own] if sid in rows else own))
+    else:
+        for root in by_tree:
+            rows_ = cx.rows(q.TREE_SESSION_IDS, {"tree": root})
+            for r in rows_:
+                if listed is None or r[0] in listed:
+                    views.append((str(r[0]), root, _view(cx, root, str(r[0]))))
+    # the hits inside each part of each view
+    inside: list[tuple[str, str, list[tuple[Part, list[_Found]]]]] = []
+    for sid, root, view in views:
+        owners = by_tree[root]
+        parts = []
+        for part in view:
+            held = [h for h in owners.get(part.owner, ()) if part.lo < h.id <= part.hi]
+            parts.append((part, held))
+        inside.append((sid, root, parts))
+    firsts: dict[tuple[str, str, int], int | None] = {}
+    if isinstance(statements, ViewReading):
+        # the oldest row of each part holding a hit, all in one statement: a hit's
+        # position then follows from its place (see below)
+        keys = sorted(
+            {
+                (root, part.owner, part.lo)
+                for _, root, parts in inside
+                for part, held in parts
+                if held
+            }
+        )
+        firsts = dict(zip(keys, statements.first_places(cx, keys), strict=True))
     out: dict[int, list[tuple[str, int]]] = {}
-    for root, hits in by_tree.items():
-        rows = cx.rows(q.TREE_SESSION_IDS, {"tree": root})
-        sessions = [str(r[0]) for r in rows if listed is None or r[0] in listed]
-        for sid in sessions:
-            before = 0
-            for part in _view(cx, root, sid):
-                inside = [h for h in hits if h.owner == part.owner and part.lo < h.id <= part.hi]
-                first: _Found | None = None
-                first_count = 0
-                for hit in sorted(inside, key=lambda h: h.id):
-                    # a part's rows are consecutive among its owner's (see branching.span):
-                    # past the first hit, places tell how many rows lie between
-                    if first is not None and first.place is not None and hit.place is not None:
-                        count = first_count + hit.place - first.place
+    for sid, root, parts in inside:
+        before = 0
+        for part, held in parts:
+            first: _Found | None = None
+            first_count = 0
+            for hit in held:
+                # a part's rows are consecutive among its owner's (see branching.span):
+                # places tell how many rows lie between its oldest row and a hit
+                if first is not None and first.place is not None and hit.place is not None:
+                    count = first_count + hit.place - first.place
+                else:
+                    oldest = firsts.get((root, part.owner, part.lo))
+                    if oldest is not None and hit.place is not None and hit.place >= oldest:
+                        count = hit.place - oldest + 1
                     else:
                         count, _ = span(cx, root, part.owner, part.lo, hit.id)
-                        first, first_count = hit, count
-                    out.setdefault(hit.id, []).append((sid, before + count - 1))
-                before += part.count
+                    first, first_count = hit, count
+                out.setdefault(hit.id, []).append((sid, before + count - 1))
+            before += part.count
     return {k: tuple(v) for k, v in out.items()}
 
 

@@ -75,6 +75,54 @@ DROP_ENTRIES = q.constant(
 )
 FORGET_GONE = q.constant(sa.text("DELETE FROM search_gone WHERE id = :id"))
 NARROW_GONE = q.constant(sa.text("UPDATE search_gone SET lo = :lo WHERE id = :id"))
+#: (id, tree) of the listed sessions among the ids (``SESSION_BY_ID``, many at once)
+LISTED_SESSIONS = q.constant(
+    sa.text(
+        "SELECT s.id, coalesce(s.root_id, s.id) FROM sessions s "
+        "WHERE s.id IN (SELECT value FROM json_each(:ids)) AND s.holder = 0"
+    )
+)
+#: (id, tree, whether its view may hold segments) of every listed session of the trees,
+#: in listing order (``TREE_SESSION_IDS``): a session that inherits nothing and whose list
+#: holds no segment shows its own rows alone (its chain is itself)
+TREE_SESSIONS = q.constant(
+    sa.text(
+        "SELECT s.id, s.root_id, s.inherit_id IS NOT NULL OR EXISTS (SELECT 1 FROM "
+        "session_segments g WHERE g.session_id = s.id) FROM sessions s "
+        "WHERE s.root_id IN (SELECT value FROM json_each(:trees)) AND s.holder = 0 "
+        "ORDER BY s.created_at, s.id"
+    )
+)
+#: each session's view's segments, oldest first: ``statements.RESOLVED`` for many
+#: sessions at once, each chain walked from its own session (``origin``)
+VIEWS = q.constant(
+    sa.text(
+        "WITH RECURSIVE chain(origin, tree, sid, cut) AS (SELECT json_extract(value, '$[0]'), "
+        "json_extract(value, '$[1]'), json_extract(value, '$[0]'), :beyond "
+        "FROM json_each(:sessions) UNION SELECT c.origin, c.tree, s.inherit_id, "
+        "CASE WHEN s.inherit_upto < c.cut THEN s.inherit_upto ELSE c.cut END "
+        "FROM chain c JOIN sessions s ON s.id = c.sid WHERE s.inherit_id IS NOT NULL) "
+        "SELECT c.origin, g.owner_id, g.lo, g.hi, g.message_count, g.size_bytes, g.id, "
+        "g.session_id FROM chain c JOIN session_segments g ON g.session_id = c.sid "
+        "AND g.root_id = c.tree AND g.hi <= c.cut ORDER BY c.origin, g.hi"
+    )
+)
+#: the place of each (tree, owner, lo)'s oldest row above ``lo``. For a session's own rows
+#: (``lo`` < 0) that is its smallest place, read from the (session_id, ord) index alone:
+#: a listed session's places grow with its ids (it only appends, and loses only its
+#: oldest or newest rows), and a row without a place sorts first and answers None (the
+#: caller then counts the rows, as before)
+FIRST_PLACES = q.constant(
+    sa.text(
+        "SELECT CASE WHEN json_extract(r.value, '$[2]') < 0 THEN (SELECT m.ord "
+        "FROM messages m WHERE m.session_id = json_extract(r.value, '$[1]') "
+        "ORDER BY m.ord LIMIT 1) ELSE (SELECT m.ord FROM messages m "
+        "WHERE m.session_id = json_extract(r.value, '$[1]') "
+        "AND m.root_id = json_extract(r.value, '$[0]') "
+        "AND m.id > json_extract(r.value, '$[2]') ORDER BY m.id LIMIT 1) END "
+        "FROM json_each(:ranges) r ORDER BY r.key"
+    )
+)
 #: the lookups' statements by their text: a few shapes (which conditions a scope has),
 #: each compiled once per process
 _SHAPES: dict[str, sa.TextClause] = {}
@@ -122,6 +170,37 @@ class SqliteSearch:
         else:
             cx.run(INDEX, {"rows": json.dumps(payload, ensure_ascii=False)})
 
+    def listed_sessions(self, cx: Executor, ids: Sequence[str]) -> list[tuple[str, str]]:
+        if not ids:
+            return []
+        rows = cx.rows(LISTED_SESSIONS, {"ids": json.dumps(list(ids))})
+        return [(str(sid), str(root)) for sid, root in rows]
+
+    def tree_sessions(self, cx: Executor, trees: Sequence[str]) -> list[tuple[str, str, bool]]:
+        if not trees:
+            return []
+        rows = cx.rows(TREE_SESSIONS, {"trees": json.dumps(list(trees))})
+        return [(str(sid), str(root), bool(chained)) for sid, root, chained in rows]
+
+    def views(
+        self, cx: Executor, sessions: Sequence[tuple[str, str]]
+    ) -> dict[str, list[Sequence[Any]]]:
+        out: dict[str, list[Sequence[Any]]] = {}
+        if not sessions:
+            return out
+        params = {"sessions": json.dumps([list(x) for x in sessions]), "beyond": BEYOND}
+        for row in cx.rows(VIEWS, params):
+            out.setdefault(str(row[0]), []).append(row[1:])
+        return out
+
+    def first_places(
+        self, cx: Executor, ranges: Sequence[tuple[str, str, int]]
+    ) -> list[int | None]:
+        if not ranges:
+            return []
+        rows = cx.rows(FIRST_PLACES, {"ranges": json.dumps([list(r) for r in ranges])})
+        return [int(r[0]) if isinstance(r[0], int) else None for r in rows]
+
     def _where(self, match: str | None, scope: SearchScope) -> tuple[list[str], dict[str, Any]]:
         """(conditions, parameters) of a lookup in ``scope``: the FTS5 match with the
         scope's tokens (``f``), and conditions on the message's row (``m``)."""
@@ -153,20 +232,27 @@ class SqliteSearch:
             conditions.append("m.timestamp < :before")
             params["before"] = scope.before
         if scope.parts is not None:
-            whole = [p[0] for p in scope.parts if p[1] < 0 and p[2] >= BEYOND]
-            ranges = [list(p) for p in scope.parts if not (p[1] < 0 and p[2] >= BEYOND)]
+            # a session's own rows (lo < 0, hi BEYOND) hold every range of the same owner:
+            # a row of theirs is checked against one set of owners; only the rows of the
+            # other owners walk the ranges (a few: the inherited history of branches whose
+            # parent is not in the scope)
+            whole = sorted({p[0] for p in scope.parts if p[1] < 0 and p[2] >= BEYOND})
+            held = set(whole)
+            ranges = sorted({p for p in scope.parts if p[0] not in held})
             alternatives = []
             if whole:
                 alternatives.append("m.session_id IN (SELECT value FROM json_each(:owners))")
                 params["owners"] = json.dumps(whole)
             if ranges:
                 alternatives.append(
-                    "EXISTS (SELECT 1 FROM json_each(:parts) p WHERE "
+                    "(m.session_id IN (SELECT value FROM json_each(:p_owners)) "
+                    "AND EXISTS (SELECT 1 FROM json_each(:parts) p WHERE "
                     "m.session_id = json_extract(p.value, '$[0]') "
                     "AND m.id > json_extract(p.value, '$[1]') "
-                    "AND m.id <= json_extract(p.value, '$[2]'))"
+                    "AND m.id <= json_extract(p.value, '$[2]')))"
                 )
-                params["parts"] = json.dumps(ranges)
+                params["p_owners"] = json.dumps(sorted({p[0] for p in ranges}))
+                params["parts"] = json.dumps([list(p) for p in ranges])
             conditions.append("(" + " OR ".join(alternatives or ["0"]) + ")")
         return conditions, params
 
