@@ -19,6 +19,7 @@ from ....errors import StorageError
 from .errors import is_busy
 
 __all__ = [
+    "MMAP_BYTES",
     "configure",
     "connect_aiosqlite",
     "connect_sqlite",
@@ -32,14 +33,23 @@ __all__ = [
 _WAL = "PRAGMA journal_mode = WAL"
 
 
+#: Bytes of the database file read through a memory map (address space, not memory: the
+#: pages are the operating system's cache, shared by every connection). Measured on a
+#: 1M-message store (950 MB): a phrase search's CPU went from 50 to 38 ms, most of it
+#: reading the 1,000 candidates' index bodies, which the 2 MB page cache of each
+#: connection otherwise re-reads with a system call per page.
+MMAP_BYTES = 1 << 30
+
+
 def _pragmas(busy_timeout: float, foreign_keys: bool) -> tuple[str, ...]:
     """The library's PRAGMAs, in order: the busy timeout, foreign keys, WAL,
-    synchronous=NORMAL."""
+    synchronous=NORMAL, and reads through a memory map of the file (:data:`MMAP_BYTES`)."""
     return (
         f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
         f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}",
         _WAL,
         "PRAGMA synchronous = NORMAL",
+        f"PRAGMA mmap_size = {MMAP_BYTES}",
     )
 
 
