@@ -1113,7 +1113,9 @@ async def bench_listing(run: Run, backend: str) -> None:
                 for x in LISTINGS:
                     places = ("first", "deep") if deep[x.key][1] else ("first",)
                     keys += [(who, x.key, at) for who in ("ours", "blocking") for at in places]
-            times = await interleaved(one, keys, run.sizes.list_repeats)
+            # collected before each timing: the Python contender leaves 100k objects a
+            # full collection would otherwise charge to whichever call comes next
+            times = await interleaved(one, keys, run.sizes.list_repeats, collect=True)
     finally:
         await asyncio.to_thread(blocking.close)
     for listing in LISTINGS:
