@@ -271,7 +271,7 @@ def test_history_reads_as_a_changelog() -> None:
     assert "0009 -> 0010, Trees that grow linearly: a fork inherits its source" in run.stdout
     assert "0010 -> 0011, Sessions are filtered by metadata and tags" in run.stdout
     assert "0011 -> 0012, Full-text search: an index of every message's terms" in run.stdout
-    assert "0012 -> 0014 (head), The filter tables' indexes order names by code" in run.stdout
+    assert "0012 -> 0013 (head), The filter tables' indexes order names by code" in run.stdout
 
 
 def test_alembic_check_finds_no_drift(tmp_path: Path) -> None:

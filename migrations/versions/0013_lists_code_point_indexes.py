@@ -10,7 +10,7 @@ against 0.2-1 ms read in index order). This revision recreates the three indexes
 ``name COLLATE "C"``. SQLite's indexes already compare names as bytes (BINARY): nothing
 changes there. No stored value changes either way.
 
-Revision ID: 0014
+Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-08
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0014"
+revision: str = "0013"
 down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
