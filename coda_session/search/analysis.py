@@ -84,7 +84,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..escaping import ESCAPE
-from ..models import MessageRecord
+from ..models import PLAIN_ITEM, MessageRecord
 
 __all__ = [
     "INDEX_VERSION",
@@ -160,7 +160,7 @@ def record_text(record: MessageRecord) -> str:
     content = record.content
     if (
         content is not None
-        and record.extra is None
+        and (record.extra is None or record.extra == PLAIN_ITEM)
         and record.zcontent is None
         and record.damage is None
         and ESCAPE not in content
