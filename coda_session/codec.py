@@ -13,6 +13,21 @@ The rules hold for every backend alike, so that a conversation moves between the
   exactly as given; roles, timestamps and session names are identifiers and still refuse
   NUL and lone surrogates.
 
+Messages stored exactly
+-----------------------
+A message (or item) comes back exactly as given: every key in its order, none added. Its
+``role`` (or, for an item without one, its ``type``) goes to the role column, a string
+``content`` to the content column (or compressed), and everything else to the extra keys'
+JSON, which begins with a key ``"␛"`` holding the order of the keys
+(:data:`~coda_session.models.ITEM_PREFIX`). The time the message is filed under (its own
+``timestamp`` when it gives one, else the time it was added) goes to the timestamp column
+only. Rows of earlier versions have no such key and read as they did, with the
+``timestamp`` key those versions added. A message's size is, as before, the UTF-8 size of
+its role, content (a non-string one as JSON), the time it is filed under and the JSON of
+its other keys (a ``timestamp`` key among them counted once, as the filed time); its
+characters the same without the time (:func:`_chars`), so every message earlier versions
+accepted measures what it did.
+
 The stored form
 ---------------
 Neither NUL (PostgreSQL refuses it in ``text``, and as ``\\u0000`` in ``jsonb``) nor a
@@ -281,7 +296,14 @@ def encode_message(message: Any, *, compress: bool = False, at: str | None = Non
         extra_size, special = _scan(extra, _JSON_NUL)
         stored_others = _dumps(escape_json(others)) if special else extra
         stored_extra = stored_extra[:-1] + "," + stored_others[1:]
-    size = (_utf8_len(role) if role is not None else 0) + body_size + extra_size
+        if "timestamp" in others:
+            # measured as earlier versions did: the timestamp as text (below), the other
+            # keys' JSON without it
+            rest = {key: value for key, value in others.items() if key != "timestamp"}
+            extra = _dumps(rest) if rest else None
+            extra_size = _utf8_len(extra) if extra is not None else 0
+    size = (_utf8_len(role) if role is not None else 0) + body_size
+    size += _utf8_len(timestamp) + extra_size
     chars = _chars(role or "", body, is_text, extra)
     text: str | None = stored if is_text and has_content else None
     zcontent = None

@@ -231,7 +231,10 @@ class MessageRecord:
     ``content`` holds a string content (stored form); a non-string content (a list of parts, a
     dict, ``None``) is kept JSON-encoded under the key ``"content"`` of ``extra`` and
     ``content`` is ``None`` (no extra key can be named ``content``, so this never clashes).
-    ``extra`` is the JSON text of the message's other keys, or ``None`` when it has none.
+    ``extra`` is the JSON text of the message's other keys, led by its key layout
+    (:data:`ITEM_PREFIX`); ``None`` or without the layout only in rows of earlier
+    versions, which read with their ``timestamp`` key. ``role`` is the role, or the
+    ``type`` of an item without one; ``timestamp`` the time the message is filed under.
     ``id`` is the storage's monotonic ordering key (``None`` until saved).
     ``damage``, when set, says why the stored row cannot be read (a column of the wrong
     type or NULL); reading it (``to_dict``, ``text_length``) raises
@@ -243,8 +246,9 @@ class MessageRecord:
     has no ``"content"`` key.
     ``size`` and ``chars`` are computed once, by the codec (``encode_message``), and stored
     with the row: ``size`` is the UTF-8 size of the message as ``to_dict()`` returns it,
-    uncompressed (role + content, a non-string one as its JSON, + timestamp + the JSON of
-    the extra keys; a lone surrogate counts its 3 bytes of UTF-8 with ``surrogatepass``);
+    uncompressed (role + content, a non-string one as its JSON, + the JSON of the other
+    keys; rows of earlier versions: + their timestamp; a lone surrogate counts its 3
+    bytes of UTF-8 with ``surrogatepass``);
     ``chars`` the characters the token estimate counts (role, content and extra keys, as
     ``to_dict()`` returns them, a non-string content inside the extra keys' JSON;
     timestamps not).

@@ -299,8 +299,12 @@ def test_the_stored_form() -> None:
     assert call.extra == ITEM_PREFIX + '..."' + ',"type":"function_call","call_id":"c",' + (
         '"arguments":"{}"}'
     )
-    # sizes: role + content + the JSON of the other keys; no timestamp unless given
-    assert plain.size == len("user") + len("hi")
-    given = encode_message({"role": "user", "content": "hi", "timestamp": TS})
-    assert given.size == len("user") + len("hi") + len(json.dumps({"timestamp": TS},
-                                                               separators=(",", ":")))
+    # sizes as before: role + content + the filed time + the other keys' JSON (a given
+    # timestamp counted once, as that time)
+    assert plain.size == len("user") + len("hi") + len(plain.timestamp)
+    given = encode_message({"role": "user", "content": "hi", "timestamp": TS, "k": 1})
+    assert given.size == len("user") + len("hi") + len(TS) + len('{"k":1}')
+    assert given.chars == len("user") + len("hi") + len('{"k":1}')
+    assert call.size == len(call.timestamp) + len('{"type":"function_call","call_id":"c",') + (
+        len('"arguments":"{}"}')
+    )
