@@ -245,9 +245,10 @@ def encode_message(message: Any, *, compress: bool = False, at: str | None = Non
     ``compress``, a content of :data:`COMPRESS_THRESHOLD` bytes or more is stored
     zlib-compressed when that is smaller.
     """
-    message = as_item(message)
-    if not isinstance(message, Mapping):
-        raise InvalidMessageError(f"a message must be a dict, not {type(message).__name__}")
+    if type(message) is not dict:
+        message = as_item(message)
+        if not isinstance(message, Mapping):
+            raise InvalidMessageError(f"a message must be a dict, not {type(message).__name__}")
     layout: list[str] = []
     others: dict[str, Any] = {}
     role: str | None = None

@@ -170,9 +170,7 @@ class Session:
         """An estimate of the tokens the messages take (see :meth:`AsyncSession.get_token_count`)."""
         return self._manager._call(self._inner.get_token_count)
 
-    def get_messages_with_ids(
-        self, limit: int | None = None
-    ) -> list[tuple[int | None, Message]]:
+    def get_messages_with_ids(self, limit: int | None = None) -> list[tuple[int | None, Message]]:
         """``(message_id, message)`` pairs (see :meth:`AsyncSession.get_messages_with_ids`)."""
         return self._manager._call(self._inner.get_messages_with_ids, limit)
 

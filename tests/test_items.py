@@ -36,15 +36,28 @@ ITEMS: list[dict[str, Any]] = [
     {"role": "user", "content": "hello zebra"},
     {"content": "content first", "role": "user"},
     {"role": "system"},
-    {"type": "message", "role": "assistant", "content": [
-        {"type": "output_text", "text": "the answer", "annotations": []}
-    ], "id": "msg_1", "status": "completed"},
-    {"arguments": '{"city": "Paris"}', "call_id": "call_1", "name": "get_weather",
-     "type": "function_call", "id": "fc_1", "status": "completed"},
+    {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "the answer", "annotations": []}],
+        "id": "msg_1",
+        "status": "completed",
+    },
+    {
+        "arguments": '{"city": "Paris"}',
+        "call_id": "call_1",
+        "name": "get_weather",
+        "type": "function_call",
+        "id": "fc_1",
+        "status": "completed",
+    },
     {"type": "function_call_output", "call_id": "call_1", "output": "sunny quokka"},
-    {"id": "rs_1", "type": "reasoning", "summary": [
-        {"type": "summary_text", "text": "thinking about wombats"}
-    ], "encrypted_content": None},
+    {
+        "id": "rs_1",
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "thinking about wombats"}],
+        "encrypted_content": None,
+    },
     {"type": "item_reference", "id": "msg_0"},
     {"type": "compaction", "encrypted_content": "opaque"},
     {"zeta": 1, "alpha": {"z": 1, "a": [{"y": 2, "b": 3}]}, "role": "tool", "content": None},
@@ -54,9 +67,13 @@ ITEMS: list[dict[str, Any]] = [
     {"role": "user", "content": "given time", "timestamp": TS},
     {"timestamp": "2023-01-02T03:04:05", "role": "assistant", "content": "time first"},
     {"role": "user", "content": "explicit null time", "timestamp": None},
-    {"role": "assistant", "content": "long " * 400, "tool_calls": [
-        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    ]},
+    {
+        "role": "assistant",
+        "content": "long " * 400,
+        "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    },
 ]
 
 
@@ -90,9 +107,7 @@ async def test_the_filed_time_is_kept_beside(amanager: AsyncSessionManager) -> N
     s.add_message({"role": "user", "content": "now"})
     s.add_message({"type": "function_call_output", "call_id": "c", "output": "x"})
     s.add_message({"role": "user", "content": "mine", "timestamp": TS})
-    s.add_message(
-        {"role": "user", "content": "dt", "timestamp": datetime(2024, 1, 2, tzinfo=UTC)}
-    )
+    s.add_message({"role": "user", "content": "dt", "timestamp": datetime(2024, 1, 2, tzinfo=UTC)})
     after = datetime.now(UTC)
     await amanager.save_session(s)
     entries = await s.get_entries()
@@ -123,8 +138,10 @@ def test_blocking_api_mirrors(manager: SessionManager) -> None:
     manager.save_session(s)
     exact(
         s.get_messages(),
-        [{"type": "reasoning", "id": "r", "summary": []}, {"role": "user", "content": "x",
-                                                            "timestamp": TS}],
+        [
+            {"type": "reasoning", "id": "r", "summary": []},
+            {"role": "user", "content": "x", "timestamp": TS},
+        ],
     )
     entries = s.get_entries()
     assert [e.timestamp for e in entries][1] == TS
@@ -157,15 +174,24 @@ async def test_old_exports_still_import(amanager: AsyncSessionManager, tmp_path:
     library then added: they import as they read before, filed under it."""
     path = tmp_path / "v2.jsonl"
     lines = [
-        {"coda_session": 2, "kind": "session", "escaped_strings": True, "id": "x",
-         "name": "old", "created_at": TS, "updated_at": TS, "metadata": {}},
+        {
+            "coda_session": 2,
+            "kind": "session",
+            "escaped_strings": True,
+            "id": "x",
+            "name": "old",
+            "created_at": TS,
+            "updated_at": TS,
+            "metadata": {},
+        },
         {"role": "user", "content": "hi", "timestamp": TS, "model": "m"},
         {"coda_session": 2, "kind": "end", "message_count": 1},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     s = await amanager.import_session(path)
-    assert await s.get_messages() == [{"role": "user", "content": "hi", "timestamp": TS,
-                                       "model": "m"}]
+    assert await s.get_messages() == [
+        {"role": "user", "content": "hi", "timestamp": TS, "model": "m"}
+    ]
     assert (await s.get_entries())[0].timestamp == TS
 
 
@@ -178,8 +204,10 @@ async def test_branches_pops_and_search_hits_are_exact(amanager: AsyncSessionMan
     exact(await branch.get_messages(), ITEMS[:7])
     branch.add_message({"type": "function_call_output", "call_id": "z", "output": "new"})
     await amanager.save_session(branch)
-    exact(await branch.pop_messages(2), [ITEMS[6], {"type": "function_call_output",
-                                                      "call_id": "z", "output": "new"}])
+    exact(
+        await branch.pop_messages(2),
+        [ITEMS[6], {"type": "function_call_output", "call_id": "z", "output": "new"}],
+    )
     exact(await branch.get_messages(), ITEMS[:6])
     popped = await s.pop_messages(len(ITEMS))
     exact(popped, ITEMS)
@@ -276,8 +304,11 @@ async def test_rows_of_earlier_versions_read_as_before(store: Store) -> None:
         '{"model":"m1"}',
         sid,
     )
-    store.execute("UPDATE sessions SET message_count = 2, last_message_id = "
-                  "(SELECT MAX(id) FROM messages) WHERE id = ?", sid)
+    store.execute(
+        "UPDATE sessions SET message_count = 2, last_message_id = "
+        "(SELECT MAX(id) FROM messages) WHERE id = ?",
+        sid,
+    )
     async with store.async_manager() as m:
         s = await m.load_session("old")
         assert await s.get_messages() == [

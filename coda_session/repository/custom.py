@@ -24,6 +24,7 @@ __all__ = [
     "SessionStorage",
     "StoredSession",
     "derived_id",
+    "filed_times",
 ]
 
 UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,7 +110,9 @@ class SessionData(BaseModel):
 
     def info(self) -> SessionInfo:
         """The :class:`SessionInfo` for ``list_all`` (size counted as the library does)."""
-        records = [encode_message(m, at=UNKNOWN_STAMP) for m in self.messages]
+        records = [
+            encode_message(m, at=t) for m, t in zip(self.messages, filed_times(self), strict=True)
+        ]
         return SessionInfo(
             id=self.id,
             name=self.name,
@@ -122,6 +125,17 @@ class SessionData(BaseModel):
             parent_id=self.parent_id,
             fork_point=self.fork_point,
         )
+
+
+def filed_times(data: SessionData) -> list[str | None]:
+    """The time each message is filed under, for ``encode_message(at=...)``:
+    ``message_timestamps`` when they match the messages; else (an older store) None for a
+    message with a timestamp key of its own (filed under it) and :data:`UNKNOWN_STAMP`
+    for the others."""
+    times = data.message_timestamps
+    if len(times) == len(data.messages):
+        return list(times)
+    return [None if type(m.get("timestamp")) is str else UNKNOWN_STAMP for m in data.messages]
 
 
 class SessionStorage(ABC):

@@ -36,7 +36,7 @@ from .base import (
     not_shown,
 )
 from .capabilities import Snapshots
-from .custom import UNKNOWN_STAMP, SessionData, SessionStorage, derived_id
+from .custom import SessionData, SessionStorage, derived_id, filed_times
 from .delta import newest, page, save_delta
 from .protocol import Repository
 from .searching import (
@@ -79,16 +79,6 @@ def _fork_index(name: str, keys: list[int], point: int | None, after_id: int | N
             raise not_shown(after_id)
         return keys.index(after_id) + 1
     return fork_count(name, len(keys), point)
-
-
-def _times(data: SessionData) -> list[str | None]:
-    """The time each message is filed under: ``message_timestamps`` when they match the
-    messages; else (an older store) None, which files a message under its own timestamp
-    key, or :data:`UNKNOWN_STAMP` when it has none."""
-    times = data.message_timestamps
-    if len(times) == len(data.messages):
-        return list(times)
-    return [None if type(m.get("timestamp")) is str else UNKNOWN_STAMP for m in data.messages]
 
 
 def _as_data(loaded: object) -> SessionData:
@@ -248,7 +238,7 @@ class StorageAdapter(Repository, Snapshots, Searching):
     @staticmethod
     def records_of(data: SessionData) -> list[MessageRecord]:
         """The session's messages as records, keyed by their stored ids."""
-        times = _times(data)
+        times = filed_times(data)
         return [
             encode_message(m, at=t).with_id(i)
             for i, m, t in zip(_keys(data), data.messages, times, strict=True)
@@ -358,6 +348,7 @@ class StorageAdapter(Repository, Snapshots, Searching):
         inherited: list[dict[str, Any]] = []
         keys: list[int] = []
         times: list[str] = []
+        base = 0
         root, parent, point = record.id, None, None
         if fork is not None:
             source = await self.get(None, fork[0])
@@ -366,10 +357,10 @@ class StorageAdapter(Repository, Snapshots, Searching):
             source_keys = _keys(source)
             k = _fork_index(source.name, source_keys, fork[1], None)
             inherited, keys = copy.deepcopy(source.messages[:k]), source_keys[:k]
-            times = [r.timestamp for r in self.records_of(source)[:k]]
+            shown = self.records_of(source)[:k]
+            times, base = [r.timestamp for r in shown], sum(r.size for r in shown)
             root, parent = source.root_id or source.id, source.id
             point = record.fork_point if record.fork_point is not None else k
-        base = sum(encode_message(m, at=UNKNOWN_STAMP).size for m in inherited)
         # the whole session is saved in one call at the end
         records, _ = collect_import(
             record.name, batches, None if max_bytes is None else max_bytes - base
