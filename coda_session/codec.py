@@ -371,8 +371,9 @@ def _measure(
 
 
 def measure_message(message: Mapping[str, Any]) -> tuple[int, int]:
-    """(size, chars) of a message dict as ``get_messages()`` returns it, the same
-    figures ``encode_message`` puts on its record (for rows stored without them)."""
+    """(size, chars) of a row stored by an earlier version, as ``get_messages()`` returns
+    it (with its ``timestamp`` key): the figures ``encode_message`` puts on a record (for
+    rows stored without them; adoption and the migrations measure such rows)."""
     content = message.get("content")
     extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
     is_text = isinstance(content, str)
