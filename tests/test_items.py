@@ -22,10 +22,14 @@ from coda_session import (
     InvalidMessageError,
     MessageEntry,
     MessageModel,
+    SessionData,
+    SessionInfo,
     SessionManager,
+    SessionStorage,
 )
 from coda_session.codec import encode_message
 from coda_session.models import ITEM_PREFIX
+from coda_session.repository.custom import UNKNOWN_TIME
 from tests.support import Store
 
 TS = "2024-05-01T10:00:00+00:00"
@@ -339,3 +343,48 @@ def test_the_stored_form() -> None:
     assert call.size == len(call.timestamp) + len('{"type":"function_call","call_id":"c",') + (
         len('"arguments":"{}"}')
     )
+
+
+class _OlderStore(SessionStorage):
+    """A user's storage written for an earlier version: it keeps names, messages and
+    metadata only (no ``message_timestamps``)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+
+    def save(self, session: SessionData) -> None:
+        self.kept[session.name] = (json.loads(json.dumps(session.messages)), session.metadata)
+
+    def load(self, name: str) -> SessionData | None:
+        if name not in self.kept:
+            return None
+        messages, metadata = self.kept[name]
+        return SessionData(name, messages=messages, metadata=metadata)
+
+    def delete(self, name: str) -> None:
+        self.kept.pop(name, None)
+
+    def list_all(self) -> list[SessionInfo]:
+        return [self.load(name).info() for name in self.kept]  # type: ignore[union-attr]
+
+
+def test_a_storage_without_the_filed_times() -> None:
+    """Messages come back exactly; each is filed under its own timestamp key, else under
+    1970-01-01 UTC, the same at every load (never the time of the load)."""
+    storage = _OlderStore()
+    with SessionManager({"session": {"backend": "memory"}}, storage=storage) as m:
+        s = m.create_session("older")
+        s.add_message({"type": "reasoning", "summary": []})
+        s.add_message({"role": "user", "content": "x", "timestamp": TS})
+        m.save_session(s)
+    with SessionManager({"session": {"backend": "memory"}}, storage=storage) as m:
+        entries = m.load_session("older").get_entries()
+        assert [e.message for e in entries] == [
+            {"type": "reasoning", "summary": []},
+            {"role": "user", "content": "x", "timestamp": TS},
+        ]
+        assert [e.timestamp for e in entries] == [UNKNOWN_TIME.isoformat(), TS]
+        info = m.get_session_info("older")
+        assert info is not None and info.size_bytes == sum(
+            encode_message(e.message, at=e.timestamp).size for e in entries
+        )
