@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from coda_session import (
 from coda_session.codec import encode_message
 from coda_session.models import ITEM_PREFIX
 from coda_session.repository.custom import UNKNOWN_TIME
-from tests.support import Store
+from tests.support import Store, alembic
 
 TS = "2024-05-01T10:00:00+00:00"
 
@@ -388,3 +389,54 @@ def test_a_storage_without_the_filed_times() -> None:
         assert info is not None and info.size_bytes == sum(
             encode_message(e.message, at=e.timestamp).size for e in entries
         )
+
+
+def test_downgrading_writes_the_form_older_versions_read(tmp_path: Path) -> None:
+    """0015's downgrade: the rows stored exactly become rows as earlier versions wrote
+    them (what cannot be said there reads as those versions show every message)."""
+    storage = tmp_path / "down"
+    config = {"session": {"storage_path": str(storage)}}
+    given: list[dict[str, Any]] = [
+        {"role": "user", "content": "plain"},
+        {"model": "m", "content": {"b": 1}, "role": "tool", "timestamp": TS},
+        {"type": "function_call_output", "call_id": "c", "output": "o"},
+    ]
+    with SessionManager(config) as m:
+        s = m.create_session("s")
+        s.set_messages(given)
+        m.save_session(s)
+        filed = [e.timestamp for e in s.get_entries()]
+    down = alembic("downgrade", "0012", storage=storage)
+    assert down.returncode == 0, down.stderr
+    conn = sqlite3.connect(storage / "sessions.db")
+    try:
+        rows = conn.execute(
+            "SELECT role, content, timestamp, metadata FROM messages ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows == [
+        ("user", "plain", filed[0], None),
+        ("tool", None, TS, '{"model":"m","content":{"b":1}}'),
+        (
+            "function_call_output",
+            None,
+            filed[2],
+            '{"type":"function_call_output","call_id":"c","output":"o"}',
+        ),
+    ]
+    up = alembic("upgrade", "head", storage=storage)
+    assert up.returncode == 0, up.stderr
+    with SessionManager(config) as m:
+        assert m.load_session("s").get_messages() == [
+            {"role": "user", "content": "plain", "timestamp": filed[0]},
+            {"role": "tool", "content": {"b": 1}, "timestamp": TS, "model": "m"},
+            {
+                "role": "function_call_output",
+                "content": None,
+                "timestamp": filed[2],
+                "type": "function_call_output",
+                "call_id": "c",
+                "output": "o",
+            },
+        ]
