@@ -21,7 +21,7 @@ from .errors import (
     UnsavedChangesWarning,
 )
 from .manager import AsyncSessionManager
-from .models import Message, SessionInfo, SessionList
+from .models import Message, MessageEntry, MessageInput, MessageModel, SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .repository.searching import SearchIndexReport
 from .search.results import SearchHit, SearchResult, SessionRef
@@ -44,6 +44,9 @@ __all__ = [
     "InvalidQueryError",
     "ManagerClosedError",
     "Message",
+    "MessageEntry",
+    "MessageInput",
+    "MessageModel",
     "ReadOnlyError",
     "SchemaVersionError",
     "SearchHit",

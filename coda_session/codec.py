@@ -13,6 +13,21 @@ The rules hold for every backend alike, so that a conversation moves between the
   exactly as given; roles, timestamps and session names are identifiers and still refuse
   NUL and lone surrogates.
 
+Messages stored exactly
+-----------------------
+A message (or item) comes back exactly as given: every key in its order, none added. Its
+``role`` (or, for an item without one, its ``type``) goes to the role column, a string
+``content`` to the content column (or compressed), and everything else to the extra keys'
+JSON, which begins with a key ``"␛"`` holding the order of the keys
+(:data:`~coda_session.models.ITEM_PREFIX`). The time the message is filed under (its own
+``timestamp`` when it gives one, else the time it was added) goes to the timestamp column
+only. Rows of earlier versions have no such key and read as they did, with the
+``timestamp`` key those versions added. A message's size is, as before, the UTF-8 size of
+its role, content (a non-string one as JSON), the time it is filed under and the JSON of
+its other keys (a ``timestamp`` key among them counted once, as the filed time); its
+characters the same without the time (:func:`_chars`), so every message earlier versions
+accepted measures what it did.
+
 The stored form
 ---------------
 Neither NUL (PostgreSQL refuses it in ``text``, and as ``\\u0000`` in ``jsonb``) nor a
@@ -53,6 +68,7 @@ holds NUL or a lone surrogate (the older code cannot store those).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import unicodedata
@@ -63,7 +79,7 @@ from typing import Any
 
 from .errors import InvalidMessageError
 from .escaping import ESCAPE, escape, escape_json, unescape_json
-from .models import MessageRecord, message_record
+from .models import ITEM_PREFIX, MessageRecord, message_record
 from .timeutil import utcnow
 
 __all__ = [
@@ -71,6 +87,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
     "UNREADABLE_METADATA_KEY",
+    "as_item",
     "check_name",
     "decode_metadata",
     "encode_message",
@@ -187,35 +204,84 @@ def _timestamp(value: Any) -> str:
     return value
 
 
-def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
-    """Validate one message dict and return its stored form (raises InvalidMessageError).
+def as_item(message: Any) -> Any:
+    """A pydantic model or a dataclass instance as the dict its framework serialises it
+    to (``model_dump(mode="json", exclude_unset=True, by_alias=True)``, as the OpenAI
+    Agents SDK turns its items into input items; ``dataclasses.asdict``); anything else
+    as given."""
+    if isinstance(message, Mapping):
+        return message
+    dump = getattr(message, "model_dump", None)
+    if dump is not None and callable(dump):
+        try:
+            return dump(mode="json", exclude_unset=True, by_alias=True)
+        except Exception as exc:  # a model that cannot serialise itself as JSON
+            raise InvalidMessageError(f"the message's model_dump() failed: {exc}") from exc
+    if dataclasses.is_dataclass(message) and not isinstance(message, type):
+        return dataclasses.asdict(message)
+    return message
 
-    With ``compress``, a content of :data:`COMPRESS_THRESHOLD` bytes or more is stored
+
+def _identifier(value: Any, key: str) -> str:
+    if type(value) is not str:
+        raise InvalidMessageError(f"message {key!r} must be a non-empty string, got {value!r:.60}")
+    if not value or value.isspace():
+        raise InvalidMessageError(
+            f"message {key!r} must not be empty or only whitespace, got {value!r:.60}"
+        )
+    _check_str(value, f"message {key!r}")
+    return value
+
+
+def encode_message(message: Any, *, compress: bool = False, at: str | None = None) -> MessageRecord:
+    """Validate one message and return its stored form (raises InvalidMessageError).
+
+    A message is a mapping with string keys and JSON values, stored exactly: every key,
+    in its order, none added. It must have a non-empty string ``role`` or, for an item
+    without one, a non-empty string ``type``; ``content`` is optional. A ``timestamp``,
+    when given, must be an ISO-8601 date-time string (or a ``datetime``, stored as its
+    ``isoformat()``): it is kept as a key like any other and is the time the message is
+    filed under; without one the message is filed under ``at`` or else now (UTC). With
+    ``compress``, a content of :data:`COMPRESS_THRESHOLD` bytes or more is stored
     zlib-compressed when that is smaller.
     """
-    if hasattr(message, "model_dump") and not isinstance(message, Mapping):
-        message = message.model_dump()
-    if not isinstance(message, Mapping):
-        raise InvalidMessageError(f"a message must be a dict, not {type(message).__name__}")
-    if "role" not in message:
-        raise InvalidMessageError("message has no 'role'")
-    role = message["role"]
-    if type(role) is not str:
-        raise InvalidMessageError(f"message 'role' must be a non-empty string, got {role!r:.60}")
-    if not role or role.isspace():
-        raise InvalidMessageError(
-            f"message 'role' must not be empty or only whitespace, got {role!r:.60}"
-        )
-    _check_str(role, "message 'role'")
-    if "content" not in message:
-        raise InvalidMessageError("message has no 'content' (use None for a message without text)")
-    content = message["content"]
-    timestamp = _timestamp(message.get("timestamp"))
-    extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
-    _check_json(extras, "message")
-    is_text = type(content) is str
+    if type(message) is not dict:
+        message = as_item(message)
+        if not isinstance(message, Mapping):
+            raise InvalidMessageError(f"a message must be a dict, not {type(message).__name__}")
+    layout: list[str] = []
+    others: dict[str, Any] = {}
+    role: str | None = None
+    has_content = False
+    content: Any = None
+    for key, value in message.items():
+        if key == "role":
+            role = _identifier(value, "role")
+            layout.append("r")
+        elif key == "content":
+            has_content, content = True, value
+            layout.append("c")
+        else:
+            if key == "timestamp" and value is not None:
+                # the one key the library reads: the time to file the message under
+                value = _timestamp(value)
+            others[key] = value
+            layout.append(".")
+    if role is None:
+        if "type" not in message:
+            raise InvalidMessageError(
+                "message has no 'role' (an item without one needs a non-empty 'type')"
+            )
+        column_role = _identifier(message["type"], "type")
+    else:
+        column_role = role
+    stamp = others.get("timestamp")
+    timestamp = stamp if type(stamp) is str else at if at is not None else utcnow().isoformat()
+    if others:
+        _check_json(others, "message")
+    is_text = not has_content or type(content) is str
     if is_text:
-        body = content
+        body = content if has_content else ""
         body_size, special = _scan(body, "\x00")
         stored = escape(body) if special else body
     else:
@@ -223,18 +289,26 @@ def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
         body = _dumps(content)
         body_size, special = _scan(body, _JSON_NUL)
         stored = _dumps(escape_json(content)) if special else body
-    extra = stored_extra = None
+    extra: str | None = None
     extra_size = 0
-    if extras:
-        extra = stored_extra = _dumps(extras)
+    stored_extra = ITEM_PREFIX + "".join(layout) + '"}'
+    if others:
+        extra = _dumps(others)
         extra_size, special = _scan(extra, _JSON_NUL)
-        if special:
-            stored_extra = _dumps(escape_json(extras))
-    size = _utf8_len(role) + body_size + _utf8_len(timestamp) + extra_size
-    chars = _chars(role, body, is_text, extra)
-    text: str | None = stored if is_text else None
+        stored_others = _dumps(escape_json(others)) if special else extra
+        stored_extra = stored_extra[:-1] + "," + stored_others[1:]
+        if "timestamp" in others:
+            # measured as earlier versions did: the timestamp as text (below), the other
+            # keys' JSON without it
+            rest = {key: value for key, value in others.items() if key != "timestamp"}
+            extra = _dumps(rest) if rest else None
+            extra_size = _utf8_len(extra) if extra is not None else 0
+    size = (_utf8_len(role) if role is not None else 0) + body_size
+    size += _utf8_len(timestamp) + extra_size
+    chars = _chars(role or "", body, is_text, extra)
+    text: str | None = stored if is_text and has_content else None
     zcontent = None
-    if compress:
+    if compress and has_content:
         raw = stored.encode()
         if len(raw) >= COMPRESS_THRESHOLD:
             packed = zlib.compress((b"t" if is_text else b"j") + raw, COMPRESS_LEVEL)
@@ -244,7 +318,7 @@ def encode_message(message: Any, *, compress: bool = False) -> MessageRecord:
         # a non-string content is stored as the last key of the extra keys' JSON
         stored_extra = _with_content(stored_extra, stored)
     return message_record(
-        role=role,
+        role=column_role,
         content=text,
         timestamp=timestamp,
         extra=stored_extra,
@@ -264,10 +338,8 @@ def _utf8_len(text: str) -> int:
         return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _with_content(extra: str | None, content_json: str) -> str:
+def _with_content(extra: str, content_json: str) -> str:
     """``_dumps({**extras, "content": content})`` from the two JSON texts."""
-    if extra is None:
-        return '{"content":' + content_json + "}"
     return extra[:-1] + ',"content":' + content_json + "}"
 
 
@@ -299,8 +371,9 @@ def _measure(
 
 
 def measure_message(message: Mapping[str, Any]) -> tuple[int, int]:
-    """(size, chars) of a message dict as ``get_messages()`` returns it, the same
-    figures ``encode_message`` puts on its record (for rows stored without them)."""
+    """(size, chars) of a row stored by an earlier version, as ``get_messages()`` returns
+    it (with its ``timestamp`` key): the figures ``encode_message`` puts on a record (for
+    rows stored without them; adoption and the migrations measure such rows)."""
     content = message.get("content")
     extras = {key: value for key, value in message.items() if key not in _CORE_KEYS}
     is_text = isinstance(content, str)

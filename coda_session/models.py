@@ -8,15 +8,26 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from typing_extensions import TypedDict
 
 from .errors import DamagedDataError
 from .escaping import ESCAPE, unescape, unescape_json
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from _typeshed import DataclassInstance
+
 __all__ = [
+    "ITEM_PREFIX",
+    "PLAIN_ITEM",
     "Message",
+    "MessageEntry",
+    "MessageInput",
+    "MessageModel",
     "MessageRecord",
     "SessionInfo",
     "SessionList",
@@ -28,20 +39,79 @@ __all__ = [
 ]
 
 
-class Message(BaseModel):
-    """A typed view of one stored message.
+#: Mypy (up to at least 2.4, the version this project pins) does not implement PEP 728's
+#: ``extra_items``: under mypy a TypedDict refuses every key it does not list, so a
+#: message with a key of the caller's own (``model``, ``call_id``...) would not type-check.
+#: Mypy treats a condition on a name ``MYPY`` as true, other checkers and the interpreter
+#: see this constant: so mypy reads ``Message`` as ``dict[str, Any]`` and everything else
+#: as the TypedDict below.
+MYPY = False
+if MYPY:
+    Message: TypeAlias = dict[str, Any]
+else:
 
-    ``Session.get_messages()`` returns plain dicts (JSON-serializable, as the spec's
-    export does); ``Message.model_validate(d)`` gives typed access to one. Keys besides
-    ``role``, ``content`` and ``timestamp`` (``model``, ``name``, ``tool_calls``, ...) are kept
-    as extra fields.
+    class Message(TypedDict, total=False, extra_items=Any):
+        """One message or item, as ``add_message`` takes it and ``get_messages`` returns
+        it: a dict with string keys and JSON values, any keys at all, stored exactly.
+
+        The keys listed are the ones the library (or a common chat API) gives a meaning
+        to; none is required by the type. At run time a message must have a non-empty
+        ``role`` or, for an item without one (``function_call``, ``reasoning``...), a
+        non-empty ``type``; a ``timestamp``, when given, must be an ISO-8601 string (the
+        time the library files the message under). Every other key is the caller's
+        (``extra_items=Any``, PEP 728). Under mypy, which does not implement PEP 728 yet,
+        ``Message`` is ``dict[str, Any]``: checkers that do (pyright) check the keys
+        listed here.
+        """
+
+        role: str
+        content: JsonValue
+        type: str
+        name: str
+        id: str
+        tool_calls: list[dict[str, Any]]
+        tool_call_id: str
+        call_id: str
+        arguments: str
+        output: JsonValue
+        timestamp: str
+
+
+#: What ``add_message`` and ``set_messages`` accept: a :data:`Message` (any mapping with
+#: string keys), a pydantic model (stored as ``model_dump(mode="json", exclude_unset=True,
+#: by_alias=True)``) or a dataclass instance (stored as ``dataclasses.asdict``).
+MessageInput: TypeAlias = "Message | Mapping[str, Any] | BaseModel | DataclassInstance"
+
+
+class MessageEntry(NamedTuple):
+    """One message with what the library keeps beside it (``get_entries()``)."""
+
+    id: int | None
+    """The message's stable id in storage (``get_messages_with_ids``); None until saved."""
+    timestamp: str
+    """The ISO-8601 time the library filed the message under (what ``after:`` and
+    ``before:`` search filters compare): the message's own ``timestamp`` when it gave one,
+    else the time it was added, in UTC."""
+    message: Message
+    """The message exactly as it was added."""
+
+
+class MessageModel(BaseModel):
+    """A pydantic view of one message, for validating one in an application (a request
+    body, a config file): ``MessageModel.model_validate(d)``.
+
+    The library itself stores plain dicts (:data:`Message`) and never needs this class.
+    Keys besides ``role``, ``content``, ``type`` and ``timestamp`` are kept as extra
+    fields. ``model_dump(exclude_unset=True)`` gives the dict back as given (this is also
+    what ``add_message`` stores when given a pydantic model).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    role: str = Field(min_length=1)
+    role: str | None = Field(default=None, min_length=1)
     content: JsonValue = None
-    timestamp: str
+    type: str | None = Field(default=None, min_length=1)
+    timestamp: str | None = None
 
 
 class SessionInfo(BaseModel):
@@ -160,7 +230,10 @@ class MessageRecord:
     ``content`` holds a string content (stored form); a non-string content (a list of parts, a
     dict, ``None``) is kept JSON-encoded under the key ``"content"`` of ``extra`` and
     ``content`` is ``None`` (no extra key can be named ``content``, so this never clashes).
-    ``extra`` is the JSON text of the message's other keys, or ``None`` when it has none.
+    ``extra`` is the JSON text of the message's other keys, led by its key layout
+    (:data:`ITEM_PREFIX`); ``None`` or without the layout only in rows of earlier
+    versions, which read with their ``timestamp`` key. ``role`` is the role, or the
+    ``type`` of an item without one; ``timestamp`` the time the message is filed under.
     ``id`` is the storage's monotonic ordering key (``None`` until saved).
     ``damage``, when set, says why the stored row cannot be read (a column of the wrong
     type or NULL); reading it (``to_dict``, ``text_length``) raises
@@ -172,8 +245,9 @@ class MessageRecord:
     has no ``"content"`` key.
     ``size`` and ``chars`` are computed once, by the codec (``encode_message``), and stored
     with the row: ``size`` is the UTF-8 size of the message as ``to_dict()`` returns it,
-    uncompressed (role + content, a non-string one as its JSON, + timestamp + the JSON of
-    the extra keys; a lone surrogate counts its 3 bytes of UTF-8 with ``surrogatepass``);
+    uncompressed (role + content, a non-string one as its JSON, + the JSON of the other
+    keys; rows of earlier versions: + their timestamp; a lone surrogate counts its 3
+    bytes of UTF-8 with ``surrogatepass``);
     ``chars`` the characters the token estimate counts (role, content and extra keys, as
     ``to_dict()`` returns them, a non-string content inside the extra keys' JSON;
     timestamps not).
@@ -242,9 +316,21 @@ class MessageRecord:
         return self.chars
 
     def to_dict(self) -> dict[str, Any]:
-        """The message as the plain dict the caller gave (plus its timestamp)."""
+        """The message exactly as the caller gave it (see :data:`ITEM_PREFIX`); a row an
+        earlier version stored reads as it always did, with its ``timestamp`` key."""
         if self.damage is not None:
             raise self.damaged(self.damage)
+        extra = self.extra
+        if extra is not None and extra.startswith(ITEM_PREFIX):
+            if extra == PLAIN_ITEM and self.zcontent is None:
+                content = self.content
+                return {
+                    "role": self.role,
+                    "content": unescape(content)
+                    if content is not None and ESCAPE in content
+                    else content,
+                }
+            return self._item(extra)
         content = self.content
         out: dict[str, Any] = {
             "role": self.role,
@@ -253,15 +339,74 @@ class MessageRecord:
         }
         if self.zcontent is not None:
             out["content"] = self._unpacked()[1]
-        if self.extra is not None:
-            extra = self._extra()
-            if not isinstance(extra, dict):
+        if extra is not None:
+            extras = self._extra()
+            if not isinstance(extras, dict):
                 # a database written by other code may hold any JSON here: keep it visible
-                extra = {"metadata": extra} if extra is not None else {}
-            if self.content is None and "content" in extra:
-                out["content"] = extra.pop("content")
-            out.update(extra)
+                extras = {"metadata": extras} if extras is not None else {}
+            if self.content is None and "content" in extras:
+                out["content"] = extras.pop("content")
+            out.update(extras)
         return out
+
+    def _item(self, extra: str) -> dict[str, Any]:
+        """An item stored exactly: its keys put back in their order (:data:`ITEM_PREFIX`)."""
+        end = extra.find('"', len(ITEM_PREFIX))
+        layout = extra[len(ITEM_PREFIX) : end]
+        rest = extra[end + 1 :]
+        if end < 0 or not rest or rest[0] not in ",}":
+            raise self.damaged("its layout of keys cannot be read")
+        others: dict[str, Any] = {}
+        if rest != "}":
+            try:
+                text = "{" + rest[1:]
+                others = json.loads(text)
+                if ESCAPE in text:
+                    others = unescape_json(others)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise self.damaged("its extra keys (metadata) are not JSON") from exc
+        content: Any = None
+        if "c" in layout:
+            if self.zcontent is not None:
+                content = self._unpacked()[1]
+            elif self.content is not None:
+                content = self.content
+                if ESCAPE in content:
+                    content = unescape(content)
+            elif "content" in others:
+                content = others.pop("content")
+            else:
+                raise self.damaged("its content is missing")
+        out: dict[str, Any] = {}
+        rest_items = iter(others.items())
+        try:
+            for kind in layout:
+                if kind == "r":
+                    out["role"] = self.role
+                elif kind == "c":
+                    out["content"] = content
+                else:
+                    key, value = next(rest_items)
+                    out[key] = value
+        except StopIteration:
+            raise self.damaged("its layout of keys does not match its keys") from None
+        if next(rest_items, None) is not None:
+            raise self.damaged("its layout of keys does not match its keys")
+        return out
+
+
+#: How the extra keys' JSON of a message stored exactly (this version on) begins: a first
+#: key ``"␛"`` (no string of a caller's can be stored as that: every ``␛`` of theirs is
+#: stored as ``␛241b``, see :mod:`coda_session.escaping`) whose value is the message's key
+#: layout, one character per key in the caller's order: ``r`` the ``role`` (in the role
+#: column), ``c`` the ``content`` (content column, compressed content, or else the
+#: ``"content"`` key at the end of this JSON), ``.`` the next of the other keys of this
+#: JSON, in order. Rows without it were stored by earlier versions: they read with the
+#: ``timestamp`` key those versions added.
+ITEM_PREFIX = '{"' + ESCAPE + '":"'
+#: The extra keys' JSON of a message of just ``role`` and a string ``content``, in that
+#: order (most messages): compared, not parsed.
+PLAIN_ITEM = ITEM_PREFIX + 'rc"}'
 
 
 def message_record(

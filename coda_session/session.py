@@ -22,7 +22,16 @@ from .errors import (
     SessionTooLargeError,
 )
 from .loopsafe import LoopSafeLock
-from .models import MessageRecord, SessionInfo, SessionRecord, as_dicts, naming_session
+from .models import (
+    Message,
+    MessageEntry,
+    MessageInput,
+    MessageRecord,
+    SessionInfo,
+    SessionRecord,
+    as_dicts,
+    naming_session,
+)
 from .repository import capabilities
 from .repository.base import SaveRequest, SaveResult, Truncation
 from .repository.protocol import Repository
@@ -333,12 +342,19 @@ class AsyncSession:
 
     # -- changes (no I/O) -------------------------------------------------------------
 
-    def add_message(self, message: Mapping[str, Any]) -> None:
-        """Append a message: a dict with ``role`` and ``content`` (a string or any JSON
-        value) and any extra keys (``model``, ``name``, ``tool_calls``, ...), all kept.
+    def add_message(self, message: MessageInput) -> None:
+        """Append a message or item, stored exactly as given: every key, nested value
+        and key order, no key added (see :data:`~coda_session.Message`).
 
-        ``timestamp`` defaults to now (UTC, ISO-8601). Raises
-        :class:`~coda_session.InvalidMessageError` before changing anything.
+        It must have a non-empty string ``role`` or, for an item without one
+        (``function_call``, ``reasoning``...), a non-empty string ``type``; ``content``
+        (a string or any JSON value) is optional, every other key (``model``, ``name``,
+        ``tool_calls``, ...) is kept. A ``timestamp`` key, when given, must be an ISO-8601
+        string (or a ``datetime``, stored as its ``isoformat()``) and is the time the
+        message is filed under; without one it is filed under now (UTC), kept beside it
+        (:meth:`get_entries`). A pydantic model is stored as ``model_dump(mode="json",
+        exclude_unset=True, by_alias=True)``, a dataclass as ``dataclasses.asdict``.
+        Raises :class:`~coda_session.InvalidMessageError` before changing anything.
         """
         record = encode_message(message, compress=self._host.config.compress_messages)
         self._usable()
@@ -348,7 +364,7 @@ class AsyncSession:
             self._pending_bytes += record.byte_size()
             self._track()
 
-    def set_messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
+    def set_messages(self, messages: Iterable[MessageInput]) -> None:
         """Replace every message (validated first: one bad message changes nothing)."""
         compress = self._host.config.compress_messages
         records = [encode_message(m, compress=compress) for m in messages]
@@ -440,7 +456,7 @@ class AsyncSession:
             return self._cache[len(self._cache) - want :] + pending, want, self._generation, pending
         return None, want, self._generation, pending
 
-    def _cached_messages(self, limit: int | None = None) -> list[dict[str, Any]] | None:
+    def _cached_messages(self, limit: int | None = None) -> list[Message] | None:
         """``get_messages(limit)`` when it can be answered without reading storage, else None."""
         if limit is not None:
             _count(limit, "limit")
@@ -449,8 +465,12 @@ class AsyncSession:
             records = self._plan(limit)[0]
         return None if records is None else as_dicts(records, self._name)
 
-    async def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The messages oldest first, as plain JSON-serializable dicts (fresh copies).
+    async def get_messages(self, limit: int | None = None) -> list[Message]:
+        """The messages oldest first, exactly as added (fresh plain dicts, ready to hand to
+        a model or to ``json.dump``): no key added, none dropped, keys in their order.
+        (Changed in this version: no ``timestamp`` key is added any more; a message stored
+        by an earlier version still has the one it was given. The time a message is filed
+        under is in :meth:`get_entries`.)
 
         With ``limit``, the newest ``limit`` of them. Reads storage only for saved messages
         that are not in the object's cache (the newest ``message_cache_size``).
@@ -459,7 +479,7 @@ class AsyncSession:
 
     async def get_messages_with_ids(
         self, limit: int | None = None
-    ) -> list[tuple[int | None, dict[str, Any]]]:
+    ) -> list[tuple[int | None, Message]]:
         """``get_messages(limit)`` as ``(message_id, message)`` pairs.
 
         The id is the message's stable address in storage: the same in a session and in
@@ -471,6 +491,19 @@ class AsyncSession:
         records = await self._records(limit)
         with naming_session(self._name):
             return [(r.id, r.to_dict()) for r in records]
+
+    async def get_entries(self, limit: int | None = None) -> list[MessageEntry]:
+        """``get_messages(limit)`` with what the library keeps beside each message, as
+        :class:`~coda_session.MessageEntry` ``(id, timestamp, message)`` tuples.
+
+        ``timestamp`` is the ISO-8601 time the message is filed under (what the search
+        filters ``after:`` / ``before:`` compare): its own ``timestamp`` key when it gave
+        one, else the time it was added, in UTC. ``id`` is as in
+        :meth:`get_messages_with_ids`; ``message`` is the message exactly as added.
+        """
+        records = await self._records(limit)
+        with naming_session(self._name):
+            return [MessageEntry(r.id, r.timestamp, r.to_dict()) for r in records]
 
     async def _records(self, limit: int | None) -> list[MessageRecord]:
         if limit is not None:
@@ -523,7 +556,7 @@ class AsyncSession:
 
     # -- saving (called by the manager) -------------------------------------------------
 
-    async def pop_messages(self, n: int = 1) -> list[dict[str, Any]]:
+    async def pop_messages(self, n: int = 1) -> list[Message]:
         """Remove the newest ``n`` messages the session shows and return them, oldest first.
 
         Unsaved messages are the newest: they go first, without I/O. The rest is removed
@@ -696,7 +729,7 @@ async def save(session: AsyncSession) -> None:
     await session._save()
 
 
-def cached_messages(session: AsyncSession, limit: int | None = None) -> list[dict[str, Any]] | None:
+def cached_messages(session: AsyncSession, limit: int | None = None) -> list[Message] | None:
     """``get_messages(limit)`` when it can be answered without reading storage, else None
     (the blocking API answers such calls without running its loop)."""
     return session._cached_messages(limit)

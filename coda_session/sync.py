@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 from .config import SessionConfig
 from .errors import ManagerClosedError, SessionError
 from .manager import autosave_once, blocking_manager, describe, repository_of
-from .models import SessionInfo, SessionList
+from .models import Message, MessageEntry, MessageInput, SessionInfo, SessionList
 from .repository.custom import SessionData, SessionStorage
 from .repository.protocol import Repository
 from .repository.searching import SearchIndexReport
@@ -121,23 +121,23 @@ class Session:
         return self._inner.has_unsaved_changes
 
     @property
-    def messages(self) -> list[dict[str, Any]]:
+    def messages(self) -> list[Message]:
         """All messages (``get_messages()``); assigning replaces them (``set_messages``)."""
         return self.get_messages()
 
     @messages.setter
-    def messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
+    def messages(self, messages: Iterable[MessageInput]) -> None:
         self.set_messages(messages)
 
     def info(self) -> SessionInfo:
         """The :class:`SessionInfo` of the saved state as this object last saw it."""
         return self._inner.info()
 
-    def add_message(self, message: Mapping[str, Any]) -> None:
+    def add_message(self, message: MessageInput) -> None:
         """Append a message (see :meth:`AsyncSession.add_message`)."""
         self._inner.add_message(message)
 
-    def set_messages(self, messages: Iterable[Mapping[str, Any]]) -> None:
+    def set_messages(self, messages: Iterable[MessageInput]) -> None:
         """Replace every message (validated first: one bad message changes nothing)."""
         self._inner.set_messages(messages)
 
@@ -158,8 +158,9 @@ class Session:
         :meth:`AsyncSession.discard_changes`)."""
         self._inner.discard_changes()
 
-    def get_messages(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The messages oldest first as plain dicts; the newest ``limit`` with a limit."""
+    def get_messages(self, limit: int | None = None) -> list[Message]:
+        """The messages oldest first, exactly as added; the newest ``limit`` with a limit
+        (see :meth:`AsyncSession.get_messages`)."""
         cached = cached_messages(self._inner, limit)
         if cached is not None:
             return cached
@@ -169,13 +170,15 @@ class Session:
         """An estimate of the tokens the messages take (see :meth:`AsyncSession.get_token_count`)."""
         return self._manager._call(self._inner.get_token_count)
 
-    def get_messages_with_ids(
-        self, limit: int | None = None
-    ) -> list[tuple[int | None, dict[str, Any]]]:
+    def get_messages_with_ids(self, limit: int | None = None) -> list[tuple[int | None, Message]]:
         """``(message_id, message)`` pairs (see :meth:`AsyncSession.get_messages_with_ids`)."""
         return self._manager._call(self._inner.get_messages_with_ids, limit)
 
-    def pop_messages(self, n: int = 1) -> list[dict[str, Any]]:
+    def get_entries(self, limit: int | None = None) -> list[MessageEntry]:
+        """``(id, timestamp, message)`` per message (see :meth:`AsyncSession.get_entries`)."""
+        return self._manager._call(self._inner.get_entries, limit)
+
+    def pop_messages(self, n: int = 1) -> list[Message]:
         """Remove and return the newest ``n`` messages, atomically (see
         :meth:`AsyncSession.pop_messages`)."""
         return self._manager._call(self._inner.pop_messages, n)

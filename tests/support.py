@@ -353,6 +353,7 @@ class JsonDirStorage(SessionStorage):
             "metadata": session.metadata,
             "messages": session.get_messages(),
             "message_ids": session.message_ids,
+            "message_timestamps": session.message_timestamps,
             "last_message_id": session.last_message_id,
             "root_id": session.root_id,
             "parent_id": session.parent_id,

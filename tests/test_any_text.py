@@ -154,8 +154,10 @@ async def test_export_import_round_trip(store: Store, tmp_path: Path, fmt: str) 
             lines = [json.loads(line) for line in text.splitlines()]
             assert lines[0]["escaped_strings"] is True
             # strings that need nothing are written as they are
-            assert {"role": "tool", "content": "plain é ✓", "timestamp": TS} in lines
-            assert {"role": "tool", "content": "a␛0000b", "timestamp": TS} in lines
+            # (format version 3: each line the filed time and the message)
+            messages_written = [line.get("message") for line in lines]
+            assert {"role": "tool", "content": "plain é ✓", "timestamp": TS} in messages_written
+            assert {"role": "tool", "content": "a␛0000b", "timestamp": TS} in messages_written
         copy = await m.import_session(path, name="odd-copy")
         assert copy.name == "odd-copy"
         assert await (await m.load_session("odd-copy")).get_messages() == messages

@@ -77,6 +77,7 @@ def test_sync_sessions_mirror_async_ones() -> None:
         assert _normalized(a[name]) == _normalized(s[name]), name
         assert not inspect.iscoroutinefunction(getattr(Session, name)), name
     assert {n for n in a if inspect.iscoroutinefunction(getattr(AsyncSession, n))} == {
+        "get_entries",
         "get_lineage",
         "get_messages",
         "get_messages_with_ids",

@@ -59,7 +59,9 @@ async def test_timestamp_defaults_to_utc_iso(amanager: AsyncSessionManager) -> N
     s = await amanager.create_session("chat")
     before = datetime.now(UTC)
     s.add_message(user("x"))
-    ts = datetime.fromisoformat((await s.get_messages())[0]["timestamp"])
+    # the message is kept exactly (no key added); the time it is filed under is beside it
+    assert await s.get_messages() == [user("x")]
+    ts = datetime.fromisoformat((await s.get_entries())[0].timestamp)
     assert ts.tzinfo is not None and ts.utcoffset() == timedelta(0)
     assert before - timedelta(seconds=1) <= ts <= datetime.now(UTC) + timedelta(seconds=1)
 

@@ -90,10 +90,11 @@ async def test_jsonl_layout_is_the_documented_one(amanager: AsyncSessionManager)
     buf = io.StringIO()
     await amanager.export_session("orig", buf)
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
-    assert lines[0]["coda_session"] == 2 and lines[0]["kind"] == "session"
+    # version 3: each line the time the message is filed under and the message exactly
+    assert lines[0]["coda_session"] == 3 and lines[0]["kind"] == "session"
     assert lines[0]["name"] == "orig" and lines[0]["metadata"]["topic"] == "export"
-    assert lines[1:-1] == MESSAGES
-    assert lines[-1] == {"coda_session": 2, "kind": "end", "message_count": 5}
+    assert lines[1:-1] == [{"timestamp": m["timestamp"], "message": m} for m in MESSAGES]
+    assert lines[-1] == {"coda_session": 3, "kind": "end", "message_count": 5}
 
 
 async def test_the_specs_hand_written_export_imports_with_a_name(
@@ -130,7 +131,7 @@ async def test_the_specs_hand_written_export_imports_with_a_name(
             '{"coda_session": 1, "kind": "end", "message_count": 1}\n',
             "line 2: message 1",
         ),
-        ('{"coda_session": 3, "kind": "session", "name": "x"}\n', "format version 3"),
+        ('{"coda_session": 4, "kind": "session", "name": "x"}\n', "format version 4"),
         (
             '{"coda_session": 1, "kind": "session", "name": "x", "messages": [\n'
             '{"role": "user", "content": "a"},\n{"role": "user", "content"',

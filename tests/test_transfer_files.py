@@ -35,7 +35,8 @@ async def _seed(m: AsyncSessionManager, name: str = "chat", n: int = 3) -> None:
 
 
 def _contents(text: str) -> list[str]:
-    return [m["content"] for m in json.loads(text)["messages"]]
+    # format version 3: each entry the time the message is filed under and the message
+    return [m["message"]["content"] for m in json.loads(text)["messages"]]
 
 
 def _leftovers(directory: Path) -> list[str]:

@@ -57,7 +57,7 @@ async def test_store_export_keeps_the_tree_and_import_rebuilds_it(store: Store) 
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     headers = [x for x in lines if x.get("kind") == "session"]
     assert [h["name"] for h in headers] == ["root", "a", "aa", "b"]  # parents first
-    assert all(x["coda_session"] == 2 for x in lines if "coda_session" in x)
+    assert all(x["coda_session"] == 3 for x in lines if "coda_session" in x)
     by_name = {h["name"]: h for h in headers}
     assert "shares" not in by_name["root"] and "parent_id" not in by_name["root"]
     assert (by_name["a"]["shares"], by_name["a"]["fork_point"]) == (3, 3)

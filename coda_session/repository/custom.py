@@ -18,15 +18,19 @@ from ..codec import encode_message
 from ..models import SessionInfo
 
 __all__ = [
+    "UNKNOWN_STAMP",
     "UNKNOWN_TIME",
     "SessionData",
     "SessionStorage",
     "StoredSession",
     "derived_id",
+    "filed_times",
 ]
 
 UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-"""created_at/updated_at of a loaded session that came back without them."""
+"""created_at/updated_at of a loaded session that came back without them, and the time a
+message is filed under when it came back with neither its time nor a timestamp key."""
+UNKNOWN_STAMP = UNKNOWN_TIME.isoformat()
 _ID_NAMESPACE = uuid.UUID("9b1d3c52-6f0e-4c8e-a3d1-5e2f8a7b4c61")
 
 
@@ -51,7 +55,7 @@ class StoredSession(Protocol):
 class SessionData(BaseModel):
     """A whole session as a :class:`SessionStorage` saves and loads it.
 
-    ``message_ids`` and ``last_message_id`` are the library's bookkeeping: the storage key
+    ``message_ids``, ``message_timestamps`` and ``last_message_id`` are the library's bookkeeping: the storage key
     of each message (ascending, never reused within the session) and the highest key ever
     given. Store them with the session and give them back from ``load``: they let a stale
     session object's ``truncate_messages`` spare the messages another writer saved
@@ -67,6 +71,11 @@ class SessionData(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     messages: list[dict[str, Any]] = Field(default_factory=list)
     message_ids: list[int] = Field(default_factory=list)
+    message_timestamps: list[str] = Field(default_factory=list)
+    """The ISO-8601 time each message is filed under (``AsyncSession.get_entries``, the
+    search filters ``after:`` / ``before:``), kept beside the messages, which are stored
+    exactly as given. A loaded session without them (an older store) files each message
+    under its own ``timestamp`` key, else under :data:`UNKNOWN_TIME`."""
     last_message_id: int = 0
     root_id: str = ""
     """The branching tree's key (empty: the session's own id)."""
@@ -101,7 +110,9 @@ class SessionData(BaseModel):
 
     def info(self) -> SessionInfo:
         """The :class:`SessionInfo` for ``list_all`` (size counted as the library does)."""
-        records = [encode_message(m) for m in self.messages]
+        records = [
+            encode_message(m, at=t) for m, t in zip(self.messages, filed_times(self), strict=True)
+        ]
         return SessionInfo(
             id=self.id,
             name=self.name,
@@ -114,6 +125,17 @@ class SessionData(BaseModel):
             parent_id=self.parent_id,
             fork_point=self.fork_point,
         )
+
+
+def filed_times(data: SessionData) -> list[str | None]:
+    """The time each message is filed under, for ``encode_message(at=...)``:
+    ``message_timestamps`` when they match the messages; else (an older store) None for a
+    message with a timestamp key of its own (filed under it) and :data:`UNKNOWN_STAMP`
+    for the others."""
+    times = data.message_timestamps
+    if len(times) == len(data.messages):
+        return list(times)
+    return [None if type(m.get("timestamp")) is str else UNKNOWN_STAMP for m in data.messages]
 
 
 class SessionStorage(ABC):

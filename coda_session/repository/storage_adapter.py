@@ -36,7 +36,7 @@ from .base import (
     not_shown,
 )
 from .capabilities import Snapshots
-from .custom import SessionData, SessionStorage, derived_id
+from .custom import SessionData, SessionStorage, derived_id, filed_times
 from .delta import newest, page, save_delta
 from .protocol import Repository
 from .searching import (
@@ -100,6 +100,7 @@ def _as_data(loaded: object) -> SessionData:
         "created_at",
         "updated_at",
         "message_ids",
+        "message_timestamps",
         "last_message_id",
         "root_id",
         "parent_id",
@@ -237,8 +238,10 @@ class StorageAdapter(Repository, Snapshots, Searching):
     @staticmethod
     def records_of(data: SessionData) -> list[MessageRecord]:
         """The session's messages as records, keyed by their stored ids."""
+        times = filed_times(data)
         return [
-            encode_message(m).with_id(i) for i, m in zip(_keys(data), data.messages, strict=True)
+            encode_message(m, at=t).with_id(i)
+            for i, m, t in zip(_keys(data), data.messages, times, strict=True)
         ]
 
     @classmethod
@@ -295,6 +298,7 @@ class StorageAdapter(Repository, Snapshots, Searching):
             data.metadata = copy.deepcopy(source.metadata)
             data.messages = copy.deepcopy(source.messages[:k])
             data.message_ids = keys[:k]
+            data.message_timestamps = [r.timestamp for r in self.records_of(source)[:k]]
             data.last_message_id = keys[k - 1] if k else 0
             data.root_id = source.root_id or source.id
             data.parent_id = source.id
@@ -343,6 +347,8 @@ class StorageAdapter(Repository, Snapshots, Searching):
             raise SessionExistsError(f"session {record.name!r} already exists")
         inherited: list[dict[str, Any]] = []
         keys: list[int] = []
+        times: list[str] = []
+        base = 0
         root, parent, point = record.id, None, None
         if fork is not None:
             source = await self.get(None, fork[0])
@@ -351,9 +357,10 @@ class StorageAdapter(Repository, Snapshots, Searching):
             source_keys = _keys(source)
             k = _fork_index(source.name, source_keys, fork[1], None)
             inherited, keys = copy.deepcopy(source.messages[:k]), source_keys[:k]
+            shown = self.records_of(source)[:k]
+            times, base = [r.timestamp for r in shown], sum(r.size for r in shown)
             root, parent = source.root_id or source.id, source.id
             point = record.fork_point if record.fork_point is not None else k
-        base = sum(r.size for r in map(encode_message, inherited))
         # the whole session is saved in one call at the end
         records, _ = collect_import(
             record.name, batches, None if max_bytes is None else max_bytes - base
@@ -367,6 +374,7 @@ class StorageAdapter(Repository, Snapshots, Searching):
             metadata=copy.deepcopy(record.metadata),
             messages=inherited + [r.to_dict() for r in records],
             message_ids=keys + list(range(first, first + len(records))),
+            message_timestamps=times + [r.timestamp for r in records],
             last_message_id=first - 1 + len(records),
             root_id=root,
             parent_id=parent,
@@ -400,6 +408,7 @@ class StorageAdapter(Repository, Snapshots, Searching):
             update={
                 "messages": data.messages[kept] + [r.to_dict() for r in request.messages],
                 "message_ids": [r.id or 0 for r in delta.messages(records)],
+                "message_timestamps": [r.timestamp for r in delta.messages(records)],
                 "last_message_id": first - 1 + len(delta.added),
                 # a dict of its own: the storage may keep the object load() returned
                 "metadata": delta.metadata if delta.patched else dict(data.metadata),

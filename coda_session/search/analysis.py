@@ -15,7 +15,10 @@ string leaves of the message's other keys (``tool_calls[].function.arguments``, 
 ``timestamp`` (filters), ``metadata`` (filtered, never searched), dict keys, numbers and
 booleans, the values under the keys ``type``, ``id``, ``call_id`` and ``tool_call_id``
 (at any depth), and inline binary data (a ``data:...;base64,`` URL, or the ``data`` of a
-``{"type": "base64", ...}`` source, as image parts carry them).
+``{"type": "base64", ...}`` source, as image parts carry them). So an item without
+``role`` or ``content`` is searched by its text too: a ``function_call``'s ``name`` and
+``arguments``, a ``function_call_output``'s ``output``, a ``reasoning`` item's summary
+texts.
 
 The index terms (:func:`terms`)
 -------------------------------
@@ -84,7 +87,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..escaping import ESCAPE
-from ..models import MessageRecord
+from ..models import PLAIN_ITEM, MessageRecord
 
 __all__ = [
     "INDEX_VERSION",
@@ -160,7 +163,7 @@ def record_text(record: MessageRecord) -> str:
     content = record.content
     if (
         content is not None
-        and record.extra is None
+        and (record.extra is None or record.extra == PLAIN_ITEM)
         and record.zcontent is None
         and record.damage is None
         and ESCAPE not in content

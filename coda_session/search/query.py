@@ -32,7 +32,8 @@ item does.
     Either (``OR`` in capitals, between two items that are not exclusions or filters;
     ``a OR b OR c`` is any of the three).
 ``role:NAME``
-    Only messages with that role; several ``role:`` items: any of them.
+    Only messages with that role (an item without one: its ``type``, e.g.
+    ``role:function_call_output``); several ``role:`` items: any of them.
 ``tag:NAME``
     Only messages of sessions tagged ``NAME`` (in the session metadata's ``tags`` list);
     several: all of them.

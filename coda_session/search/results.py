@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidCursorError
+from ..models import Message
 from .query import Query
 from .snippet import Snippet
 
@@ -42,7 +43,8 @@ class SessionRef:
 class SearchHit:
     """One message found.
 
-    ``message`` is the message as ``get_messages()`` returns it; ``message_id`` its stable
+    ``message`` is the message as ``get_messages()`` returns it (exactly as added);
+    ``message_id`` its stable
     id (as ``get_messages_with_ids()`` gives it). ``session``/``session_id``/``position``
     name the session the hit is reported for: the session searched, the session of a
     ``per_session`` hit, else the oldest listed session that shows the message (where it
@@ -52,7 +54,7 @@ class SearchHit:
     ``snippet`` is the part of the text around the matches, the matches marked.
     """
 
-    message: dict[str, Any]
+    message: Message
     message_id: int
     session: str
     session_id: str

@@ -16,7 +16,7 @@ import anyio
 from ..codec import check_name
 from ..config import SessionConfig
 from ..errors import FileFormatError, SessionExistsError, SessionNotFoundError
-from ..models import MessageRecord, SessionRecord, as_dicts
+from ..models import MessageRecord, SessionRecord, naming_session
 from ..repository.base import check_import_size, parents_first
 from ..repository.capabilities import snapshot
 from ..repository.protocol import Repository, Snapshot
@@ -52,7 +52,8 @@ async def _pages(
         if not page:
             return
         after = page[-1].id or after
-        lines = [fmt_.dumps(d) for d in as_dicts(page, record.name)]
+        with naming_session(record.name):
+            lines = [fmt_.dumps(fmt_.entry(r)) for r in page]
         if seen is not None:
             seen.extend((r.id or 0, hash(line)) for r, line in zip(page, lines, strict=True))
         yield lines
@@ -236,6 +237,7 @@ async def _stage(
     not touched (nor its write lock held) while the source is read."""
     record = fmt_.session_record(header, name, where, line)
     compress, max_bytes = config.compress_messages, config.max_session_bytes
+    entries = fmt_.holds_entries(header)
     spool = Spool()
     try:
         batch: list[MessageRecord] = []
@@ -248,7 +250,9 @@ async def _stage(
             kind, payload, at = event
             if kind == "message":
                 count += 1
-                item = fmt_.message(payload, compress=compress, where=where, line=at, number=count)
+                item = fmt_.message(
+                    payload, compress=compress, where=where, line=at, number=count, entry=entries
+                )
                 batch.append(item)
                 size += item.byte_size()
                 check_import_size(record.name, size, max_bytes)  # refused early, not at the end

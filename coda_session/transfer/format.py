@@ -1,15 +1,20 @@
 """The export format: its lines and headers, and a streaming reader for it (no I/O of its own).
 
-Format (version 2). JSON Lines, one session::
+Format (version 3). JSON Lines, one session::
 
-    {"coda_session": 2, "kind": "session", "escaped_strings": true, "id": ..., "name": ...,
+    {"coda_session": 3, "kind": "session", "escaped_strings": true, "id": ..., "name": ...,
      "created_at": ..., "updated_at": ..., "metadata": {...}}
-    {"role": "user", "content": "Hello!", "timestamp": "...", ...}     one line per message
-    {"coda_session": 2, "kind": "end", "message_count": 2}
+    {"timestamp": "...", "message": {"role": "user", "content": "Hello!"}}   one per message
+    {"coda_session": 3, "kind": "end", "message_count": 2}
+
+Each message line holds the time the message is filed under and the message exactly as
+it was added (messages are stored exactly since version 3; versions 1 and 2 wrote the
+message itself, with the ``timestamp`` key the library then added, and still import so:
+filed under that key, which the message keeps).
 
 A branch's header also names its parent and fork point (``"parent_id"``, ``"fork_point"``,
 as in :class:`~coda_session.SessionInfo`). A whole store is one JSON Lines stream:
-``{"coda_session": 2, "kind": "store"}`` and then one such block per session, every parent
+``{"coda_session": 3, "kind": "store"}`` and then one such block per session, every parent
 before its branches. There, a branch whose parent's block came earlier has ``"shares": k``
 in its header: it shows the parent's first ``k`` messages (as that block lists them)
 followed by the block's own lines, which hold only the rest. Importing the stream rebuilds
@@ -17,8 +22,8 @@ the tree, the shared messages stored once. A branch exported alone (or whose par
 in the stream) has no ``"shares"`` and holds everything it shows.
 
 JSON, one session: the same header fields and the messages in one object,
-``{"coda_session": 2, "kind": "session", ..., "messages": [...], "message_count": 2}``
-(one message per line, so it streams too). Any JSON object with a ``"messages"`` list (and
+``{"coda_session": 3, "kind": "session", ..., "messages": [...], "message_count": 2}``
+(one message line per line, so it streams too). Any JSON object with a ``"messages"`` list (and
 optional ``"metadata"``) imports as well, e.g. the spec's hand-written export, given a
 ``name``. Version 1 files (no tree keys) import as before.
 
@@ -42,7 +47,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any
 
-from ..codec import check_name, encode_message, encode_metadata
+from ..codec import check_name, encode_message, encode_metadata, is_timestamp
 from ..errors import FileFormatError, InvalidMessageError
 from ..escaping import ESCAPE, escape_json, unescape_json
 from ..models import MessageRecord, SessionRecord
@@ -58,18 +63,21 @@ __all__ = [
     "detect",
     "dumps",
     "end_line",
+    "entry",
     "events",
     "guarded",
     "header",
+    "holds_entries",
     "jsonl_events",
     "message",
     "session_record",
     "tree_keys",
 ]
 
-FORMAT_VERSION = 2
-#: the versions an import reads (1: before branches were kept as a tree)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: the versions an import reads (1: before branches were kept as a tree; 2: before
+#: messages were stored exactly, each line the message with the timestamp added)
+READABLE_VERSIONS = (1, 2, 3)
 
 #: The longest line of a JSON Lines file, and the longest value of a JSON file, an import
 #: reads (in characters): a longer one raises FileFormatError instead of exhausting memory
@@ -445,10 +453,38 @@ def _fork_point(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
-def message(payload: Any, *, compress: bool, where: str, line: int, number: int) -> MessageRecord:
-    """One message line validated as ``add_message`` does (FileFormatError naming the line)."""
+def entry(record: MessageRecord) -> dict[str, Any]:
+    """A message's line (version 3): the time it is filed under and the message exactly as
+    it was added."""
+    return {"timestamp": record.timestamp, "message": record.to_dict()}
+
+
+def holds_entries(header: dict[str, Any]) -> bool:
+    """Whether a session's message lines are :func:`entry` lines (version 3 on); older
+    exports and hand-written files hold the messages themselves."""
+    version = header.get("coda_session")
+    return type(version) is int and version >= 3
+
+
+def message(
+    payload: Any, *, compress: bool, where: str, line: int, number: int, entry: bool = False
+) -> MessageRecord:
+    """One message line validated as ``add_message`` does (FileFormatError naming the line);
+    ``entry``: the line is an :func:`entry` (version 3), else the message itself (whose
+    ``timestamp`` key, which versions 1 and 2 always wrote, it is filed under)."""
     try:
-        return encode_message(payload, compress=compress)
+        if not entry:
+            return encode_message(payload, compress=compress)
+        if (
+            not isinstance(payload, dict)
+            or set(payload) != {"timestamp", "message"}
+            or not is_timestamp(payload["timestamp"])
+        ):
+            raise InvalidMessageError(
+                'expected {"timestamp": <ISO-8601 date-time>, "message": {...}} '
+                "(a format version 3 message line)"
+            )
+        return encode_message(payload["message"], compress=compress, at=payload["timestamp"])
     except InvalidMessageError as exc:
         raise FileFormatError(f"{where}: line {line}: message {number}: {exc}") from exc
 
