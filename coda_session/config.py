@@ -85,6 +85,10 @@ class SessionConfig(BaseModel):
     """Compress large message contents in storage."""
     message_cache_size: int = Field(default=1000, ge=0)
     """The most saved messages kept in memory per session object."""
+    index_in_background: bool = True
+    """Write the search index of saved messages from a background thread of the manager,
+    right after each save commits, instead of inside the save's transaction (SQLite and
+    PostgreSQL; a search finds messages not indexed yet all the same)."""
     busy_timeout: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
     """Seconds a write waits for another writer's lock before giving up (SQLite: the
     busy timeout; PostgreSQL: ``lock_timeout``); such a write is tried up to 3 times."""
@@ -342,6 +346,7 @@ _EXPECTED = {
     "max_session_size": f"MB, more than 0 and at most {MAX_SESSION_SIZE_MB:,} (1 PB)",
     "compress_messages": "true or false",
     "message_cache_size": "a whole number of messages, 0 or more",
+    "index_in_background": "true or false",
     "busy_timeout": "seconds from 0 to 3600",
 }
 

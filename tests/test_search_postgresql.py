@@ -37,6 +37,9 @@ class Env:
     """A manager on a fresh PostgreSQL database and the repository under it."""
 
     def __init__(self, store: Store) -> None:
+        # what these tests count is written by the writes themselves (the background
+        # indexer is tested in test_search_background.py)
+        store.config = store.config.model_copy(update={"index_in_background": False})
         self.store = store
         repo = store.repository()
         assert isinstance(repo, SqlRepository)
@@ -209,6 +212,7 @@ async def test_rows_another_program_writes_and_deletes(env: Env) -> None:
 
 async def test_the_sqlalchemy_path_writes_the_same_index(tmp_path: Path) -> None:
     store = Store("postgresql", tmp_path / "sessions")
+    store.config = store.config.model_copy(update={"index_in_background": False})
     repo = SqlRepository(store.config, fast_path=False)
     manager = AsyncSessionManager(store.config, repo)
     try:

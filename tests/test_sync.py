@@ -104,18 +104,29 @@ def test_close_while_another_thread_waits_does_not_hang(store: Store, tmp_path: 
     assert outcome[0] == 30000 or isinstance(outcome[0], SessionError)
 
 
-def test_calls_run_in_the_calling_thread_without_a_thread_of_their_own(store: Store) -> None:
+@pytest.mark.parametrize("index_in_background", [False, True])
+def test_calls_run_in_the_calling_thread_without_a_thread_of_their_own(
+    store: Store, index_in_background: bool
+) -> None:
     """A script's calls run the manager's loop in the script's own thread: with autosave
-    off the manager starts no thread at all (a hand-off costs two thread wake-ups)."""
+    off the manager starts no thread for them (a hand-off costs two thread wake-ups); the
+    only thread it may start is the search indexer's, after a save (SQL backends, with
+    ``index_in_background``), which writes the index beside the calls."""
     before = set(threading.enumerate())
-    config = store.config.model_copy(update={"autosave_interval": 0})
+    config = store.config.model_copy(
+        update={"autosave_interval": 0, "index_in_background": index_in_background}
+    )
+    store.config = config
     with SessionManager(config, store.repository(private_loop=True)) as m:
         s = m.create_session("here")
         s.add_message({"role": "user", "content": "x"})
         m.save_session(s)
         assert [x["content"] for x in m.load_session("here").get_messages()] == ["x"]
         started = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        assert [t.name for t in started if t.name.startswith("coda-session")] == []
+        names = {t.name for t in started if t.name.startswith("coda-session")}
+        assert names <= ({"coda-session-indexer"} if index_in_background else set())
+    after = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert [t.name for t in after if t.name.startswith("coda-session")] == []
 
 
 def test_a_notebook_call_uses_a_helper_thread_that_close_stops(store: Store) -> None:

@@ -92,7 +92,9 @@ def downgrade() -> None:
             if earlier == text:
                 continue
             value: Any = earlier
-            if not sqlite and earlier is not None:
+            if earlier is None:
+                value = sa.null()  # an untyped NULL: a server's json column takes it
+            elif not sqlite:
                 # a server's json column takes a text parameter through a cast
                 value = sa.cast(sa.literal(earlier, sa.Text), sa.JSON)
             bind.execute(sa.update(messages).where(m.id == row_id).values(metadata=value))

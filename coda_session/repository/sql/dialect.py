@@ -139,6 +139,19 @@ class Runner(Protocol):
         """Test hook: ``fn`` with a raw ``sqlite3`` connection (StorageError elsewhere)."""
         ...
 
+    async def leave_checkpoints(self) -> None:
+        """Never checkpoint the WAL after this runner's own commits: a background
+        indexer's, beside a manager's writers, whose connections checkpoint it (SQLite;
+        nothing elsewhere)."""
+        ...
+
+    async def bound_wal(self) -> None:
+        """Between a background indexer's runs: when the WAL has grown past a bound (its
+        writes happened beside the checkpoints of a manager's writers, which then could
+        not start the WAL over), checkpoint it whole so the next write starts it over
+        (SQLite; nothing elsewhere)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -187,6 +200,11 @@ class Dialect(Protocol):
 
     def database_file(self, url: URL) -> Path | None:
         """The file behind ``url``, or None for a database that is not one file."""
+        ...
+
+    def shares_connections(self, url: URL) -> bool:
+        """Whether another connection to ``url`` opens the same database (not so for an
+        in-memory SQLite database): a background indexer needs one of its own."""
         ...
 
     def engine_options(

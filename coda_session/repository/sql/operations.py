@@ -50,15 +50,18 @@ from .executors import Executor
 from .rows import infos_of, message_of, session_of
 from .search import (
     DEFER_UNDER,
+    IndexRow,
     NotingDeletes,
     OrphanSweeping,
     SearchStatements,
     check,
+    index_entries,
     index_pending,
     index_some_pending,
     index_version,
     index_written,
     index_written_or_defer,
+    pending_rows,
     reset,
     search,
     sweep_some,
@@ -290,9 +293,17 @@ class Operations(Generic[X]):
             count += int(row[1])
         return chars, count
 
-    def save(self, cx: X, req: SaveRequest, bodies: Sequence[str] | None = None) -> SaveResult:
+    def save(
+        self,
+        cx: X,
+        req: SaveRequest,
+        bodies: Sequence[str] | None = None,
+        deferred: bool = False,
+    ) -> SaveResult:
         """A save; ``bodies`` are the new messages' index bodies when the caller computed
-        them before the transaction (:func:`.search.bodies_of`), else computed here."""
+        them before the transaction (:func:`.search.bodies_of`), else computed here.
+        ``deferred``: the new messages stay pending and the index is left as it is (a
+        background indexer writes it after the commit, :mod:`.indexer`)."""
         sid = req.session_id
         root = _root(cx, sid, req.root_id)
         key = {"session_id": sid, "tree": root}
@@ -354,12 +365,13 @@ class Operations(Generic[X]):
             ids = cx.insert_messages(sid, root, req.messages)
             last_id = max(previous, ids[-1])
             cx.run(q.SET_LAST_MESSAGE_ID, {**key, "last_id": last_id})
-            if self.search is not None:
+            if self.search is not None and not deferred:
                 index_written_or_defer(cx, self.search, sid, root, req.messages, ids, bodies)
-        self.index_others(
-            cx,
-            len(ids) >= DEFER_UNDER or req.truncation is not None or bool(req.drop_newest),
-        )
+        if not deferred:
+            self.index_others(
+                cx,
+                len(ids) >= DEFER_UNDER or req.truncation is not None or bool(req.drop_newest),
+            )
         if metadata is None:
             # unchanged by this save; sent back (and decoded) only if another writer changed it
             if version != req.metadata_version:
@@ -368,9 +380,12 @@ class Operations(Generic[X]):
             metadata = None  # what the caller saw plus its own patch: it knows that already
         return SaveResult(ids, count, size, int(last_id), metadata, previous, version, dropped)
 
-    def delete(self, cx: X, session_id: str, when: datetime | None = None) -> bool:
+    def delete(
+        self, cx: X, session_id: str, when: datetime | None = None, deferred: bool = False
+    ) -> bool:
         """Delete a session: the rows its branches show stay (moved to a holder), the others
-        go, and so do the rows of holders that only it showed."""
+        go, and so do the rows of holders that only it showed. ``deferred``: the orphans
+        are left to the background indexer (see :meth:`save`)."""
         root = _root(cx, session_id, None)  # never changes: safe to read before the lock
         lock_tree(cx, root)
         if not cx.rows(q.DELETE_LOCK, {"session_id": session_id}):
@@ -384,7 +399,8 @@ class Operations(Generic[X]):
         deleted = dx.run(q.DELETE_SESSION, {"session_id": session_id}) > 0
         reclaim(dx, (p.owner for p in parts), root)
         self._deleted(cx, dx)
-        self.index_others(cx, True)
+        if not deferred:
+            self.index_others(cx, True)
         return deleted
 
     @one_statement
@@ -397,10 +413,11 @@ class Operations(Generic[X]):
     def list_all(self, cx: X) -> list[SessionInfo]:
         return infos_of(cx.rows(q.LIST_SESSIONS, {}))
 
-    def append(self, cx: X, req: SaveRequest) -> SaveResult:
+    def append(self, cx: X, req: SaveRequest, deferred: bool = False) -> SaveResult:
         """A save of new messages only (see :meth:`appends_alone`); it indexes them as
-        :meth:`save` does (computing their terms in the transaction)."""
-        return self.save(cx, req)
+        :meth:`save` does (computing their terms in the transaction), or leaves them
+        pending (``deferred``)."""
+        return self.save(cx, req, None, deferred)
 
     # -- search (see .search) ---------------------------------------------------------
 
@@ -436,6 +453,24 @@ class Operations(Generic[X]):
         if self.search is None:
             return 0
         return index_pending(cx, self.search, limit)
+
+    @one_statement
+    def pending_rows(self, cx: X, limit: int) -> list[tuple[Any, ...]]:
+        """A background indexer's read (:mod:`.indexer`): the oldest ``limit`` pending
+        rows (see :func:`.search.pending_rows`)."""
+        if self.search is None:
+            return []
+        return pending_rows(cx, limit)
+
+    def index_entries(
+        self, cx: X, rows: Sequence[tuple[Any, ...]], entries: Sequence[IndexRow]
+    ) -> int:
+        """A background indexer's write: the entries of the rows :meth:`pending_rows` read (of
+        the rows still pending unchanged), and a bounded batch of orphans removed;
+        returns how many entries it wrote and removed (0: nothing left to do now)."""
+        if self.search is None:
+            return 0
+        return index_entries(cx, self.search, rows, entries) + sweep_some(cx, self.search)
 
     def index_version(self, cx: X) -> int:
         """The analysis rules' version the stored index was built with (0: never)."""
@@ -580,9 +615,11 @@ class Operations(Generic[X]):
         batches: Iterable[Sequence[MessageRecord]],
         max_bytes: int | None,
         fork: tuple[str, int] | None = None,
+        deferred: bool = False,
     ) -> SessionRecord:
         """A whole import in one transaction: the session (a fork of ``fork``'s (source id,
-        fork point) when given), every batch, then its totals."""
+        fork point) when given), every batch, then its totals. ``deferred``: the messages
+        stay pending (see :meth:`save`)."""
         if fork is None:
             self.create(cx, record, None)
             base = record
@@ -592,12 +629,13 @@ class Operations(Generic[X]):
         root = base.root_id or base.id
         for batch in batches:
             ids = cx.insert_messages(base.id, root, batch)
-            if self.search is not None:
+            if self.search is not None and not deferred:
                 index_written(cx, self.search, base.id, root, batch, ids, None)
             size += sum(r.byte_size() for r in batch)
             count += len(batch)
             check_import_size(record.name, size, max_bytes)
-        self.index_others(cx, True)
+        if not deferred:
+            self.index_others(cx, True)
         last = int(cx.rows(q.LAST_MESSAGE_ID, {"session_id": record.id})[0][0])
         if fork is not None:
             last = max(base.last_message_id, last)

@@ -34,10 +34,11 @@ from .dialect import WRITE_OPTION, Dialect, Operation, Runner
 from .engine import create_engine, database_url
 from .errors import DRIVER_ERRORS, translate
 from .filters import find_page
+from .indexer import BackgroundIndexer, in_own_thread
 from .operations import Operations
 from .registry import dialect_for
 from .schema import HEAD_REVISION, current_revision, ensure_schema, migration_guard
-from .search import BULK_ROWS, DEFER_UNDER, bodies_of
+from .search import BULK_ROWS, DEFER_UNDER, bodies_of, entries_of
 
 __all__ = ["BUSY_ATTEMPTS", "SqlRepository", "SqlSnapshot"]
 
@@ -63,6 +64,8 @@ _CHECK_INDEX = Operation("checking the search index")
 _INDEX_VERSION = Operation("reading the search index's version", loop_pages=0)
 _RESET_INDEX = Operation("resetting the search index", write=True)
 _INDEX_BATCH = Operation("indexing messages for search", write=True)
+_INDEX_STEP = Operation("indexing messages for search", write=True)
+_READ_PENDING = Operation("reading messages to index for search")
 
 
 class SqlSnapshot:
@@ -127,6 +130,10 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
     a loop nobody else uses (the blocking :class:`~coda_session.SessionManager` owns one).
     Otherwise, with ``connection_pool_size >= 2``, small operations also run on the event
     loop's thread on a connection that never waits (see :mod:`.sqlite.runner`).
+
+    ``background=True`` makes the repository a background indexer's connection (see
+    :mod:`.indexer`): it never checkpoints the WAL, never re-indexes on opening and starts
+    no indexer of its own.
     """
 
     def __init__(
@@ -136,6 +143,7 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
         url: str | URL | None = None,
         fast_path: bool | None = None,
         inline: bool = False,
+        background: bool = False,
     ) -> None:
         self._config = config or SessionConfig()
         if url is None:
@@ -146,8 +154,10 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
         self._costs = self._dialect.costs
         self._fast_path = fast_path
         self._inline_wanted = inline
+        self._background = background
         self._runner: Runner | None = None
         self._closed = False
+        self._indexer: BackgroundIndexer | None = None
 
     @property
     def url(self) -> URL:
@@ -214,8 +224,53 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
             await runner.aclose()
             raise ManagerClosedError("the storage was closed")
         self._runner = runner
+        if self._background:
+            await self._edge("opening the database", runner.leave_checkpoints)
+            return runner
         await self._index_outdated(runner)
+        if (
+            self._config.index_in_background
+            and runner.operations.search is not None
+            and self._dialect.shares_connections(self._url)
+        ):
+            self._indexer = BackgroundIndexer(self._index_worker)
         return runner
+
+    def _index_worker(self) -> SqlRepository:
+        """The background indexer's own connection to the store: a repository of its
+        own, opened on the indexer's thread and loop (see :mod:`.indexer`)."""
+        return SqlRepository(
+            self._config, url=self._url, fast_path=self._fast_path, inline=True, background=True
+        )
+
+    async def index_step(self, limit: int) -> int:
+        """Index up to ``limit`` pending messages and remove a bounded batch of the
+        entries deleted messages left, in one transaction; returns how much it did (0:
+        nothing left). What a background indexer runs (:mod:`.indexer`)."""
+        runner = self._runner or await self._open_runner()
+        ops = runner.operations
+        # the terms are computed between a read and a short write transaction: a save
+        # waits for the write lock the time of an FTS5 insert, and no snapshot is held
+        # meanwhile (it would keep the WAL from starting over)
+        rows = await self._run(runner, _READ_PENDING, ops.pending_rows, limit)
+        entries = entries_of(rows)
+        done: int = await self._run(runner, _INDEX_STEP, ops.index_entries, rows, entries)
+        if not done:
+            await self._edge("checkpointing the database", runner.bound_wal)
+        return done
+
+    async def settle_search_index(self) -> None:
+        """Wait until the messages this repository's writes left pending are indexed by
+        its background indexer (at once when there is none). Searches never need it (they
+        evaluate pending messages in Python)."""
+        indexer = self._indexer
+        if indexer is not None:
+            await in_own_thread(indexer.settle)
+
+    def _written(self, rows: int, *, deleted: bool = False) -> None:
+        """Tell the background indexer (if any) what a committed write left to index."""
+        if self._indexer is not None:
+            self._indexer.written(rows, deleted=deleted)
 
     async def _index_outdated(self, runner: Runner) -> None:
         """Index every message again when the stored index was built with other rules
@@ -271,6 +326,11 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
         )
 
     async def aclose(self) -> None:
+        indexer, self._indexer = self._indexer, None
+        if indexer is not None:
+            # what the writes left pending is indexed before the store closes (a run
+            # interrupted here leaves rows pending: found by searches, indexed later)
+            await in_own_thread(indexer.close)
         self._closed = True
         runner, self._runner = self._runner, None
         if runner is not None:
@@ -367,6 +427,9 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
     ) -> SessionRecord:
         runner = self._runner or await self._open_runner()
         op = Operation("importing a session", write=True, name=record.name)
+        # an import indexes its messages in its own transaction even with a background
+        # indexer: a search right after an import of millions of messages would otherwise
+        # evaluate them all in Python until the indexer caught up
         return await self._run(
             runner, op, runner.operations.import_all, record, batches, max_bytes, fork
         )
@@ -374,18 +437,30 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
     async def save(self, request: SaveRequest) -> SaveResult:
         runner = self._runner or await self._open_runner()
         ops = runner.operations
+        deferred = self._indexer is not None
         if ops.appends_alone(request):
-            return await self._run(runner, _APPEND, ops.append, request)
-        # the new messages' index terms, computed before the transaction takes the lock
-        args: tuple[Any, ...] = (request,)
-        if ops.search is not None and len(request.messages) >= DEFER_UNDER:
-            args = (request, bodies_of(request.messages))
-        op = Operation("saving a session", write=True, loop_pages=self._costs.save(request))
-        return await self._run(runner, op, ops.save, *args)
+            done: SaveResult = await self._run(runner, _APPEND, ops.append, request, deferred)
+        else:
+            # the new messages' index terms, computed before the transaction takes the lock
+            bodies = None
+            if not deferred and ops.search is not None and len(request.messages) >= DEFER_UNDER:
+                bodies = bodies_of(request.messages)
+            op = Operation("saving a session", write=True, loop_pages=self._costs.save(request))
+            done = await self._run(runner, op, ops.save, request, bodies, deferred)
+        self._written(
+            len(done.ids),
+            deleted=request.truncation is not None or bool(request.drop_newest),
+        )
+        return done
 
     async def delete_session(self, session_id: str) -> bool:
         runner = self._runner or await self._open_runner()
-        return await self._run(runner, _DELETE, runner.operations.delete, session_id)
+        deferred = self._indexer is not None
+        done: bool = await self._run(
+            runner, _DELETE, runner.operations.delete, session_id, None, deferred
+        )
+        self._written(0, deleted=done)
+        return done
 
     async def list_sessions(self) -> list[SessionInfo]:
         runner = self._runner or await self._open_runner()

@@ -42,11 +42,14 @@ __all__ = [
     "SearchStatements",
     "bodies_of",
     "check",
+    "entries_of",
+    "index_entries",
     "index_pending",
     "index_some_pending",
     "index_version",
     "index_written",
     "index_written_or_defer",
+    "pending_rows",
     "reset",
     "search",
     "sweep_some",
@@ -295,21 +298,60 @@ def sweep_some(cx: Executor, statements: SearchStatements) -> int:
 def index_pending(cx: Executor, statements: SearchStatements, limit: int) -> int:
     """Index the oldest ``limit`` pending rows (written by another program, or changed by
     one); returns how many."""
-    rows = cx.rows(q.PENDING_FIRST, {"n": limit})
+    rows = cx.rows(q.PENDING_FIRST_LOCKED, {"n": limit})
     if not rows:
         return 0
     statements.index(cx, [_row_entry(r) for r in rows])
-    # marked run by run of consecutive ids: on a database server another transaction may
-    # commit a pending row whose id falls between two of these after they were read, and
-    # a range spanning that gap would mark it indexed without an entry
-    ids = [int(r[0]) for r in rows]
+    _mark_indexed(cx, [int(r[0]) for r in rows])
+    return len(rows)
+
+
+def _mark_indexed(cx: Executor, ids: Sequence[int]) -> None:
+    """Mark the pending rows ``ids`` (ascending) indexed, run by run of consecutive ids:
+    on a database server another transaction may commit a pending row whose id falls
+    between two of them after they were read, and a range spanning that gap would mark it
+    indexed without an entry."""
+    if not ids:
+        return
     lo = ids[0]
     for prev, cur in zip(ids, [*ids[1:], None], strict=True):
         if cur != prev + 1:
             cx.run(q.MARK_INDEXED, {"lo": lo, "hi": prev})
             if cur is not None:
                 lo = cur
-    return len(rows)
+
+
+def pending_rows(cx: Executor, limit: int) -> list[tuple[Any, ...]]:
+    """The oldest ``limit`` pending rows: a background indexer's read, whose entries
+    (:func:`entries_of`) it computes outside any transaction, so the analysis holds
+    neither the write lock nor a snapshot (:func:`index_entries` writes them)."""
+    return [tuple(r) for r in cx.rows(q.PENDING_FIRST, {"n": limit})]
+
+
+def entries_of(rows: Sequence[Sequence[Any]]) -> list[IndexRow]:
+    """The index entries of message rows (``_SEARCH_COLS``), their terms computed."""
+    return [_row_entry(r) for r in rows]
+
+
+def index_entries(
+    cx: Executor,
+    statements: SearchStatements,
+    rows: Sequence[tuple[Any, ...]],
+    entries: Sequence[IndexRow],
+) -> int:
+    """Write the entries computed for ``rows`` (:func:`pending_rows`), for those still pending and
+    unchanged since (another program may have changed or deleted one, or another writer
+    indexed it meanwhile: those are left to a later read); returns how many it wrote."""
+    if not rows:
+        return 0
+    now = {
+        int(r[0]): tuple(r)
+        for r in cx.rows(q.PENDING_BETWEEN, {"lo": rows[0][0], "hi": rows[-1][0]})
+    }
+    kept = [e for r, e in zip(rows, entries, strict=True) if now.get(e.id) == r]
+    statements.index(cx, kept)
+    _mark_indexed(cx, [e.id for e in kept])
+    return len(kept)
 
 
 def index_version(cx: Executor) -> int:

@@ -47,8 +47,10 @@ __all__ = [
     "MESSAGES_NEWEST",
     "MOVE_RANGE",
     "OWNER_MAX_HI",
+    "PENDING_BETWEEN",
     "PENDING_COUNT",
     "PENDING_FIRST",
+    "PENDING_FIRST_LOCKED",
     "PENDING_NEWEST",
     "PENDING_UPTO",
     "PREVIOUS_SEGMENT",
@@ -610,6 +612,23 @@ _SEARCH_COLS = (*_MESSAGE_COLS, m.c.root_id, m.c.session_id, m.c.ord)
 _pending = m.c.indexed.is_(None)
 #: the oldest ``n`` pending rows (a write indexes them; ``ix_messages_pending``)
 PENDING_FIRST = sa.select(*_SEARCH_COLS).where(_pending).order_by(m.c.id).limit(sa.bindparam("n"))
+#: :data:`PENDING_FIRST` for a write that indexes them: on a server their rows are locked
+#: until it commits (a concurrent delete waits, so no entry names a deleted message), and
+#: rows another transaction holds are skipped, left pending (it may be deleting them, or
+#: indexing them itself: waiting for it could deadlock); SQLite has no row locks
+PENDING_FIRST_LOCKED = PENDING_FIRST.with_for_update(key_share=True, skip_locked=True)
+#: the pending rows ``lo <= id <= hi``, by id (what a background indexer read, again, in
+#: the transaction that writes their entries: see .search.index_entries)
+PENDING_BETWEEN = (
+    sa.select(*_SEARCH_COLS)
+    .where(
+        _pending,
+        m.c.id >= sa.bindparam("lo", type_=sa.BigInteger),
+        m.c.id <= sa.bindparam("hi", type_=sa.BigInteger),
+    )
+    .order_by(m.c.id)
+    .with_for_update(key_share=True, skip_locked=True)  # as PENDING_FIRST_LOCKED
+)
 #: every pending row up to ``upto``, newest first (a search evaluates them in Python)
 PENDING_NEWEST = (
     sa.select(*_SEARCH_COLS)

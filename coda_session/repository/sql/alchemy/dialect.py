@@ -39,6 +39,9 @@ class AlchemyDialect:
     def database_file(self, url: URL) -> Path | None:
         return None
 
+    def shares_connections(self, url: URL) -> bool:
+        return True  # a database server
+
     def engine_options(
         self, config: SessionConfig, url: URL, *, migrations: bool
     ) -> dict[str, Any]:

@@ -179,6 +179,12 @@ class AlchemyRunner:
         """No raw connection here: the test hook is the SQLite runner's."""
         raise StorageError("this repository runs on the SQLAlchemy engine: no raw connection")
 
+    async def leave_checkpoints(self) -> None:
+        """Nothing: this runner's engine is set up for writers like any other."""
+
+    async def bound_wal(self) -> None:
+        """Nothing (see :meth:`leave_checkpoints`)."""
+
     async def aclose(self) -> None:
         """Dispose of this loop's engine; those of other loops still running are disposed
         on their own loops, those of loops that ended were disposed as they shut down."""

@@ -100,13 +100,12 @@ class PgOperations(Operations[PgExecutor]):
         return int(row[0]), int(row[1])
 
     @one_statement
-    def append(self, cx: PgExecutor, req: SaveRequest) -> SaveResult:
+    def append(self, cx: PgExecutor, req: SaveRequest, deferred: bool = False) -> SaveResult:
         """A save of new messages only (no truncation, no metadata patch) as one statement,
         its own transaction: see :data:`.statements.APPEND` (which indexes them for
-        search too)."""
+        search too, unless ``deferred``: :data:`.statements.APPEND_PENDING`)."""
         size_delta = sum(r.size for r in req.messages)
-        bodies = bodies_of(req.messages)
-        params = {
+        params: dict[str, Any] = {
             "session_id": req.session_id,
             "max_bytes": req.max_bytes,
             "metadata_version": req.metadata_version,
@@ -114,11 +113,14 @@ class PgOperations(Operations[PgExecutor]):
             "size_delta": size_delta,
             "root_id": req.root_id,
             **message_arrays(req.messages),
-            "bodies": bodies,
-            "tsvs": [tsvector_literal(b.split()) for b in bodies],
         }
+        stmt = pg_sql.APPEND_PENDING
+        if not deferred:
+            stmt = pg_sql.APPEND
+            params["bodies"] = bodies = bodies_of(req.messages)
+            params["tsvs"] = [tsvector_literal(b.split()) for b in bodies]
         while True:
-            found = cx.fetch(pg_sql.APPEND, params)
+            found = cx.fetch(stmt, params)
             if not found:
                 raise SessionNotFoundError(f"session {req.name!r} was deleted")
             # stale: another writer of the session committed while this one waited for its

@@ -307,6 +307,12 @@ class PgRunner:
         """No raw connection here: the test hook is the SQLite runner's."""
         raise StorageError("this repository runs on the SQLAlchemy engine: no raw connection")
 
+    async def leave_checkpoints(self) -> None:
+        """Nothing: the server checkpoints."""
+
+    async def bound_wal(self) -> None:
+        """Nothing: the server checkpoints."""
+
     async def aclose(self) -> None:
         """Close this loop's connections; those of other loops still running are dropped
         on their own loops, those of loops that ended were closed as they shut down."""

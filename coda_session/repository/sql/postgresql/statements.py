@@ -232,7 +232,7 @@ def _index_inserted(ins: sa.CTE) -> sa.CTE:
     return sa.insert(_search).from_select(list(_search.c), rows).cte("indexed")
 
 
-def _append() -> sa.Select[Any]:
+def _append(index: bool = True) -> sa.Select[Any]:
     s = sessions
     # UPDATE sessions AS s, as the hand-written statement named it (the same plan text)
     updated = cast(sa.Alias, sessions.alias("s"))
@@ -270,7 +270,7 @@ def _append() -> sa.Select[Any]:
     )
     lo, r = _last(_SESSION_ID), _unnest()
     rows = (
-        sa.select(*_inserted(fits.c.id, sa.func.coalesce(fits.c.root_id, fits.c.id), lo, r, True))
+        sa.select(*_inserted(fits.c.id, sa.func.coalesce(fits.c.root_id, fits.c.id), lo, r, index))
         .select_from(fits, lo, r)
         .order_by(r.c.ord)
     )
@@ -280,7 +280,6 @@ def _append() -> sa.Select[Any]:
         .returning(messages.c.id, messages.c.root_id, messages.c.role)
         .cte("ins")
     )
-    indexed = _index_inserted(ins)
     newest = sa.func.coalesce(sa.select(sa.func.max(ins.c.id)).scalar_subquery(), _ZERO)
     metadata = sa.case(
         (updated.c.metadata_version == _param("metadata_version", _BIG), sa.null()),
@@ -305,21 +304,18 @@ def _append() -> sa.Select[Any]:
         )
         .cte("upd")
     )
-    return (
-        sa.select(
-            cur.c.last_message_id.label("previous"),
-            cur.c.size_bytes.label("size_before"),
-            sa.select(_ids(ins)).scalar_subquery().label("ids"),
-            upd.c.message_count,
-            upd.c.size_bytes,
-            upd.c.metadata_version,
-            upd.c.metadata,
-            upd.c.last_message_id,
-            seen.c.stale,
-        )
-        .select_from(cur.join(seen, sa.true()).outerjoin(upd, sa.true()))
-        .add_cte(indexed)
-    )
+    stmt = sa.select(
+        cur.c.last_message_id.label("previous"),
+        cur.c.size_bytes.label("size_before"),
+        sa.select(_ids(ins)).scalar_subquery().label("ids"),
+        upd.c.message_count,
+        upd.c.size_bytes,
+        upd.c.metadata_version,
+        upd.c.metadata,
+        upd.c.last_message_id,
+        seen.c.stale,
+    ).select_from(cur.join(seen, sa.true()).outerjoin(upd, sa.true()))
+    return stmt.add_cte(_index_inserted(ins)) if index else stmt
 
 
 #: A plain append (new messages, no truncation, no metadata change) as ONE statement,
@@ -336,6 +332,9 @@ def _append() -> sa.Select[Any]:
 #: new rows' bytes, ``root_id`` the tree's key (the shard key: see the README; NULL when
 #: the caller does not know it); the arrays are :data:`INSERT_MESSAGES`'.
 APPEND = Prepared(_append())
+#: :data:`APPEND` leaving the new rows pending, without ``bodies`` and ``tsvs`` (the
+#: background indexer writes their entries after the commit: see ..indexer)
+APPEND_PENDING = Prepared(_append(index=False))
 
 
 def _message_columns(t: sa.FromClause) -> tuple[sa.ColumnElement[Any], ...]:

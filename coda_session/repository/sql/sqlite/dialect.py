@@ -44,6 +44,9 @@ class SqliteDialect(AlchemyDialect):
             return None
         return Path(db)
 
+    def shares_connections(self, url: URL) -> bool:
+        return self.database_file(url) is not None
+
     def stored_timestamp(self, value: datetime) -> Any:
         return to_sqlite_timestamp(value)
 
