@@ -42,7 +42,7 @@ from openai.types.responses import (
 from openai.types.responses.response_input_item_param import ResponseInputItemParam
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
-from coda_session import AsyncSessionManager, InvalidMessageError
+from coda_session import AsyncSessionManager, InvalidMessageError, SessionTooLargeError
 from coda_session.adapters.openai_agents import CodaSession
 from tests.support import ROOT, Store
 
@@ -647,3 +647,158 @@ def test_runner_run_sync_across_event_loops(store: Store) -> None:
         loop.run_until_complete(manager.close())
         asyncio.set_event_loop(None)
         loop.close()
+
+
+# -- interrupted runs, the SDK's pending-write recovery, handoffs -----------------------------
+
+
+@function_tool(needs_approval=True)
+def booking(city: str) -> str:
+    """Book a trip (needs the user's approval)."""
+    BOOKED.append(city)
+    return f"booked {city}"
+
+
+#: The trips ``booking`` made: a resumed run must not run the tool twice.
+BOOKED: list[str] = []
+
+
+def approval_turn() -> list[dict[str, Any]]:
+    return [
+        {"content": "Book Paris", "role": "user"},
+        {
+            "arguments": json.dumps({"city": "Paris"}),
+            "call_id": "call_1",
+            "name": "booking",
+            "type": "function_call",
+            "id": "fc_1",
+        },
+        {"call_id": "call_1", "output": "booked Paris", "type": "function_call_output"},
+        {
+            "id": "msg_1",
+            "content": [{"annotations": [], "text": "Booked.", "type": "output_text"}],
+            "role": "assistant",
+            "status": "completed",
+            "type": "message",
+        },
+    ]
+
+
+def booking_call() -> list[TResponseOutputItem]:
+    return [
+        ResponseFunctionToolCall(
+            type="function_call",
+            id="fc_1",
+            call_id="call_1",
+            name="booking",
+            arguments=json.dumps({"city": "Paris"}),
+        )
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_interrupted_run_resumes_after_a_failed_write(tmp_path: Path) -> None:
+    """A run stopped for an approval resumes with another manager; the resumed write is
+    refused once (the session is over its size limit), and the Runner's recovery, which
+    compares its digests of the stored tail with ``get_items(limit=...)``, then writes it
+    exactly once."""
+    BOOKED.clear()
+    config: dict[str, Any] = {"session": {"storage_path": str(tmp_path)}}
+    agent = Agent(
+        name="agent", model=ScriptedModel([booking_call(), answer("Booked.", 1)]), tools=[booking]
+    )
+    async with CodaSession.from_config("trip", config) as session:
+        first = await Runner.run(agent, "Book Paris", session=session)
+        assert first.interruptions and BOOKED == []
+        assert exact(await session.get_items()) == exact(approval_turn()[:2])
+        info = await session.info()
+    assert info is not None
+    state = first.to_state()
+    state.approve(first.interruptions[0])
+    tight = {"session": {**config["session"], "max_session_size": (info.size_bytes + 10) / 1e6}}
+    async with CodaSession.from_config("trip", tight) as session:
+        with pytest.raises(SessionTooLargeError):
+            await Runner.run(agent, state, session=session)
+        assert exact(await session.get_items()) == exact(approval_turn()[:2])
+    async with CodaSession.from_config("trip", config) as session:
+        result = await Runner.run(agent, state, session=session)
+        assert result.final_output == "Booked."
+        assert exact(await session.get_items()) == exact(approval_turn())
+    assert BOOKED == ["Paris"]
+
+
+class PausedAfterWrite(CodaSession):
+    """Stops after its writes commit, until released: a caller cancelled there has its
+    write stored without having seen it succeed."""
+
+    def __init__(self, session_id: str, manager: AsyncSessionManager) -> None:
+        super().__init__(session_id, manager)
+        self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        await super().add_items(items)
+        self.committed.set()
+        await self.release.wait()
+
+
+@pytest.mark.asyncio
+async def test_a_write_cancelled_after_it_committed_is_not_written_again(
+    store: Store,
+) -> None:
+    """The Runner finds the write in ``get_items(limit=len(expected))`` by the digests of
+    the items it wrote: only items stored exactly match, so it neither writes them again
+    nor refuses to go on."""
+    BOOKED.clear()
+    agent = Agent(
+        name="agent", model=ScriptedModel([booking_call(), answer("Booked.", 1)]), tools=[booking]
+    )
+    async with store.async_manager() as manager:
+        session = CodaSession("trip", manager)
+        first = await Runner.run(agent, "Book Paris", session=session)
+        state = first.to_state()
+        state.approve(first.interruptions[0])
+        paused = PausedAfterWrite("trip", manager)
+        run = asyncio.ensure_future(Runner.run(agent, state, session=paused))
+        await paused.committed.wait()
+        run.cancel()
+        paused.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert exact(await session.get_items()) == exact(approval_turn()[:3])
+        result = await Runner.run(agent, state, session=session)
+        assert result.final_output == "Booked."
+        assert exact(await session.get_items()) == exact(approval_turn())
+    assert BOOKED == ["Paris"]
+
+
+@pytest.mark.asyncio
+async def test_a_handoff_is_stored_and_the_next_agent_sees_the_history(
+    amanager: AsyncSessionManager,
+) -> None:
+    french = ScriptedModel([answer("Bonjour.", 9)])
+    triage = ScriptedModel(
+        [
+            [
+                ResponseFunctionToolCall(
+                    type="function_call",
+                    id="h_1",
+                    call_id="hc_1",
+                    name="transfer_to_french",
+                    arguments="{}",
+                )
+            ]
+        ]
+    )
+    agent = Agent(name="triage", model=triage, handoffs=[Agent(name="french", model=french)])
+    session = CodaSession("hand", amanager)
+    result = await Runner.run(agent, "Salut", session=session)
+    assert result.final_output == "Bonjour." and result.last_agent.name == "french"
+    stored = await session.get_items()
+    assert [i.get("type", "message") for i in stored] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+    assert exact(french.inputs[0]) == exact(stored[:3])
