@@ -20,6 +20,7 @@ from agents import (
     Agent,
     ModelResponse,
     ModelSettings,
+    RunConfig,
     Runner,
     Tool,
     Usage,
@@ -802,3 +803,29 @@ async def test_a_handoff_is_stored_and_the_next_agent_sees_the_history(
         "message",
     ]
     assert exact(french.inputs[0]) == exact(stored[:3])
+
+
+@pytest.mark.asyncio
+async def test_the_runner_reads_only_the_limit_it_is_given(amanager: AsyncSessionManager) -> None:
+    """``session_settings.limit`` (the session's, or the run's ``RunConfig``) bounds the
+    history the model is given; everything stays stored."""
+    model = ScriptedModel([answer("One.", 1), answer("Two.", 2), answer("Three.", 3)])
+    agent = Agent(name="agent", model=model)
+    session = CodaSession("bounded", amanager, session_settings=SessionSettings(limit=2))
+    await Runner.run(agent, "first", session=session)
+    await Runner.run(agent, "second", session=session)
+    stored = await CodaSession("bounded", amanager).get_items()
+    assert len(stored) == 4
+    assert exact(model.inputs[1]) == exact([*stored[:2], {"content": "second", "role": "user"}])
+    await Runner.run(
+        agent,
+        "third",
+        session=session,
+        run_config=RunConfig(session_settings=SessionSettings(limit=1)),
+    )
+    # the newest stored item and the question (the SDK itself drops the id of an assistant
+    # message that starts the history it sends)
+    given = cast(list[dict[str, Any]], model.inputs[2])
+    assert [i.get("role") for i in given] == ["assistant", "user"]
+    assert exact([given[0]["content"]]) == exact([cast(dict[str, Any], stored[3])["content"]])
+    assert len(await CodaSession("bounded", amanager).get_items()) == 6
