@@ -88,6 +88,30 @@ def _events(base: float) -> list[Event]:
             turn_complete=True,
             timestamp=base + 4,
         ),
+        Event(  # bytes, a set, actions and metadata of every kind
+            invocation_id="inv-2",
+            author="painter",
+            branch="root.painter",
+            content=types.Content(
+                role="model",
+                parts=[
+                    types.Part(inline_data=types.Blob(mime_type="image/png", data=b"\x89PNG\xff")),
+                    types.Part(text="thinking", thought=True, thought_signature=b"\x01\x02"),
+                ],
+            ),
+            long_running_tool_ids={"t1", "t2"},
+            actions=EventActions(
+                artifact_delta={"sky.png": 2},
+                transfer_to_agent="forecaster",
+                escalate=True,
+                skip_summarization=True,
+            ),
+            grounding_metadata=types.GroundingMetadata(web_search_queries=["paris weather"]),
+            error_code="SAFETY",
+            error_message="blocked",
+            interrupted=False,
+            timestamp=base + 5,
+        ),
     ]
 
 
@@ -319,9 +343,20 @@ async def test_a_stale_session_object_is_refused(store: Store) -> None:
         await service.append_event(current, Event(author="user", timestamp=base + 5))
         assert len((await _get(service)).events) == 3
 
+        # a write whose event carries an earlier timestamp still makes older objects stale
+        mine, theirs = await _get(service), await _get(elsewhere)
+        await service.append_event(mine, Event(author="user", timestamp=base - 100))
+        assert mine.last_update_time > base + 5
+        assert mine.last_update_time == (await _get(elsewhere)).last_update_time
+        with pytest.raises(StaleSessionError):
+            await elsewhere.append_event(theirs, Event(author="user", timestamp=base + 6))
+        await service.append_event(mine, Event(author="user", timestamp=base + 7))
+        current = await _get(service)
+        assert len(current.events) == 5
+
         await service.delete_session(app_name=APP, user_id="u1", session_id="s1")
         with pytest.raises(SessionNotFoundError):
-            await service.append_event(current, Event(author="user", timestamp=base + 6))
+            await service.append_event(current, Event(author="user", timestamp=base + 8))
     finally:
         await service.manager.close()
         await elsewhere.manager.close()

@@ -9,7 +9,8 @@ through it. What is stored where:
   ``"adk/<app_name>/<user_id>/<session_id>"`` (each part with ``%`` written ``%25`` and
   ``/`` written ``%2F``, so the parts never run together; the whole name is at most 255
   characters). Its metadata holds ``app_name``, ``user_id``, ``session_id``,
-  ``last_update_time`` (the ADK revision: the timestamp of the last appended event) and
+  ``last_update_time`` (the ADK revision: the timestamp of the last appended event, or just
+  above the previous revision when that event's is not later) and
   ``state`` (the session-scoped state);
 - each ADK event is one message ``{"type": "adk_event", "event": <the event's JSON>}``, the
   JSON being ``event.model_dump(mode="json", exclude_none=True)`` as ADK's own database
@@ -22,6 +23,7 @@ through it. What is stored where:
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -379,7 +381,14 @@ class CodaSessionService(BaseSessionService):
         stored.add_message(
             {"type": EVENT_TYPE, "event": event.model_dump(mode="json", exclude_none=True)}
         )
-        update: dict[str, Any] = {"last_update_time": event.timestamp}
+        # the revision only grows, so any write since ``session`` was loaded shows above,
+        # even one whose event carries an earlier timestamp
+        revision = (
+            event.timestamp
+            if event.timestamp > stored_time
+            else math.nextafter(stored_time, math.inf)
+        )
+        update: dict[str, Any] = {"last_update_time": revision}
         if session_delta:
             update["state"] = {**(metadata.get("state") or {}), **session_delta}
         stored.update_metadata(update)
@@ -388,7 +397,7 @@ class CodaSessionService(BaseSessionService):
         await self._update_scoped_state(
             user_state_name(session.app_name, session.user_id), user_delta
         )
-        session.last_update_time = event.timestamp
+        session.last_update_time = revision
         # ADK's own bookkeeping of the session object (state delta applied, event appended)
         return await super().append_event(session, event)
 
