@@ -516,3 +516,15 @@ async def test_a_runner_run_keeps_the_history(store: Store) -> None:
         assert len((await _get(service)).events) == 6
     finally:
         await manager.close()
+
+
+async def test_the_manager_searches_the_events(amanager: AsyncSessionManager) -> None:
+    service = CodaSessionService(amanager)
+    session = await _new(service)
+    events = _events(session.last_update_time)
+    for event in events:
+        await service.append_event(session, event)
+    hits = await amanager.search("sunny", session=session_name(APP, "u1", "s1"))
+    found = [Event.model_validate(hit.message["event"]) for hit in hits]
+    assert found and all(e in events for e in found)
+    assert events[3] in found  # the answer's text
