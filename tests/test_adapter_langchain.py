@@ -24,6 +24,7 @@ from langchain_core.messages import (
     FunctionMessageChunk,
     HumanMessage,
     HumanMessageChunk,
+    RemoveMessage,
     SystemMessage,
     SystemMessageChunk,
     ToolMessage,
@@ -115,6 +116,7 @@ def samples() -> list[BaseMessage]:
         ToolMessageChunk(content="out", tool_call_id="call_3", id="tc-1"),
         FunctionMessageChunk(content="f", name="answer", id="fc-1"),
         ChatMessageChunk(content="c", role="critic", id="cc-1"),
+        RemoveMessage(id="ai-1"),
     ]
 
 
@@ -122,7 +124,7 @@ def test_the_samples_cover_every_message_type() -> None:
     types = {type(m) for m in samples()}
     assert {AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage} <= types
     assert {FunctionMessage, ChatMessage, HumanMessageChunk, SystemMessageChunk} <= types
-    assert {ToolMessageChunk, FunctionMessageChunk, ChatMessageChunk} <= types
+    assert {ToolMessageChunk, FunctionMessageChunk, ChatMessageChunk, RemoveMessage} <= types
 
 
 async def test_every_message_type_round_trips_equal_async(amanager: AsyncSessionManager) -> None:
@@ -379,3 +381,15 @@ def test_import_coda_session_does_not_import_langchain() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_search_finds_the_messages_text(amanager: AsyncSessionManager) -> None:
+    history = CodaChatMessageHistory("chat", amanager)
+    await history.aadd_messages(samples())
+    found = await amanager.search("Paris", session="chat")
+    assert {hit.message["data"]["id"] for hit in found} == {"ai-1", "ai-2"}
+    # every string of ``data`` but ids and types is text, a ChatMessage's role among them
+    critic = await amanager.search("critic", session="chat")
+    assert {hit.message["data"]["id"] for hit in critic} == {"chat-1", "cc-1"}
+    assert [hit for hit in await amanager.search("Tokyo")] == []
+    assert [hit for hit in await amanager.search("Paris", role="assistant")] == []
