@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
-from langchain_core._api.deprecation import LangChainDeprecationWarning
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import (
@@ -332,7 +332,7 @@ def _strip(messages: list[BaseMessage]) -> list[tuple[str, Any]]:
 
 async def test_runnable_with_message_history_async(amanager: AsyncSessionManager) -> None:
     seen: list[list[BaseMessage]] = []
-    with pytest.warns(LangChainDeprecationWarning, match="RunnableWithMessageHistory"):
+    with pytest.warns(DeprecationWarning, match="RunnableWithMessageHistory is deprecated"):
         chain = RunnableWithMessageHistory(
             _chain(seen, _replies()),
             lambda session_id: CodaChatMessageHistory(session_id, amanager),
@@ -355,7 +355,7 @@ async def test_runnable_with_message_history_async(amanager: AsyncSessionManager
 
 def test_runnable_with_message_history_sync(manager: SessionManager) -> None:
     seen: list[list[BaseMessage]] = []
-    with pytest.warns(LangChainDeprecationWarning, match="LangGraph"):
+    with pytest.warns(DeprecationWarning, match="LangGraph"):
         chain = RunnableWithMessageHistory(
             _chain(seen, [*_replies(), AIMessage("Hello.", id="r3")]),
             lambda session_id: CodaChatMessageHistory(session_id, manager),
@@ -393,3 +393,33 @@ async def test_search_finds_the_messages_text(amanager: AsyncSessionManager) -> 
     assert {hit.message["data"]["id"] for hit in critic} == {"chat-1", "cc-1"}
     assert [hit for hit in await amanager.search("Tokyo")] == []
     assert [hit for hit in await amanager.search("Paris", role="assistant")] == []
+
+
+async def test_concurrent_bulk_adds_keep_each_batch_whole(amanager: AsyncSessionManager) -> None:
+    async def turn(n: int) -> None:
+        history = CodaChatMessageHistory("chat", amanager)
+        await history.aadd_messages(
+            [HumanMessage(f"q{n}", id=f"q{n}"), AIMessage(f"a{n}", id=f"a{n}")]
+        )
+
+    await asyncio.gather(*(turn(n) for n in range(8)))
+    stored = await CodaChatMessageHistory("chat", amanager).aget_messages()
+    assert len(stored) == 16
+    # each batch is one save: a question is always followed by its own answer
+    pairs = [(q.id, a.id) for q, a in zip(stored[::2], stored[1::2], strict=True)]
+    assert sorted(pairs) == sorted((f"q{n}", f"a{n}") for n in range(8))
+
+
+def test_concurrent_bulk_adds_from_threads(manager: SessionManager) -> None:
+    def turn(n: int) -> None:
+        history = CodaChatMessageHistory("chat", manager)
+        history.add_messages([HumanMessage(f"q{n}", id=f"q{n}"), AIMessage(f"a{n}", id=f"a{n}")])
+
+    threads = [threading.Thread(target=turn, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = CodaChatMessageHistory("chat", manager).messages
+    pairs = [(q.id, a.id) for q, a in zip(stored[::2], stored[1::2], strict=True)]
+    assert sorted(pairs) == sorted((f"q{n}", f"a{n}") for n in range(6))
