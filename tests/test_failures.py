@@ -36,7 +36,11 @@ HUGE = {"role": "user", "content": secrets.token_hex(15_000)}  # incompressible 
 
 # (name, the failing call, the error it raises)
 FAILURES: list[tuple[str, Callable[[Any], None], type[Exception]]] = [
-    ("add_message invalid", lambda s: s.add_message({"content": "no role and no type"}), InvalidMessageError),
+    (
+        "add_message invalid",
+        lambda s: s.add_message({"content": "no role and no type"}),
+        InvalidMessageError,
+    ),
     ("add_message too large", lambda s: s.add_message(HUGE), SessionTooLargeError),
     ("set_messages too large", lambda s: s.set_messages(BIG_LIST), SessionTooLargeError),
     (
