@@ -218,8 +218,7 @@ class SqlRepository(Repository, Snapshots, SessionFiltering):
             raise ManagerClosedError("the storage was closed")
         if self._runner is not None:
             return self._runner
-        if not self._background:  # an indexer's store was migrated by its manager
-            await self._edge("opening the database", self._migrate)
+        await self._edge("opening the database", self._migrate)
         runner: Runner = await self._edge("opening the database", self._connect)
         if self._closed:  # closed while opening
             await runner.aclose()
